@@ -1,0 +1,56 @@
+"""The ``driftlabel`` command: one parser, subcommands contributed by each folder.
+
+``models`` adds ``train``/``classify``, ``judge`` adds ``judge-sim``/``describe``, ``streams`` adds the
+service commands (``broker``, ``worker``, ``produce``, ``consume``, ``add-class``, ``demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from driftlabel import __version__
+from driftlabel.errors import DriftlabelError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full parser; each folder registers its own subcommands."""
+    from driftlabel.judge import cli as judge_cli
+    from driftlabel.models import cli as models_cli
+    from driftlabel.streams import commands as stream_commands
+
+    parser = argparse.ArgumentParser(
+        prog="driftlabel",
+        description="Streaming text classification for drifting data (R.E.D.).",
+    )
+    parser.add_argument("--version", action="version", version=f"driftlabel {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    stream_commands.register(sub)
+    models_cli.register(sub)
+    judge_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except DriftlabelError as exc:
+        print(f"driftlabel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"driftlabel {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
