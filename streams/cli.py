@@ -17,10 +17,21 @@ from driftlabel.errors import DriftlabelError
 __all__ = ["build_parser", "main"]
 
 
+def _register_optional(sub: argparse._SubParsersAction, module: str) -> None:
+    """Register one folder's commands; a folder without a ``cli`` module adds none (a partial install)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    mod.register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full parser; each folder registers its own subcommands."""
-    from driftlabel.judge import cli as judge_cli
-    from driftlabel.models import cli as models_cli
     from driftlabel.streams import commands as stream_commands
 
     parser = argparse.ArgumentParser(
@@ -31,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     stream_commands.register(sub)
-    models_cli.register(sub)
-    judge_cli.register(sub)
+    _register_optional(sub, "driftlabel.models.cli")
+    _register_optional(sub, "driftlabel.judge.cli")
     return parser
 
 

@@ -1,0 +1,605 @@
+"""The LLM judge: binary validation of ranked candidates with recursive delegation (R.E.D. step 3).
+
+For an uncertain item the judge asks, candidate by candidate (best first, at most ``max_depth``), the binary
+question "is label L valid for this text?", showing L's description and the ``c`` known-good examples the
+caller picked. The first yes ends the item (``validated`` at depth 1, ``corrected`` deeper); no yes means
+``unresolved``. Every answer is kept as a :class:`Verdict`; the no's are hard negatives.
+
+Transport is the ``openai`` async client against any OpenAI-compatible endpoint with its own retries
+switched off: this module retries 429/5xx/timeouts itself (exponential backoff with jitter, bounded), so
+every attempt is counted, budgeted and visible to the circuit breaker. While the circuit is open, or the
+per-minute budget is spent, :meth:`Judge.judge` raises at once and the caller parks the item: nothing is
+lost and nothing is accepted without a clear yes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import openai
+from openai import AsyncOpenAI
+
+from driftlabel.judge.breaker import BreakerState, CircuitBreaker
+from driftlabel.judge.budget import RateBudget
+from driftlabel.judge.cache import CachedAnswer, VerdictCache, cache_key
+from driftlabel.judge.descriptions import load_descriptions
+from driftlabel.judge.errors import (
+    BudgetExceededError,
+    JudgeDataError,
+    JudgeUnavailableError,
+    MalformedAnswerError,
+)
+from driftlabel.judge.parse import clean_description, confidence_from_logprobs, parse_verdict
+from driftlabel.judge.prompts import build_describe_messages, build_validate_messages, response_format_for
+from driftlabel.judge.records import Candidate, JudgeOutcome, JudgeRequest, Verdict
+from driftlabel.judge.settings import JudgeSettings, load_judge_settings
+
+__all__ = ["Judge", "JudgeStats"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JudgeStats:
+    """A snapshot of the judge's accounting since it was created (``Judge.stats``)."""
+
+    calls: int
+    retries: int
+    failures: dict[str, int]
+    malformed: int
+    verdicts: int
+    valid: int
+    invalid: int
+    cache_hits: int
+    outcomes: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    tokens: int
+    latency_ms_total: float
+    latency_ms_max: float
+    budget_rejections: int
+    breaker_state: BreakerState
+    breaker_opened: int
+    in_flight: int
+    waiting: int
+    answer_format: str
+
+    @property
+    def tokens_per_verdict(self) -> float:
+        """Tokens per verdict answered by the endpoint (cached ones excluded)."""
+        paid = self.verdicts - self.cache_hits
+        return self.tokens / paid if paid else 0.0
+
+    @property
+    def mean_latency_ms(self) -> float:
+        return self.latency_ms_total / self.verdicts if self.verdicts else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokens_per_verdict"] = self.tokens_per_verdict
+        d["mean_latency_ms"] = self.mean_latency_ms
+        return d
+
+
+@dataclass
+class _Counters:
+    calls: int = 0
+    retries: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    malformed: int = 0
+    verdicts: int = 0
+    valid: int = 0
+    invalid: int = 0
+    cache_hits: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens: int = 0
+    latency_ms_total: float = 0.0
+    latency_ms_max: float = 0.0
+
+
+class _ItemBudgetSpent(Exception):
+    """Internal: this item used up ``max_calls_per_item``."""
+
+
+class _FormatRefused(Exception):
+    """Internal: the endpoint rejected ``response_format`` with HTTP 400."""
+
+
+@dataclass
+class _ItemCalls:
+    limit: int
+    used: int = 0
+
+    def take(self) -> None:
+        if self.limit > 0 and self.used >= self.limit:
+            raise _ItemBudgetSpent
+        self.used += 1
+
+
+@dataclass
+class _Answer:
+    value: Any
+    tokens: int
+    confidence: float | None = None
+    latency_ms: float = 0.0  # from the first attempt's send to the answer: retries count, queueing not
+
+
+class Judge:
+    """Validates uncertain predictions against an OpenAI-compatible LLM endpoint.
+
+    One instance per process and event loop; share it between tasks (concurrency is bounded inside).
+    Pass ``client`` to reuse an ``AsyncOpenAI`` (tests pass one built on an ``httpx.MockTransport``);
+    its own retries are switched off either way.
+    """
+
+    def __init__(
+        self,
+        settings: JudgeSettings | None = None,
+        client: AsyncOpenAI | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_judge_settings()
+        s = self.settings
+        if client is None:
+            self._client = AsyncOpenAI(
+                base_url=s.base_url,
+                api_key=s.api_key.get_secret_value(),
+                timeout=s.timeout_s,
+                max_retries=0,
+            )
+            self._owns_client = True
+        else:
+            self._client = client.with_options(max_retries=0, timeout=s.timeout_s)
+            self._owns_client = False
+        self._sem = asyncio.Semaphore(s.concurrency)
+        self._breaker = CircuitBreaker(s.breaker_failures, s.breaker_reset_s)
+        self._budget = RateBudget(s.max_calls_per_minute)
+        self._cache = VerdictCache(s.cache_size)
+        self._rng = rng or random.Random()
+        self._answer_format: str = s.answer_format
+        self._descriptions: dict[str, str] = {}
+        if s.descriptions_file:
+            self.reload_descriptions()
+        self._in_flight = 0
+        self._waiting = 0
+        self._c = _Counters()
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    @property
+    def in_flight(self) -> int:
+        """Calls to the endpoint under way right now."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued for a concurrency slot (the judge's queue depth)."""
+        return self._waiting
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._breaker.state
+
+    @property
+    def cache(self) -> VerdictCache:
+        return self._cache
+
+    @property
+    def descriptions(self) -> dict[str, str]:
+        """Descriptions from ``descriptions_file``, used for candidates that come without one."""
+        return dict(self._descriptions)
+
+    def reload_descriptions(self) -> dict[str, str]:
+        """Re-read ``descriptions_file`` after a user edited it; edited labels miss the cache from now on."""
+        path = self.settings.descriptions_file
+        self._descriptions = load_descriptions(path) if path else {}
+        return self.descriptions
+
+    @property
+    def stats(self) -> JudgeStats:
+        c = self._c
+        return JudgeStats(
+            calls=c.calls,
+            retries=c.retries,
+            failures=dict(c.failures),
+            malformed=c.malformed,
+            verdicts=c.verdicts,
+            valid=c.valid,
+            invalid=c.invalid,
+            cache_hits=c.cache_hits,
+            outcomes=dict(c.outcomes),
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            tokens=c.tokens,
+            latency_ms_total=c.latency_ms_total,
+            latency_ms_max=c.latency_ms_max,
+            budget_rejections=self._budget.rejected,
+            breaker_state=self._breaker.state,
+            breaker_opened=self._breaker.opened_count,
+            in_flight=self._in_flight,
+            waiting=self._waiting,
+            answer_format=self._answer_format,
+        )
+
+    async def judge(self, request: JudgeRequest) -> JudgeOutcome:
+        """Recursive delegation over ``request.candidates`` (best first, at most ``max_depth``).
+
+        Raises :class:`JudgeUnavailableError` / :class:`BudgetExceededError` when the endpoint cannot be
+        asked now: keep the item and retry after ``exc.retry_after_s`` (verdicts already answered are
+        cached, so the retry does not pay for them twice).
+        """
+        if not isinstance(request, JudgeRequest):
+            raise JudgeDataError(f"judge() takes a JudgeRequest, got {type(request).__name__}")
+        unique: dict[str, Candidate] = {}
+        for cand in request.candidates:  # a label listed twice is asked once
+            unique.setdefault(cand.label, cand)
+        asked = list(unique.values())[: self.settings.max_depth]
+        calls = _ItemCalls(self.settings.max_calls_per_item)
+        verdicts: list[Verdict] = []
+        for depth, cand in enumerate(asked, start=1):
+            try:
+                verdict = await self._validate(
+                    request.text, cand, item_id=request.id, depth=depth, calls=calls
+                )
+            except MalformedAnswerError as exc:
+                return self._outcome(
+                    request.id,
+                    "unresolved",
+                    None,
+                    verdicts,
+                    f"no usable answer about {cand.label!r} at depth {depth} ({exc}); send to human review",
+                )
+            except _ItemBudgetSpent:
+                return self._outcome(
+                    request.id,
+                    "unresolved",
+                    None,
+                    verdicts,
+                    f"per-item budget of {calls.limit} calls spent before a yes (depth {depth}); "
+                    "send to human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
+                )
+            verdicts.append(verdict)
+            if verdict.valid:
+                return self._outcome(
+                    request.id, "validated" if depth == 1 else "corrected", cand.label, verdicts, None
+                )
+        return self._outcome(
+            request.id,
+            "unresolved",
+            None,
+            verdicts,
+            f"the judge rejected all {len(asked)} candidate(s) asked (max_depth={self.settings.max_depth})",
+        )
+
+    async def validate(self, text: str, candidate: Candidate, *, item_id: str, depth: int = 1) -> Verdict:
+        """One binary question: is ``candidate.label`` valid for ``text``?
+
+        Raises :class:`MalformedAnswerError` when no usable yes/no came after the retries (never a yes),
+        and the two "retry later" errors like :meth:`judge`.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise JudgeDataError(f"item {item_id}: text must be a non-empty string")
+        if not isinstance(candidate, Candidate):
+            raise JudgeDataError(
+                f"item {item_id}: candidate must be a Candidate, got {type(candidate).__name__}"
+            )
+        try:
+            return await self._validate(text, candidate, item_id=item_id, depth=depth, calls=None)
+        except _ItemBudgetSpent as exc:  # pragma: no cover - calls=None never limits
+            raise AssertionError("unreachable") from exc
+
+    async def describe_label(self, label: str, examples: Sequence[str]) -> str:
+        """Ask the LLM for a one-sentence description of ``label`` from its name and examples."""
+        if not isinstance(label, str) or not label.strip():
+            raise JudgeDataError(f"label must be a non-empty string, got {label!r}")
+        exs = [str(e) for e in examples][: max(self.settings.n_examples, 1) * 2]
+        messages = build_describe_messages(label, exs)
+
+        def parse(resp: Any) -> _Answer:
+            content = resp.choices[0].message.content if resp.choices else None
+            return _Answer(clean_description(content), _total_tokens(resp))
+
+        answer = await self._call(
+            messages,
+            parse,
+            response_format=None,
+            max_tokens=self.settings.max_description_tokens,
+            logprobs=False,
+            calls=None,
+            what=f"description of {label!r}",
+        )
+        return str(answer.value)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this judge created it."""
+        if self._owns_client:
+            await self._client.close()
+
+    async def __aenter__(self) -> Judge:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    def _outcome(
+        self, item_id: str, status: Any, label: str | None, verdicts: list[Verdict], reason: str | None
+    ) -> JudgeOutcome:
+        self._c.outcomes[status] += 1
+        return JudgeOutcome(id=item_id, status=status, label=label, verdicts=verdicts, reason=reason)
+
+    async def _validate(
+        self, text: str, cand: Candidate, *, item_id: str, depth: int, calls: _ItemCalls | None
+    ) -> Verdict:
+        s = self.settings
+        started = time.perf_counter()
+        description = cand.description or self._descriptions.get(cand.label)
+        key = cache_key(text, cand.label, description, s.model)
+        hit = self._cache.get(key)
+        if hit is not None:
+            latency = (time.perf_counter() - started) * 1000
+            self._c.cache_hits += 1
+            return self._record(
+                Verdict(item_id, cand.label, hit.valid, depth, s.model, latency, 0, hit.confidence, True)
+            )
+        examples = list(cand.examples)[: s.n_examples]
+
+        def parse(resp: Any) -> _Answer:
+            choice = resp.choices[0] if resp.choices else None
+            content = choice.message.content if choice is not None else None
+            valid = parse_verdict(content)
+            conf = None
+            if s.logprobs and choice is not None and choice.logprobs is not None:
+                conf = confidence_from_logprobs(choice.logprobs.content, valid)
+            return _Answer(valid, _total_tokens(resp), conf)
+
+        async def ask(fmt: str) -> _Answer:
+            messages = build_validate_messages(
+                text,
+                cand.label,
+                description,
+                examples,
+                answer_format=fmt,
+                max_text_chars=s.max_text_chars,
+            )
+            return await self._call(
+                messages,
+                parse,
+                response_format=response_format_for(fmt),
+                max_tokens=s.max_answer_tokens,
+                logprobs=s.logprobs,
+                calls=calls,
+                what=f"item {item_id} label {cand.label!r}",
+            )
+
+        fmt = self._answer_format
+        try:
+            answer = await ask(fmt)
+        except _FormatRefused:
+            # Ask again without response_format. Only if that works was the format the problem: then
+            # switch for good. If the plain request is refused too, the item itself is (MalformedAnswerError).
+            answer = await ask("text")
+            if self._answer_format != "text":
+                log.warning(
+                    "judge endpoint %s refused response_format=%s; using strict yes/no answers from now on",
+                    s.base_url,
+                    fmt,
+                )
+                self._answer_format = "text"
+        self._cache.put(key, CachedAnswer(bool(answer.value), answer.confidence))
+        return self._record(
+            Verdict(
+                item_id,
+                cand.label,
+                bool(answer.value),
+                depth,
+                s.model,
+                answer.latency_ms,
+                answer.tokens,
+                answer.confidence,
+            )
+        )
+
+    def _record(self, v: Verdict) -> Verdict:
+        c = self._c
+        c.verdicts += 1
+        if v.valid:
+            c.valid += 1
+        else:
+            c.invalid += 1
+        c.latency_ms_total += v.latency_ms
+        c.latency_ms_max = max(c.latency_ms_max, v.latency_ms)
+        log.debug("verdict %s %s valid=%s depth=%d cached=%s", v.id, v.label, v.valid, v.depth, v.cached)
+        return v
+
+    def _backoff(self, retry: int, hint: float | None) -> float:
+        """Exponential backoff with jitter (half fixed, half random), capped; honours Retry-After."""
+        s = self.settings
+        ceiling = min(s.backoff_max_s, s.backoff_base_s * (2**retry))
+        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        if hint is not None and hint > 0:
+            delay = max(delay, min(hint, s.backoff_max_s))
+        return delay
+
+    async def _call(
+        self,
+        messages: list[dict[str, str]],
+        parse: Callable[[Any], _Answer],
+        *,
+        response_format: dict[str, Any] | None,
+        max_tokens: int,
+        logprobs: bool,
+        calls: _ItemCalls | None,
+        what: str,
+    ) -> _Answer:
+        """One question with retries: returns the parsed answer or raises a documented error."""
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "model": s.model,
+            "messages": messages,
+            "temperature": s.temperature,
+            "max_tokens": max_tokens,
+        }
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        if logprobs:
+            kwargs["logprobs"] = True
+        attempts = s.max_retries + 1
+        malformed_left = min(1, s.max_retries)
+        last_problem = "no attempt made"
+        spent_tokens = 0  # every answered attempt counts, malformed ones included
+        first_sent: float | None = None
+        for attempt in range(attempts):
+            if attempt:
+                self._c.retries += 1
+            if not self._breaker.allow():
+                wait = self._breaker.retry_after()
+                raise JudgeUnavailableError(
+                    f"judge circuit is open after {self._breaker.threshold} consecutive failed calls to "
+                    f"{s.base_url} (last: {last_problem}); keep the item and retry in {wait:.1f}s",
+                    retry_after_s=wait,
+                )
+            hint: float | None = None
+            try:
+                if calls is not None:
+                    calls.take()
+                self._waiting += 1
+                try:
+                    await self._sem.acquire()
+                finally:
+                    self._waiting -= 1
+                try:
+                    self._budget.take()
+                    self._in_flight += 1
+                    self._c.calls += 1
+                    if first_sent is None:
+                        first_sent = time.perf_counter()
+                    try:
+                        resp = await self._client.chat.completions.create(**kwargs)
+                    finally:
+                        self._in_flight -= 1
+                finally:
+                    self._sem.release()
+            except (BudgetExceededError, _ItemBudgetSpent, asyncio.CancelledError):
+                self._breaker.release_probe()
+                raise
+            except openai.APITimeoutError:
+                last_problem = f"timeout after {s.timeout_s}s"
+                self._failed("timeout")
+            except openai.APIConnectionError as exc:
+                last_problem = f"connection failed ({exc.__cause__ or exc})"
+                self._failed("connection")
+            except openai.RateLimitError as exc:
+                last_problem = "HTTP 429 rate limited"
+                self._c.failures["429"] += 1
+                self._breaker.release_probe()  # a 429 says the endpoint is alive, just busy
+                hint = _retry_after(exc.response)
+            except openai.APIStatusError as exc:
+                code = exc.status_code
+                if code >= 500 or code in (408, 409):  # the same set the openai client retries
+                    last_problem = f"HTTP {code}"
+                    self._failed("5xx" if code >= 500 else f"http_{code}")
+                elif code in (400, 413, 422):
+                    self._breaker.record_success()  # the endpoint is up; it refuses this request
+                    self._c.failures[f"http_{code}"] += 1
+                    if response_format is not None:
+                        raise _FormatRefused from exc
+                    raise MalformedAnswerError(
+                        f"judge endpoint refused the {what} request with HTTP {code} ({_api_message(exc)}); "
+                        "the item cannot be judged as sent: send it to review"
+                    ) from exc
+                else:
+                    self._failed(f"http_{code}")
+                    hint_msg = {
+                        401: "check DRIFTLABEL_JUDGE_API_KEY",
+                        403: "check DRIFTLABEL_JUDGE_API_KEY and its permissions",
+                        404: "check DRIFTLABEL_JUDGE_BASE_URL (should end in /v1) and DRIFTLABEL_JUDGE_MODEL",
+                    }.get(code, "check the judge endpoint settings and its logs")
+                    raise JudgeUnavailableError(
+                        f"judge endpoint {s.base_url} refused the {what} request with HTTP {code}: "
+                        f"{hint_msg}; the item is kept",
+                        retry_after_s=s.breaker_reset_s,
+                    ) from exc
+            else:
+                self._breaker.record_success()
+                self._account_usage(resp)
+                spent_tokens += _total_tokens(resp)
+                try:
+                    answer = parse(resp)
+                    answer.tokens = spent_tokens
+                    answer.latency_ms = (time.perf_counter() - (first_sent or time.perf_counter())) * 1000
+                    return answer
+                except MalformedAnswerError as exc:
+                    self._c.malformed += 1
+                    last_problem = str(exc)
+                    log.warning("judge: malformed answer for %s: %s", what, exc)
+                    if malformed_left <= 0 or attempt + 1 >= attempts:
+                        raise
+                    malformed_left -= 1
+                    continue  # ask again at once: the endpoint is up, no need to back off
+            if attempt + 1 < attempts:
+                delay = self._backoff(attempt, hint)
+                log.warning(
+                    "judge: %s for %s; retry %d/%d in %.2fs",
+                    last_problem,
+                    what,
+                    attempt + 1,
+                    s.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise JudgeUnavailableError(
+            f"judge endpoint {s.base_url} failed {attempts} attempt(s) for {what} (last: {last_problem}); "
+            f"keep the item and retry later",
+            retry_after_s=max(self._breaker.retry_after(), s.backoff_max_s),
+        )
+
+    def _failed(self, kind: str) -> None:
+        self._c.failures[kind] += 1
+        self._breaker.record_failure()
+
+    def _account_usage(self, resp: Any) -> None:
+        usage = getattr(resp, "usage", None)
+        if usage is None:
+            return
+        self._c.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+        self._c.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+        self._c.tokens += int(getattr(usage, "total_tokens", 0) or 0)
+
+
+def _total_tokens(resp: Any) -> int:
+    usage = getattr(resp, "usage", None)
+    return int(getattr(usage, "total_tokens", 0) or 0) if usage is not None else 0
+
+
+def _api_message(exc: openai.APIStatusError) -> str:
+    """The endpoint's short error message (the openai client unwraps ``{"error": {...}}`` into ``body``)."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])[:200]
+    return str(exc.message)[:200]
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds from a Retry-After header (numeric form only), if present."""
+    try:
+        value = response.headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (AttributeError, TypeError, ValueError):
+        return None

@@ -1,0 +1,87 @@
+"""The judge's settings (section ``judge``, environment prefix ``DRIFTLABEL_JUDGE_``).
+
+Build them with :func:`load_judge_settings` (or ``driftlabel.config.load_settings(JudgeSettings, ...)``),
+never at import time, so a test can override any field without touching the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from driftlabel.config import DriftlabelSettings, load_settings
+
+__all__ = ["AnswerFormat", "JudgeSettings", "load_judge_settings"]
+
+AnswerFormat = Literal["json_schema", "json_object", "text"]
+
+
+class JudgeSettings(DriftlabelSettings):
+    """Where the judge's LLM lives and how hard the judge may lean on it.
+
+    Defaults point at a local simulated expert (``driftlabel judge-sim``), so nothing leaves the machine
+    unless ``base_url`` and ``api_key`` are set on purpose.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLABEL_JUDGE_", frozen=True, extra="forbid")
+    section: ClassVar[str] = "judge"
+
+    # endpoint
+    base_url: str = Field("http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL (ends in /v1)")
+    model: str = Field("simulated-expert", min_length=1, description="model name sent to the endpoint")
+    api_key: SecretStr = Field(SecretStr("not-needed"), description="API key; local servers ignore it")
+    answer_format: AnswerFormat = Field(
+        "json_schema",
+        description="json_schema (structured output), json_object, or text (strict yes/no); "
+        "json_* falls back to text once if the endpoint refuses response_format",
+    )
+    logprobs: bool = Field(False, description="ask for logprobs and report a confidence per verdict")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_answer_tokens: int = Field(16, ge=1, le=4096, description="max_tokens for a yes/no answer")
+    max_description_tokens: int = Field(96, ge=8, le=4096, description="max_tokens for a label description")
+
+    # judging
+    max_depth: int = Field(3, ge=1, description="how many ranked candidates to ask about before unresolved")
+    n_examples: int = Field(6, ge=0, description="known-good examples shown per label (c)")
+    max_text_chars: int = Field(2000, ge=16, description="longer texts are cut (and marked) in the prompt")
+
+    # transport
+    timeout_s: float = Field(30.0, gt=0, description="per-call timeout")
+    concurrency: int = Field(32, ge=1, description="max calls in flight per Judge")
+    max_retries: int = Field(3, ge=0, description="retries after the first attempt on 429/5xx/timeouts")
+    backoff_base_s: float = Field(0.5, ge=0, description="first retry waits up to this (doubles each time)")
+    backoff_max_s: float = Field(10.0, ge=0, description="cap on one retry wait")
+
+    # circuit breaker
+    breaker_failures: int = Field(5, ge=1, description="consecutive failed calls that open the circuit")
+    breaker_reset_s: float = Field(
+        15.0, gt=0, description="open time before a half-open probe is let through"
+    )
+
+    # budget (0 = unlimited)
+    max_calls_per_minute: int = Field(0, ge=0, description="calls to the endpoint per rolling minute")
+    max_calls_per_item: int = Field(8, ge=0, description="calls (retries included) spent on one item")
+
+    # cache
+    cache_size: int = Field(100_000, ge=0, description="verdicts kept in the LRU cache (0 = off)")
+
+    # descriptions
+    descriptions_file: str | None = Field(
+        None, description="YAML/JSON label descriptions, used for candidates that come without one"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeSettings:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s must be >= backoff_base_s")
+        return self
+
+
+def load_judge_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> JudgeSettings:
+    """Overrides > ``DRIFTLABEL_JUDGE_*`` environment > ``[judge]`` of the config file > defaults."""
+    return load_settings(JudgeSettings, config_file, **overrides)

@@ -1,0 +1,670 @@
+"""``RedClassifier``: label subsets + one online expert per subset + product-of-experts ranking.
+
+The classifier owns four things and keeps them consistent under every change:
+
+- the label list (insertion order) and descriptions;
+- the subsets (``subsets.py``) and one expert per subset over its labels + ``noise`` (``experts.py``);
+- the example store (``store.py``): what experts are refit from and what the judge is shown;
+- ``model_version``, incremented by every change, so every emitted label can say which model made it.
+
+Texts go through the embedder once; every method has an ``*_embeddings`` twin for callers (the stream,
+the benchmarks) that already hold the vectors. Calls that refuse their input raise before changing
+anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from driftlabel.config import load_settings
+from driftlabel.models.combine import OUT_OF_SCOPE, CombinedExperts, Ranking, make_ranking
+from driftlabel.models.errors import InvalidDataError, ModelError, UnknownLabelError
+from driftlabel.models.experts import NOISE, Expert, ExpertSettings, make_expert
+from driftlabel.models.store import ExampleStore
+from driftlabel.models.subsets import greedy_subsets, label_embeddings, place_label, reduce_labels
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from driftlabel.models.embeddings import Embedder
+
+__all__ = ["RESERVED_LABELS", "RedClassifier"]
+
+RESERVED_LABELS = frozenset({NOISE, OUT_OF_SCOPE})
+
+F = TypeVar("F", bound=Callable[..., Any])
+_controller: Any = None
+
+
+def _blas_limited(method: F) -> F:
+    """Run a method with ``settings.blas_threads`` BLAS threads (a cached controller: ~35 µs per call)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedClassifier, *args: Any, **kwargs: Any) -> Any:
+        global _controller
+        threads = self.settings.blas_threads
+        if threads is None:
+            return method(self, *args, **kwargs)
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        with _controller.limit(limits=threads) if _controller else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise InvalidDataError(f"{what} must be a sequence of strings, not one string; wrap it in a list")
+    out = list(texts)
+    bad = [i for i, t in enumerate(out) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise InvalidDataError(
+            f"{what}: {len(bad)} empty or non-string entries (first at index {bad[0]}); drop them"
+        )
+    return out
+
+
+def _check_labels(labels: Sequence[str] | np.ndarray, n: int) -> np.ndarray:
+    if isinstance(labels, str):
+        raise InvalidDataError("labels must be a sequence of strings, one per text, not one string")
+    y = np.asarray(list(labels), dtype=object)
+    if len(y) != n:
+        raise InvalidDataError(f"{n} texts but {len(y)} labels; give exactly one label per text")
+    if n:
+        ok = np.array([isinstance(v, str) and bool(v.strip()) for v in y.tolist()])
+        if not ok.all():
+            raise InvalidDataError(
+                f"labels: {int((~ok).sum())} empty or non-string (first at index {int(np.argmin(ok))})"
+            )
+        reserved = sorted(set(y.tolist()) & RESERVED_LABELS)
+        if reserved:
+            raise InvalidDataError(f"labels {reserved} are reserved by driftlabel; rename them")
+    return y.astype(str).astype(object)
+
+
+class RedClassifier:
+    """R.E.D. text classifier: see the module docstring and ``docs/models.md``."""
+
+    def __init__(self, embedder: Embedder | None = None, settings: ExpertSettings | None = None) -> None:
+        self.settings = settings if settings is not None else load_settings(ExpertSettings)
+        self._embedder = embedder
+        self._embedder_name: str | None = embedder.name if embedder is not None else None
+        self._dim: int | None = embedder.dim if embedder is not None else None
+        self._labels: list[str] = []
+        self._descriptions: dict[str, str] = {}
+        self._desc_emb: dict[str, np.ndarray] = {}
+        self._subsets: list[list[str]] = []
+        self._experts: list[Expert] = []
+        self._store: ExampleStore | None = None
+        self._model_version = 0
+        self._combined: tuple[int, CombinedExperts] | None = None
+        self._rng = np.random.default_rng(self.settings.seed)
+
+    # -- properties -----------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return list(self._labels)
+
+    @property
+    def descriptions(self) -> dict[str, str]:
+        return dict(self._descriptions)
+
+    @property
+    def model_version(self) -> int:
+        return self._model_version
+
+    @property
+    def n_subsets(self) -> int:
+        return len(self._subsets)
+
+    @property
+    def subsets(self) -> list[list[str]]:
+        return [list(s) for s in self._subsets]
+
+    @property
+    def n_examples(self) -> int:
+        return self._store.n_examples if self._store is not None else 0
+
+    @property
+    def dim(self) -> int | None:
+        return self._dim
+
+    @property
+    def store(self) -> ExampleStore:
+        if self._store is None:
+            raise ModelError("the model has no examples yet; call fit() first")
+        return self._store
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder; the packaged default is loaded on first use when none was given."""
+        if self._embedder is None:
+            from driftlabel.models.embeddings import load_embedder
+
+            emb = load_embedder()
+            if self._embedder_name is not None and emb.name != self._embedder_name:
+                raise ModelError(
+                    f"this model was trained with embedder {self._embedder_name!r} but the default is {emb.name!r}; "
+                    "pass the matching embedder (RedClassifier.load(path, embedder=...))"
+                )
+            self._set_embedder(emb)
+        assert self._embedder is not None
+        return self._embedder
+
+    def _set_embedder(self, emb: Embedder) -> None:
+        if self._dim is not None and emb.dim != self._dim:
+            raise ModelError(
+                f"embedder {emb.name!r} gives {emb.dim}-d vectors but the model uses {self._dim}-d"
+            )
+        self._embedder = emb
+        self._embedder_name = emb.name
+        self._dim = emb.dim
+
+    def _encode(self, texts: Sequence[str], what: str = "texts") -> np.ndarray:
+        texts = _check_texts(texts, what)
+        if not texts:
+            return np.zeros((0, self._dim or self.embedder.dim), dtype=np.float32)
+        X = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+        if X.shape != (len(texts), self.embedder.dim):
+            raise ModelError(
+                f"embedder returned shape {X.shape} for {len(texts)} texts; is the model intact?"
+            )
+        return X
+
+    def _check_X(self, X: np.ndarray, n: int | None = None) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or (self._dim is not None and X.shape[1] != self._dim):
+            raise InvalidDataError(f"embeddings must have shape (n, {self._dim}), got {X.shape}")
+        if n is not None and len(X) != n:
+            raise InvalidDataError(f"{len(X)} embeddings for {n} texts; give one embedding per text")
+        if not np.all(np.isfinite(X)):
+            raise InvalidDataError("embeddings contain NaN or infinite values")
+        return X
+
+    def _require_fitted(self) -> None:
+        if not self._experts:
+            raise ModelError("the model has no labels yet; call fit() (or add_class()) first")
+
+    def _bump(self) -> None:
+        self._model_version += 1
+
+    # -- fitting --------------------------------------------------------------------------------------
+    def fit(
+        self, texts: Sequence[str], labels: Sequence[str], descriptions: Mapping[str, str] | None = None
+    ) -> Self:
+        """Train from scratch: embed, build subsets, train one expert per subset. Replaces any old state."""
+        texts = _check_texts(texts)
+        y = _check_labels(labels, len(texts))
+        X = self._encode(texts)
+        desc = self._encode_descriptions(descriptions or {})
+        return self._fit(X, texts, y, descriptions or {}, desc)
+
+    def fit_embeddings(
+        self,
+        X: np.ndarray,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        descriptions: Mapping[str, str] | None = None,
+        description_embeddings: Mapping[str, np.ndarray] | None = None,
+    ) -> Self:
+        """:meth:`fit` with the embeddings already computed (descriptions need their embeddings too)."""
+        texts = list(texts)
+        y = _check_labels(labels, len(texts))
+        if self._dim is None:
+            self._dim = int(np.asarray(X).shape[1]) if np.asarray(X).ndim == 2 else None
+        X = self._check_X(X, len(texts))
+        descriptions = dict(descriptions or {})
+        desc = dict(description_embeddings or {})
+        if set(descriptions) - set(desc):
+            desc.update(self._encode_descriptions({k: v for k, v in descriptions.items() if k not in desc}))
+        return self._fit(X, texts, y, descriptions, desc)
+
+    def _encode_descriptions(self, descriptions: Mapping[str, str]) -> dict[str, np.ndarray]:
+        if not descriptions:
+            return {}
+        keys = list(descriptions)
+        vals = _check_texts([descriptions[k] for k in keys], "descriptions")
+        E = self._encode(vals, "descriptions")
+        return {k: E[i] for i, k in enumerate(keys)}
+
+    @_blas_limited
+    def _fit(
+        self,
+        X: np.ndarray,
+        texts: list[str],
+        y: np.ndarray,
+        descriptions: Mapping[str, str],
+        desc_emb: Mapping[str, np.ndarray],
+    ) -> Self:
+        if len(X) == 0:
+            raise InvalidDataError("fit() needs at least one example")
+        labels = sorted(set(y.tolist()))
+        unknown = sorted(set(descriptions) - set(labels))
+        if unknown:
+            raise InvalidDataError(
+                f"descriptions for labels with no examples: {unknown[:5]}; give examples, or add them later "
+                "with add_class(label, description, examples)"
+            )
+        s = self.settings
+        self._dim = X.shape[1]
+        self._store = ExampleStore(self._dim, s.max_examples_per_label, s.max_negatives_per_label)
+        self._store.add(X, texts, y)
+        self._labels = labels
+        self._descriptions = dict(descriptions)
+        self._desc_emb = {
+            k: np.asarray(v, dtype=np.float32) for k, v in desc_emb.items() if k in descriptions
+        }
+        Xs, ys, _ = self._store.arrays()
+        E = label_embeddings(Xs, ys, labels, self._desc_emb, s.description_weight)
+        Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
+        groups = greedy_subsets(Z, s.subset_size)
+        self._subsets = [[labels[i] for i in g] for g in groups]
+        self._experts = [make_expert(s) for _ in self._subsets]
+        self._refit_experts(range(len(self._experts)), fresh=True)
+        self._bump()
+        return self
+
+    def _label_subset_index(self) -> dict[str, int]:
+        return {lab: si for si, sub in enumerate(self._subsets) for lab in sub}
+
+    def _expert_data(
+        self,
+        si: int,
+        y: np.ndarray,
+        rows_subset: np.ndarray,
+        counts: Mapping[str, int],
+        *,
+        full: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, targets and weights of expert ``si`` among rows labelled ``y``: its labels + noise.
+
+        ``rows_subset[i]`` is the subset of row i's label (-1: not to be used). The noise class always
+        weighs ``noise_ratio`` x the subset's mean label size in total; full refits choose its rows by
+        ``noise_mode``: ``stratified`` (up to ``noise_per_label`` rows of every other label, the default:
+        every other label is represented, and the cost stays O(labels) rather than O(examples)),
+        ``weighted`` (every other row) or ``sampled`` (that many rows drawn at random, the literal design).
+        Incremental steps use every noise row of the micro-batch at weight target / all noise examples.
+        """
+        s = self.settings
+        subset = self._subsets[si]
+        mean_size = float(np.mean([max(counts.get(lab, 0), 1) for lab in subset]))
+        n_noise_target = s.noise_ratio * mean_size
+        pos = np.flatnonzero(rows_subset == si)
+        noise = np.flatnonzero((rows_subset != si) & (rows_subset >= 0))
+        if full and len(noise) and s.noise_mode == "sampled":
+            m = max(1, round(n_noise_target))
+            noise = np.sort(self._rng.choice(noise, size=m, replace=m > len(noise)))
+            w_noise = np.full(len(noise), n_noise_target / m)
+        elif full and len(noise) and s.noise_mode == "stratified":
+            perm = self._rng.permutation(noise)
+            _, codes = np.unique(y[perm].astype(str), return_inverse=True)
+            order = np.argsort(codes.reshape(-1), kind="stable")
+            sorted_codes = codes.reshape(-1)[order]
+            starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+            rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+            noise = np.sort(perm[order[rank < s.noise_per_label]])
+            w_noise = np.full(len(noise), n_noise_target / len(noise))
+        else:
+            total_noise = sum(c for lab, c in counts.items() if lab not in subset)
+            w_noise = np.full(len(noise), n_noise_target / max(total_noise, 1))
+        idx = np.concatenate([pos, noise])
+        target = np.concatenate([y[pos], np.full(len(noise), NOISE, dtype=object)])
+        weights = np.concatenate([np.ones(len(pos)), w_noise])
+        return idx, target, weights
+
+    def _rows_subset(self, y: np.ndarray) -> np.ndarray:
+        """Subset index of every row's label, vectorised over the distinct labels."""
+        if len(y) == 0:
+            return np.zeros(0, dtype=np.intp)
+        index = self._label_subset_index()
+        uniq, inv = np.unique(y.astype(str), return_inverse=True)
+        return np.array([index.get(u, -1) for u in uniq.tolist()], dtype=np.intp)[inv.reshape(-1)]
+
+    def _training_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stored valid examples + one row per description embedding: what full refits train on."""
+        Xs, ys, _ = self.store.arrays()
+        if self._desc_emb:
+            keys = [k for k in self._desc_emb if k in self._label_subset_index()]
+            if keys:
+                Xs = np.concatenate([Xs, np.stack([self._desc_emb[k] for k in keys])])
+                ys = np.concatenate([ys, np.array(keys, dtype=object)])
+        return Xs, ys, self._rows_subset(ys)
+
+    def _refit_experts(self, which: Iterable[int], fresh: bool = False) -> None:
+        Xs, ys, rs = self._training_arrays()
+        Xn, yn, _ = self.store.arrays(valid=False)
+        rn = self._rows_subset(yn)
+        counts = self.store.counts()
+        for si in which:
+            idx, target, weights = self._expert_data(si, ys, rs, counts, full=True)
+            negs = np.flatnonzero(rn == si)
+            Xe = np.concatenate([Xs[idx], Xn[negs]])
+            ye = np.concatenate([target, yn[negs]])
+            we = np.concatenate([weights, np.ones(len(negs))])
+            ve = np.concatenate([np.ones(len(idx), dtype=bool), np.zeros(len(negs), dtype=bool)])
+            expert = make_expert(self.settings) if fresh else self._experts[si]
+            for lab in [*self._subsets[si], NOISE]:  # fixed class order: subset labels, then noise
+                expert.add_class(lab)
+            expert.fit_many(Xe, ye, we, ve)
+            self._experts[si] = expert
+
+    @_blas_limited
+    def refit(self, resubset: bool = False) -> None:
+        """Full refit of every expert from the stored examples (optionally rebuilding the subsets too)."""
+        self._require_fitted()
+        if resubset:
+            s = self.settings
+            Xs, ys, _ = self.store.arrays()
+            E = self._label_matrix(self._labels)
+            Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
+            self._subsets = [[self._labels[i] for i in g] for g in greedy_subsets(Z, s.subset_size)]
+        self._experts = [make_expert(self.settings) for _ in self._subsets]
+        self._refit_experts(range(len(self._subsets)), fresh=True)
+        self._bump()
+
+    # -- incremental learning -------------------------------------------------------------------------
+    def learn(self, texts: Sequence[str], labels: Sequence[str], valid: Sequence[bool] | None = None) -> None:
+        """Learn a micro-batch incrementally; ``valid=False`` rows are hard negatives ("NOT this label").
+
+        A valid row with a label the model does not know adds that label (placed like :meth:`add_class`).
+        """
+        texts = _check_texts(texts)
+        y = _check_labels(labels, len(texts))
+        v = self._check_valid(valid, len(texts))
+        X = self._encode(texts)
+        self._learn(X, texts, y, v)
+
+    def learn_embeddings(
+        self, X: np.ndarray, texts: Sequence[str], labels: Sequence[str], valid: Sequence[bool] | None = None
+    ) -> None:
+        """:meth:`learn` with the embeddings already computed."""
+        texts = _check_texts(texts)
+        y = _check_labels(labels, len(texts))
+        v = self._check_valid(valid, len(texts))
+        X = self._check_X(X, len(texts))
+        self._learn(X, texts, y, v)
+
+    @staticmethod
+    def _check_valid(valid: Sequence[bool] | None, n: int) -> np.ndarray:
+        if valid is None:
+            return np.ones(n, dtype=bool)
+        v = np.asarray(list(valid))
+        if v.shape != (n,) or not all(isinstance(b, bool | np.bool_) for b in v.tolist()):
+            raise InvalidDataError(f"valid must hold one bool per text ({n}), got {v.shape} of {v.dtype}")
+        return v.astype(bool)
+
+    @_blas_limited
+    def _learn(self, X: np.ndarray, texts: list[str], y: np.ndarray, v: np.ndarray) -> None:
+        self._require_fitted()
+        if len(X) == 0:
+            return
+        known = set(self._labels)
+        new_labels = sorted({lab for lab in y[v].tolist() if lab not in known})
+        unknown_neg = ~v & ~np.isin(y, list(known))
+        if unknown_neg.any():  # "not label L" says nothing when L is not known: keep nothing of it
+            keep = ~unknown_neg
+            X, y, v, texts = (
+                X[keep],
+                y[keep],
+                v[keep],
+                [t for t, k in zip(texts, keep.tolist(), strict=True) if k],
+            )
+        for lab in new_labels:
+            rows = (y == lab) & v
+            self._place_new_label(lab, X[rows], [t for t, r in zip(texts, rows.tolist(), strict=True) if r])
+        rest = ~np.isin(y, new_labels) if new_labels else np.ones(len(y), dtype=bool)
+        self.store.add(X[rest], [t for t, r in zip(texts, rest.tolist(), strict=True) if r], y[rest], v[rest])
+        self._learn_rows(X[rest], y[rest], v[rest])
+        self._bump()
+
+    def _learn_rows(self, X: np.ndarray, y: np.ndarray, v: np.ndarray, skip: int | None = None) -> None:
+        """One incremental step for every expert on a micro-batch plus replayed stored examples."""
+        s = self.settings
+        for start in range(0, len(X), s.batch_size):
+            Xb, yb, vb = (
+                X[start : start + s.batch_size],
+                y[start : start + s.batch_size],
+                v[start : start + s.batch_size],
+            )
+            Xs, ys, _ = self.store.arrays()
+            n_replay = min(len(Xs), round(s.replay * len(Xb)))
+            if n_replay:
+                pick = self._rng.choice(len(Xs), size=n_replay, replace=False)
+                Xb = np.concatenate([Xb, Xs[pick]])
+                yb = np.concatenate([yb, ys[pick]])
+                vb = np.concatenate([vb, np.ones(n_replay, dtype=bool)])
+            rs = self._rows_subset(yb)
+            counts = self.store.counts()
+            for si, expert in enumerate(self._experts):
+                if si == skip:
+                    continue
+                # valid rows: own labels + noise; hard negatives only for the expert that owns the label
+                rs_valid = np.where(vb, rs, -1)
+                idx, target, weights = self._expert_data(si, yb, rs_valid, counts, full=False)
+                negs = np.flatnonzero(~vb & (rs == si))
+                if len(negs):
+                    idx = np.concatenate([idx, negs])
+                    target = np.concatenate([target, yb[negs]])
+                    weights = np.concatenate([weights, np.ones(len(negs))])
+                ve = np.concatenate(
+                    [np.ones(len(idx) - len(negs), dtype=bool), np.zeros(len(negs), dtype=bool)]
+                )
+                if len(idx):
+                    expert.learn_many(Xb[idx], target, weights, ve)
+
+    # -- label management -----------------------------------------------------------------------------
+    def _label_matrix(self, labels: Sequence[str]) -> np.ndarray:
+        Xs, ys, _ = self.store.arrays()
+        keep = np.isin(ys, list(labels))
+        return label_embeddings(
+            Xs[keep],
+            ys[keep],
+            labels,
+            {k: v for k, v in self._desc_emb.items() if k in labels},
+            self.settings.description_weight,
+        )
+
+    def _place_new_label(self, label: str, X: np.ndarray, texts: list[str]) -> int:
+        """Put a new label into the least similar subset with room (or a new one) and train that expert."""
+        s = self.settings
+        desc = {label: self._desc_emb[label]} if label in self._desc_emb else None
+        e = label_embeddings(X, np.full(len(X), label, dtype=object), [label], desc, s.description_weight)[0]
+        members = [self._label_matrix(sub) for sub in self._subsets]
+        si = place_label(e, members, s.subset_size)
+        if si == len(self._subsets):
+            self._subsets.append([label])
+            self._experts.append(make_expert(s))
+        else:
+            self._subsets[si].append(label)
+        self._labels.append(label)
+        if len(X):
+            self.store.add(X, texts, np.full(len(X), label, dtype=object))
+        self._refit_experts([si], fresh=False)
+        # the other experts see the new examples as noise
+        if len(X):
+            self._learn_rows(X, np.full(len(X), label, dtype=object), np.ones(len(X), dtype=bool), skip=si)
+        return si
+
+    @_blas_limited
+    def add_class(self, label: str, description: str | None = None, examples: Sequence[str] = ()) -> None:
+        """Add a label (placed without moving any other); an existing label gets the description/examples.
+
+        A new label needs examples or a description (a description alone trains the expert on its embedding).
+        """
+        _check_labels([label], 1)
+        texts = _check_texts(examples, "examples")
+        if not self._experts:
+            if not texts:
+                raise ModelError("the model is empty: fit() it first, or give examples for the first label")
+            self.fit(texts, [label] * len(texts), {label: description} if description else None)
+            return
+        if label in self._labels:
+            if description is not None:
+                self.describe_class(label, description)
+            if texts:
+                self.learn(texts, [label] * len(texts))
+            return
+        if not texts and not description:
+            raise InvalidDataError(f"new label {label!r} needs examples or a description to learn from")
+        X = self._encode(texts, "examples") if texts else np.zeros((0, self._dim or 0), dtype=np.float32)
+        if description:
+            self._descriptions[label] = description
+            self._desc_emb[label] = self._encode([description], "description")[0]
+        self._place_new_label(label, X, texts)
+        self._bump()
+
+    @_blas_limited
+    def add_class_embeddings(
+        self,
+        label: str,
+        X: np.ndarray,
+        texts: Sequence[str],
+        description: str | None = None,
+        description_embedding: np.ndarray | None = None,
+    ) -> None:
+        """:meth:`add_class` with the example embeddings already computed."""
+        self._require_fitted()
+        _check_labels([label], 1)
+        texts = _check_texts(texts, "examples")
+        X = self._check_X(X, len(texts))
+        if label in self._labels:
+            if len(X):
+                self.learn_embeddings(X, texts, [label] * len(texts))
+            return
+        if description is not None:
+            self._descriptions[label] = description
+            self._desc_emb[label] = (
+                np.asarray(description_embedding, dtype=np.float32)
+                if description_embedding is not None
+                else self._encode([description], "description")[0]
+            )
+        if len(X) == 0 and label not in self._desc_emb:
+            raise InvalidDataError(f"new label {label!r} needs examples or a description to learn from")
+        self._place_new_label(label, X, texts)
+        self._bump()
+
+    def remove_class(self, label: str) -> None:
+        """Forget a label: its expert column, its examples, its description. Other labels stay put."""
+        if label not in self._labels:
+            raise UnknownLabelError(f"unknown label {label!r}; known: {len(self._labels)} labels")
+        if len(self._labels) == 1:
+            raise ModelError(f"cannot remove {label!r}, the only label; fit a new model instead")
+        si = self._label_subset_index()[label]
+        self._subsets[si].remove(label)
+        if self._subsets[si]:
+            self._experts[si].remove_class(label)
+        else:
+            del self._subsets[si]
+            del self._experts[si]
+        self._labels.remove(label)
+        self._descriptions.pop(label, None)
+        self._desc_emb.pop(label, None)
+        if self.store.count(label) or label in {str(v) for v in self.store.arrays(False)[1].tolist()}:
+            self.store.remove_label(label)
+        self._bump()
+
+    @_blas_limited
+    def describe_class(self, label: str, description: str) -> None:
+        """Set a label's description (shown to the judge; also one training row for its expert)."""
+        if label not in self._labels:
+            raise UnknownLabelError(f"unknown label {label!r}; add it with add_class() first")
+        description = _check_texts([description], "description")[0]
+        e = self._encode([description], "description")[0]
+        self._descriptions[label] = description
+        self._desc_emb[label] = e
+        # the description is one training row of its label's expert: refit that expert (small, warm-started)
+        self._refit_experts([self._label_subset_index()[label]])
+        self._bump()
+
+    def nearest_examples(self, label: str, embedding: np.ndarray, c: int = 6) -> list[str]:
+        """The ``c`` known-good training texts of ``label`` nearest to ``embedding`` (for the judge)."""
+        if label not in self._labels:
+            raise UnknownLabelError(f"unknown label {label!r}")
+        return self.store.nearest(label, embedding, c)
+
+    # -- prediction -----------------------------------------------------------------------------------
+    def _combiner(self) -> CombinedExperts:
+        self._require_fitted()
+        if self._combined is None or self._combined[0] != self._model_version:
+            assert self._dim is not None
+            self._combined = (
+                self._model_version,
+                CombinedExperts(self._labels, self._subsets, self._experts, self._dim),
+            )
+        return self._combined[1]
+
+    def log_odds(self, X: np.ndarray) -> np.ndarray:
+        """Per-label log-odds against the owning expert's noise, shape (n, n_labels), order ``labels``."""
+        return self._combiner().log_odds(self._check_X(X))
+
+    @_blas_limited
+    def rank_embeddings(self, X: np.ndarray, top_k: int = 5) -> Ranking:
+        """Ranked candidates, probabilities, entropy, margin and out-of-scope flag for each embedding."""
+        Z = self.log_odds(X)
+        return make_ranking(Z, self._labels, top_k, self.settings.temperature, self.settings.oos_threshold)
+
+    def rank(self, texts: Sequence[str], top_k: int = 5) -> Ranking:
+        self._require_fitted()
+        return self.rank_embeddings(self._encode(texts), top_k)
+
+    @_blas_limited
+    def predict_proba_embeddings(self, X: np.ndarray) -> np.ndarray:
+        """Probability matrix over ``labels`` (rows sum to 1)."""
+        from driftlabel.models.uncertainty import softmax
+
+        return softmax(self.log_odds(X).astype(np.float64) / self.settings.temperature)
+
+    def predict_embeddings(self, X: np.ndarray) -> list[str]:
+        return self.rank_embeddings(X, top_k=1).labels
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """Top-1 label per text (``"out_of_scope"`` when every expert says noise)."""
+        return self.rank(texts, top_k=1).labels
+
+    def predict_proba(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """``{label: probability}`` over every known label, per text."""
+        self._require_fitted()
+        P = self.predict_proba_embeddings(self._encode(texts))
+        return [dict(zip(self._labels, row, strict=True)) for row in P.tolist()]
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the model to a directory (JSON manifest + .npz arrays + texts; no pickle)."""
+        from driftlabel.models.persistence import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], embedder: Embedder | None = None) -> RedClassifier:
+        """Read a model saved by :meth:`save`; refuses corrupt or foreign files with ``ModelFileError``."""
+        from driftlabel.models.persistence import load_model
+
+        return load_model(path, embedder)
+
+    def __repr__(self) -> str:
+        return (
+            f"RedClassifier(labels={len(self._labels)}, subsets={len(self._subsets)}, examples={self.n_examples}, "
+            f"model_version={self._model_version}, embedder={self._embedder_name!r})"
+        )
+
+    def _state(self) -> dict[str, Any]:  # for persistence
+        return {
+            "labels": self._labels,
+            "descriptions": self._descriptions,
+            "desc_emb": self._desc_emb,
+            "subsets": self._subsets,
+            "experts": self._experts,
+            "store": self._store,
+            "model_version": self._model_version,
+            "embedder_name": self._embedder_name,
+            "dim": self._dim,
+        }

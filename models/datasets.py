@@ -1,0 +1,366 @@
+"""Labelled text sets: the shared benchmark data (CLINC150, BANKING77, O*NET) and users' seed files.
+
+The benchmark sets are read in place from ``../shared/data`` (or ``$DRIFTLABEL_DATA_DIR``), never copied.
+Every loader returns a :class:`Dataset` of :class:`Split` s, each a ``(texts, labels)`` pair of lists, so
+``texts, labels = ds.train`` works. k-shot seeds come from :func:`k_shot_indices` (indices, so cached
+embeddings can be sliced without re-encoding) and are deterministic for a seed.
+
+Seed files (:func:`read_examples`) are CSV or JSONL with ``text`` and ``label``; a bad row is reported as
+``file:line`` and nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from driftlabel.models.errors import InvalidDataError
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "Dataset",
+    "Split",
+    "default_data_dir",
+    "k_shot_indices",
+    "load_banking77",
+    "load_clinc150",
+    "load_dataset",
+    "load_onet",
+    "read_descriptions",
+    "read_examples",
+    "sample_k_shot",
+]
+
+DATA_DIR_ENV = "DRIFTLABEL_DATA_DIR"
+OOS_LABEL = "oos"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: parallel lists of texts and labels; ``len()`` counts examples, unpacks as ``texts, labels``."""
+
+    texts: list[str]
+    labels: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise InvalidDataError(
+                f"{len(self.texts)} texts but {len(self.labels)} labels; they must be parallel"
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __iter__(self) -> Iterator[list[str]]:
+        yield self.texts
+        yield self.labels
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> Split:
+        """The examples at ``indices``, in that order."""
+        return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+
+_EMPTY = Split([], [])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named labelled set. ``oos_*`` hold out-of-scope texts (label ``"oos"``), empty where the set has none."""
+
+    name: str
+    train: Split
+    test: Split
+    val: Split = _EMPTY
+    oos_train: Split = _EMPTY
+    oos_val: Split = _EMPTY
+    oos_test: Split = _EMPTY
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        """The in-scope classes, sorted."""
+        return sorted(set(self.train.labels))
+
+    def split(self, name: str) -> Split:
+        """A split by name (``train``, ``val``, ``test``, ``oos_train``, ``oos_val``, ``oos_test``)."""
+        if name not in SPLITS:
+            raise InvalidDataError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        return getattr(self, name)  # type: ignore[no-any-return]
+
+    def k_shot(self, k: int | None, seed: int = 0) -> Dataset:
+        """The same set with ``train`` cut to at most ``k`` examples per label (None = all)."""
+        idx = k_shot_indices(self.train.labels, k, seed)
+        return Dataset(
+            self.name,
+            self.train.take(idx),
+            self.test,
+            self.val,
+            self.oos_train,
+            self.oos_val,
+            self.oos_test,
+            dict(self.descriptions),
+        )
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={len(getattr(self, s))}" for s in SPLITS if len(getattr(self, s)))
+        return f"Dataset({self.name!r}, {len(self.labels)} labels, {sizes})"
+
+
+SPLITS = ("train", "val", "test", "oos_train", "oos_val", "oos_test")
+
+
+def default_data_dir() -> Path:
+    """``$DRIFTLABEL_DATA_DIR``, else the first ``shared/data`` found beside the repository or the cwd."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    candidates = [
+        _REPO_ROOT.parent / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+    ]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return candidates[0]
+
+
+def _data_file(data_dir: str | os.PathLike[str] | None, *parts: str) -> Path:
+    base = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = base.joinpath(*parts)
+    if not path.is_file():
+        raise InvalidDataError(
+            f"dataset file {path} not found; set {DATA_DIR_ENV} to the folder holding clinc150/, banking77/ and onet/"
+        )
+    return path
+
+
+def load_clinc150(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """CLINC150 ``data_full.json``: 150 intents (100/20/30 per intent) plus out-of-scope splits."""
+    path = _data_file(data_dir, "clinc150", "data_full.json")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        splits = {s: Split([str(t) for t, _ in raw[s]], [str(lab) for _, lab in raw[s]]) for s in SPLITS}
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+        raise InvalidDataError(
+            f"{path} is not CLINC150's data_full.json ({exc}); re-fetch the shared data"
+        ) from exc
+    return Dataset("clinc150", **splits)
+
+
+def load_banking77(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """BANKING77 ``train.csv``/``test.csv`` (columns ``text,category``); 77 intents, no validation split."""
+    train = _data_file(data_dir, "banking77", "train.csv")
+    test = _data_file(data_dir, "banking77", "test.csv")
+    ds = Dataset(
+        "banking77",
+        train=Split(*read_examples(train, label_column="category")),
+        test=Split(*read_examples(test, label_column="category")),
+    )
+    cats = train.parent / "categories.json"
+    if cats.is_file():
+        known = set(json.loads(cats.read_text(encoding="utf-8")))
+        unknown = set(ds.train.labels) - known
+        if unknown:
+            raise InvalidDataError(f"{train}: labels not in {cats.name}: {sorted(unknown)[:5]}")
+    return ds
+
+
+def load_onet(
+    data_dir: str | os.PathLike[str] | None = None, *, test_fraction: float = 0.25, seed: int = 0
+) -> Dataset:
+    """O*NET task statements: text = ``Task``, label = occupation ``Title`` (923 labels, 4-40 each).
+
+    The file has no split, so each occupation's statements are shuffled with ``seed`` and
+    ``max(1, round(n * test_fraction))`` of them go to test: deterministic, and every label in both splits.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    path = _data_file(data_dir, "onet", "task_statements.txt")
+    texts: list[str] = []
+    labels: list[str] = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, [])
+        try:
+            ti, li = header.index("Task"), header.index("Title")
+        except ValueError as exc:
+            raise InvalidDataError(f"{path}:1: expected columns 'Title' and 'Task', got {header}") from exc
+        for lineno, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise InvalidDataError(f"{path}:{lineno}: {len(row)} fields, expected {len(header)}")
+            texts.append(row[ti].strip())
+            labels.append(row[li].strip())
+    y = np.asarray(labels, dtype=object)
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(y), dtype=bool)
+    order = np.argsort(y, kind="stable")
+    _, starts, counts = np.unique(y[order], return_index=True, return_counts=True)
+    for start, n in zip(starts, counts, strict=True):
+        members = order[start : start + n]
+        n_test = max(1, round(n * test_fraction)) if n > 1 else 0
+        is_test[rng.permutation(members)[:n_test]] = True
+    tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    full = Split(texts, labels)
+    return Dataset("onet", train=full.take(tr), test=full.take(te))
+
+
+_LOADERS = {"clinc150": load_clinc150, "banking77": load_banking77, "onet": load_onet}
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """One of ``clinc150``, ``banking77``, ``onet`` by name."""
+    try:
+        loader = _LOADERS[name]
+    except KeyError:
+        raise InvalidDataError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}") from None
+    return loader(data_dir)
+
+
+def k_shot_indices(labels: Sequence[str] | np.ndarray, k: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``k`` examples per label, drawn with ``seed`` (None/0 or less = all)."""
+    y = np.asarray(labels, dtype=object)
+    if k is None:
+        return np.arange(len(y))
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (or None for all examples), got {k}")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(y, kind="stable")
+    _, starts, counts = np.unique(y[order], return_index=True, return_counts=True)
+    chosen = [
+        rng.permutation(order[s : s + n])[:k] if n > k else order[s : s + n]
+        for s, n in zip(starts, counts, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.intp)
+
+
+def sample_k_shot(
+    texts: Sequence[str], labels: Sequence[str], k: int | None, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """At most ``k`` examples per label (deterministic for ``seed``), in their original order."""
+    if len(texts) != len(labels):
+        raise InvalidDataError(f"{len(texts)} texts but {len(labels)} labels; they must be parallel lists")
+    idx = k_shot_indices(labels, k, seed)
+    return [texts[i] for i in idx], [labels[i] for i in idx]
+
+
+def read_examples(
+    path: str | os.PathLike[str], *, text_column: str = "text", label_column: str = "label"
+) -> tuple[list[str], list[str]]:
+    """Labelled examples from a CSV (header row) or JSONL (one object a line) file.
+
+    Texts and labels are stripped; an empty one, a missing column or a malformed line raises
+    InvalidDataError with ``file:line``, so the user can fix the file instead of losing rows silently.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidDataError(
+            f"{p}: no such file; pass a CSV or JSONL file with columns {text_column},{label_column}"
+        )
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(p)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        rows = _csv_rows(p, "\t" if suffix == ".tsv" else ",", text_column, label_column)
+    else:
+        raise InvalidDataError(f"{p}: unknown format {p.suffix!r}; use .csv, .tsv or .jsonl")
+    texts: list[str] = []
+    labels: list[str] = []
+    for lineno, row in rows:
+        where = f"{p}:{lineno}"
+        for col in (text_column, label_column):
+            if col not in row:
+                raise InvalidDataError(
+                    f"{where}: missing column {col!r} (found {sorted(row)}); each row needs it"
+                )
+        text, label = row[text_column], row[label_column]
+        if not isinstance(text, str) or not isinstance(label, str | int):
+            raise InvalidDataError(f"{where}: {text_column!r} must be a string and {label_column!r} a string")
+        text, label = text.strip(), str(label).strip()
+        if not text:
+            raise InvalidDataError(f"{where}: empty {text_column!r}; remove the row or fill it in")
+        if not label:
+            raise InvalidDataError(
+                f"{where}: empty {label_column!r} for text {text[:40]!r}; every example needs a label"
+            )
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        raise InvalidDataError(
+            f"{p}: no examples; the file needs at least one {text_column},{label_column} row"
+        )
+    return texts, labels
+
+
+def _csv_rows(p: Path, delimiter: str, *required: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    with p.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        fields = reader.fieldnames or []
+        missing = [c for c in required if c not in fields]
+        if missing:
+            raise InvalidDataError(
+                f"{p}:1: missing column(s) {', '.join(map(repr, missing))}; the header is {fields}. "
+                f"Rename the columns or pass --text-column/--label-column"
+            )
+        try:
+            for row in reader:
+                lineno = reader.line_num
+                if None in row or any(v is None for v in row.values()):
+                    raise InvalidDataError(
+                        f"{p}:{lineno}: expected {len(fields)} fields; quote texts that contain '{delimiter}'"
+                    )
+                yield lineno, row
+        except csv.Error as exc:
+            raise InvalidDataError(f"{p}:{reader.line_num}: malformed CSV: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidDataError(f"{p}: not UTF-8 ({exc}); re-save the file as UTF-8") from exc
+
+
+def _jsonl_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        with p.open(encoding="utf-8-sig") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InvalidDataError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(row, dict):
+                    raise InvalidDataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                yield lineno, row
+    except UnicodeDecodeError as exc:
+        raise InvalidDataError(f"{p}: not UTF-8 ({exc}); re-save the file as UTF-8") from exc
+
+
+def read_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A ``label: description`` mapping from a YAML or JSON file (descriptions help the subsets and the judge)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidDataError(f"{p}: no such file; pass a YAML or JSON mapping of label to description")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InvalidDataError(
+            f"{p}: cannot parse ({exc}); it must be a YAML/JSON mapping label -> description"
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidDataError(f"{p}: expected a mapping label -> description, got {type(data).__name__}")
+    out: dict[str, str] = {}
+    for label, desc in data.items():
+        if not isinstance(desc, str) or not desc.strip():
+            raise InvalidDataError(f"{p}: description of {label!r} must be a non-empty string")
+        if not str(label).strip():
+            raise InvalidDataError(f"{p}: empty label name")
+        out[str(label).strip()] = desc.strip()
+    return out

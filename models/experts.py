@@ -1,0 +1,457 @@
+"""Online experts: small classifiers over one label subset plus ``noise``, with a river-like contract.
+
+Every expert follows the same small interface (river's estimator contract, numpy micro-batches instead of
+per-item dicts), so one parametrised test checks them all and the classifier can swap them:
+
+- constructor parameters are stored under their own names (``get_params()``, ``clone()``);
+- ``learn_many(X, y, sample_weight=None, valid=None)`` learns incrementally from a micro-batch; labels not
+  seen before become new classes; ``valid=False`` rows are hard negatives ("x is NOT y");
+- ``fit_many(...)`` (same arguments) refits from scratch on everything given;
+- ``predict_proba_many(X)`` returns an ``(n, len(classes_))`` matrix, ``predict_many(X)`` the argmax labels;
+- ``add_class(label)`` / ``remove_class(label)`` change the label set without touching the other classes.
+
+:class:`SoftmaxExpert` (numpy multinomial logistic regression) is the fast default: full refits solve the
+same L2-regularised objective as scikit-learn's ``LogisticRegression`` with L-BFGS, incremental steps are
+gradient steps on micro-batches. Being linear, its weights can be stacked with the other experts' into one
+matrix, which is what makes combined prediction one matmul per micro-batch (see ``combine.py``).
+:class:`RiverExpert` wraps ``river.linear_model.SoftmaxRegression`` for comparison; it learns one item at a
+time through dicts and is far below the speed bar (measured in ``bench/bench_models.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from driftlabel.config import DriftlabelSettings
+from driftlabel.models.errors import InvalidDataError, UnknownLabelError
+from driftlabel.models.uncertainty import softmax
+
+__all__ = ["NOISE", "Expert", "ExpertSettings", "RiverExpert", "SoftmaxExpert", "make_expert"]
+
+NOISE = "__noise__"
+"""The reserved class every R.E.D. expert has besides its subset's labels: "some other subset's label"."""
+
+
+class ExpertSettings(DriftlabelSettings):
+    """Knobs of the R.E.D. core (section ``experts``, env ``DRIFTLABEL_EXPERTS_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLABEL_EXPERTS_", frozen=True, extra="forbid")
+    section = "experts"
+
+    subset_size: int = Field(8, ge=1, description="at most this many labels per expert")
+    noise_ratio: float = Field(
+        2.0, ge=0.0, description="noise class size as a multiple of the subset's mean label size"
+    )
+    noise_mode: Literal["stratified", "weighted", "sampled"] = Field(
+        "stratified",
+        description="which other-subset examples a full refit uses as noise: stratified (up to noise_per_label "
+        "of every other label), weighted (all), sampled (noise_ratio x mean label size drawn at random); "
+        "the noise class always weighs noise_ratio x the mean label size in total",
+    )
+    noise_per_label: int = Field(10, ge=1, description="stratified noise: rows per other label")
+    seed: int = 0
+    learner: Literal["softmax", "river"] = "softmax"
+    l2: float = Field(1.0, ge=0.0, description="L2 penalty on the summed loss (= 1/C of scikit-learn)")
+    max_iter: int = Field(300, ge=1, description="L-BFGS iterations of a full refit")
+    learning_rate: float = Field(1.0, gt=0.0, description="step size of incremental micro-batch updates")
+    epochs: int = Field(2, ge=1, description="gradient steps per incremental micro-batch")
+    replay: float = Field(1.0, ge=0.0, description="stored examples replayed per new example when learning")
+    negative_weight: float = Field(1.0, ge=0.0, description="weight of hard negatives (complementary loss)")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the combined scores")
+    oos_threshold: float = Field(
+        0.0, description="out_of_scope when every label's log-odds against its expert's noise is below this"
+    )
+    max_examples_per_label: int = Field(1000, ge=1, description="stored known-good examples per label (FIFO)")
+    max_negatives_per_label: int = Field(200, ge=0, description="stored hard negatives per label (FIFO)")
+    description_weight: float = Field(
+        0.3, ge=0.0, le=1.0, description="share of a description in a label's embedding"
+    )
+    umap_components: int = Field(8, ge=2)
+    umap_neighbors: int = Field(15, ge=2)
+    umap_min_labels: int = Field(
+        24, ge=4, description="below this many labels subsets use cosine space, no UMAP"
+    )
+    batch_size: int = Field(256, ge=1, description="micro-batch size for embedding and learning")
+    blas_threads: int | None = Field(
+        1,
+        ge=1,
+        description="BLAS threads for the experts' math (None: the library default). The matrices are small, "
+        "and on a busy machine (the embedder shares the cores) one thread is several times faster",
+    )
+
+
+@runtime_checkable
+class Expert(Protocol):
+    """The contract every expert implements (checked by one parametrised test)."""
+
+    classes_: np.ndarray
+
+    def get_params(self) -> dict[str, Any]: ...
+
+    def clone(self) -> Expert: ...
+
+    def learn_many(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> Expert: ...
+
+    def fit_many(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> Expert: ...
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray: ...
+
+    def predict_many(self, X: np.ndarray) -> np.ndarray: ...
+
+    def add_class(self, label: str) -> None: ...
+
+    def remove_class(self, label: str) -> None: ...
+
+
+def _check_xy(
+    X: np.ndarray, y: Sequence[str] | np.ndarray, sample_weight: np.ndarray | None, valid: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise InvalidDataError(f"X must be a 2-D array (n, dim), got shape {X.shape}")
+    y_arr = np.asarray(y, dtype=object)
+    if y_arr.ndim != 1 or len(y_arr) != len(X):
+        raise InvalidDataError(
+            f"y must be 1-D with one label per row of X ({len(X)}), got shape {y_arr.shape}"
+        )
+    if not np.all(np.isfinite(X)):
+        raise InvalidDataError("X contains NaN or infinite values; check the embedder output")
+    w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (len(X),) or np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise InvalidDataError("sample_weight must be finite, non-negative, one per row")
+    v = np.ones(len(X), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    if v.shape != (len(X),):
+        raise InvalidDataError("valid must hold one bool per row")
+    return X, y_arr, w, v
+
+
+class SoftmaxExpert:
+    """Multinomial logistic regression in numpy: L-BFGS full refits, gradient-step micro-batch updates.
+
+    The full-refit objective is ``sum_i w_i * loss_i + l2/2 * ||W||^2`` (intercepts not penalised), i.e.
+    scikit-learn's ``LogisticRegression(C=1/l2)`` with sample weights, so the flat variant reproduces it.
+    ``loss_i`` is cross-entropy for valid rows and the complementary loss ``-log(1 - p_y)`` (times
+    ``negative_weight``) for hard negatives, which pushes ``p_y`` down without saying where the mass goes.
+    Incremental steps: ``epochs`` gradient steps of size ``learning_rate`` on the batch's mean loss, with
+    the L2 penalty scaled to the examples seen so far.
+    """
+
+    def __init__(
+        self,
+        l2: float = 1.0,
+        max_iter: int = 300,
+        learning_rate: float = 1.0,
+        epochs: int = 2,
+        negative_weight: float = 1.0,
+        tol: float = 1e-6,
+    ) -> None:
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.negative_weight = negative_weight
+        self.tol = tol
+        self.classes_: np.ndarray = np.empty(0, dtype=object)
+        self.coef_: np.ndarray | None = None  # (dim, n_classes)
+        self.intercept_: np.ndarray = np.zeros(0)
+        self.n_seen_: float = 0.0
+
+    # -- river-like plumbing -------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "l2": self.l2,
+            "max_iter": self.max_iter,
+            "learning_rate": self.learning_rate,
+            "epochs": self.epochs,
+            "negative_weight": self.negative_weight,
+            "tol": self.tol,
+        }
+
+    def clone(self) -> SoftmaxExpert:
+        """A fresh, unfitted expert with the same parameters."""
+        return SoftmaxExpert(**self.get_params())
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"SoftmaxExpert({params}) with {len(self.classes_)} classes"
+
+    # -- classes --------------------------------------------------------------------------------------
+    def _ensure_dim(self, dim: int) -> None:
+        if self.coef_ is None:
+            self.coef_ = np.zeros((dim, len(self.classes_)))
+        elif self.coef_.shape[0] != dim:
+            raise InvalidDataError(
+                f"X has {dim} columns but this expert was trained on {self.coef_.shape[0]}"
+            )
+
+    def add_class(self, label: str) -> None:
+        """Add a class (no-op if known); its logit starts at the lowest intercept so it is not favoured."""
+        if label in set(self.classes_.tolist()):
+            return
+        self.classes_ = np.append(self.classes_, np.array([label], dtype=object))
+        b0 = float(self.intercept_.min()) if len(self.intercept_) else 0.0
+        self.intercept_ = np.append(self.intercept_, b0)
+        if self.coef_ is not None:
+            self.coef_ = np.concatenate([self.coef_, np.zeros((self.coef_.shape[0], 1))], axis=1)
+
+    def remove_class(self, label: str) -> None:
+        idx = np.flatnonzero(self.classes_ == label)
+        if len(idx) == 0:
+            raise UnknownLabelError(f"class {label!r} is not one of this expert's classes")
+        keep = np.ones(len(self.classes_), dtype=bool)
+        keep[idx] = False
+        self.classes_ = self.classes_[keep]
+        self.intercept_ = self.intercept_[keep]
+        if self.coef_ is not None:
+            self.coef_ = self.coef_[:, keep]
+
+    def _codes(self, y: np.ndarray, add: bool) -> np.ndarray:
+        """Class index of every label; loops over the distinct labels only, never over rows."""
+        uniq, inv = np.unique(y.astype(str), return_inverse=True)
+        pos = {c: i for i, c in enumerate(self.classes_.tolist())}
+        codes = np.empty(len(uniq), dtype=np.intp)
+        for j, u in enumerate(uniq.tolist()):
+            if u not in pos:
+                if not add:
+                    raise UnknownLabelError(f"label {u!r} is not one of this expert's classes")
+                self.add_class(u)
+                pos[u] = len(self.classes_) - 1
+            codes[j] = pos[u]
+        return codes[inv.reshape(-1)]
+
+    # -- objective ------------------------------------------------------------------------------------
+    def _grad(
+        self, W: np.ndarray, b: np.ndarray, X: np.ndarray, codes: np.ndarray, w: np.ndarray, valid: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Summed weighted loss and its gradient (without the L2 term)."""
+        n = len(X)
+        P = softmax(X @ W + b)
+        rows = np.arange(n)
+        py = np.clip(P[rows, codes], 1e-12, 1.0)
+        G = P.copy()
+        G[rows, codes] -= 1.0  # cross-entropy gradient: p - e_y
+        loss_rows = -np.log(py)
+        if not valid.all():
+            neg = ~valid
+            # complementary loss -log(1 - p_y): gradient (p_y / (1 - p_y)) * (e_y - p); capped for stability
+            q = np.clip(1.0 - py[neg], 1e-6, 1.0)
+            factor = np.minimum(py[neg] / q, 50.0) * self.negative_weight
+            G[neg] = -G[neg] * factor[:, None]
+            loss_rows[neg] = -np.log(q) * self.negative_weight
+        G *= w[:, None]
+        return float(np.dot(w, loss_rows)), X.T @ G, G.sum(axis=0)
+
+    def _prepare(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        sample_weight: np.ndarray | None,
+        valid: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        X, y_arr, w, v = _check_xy(X, y, sample_weight, valid)
+        codes = self._codes(y_arr, add=True)
+        self._ensure_dim(X.shape[1])
+        return X.astype(np.float64, copy=False), codes, w, v
+
+    def fit_many(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> SoftmaxExpert:
+        """Full refit with L-BFGS, warm-started from the current weights (known classes are kept)."""
+        from scipy.optimize import minimize
+
+        if len(X) == 0:
+            return self
+        Xf, codes, w, v = self._prepare(X, y, sample_weight, valid)
+        assert self.coef_ is not None
+        d, c = self.coef_.shape
+        l2 = self.l2
+
+        def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            W = theta[: d * c].reshape(d, c)
+            b = theta[d * c :]
+            loss, gW, gb = self._grad(W, b, Xf, codes, w, v)
+            loss += 0.5 * l2 * float(np.sum(W * W))
+            gW = gW + l2 * W
+            return loss, np.concatenate([gW.ravel(), gb])
+
+        theta0 = np.concatenate([self.coef_.ravel(), self.intercept_])
+        res = minimize(
+            fun,
+            theta0,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 1e-12},
+        )
+        self.coef_ = res.x[: d * c].reshape(d, c).copy()
+        self.intercept_ = res.x[d * c :].copy()
+        self.n_seen_ = float(w.sum())
+        return self
+
+    def learn_many(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> SoftmaxExpert:
+        """Incremental update from one micro-batch (new labels become new classes)."""
+        if len(X) == 0:
+            return self
+        Xf, codes, w, v = self._prepare(X, y, sample_weight, valid)
+        assert self.coef_ is not None
+        self.n_seen_ += float(w.sum())
+        n = len(Xf)
+        l2 = self.l2 / max(self.n_seen_, 1.0)
+        step = self.learning_rate
+        for _ in range(self.epochs):
+            _, gW, gb = self._grad(self.coef_, self.intercept_, Xf, codes, w, v)
+            self.coef_ -= step * (gW / n + l2 * self.coef_)
+            self.intercept_ -= step * (gb / n)
+        return self
+
+    # -- prediction -----------------------------------------------------------------------------------
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Raw logits ``X @ W + b``, shape (n, n_classes)."""
+        if self.coef_ is None:
+            return np.zeros((len(X), len(self.classes_)))
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.coef_.shape[0]:
+            raise InvalidDataError(f"X must have shape (n, {self.coef_.shape[0]}), got {X.shape}")
+        return np.asarray(X @ self.coef_.astype(X.dtype, copy=False) + self.intercept_)
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
+        if len(self.classes_) == 0:
+            raise InvalidDataError("this expert has no classes yet; call learn_many or fit_many first")
+        return softmax(self.decision_function(X).astype(np.float64))
+
+    def predict_many(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes_[np.argmax(self.predict_proba_many(X), axis=1)])
+
+
+class RiverExpert:
+    """``river.linear_model.SoftmaxRegression`` behind the same contract, for comparison.
+
+    River learns one dict at a time, so this is ~1,000 items/s (below the speed bar). Sample weights are
+    honoured by unbiased stochastic repetition (a row of weight 2.3 is learnt 2 or 3 times); river has no
+    complementary loss, so hard negatives (``valid=False``) are skipped, and ``fit_many`` is
+    ``epochs`` shuffled passes from scratch.
+    """
+
+    def __init__(self, learning_rate: float = 0.05, l2: float = 0.0, epochs: int = 3, seed: int = 0) -> None:
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.epochs = epochs
+        self.seed = seed
+        self.classes_: np.ndarray = np.empty(0, dtype=object)
+        self._rng = np.random.default_rng(seed)
+        self._model: Any = self._new_model()
+
+    def _new_model(self) -> Any:
+        from river import linear_model, optim
+
+        return linear_model.SoftmaxRegression(optimizer=optim.SGD(self.learning_rate), l2=self.l2)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate, "l2": self.l2, "epochs": self.epochs, "seed": self.seed}
+
+    def clone(self) -> RiverExpert:
+        return RiverExpert(**self.get_params())
+
+    def add_class(self, label: str) -> None:
+        if label not in set(self.classes_.tolist()):
+            self.classes_ = np.append(self.classes_, np.array([label], dtype=object))
+
+    def remove_class(self, label: str) -> None:
+        if label not in set(self.classes_.tolist()):
+            raise UnknownLabelError(f"class {label!r} is not one of this expert's classes")
+        self.classes_ = self.classes_[self.classes_ != label]
+        self._model.weights.pop(label, None)
+
+    def learn_many(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> RiverExpert:
+        X, y_arr, w, v = _check_xy(X, y, sample_weight, valid)
+        for label in np.unique(y_arr[v].astype(str)).tolist():
+            self.add_class(label)
+        reps = np.floor(w).astype(int) + (self._rng.random(len(w)) < (w - np.floor(w)))
+        reps[~v] = 0
+        keys = [f"x{j}" for j in range(X.shape[1])] + ["bias"]
+        for i in np.flatnonzero(reps):
+            x = dict(zip(keys, [*X[i].tolist(), 1.0], strict=True))
+            for _ in range(int(reps[i])):
+                self._model.learn_one(x, str(y_arr[i]))
+        return self
+
+    def fit_many(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> RiverExpert:
+        X, y_arr, w, v = _check_xy(X, y, sample_weight, valid)
+        classes = self.classes_
+        self._model = self._new_model()
+        self.classes_ = classes
+        for _ in range(self.epochs):
+            order = self._rng.permutation(len(X))
+            self.learn_many(X[order], y_arr[order], w[order], v[order])
+        return self
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
+        if len(self.classes_) == 0:
+            raise InvalidDataError("this expert has no classes yet; call learn_many or fit_many first")
+        X = np.asarray(X)
+        # river's weights are dicts label -> feature -> w: read them into a matrix once per call
+        keys = [f"x{j}" for j in range(X.shape[1])] + ["bias"]
+        W = np.array([[self._model.weights[c].get(k, 0.0) for k in keys] for c in self.classes_.tolist()])
+        Xb = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+        return softmax(Xb @ W.T)
+
+    def predict_many(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes_[np.argmax(self.predict_proba_many(X), axis=1)])
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RiverExpert:
+        new = self.clone()
+        new.classes_ = self.classes_.copy()
+        new._model = copy.deepcopy(self._model, memo)
+        return new
+
+
+def make_expert(settings: ExpertSettings) -> SoftmaxExpert | RiverExpert:
+    """A fresh expert of the kind the settings name."""
+    if settings.learner == "river":
+        return RiverExpert(l2=0.0, seed=settings.seed)
+    return SoftmaxExpert(
+        l2=settings.l2,
+        max_iter=settings.max_iter,
+        learning_rate=settings.learning_rate,
+        epochs=settings.epochs,
+        negative_weight=settings.negative_weight,
+    )

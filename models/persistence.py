@@ -1,0 +1,255 @@
+"""Saving and loading a :class:`RedClassifier`: a directory of plain files, no pickle.
+
+::
+
+    model/
+      manifest.json   format name + version, model version, embedder name/dim, settings, labels,
+                      descriptions, subsets, experts' classes/params, SHA-256 of the two files below
+      arrays.npz      experts' weights, stored embeddings, description embeddings (allow_pickle=False)
+      texts.json      stored texts and their labels (valid examples and hard negatives)
+
+The manifest is written last, so a directory with a manifest is complete; a checksum mismatch, a
+missing file, another format or a newer format version is refused with :class:`ModelFileError` saying
+what is wrong and what to do. No code is ever executed from a model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from driftlabel.models.errors import ModelFileError
+from driftlabel.models.experts import ExpertSettings, SoftmaxExpert
+from driftlabel.models.store import ExampleStore
+
+if TYPE_CHECKING:
+    from driftlabel.models.classifier import RedClassifier
+    from driftlabel.models.embeddings import Embedder
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "load_model", "save_model"]
+
+FORMAT = "driftlabel.red-classifier"
+FORMAT_VERSION = 1
+MANIFEST, ARRAYS, TEXTS = "manifest.json", "arrays.npz", "texts.json"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
+    """Write ``clf`` to the directory ``path`` (created if needed; an older model there is replaced)."""
+    from driftlabel import __version__
+
+    st = clf._state()
+    if not st["experts"]:
+        raise ModelFileError("nothing to save: the model has no labels yet; fit() it first")
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ModelFileError(f"{p} exists and is not a directory; choose a directory path")
+    if p.is_dir() and any(p.iterdir()) and not (p / MANIFEST).is_file():
+        raise ModelFileError(
+            f"{p} is a non-empty directory without a driftlabel manifest; refusing to write into it"
+        )
+    p.mkdir(parents=True, exist_ok=True)
+
+    arrays: dict[str, np.ndarray] = {}
+    experts_meta: list[dict[str, Any]] = []
+    for i, expert in enumerate(st["experts"]):
+        if not isinstance(expert, SoftmaxExpert):
+            raise ModelFileError(
+                f"expert {i} is a {type(expert).__name__}; only softmax experts can be saved"
+            )
+        if expert.coef_ is None:
+            raise ModelFileError(f"expert {i} was never trained; call refit() before saving")
+        arrays[f"expert{i}_coef"] = expert.coef_.astype(np.float32)
+        arrays[f"expert{i}_intercept"] = expert.intercept_.astype(np.float64)
+        experts_meta.append(
+            {
+                "kind": "softmax",
+                "params": expert.get_params(),
+                "classes": [str(c) for c in expert.classes_.tolist()],
+                "n_seen": expert.n_seen_,
+            }
+        )
+    store: ExampleStore = st["store"]
+    state = store.state()
+    arrays["store_pos_X"] = np.asarray(state["pos_X"], dtype=np.float32)
+    arrays["store_neg_X"] = np.asarray(state["neg_X"], dtype=np.float32)
+    desc_labels = sorted(st["desc_emb"])
+    dim = int(st["dim"])
+    arrays["desc_X"] = (
+        np.stack([st["desc_emb"][k] for k in desc_labels]).astype(np.float32)
+        if desc_labels
+        else np.zeros((0, dim), np.float32)
+    )
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    arrays_bytes = buf.getvalue()
+    texts_bytes = json.dumps(
+        {
+            "pos_y": state["pos_y"],
+            "pos_texts": state["pos_texts"],
+            "neg_y": state["neg_y"],
+            "neg_texts": state["neg_texts"],
+        },
+        ensure_ascii=False,
+    ).encode("utf-8")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "driftlabel_version": __version__,
+        "model_version": st["model_version"],
+        "embedder": {"name": st["embedder_name"], "dim": dim},
+        "settings": clf.settings.model_dump(mode="json"),
+        "labels": st["labels"],
+        "descriptions": st["descriptions"],
+        "description_labels": desc_labels,
+        "subsets": st["subsets"],
+        "experts": experts_meta,
+        "store": {
+            "max_per_label": store.max_per_label,
+            "max_negatives_per_label": store.max_negatives_per_label,
+        },
+        "files": {ARRAYS: _sha256(arrays_bytes), TEXTS: _sha256(texts_bytes)},
+    }
+    manifest_path = p / MANIFEST
+    if manifest_path.exists():  # invalidate the old model first so a crash mid-save is never half-loaded
+        manifest_path.unlink()
+    _write_atomic(p / ARRAYS, arrays_bytes)
+    _write_atomic(p / TEXTS, texts_bytes)
+    _write_atomic(manifest_path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+def _read_checked(p: Path, name: str, manifest: dict[str, Any]) -> bytes:
+    f = p / name
+    if not f.is_file():
+        raise ModelFileError(f"{f} is missing; the model directory is incomplete: save it again")
+    data = f.read_bytes()
+    want = manifest.get("files", {}).get(name)
+    if want != _sha256(data):
+        raise ModelFileError(
+            f"{f} does not match its checksum in {MANIFEST}: the file is corrupt or was edited; save it again"
+        )
+    return data
+
+
+def load_model(path: str | os.PathLike[str], embedder: Embedder | None = None) -> RedClassifier:
+    """Read a directory written by :func:`save_model` (see the module docstring for what is checked)."""
+    from driftlabel.models.classifier import RedClassifier
+
+    p = Path(path)
+    mpath = p / MANIFEST
+    if not p.is_dir():
+        raise ModelFileError(f"{p} is not a directory; pass the directory given to save()")
+    if not mpath.is_file():
+        raise ModelFileError(f"{p} has no {MANIFEST}: not a driftlabel model (or an interrupted save)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{mpath} is not valid JSON ({exc}); the model file is corrupt") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{mpath} is not a driftlabel R.E.D. model manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})"
+        )
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ModelFileError(
+            f"{p}: model format version {version!r} is not supported (this driftlabel reads 1..{FORMAT_VERSION}); upgrade driftlabel"
+        )
+    arrays_bytes = _read_checked(p, ARRAYS, manifest)
+    texts_bytes = _read_checked(p, TEXTS, manifest)
+    try:
+        return _build(manifest, arrays_bytes, texts_bytes, embedder, RedClassifier)
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, ValidationError) as exc:
+        raise ModelFileError(
+            f"{p}: inconsistent model files ({type(exc).__name__}: {exc}); save the model again"
+        ) from exc
+
+
+def _build(
+    manifest: dict[str, Any],
+    arrays_bytes: bytes,
+    texts_bytes: bytes,
+    embedder: Embedder | None,
+    cls: type[RedClassifier],
+) -> RedClassifier:
+    emb_meta = manifest["embedder"]
+    dim = int(emb_meta["dim"])
+    if embedder is not None and (
+        embedder.dim != dim or (emb_meta["name"] and embedder.name != emb_meta["name"])
+    ):
+        raise ModelFileError(
+            f"the model was trained with embedder {emb_meta['name']!r} ({dim}-d) but {embedder.name!r} "
+            f"({embedder.dim}-d) was given; pass the same embedder or retrain"
+        )
+    settings = ExpertSettings(**manifest["settings"])
+    with np.load(io.BytesIO(arrays_bytes), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    texts = json.loads(texts_bytes.decode("utf-8"))
+    labels = [str(x) for x in manifest["labels"]]
+    subsets = [[str(x) for x in s] for s in manifest["subsets"]]
+    if sorted(lab for s in subsets for lab in s) != sorted(labels) or len(set(labels)) != len(labels):
+        raise ModelFileError("manifest subsets do not partition the labels; the model file is inconsistent")
+    experts = []
+    for i, meta in enumerate(manifest["experts"]):
+        if meta.get("kind") != "softmax":
+            raise ModelFileError(f"expert {i} has unknown kind {meta.get('kind')!r}")
+        e = SoftmaxExpert(**meta["params"])
+        e.classes_ = np.array(meta["classes"], dtype=object)
+        e.coef_ = arrays[f"expert{i}_coef"].astype(np.float64)
+        e.intercept_ = arrays[f"expert{i}_intercept"].astype(np.float64)
+        e.n_seen_ = float(meta["n_seen"])
+        if e.coef_.shape != (dim, len(e.classes_)) or e.intercept_.shape != (len(e.classes_),):
+            raise ModelFileError(
+                f"expert {i}: weight shapes {e.coef_.shape}/{e.intercept_.shape} do not match its classes"
+            )
+        experts.append(e)
+    if len(experts) != len(subsets):
+        raise ModelFileError(
+            f"{len(experts)} experts for {len(subsets)} subsets; the model file is inconsistent"
+        )
+    pos_X, neg_X, desc_X = arrays["store_pos_X"], arrays["store_neg_X"], arrays["desc_X"]
+    for name, X, n in (
+        ("stored examples", pos_X, len(texts["pos_texts"])),
+        ("hard negatives", neg_X, len(texts["neg_texts"])),
+    ):
+        if X.ndim != 2 or X.shape != (n, dim):
+            raise ModelFileError(f"{name}: array shape {X.shape} does not match {n} texts of dim {dim}")
+    sm = manifest["store"]
+    store = ExampleStore.from_state(
+        dim,
+        int(sm["max_per_label"]),
+        int(sm["max_negatives_per_label"]),
+        (pos_X, texts["pos_y"], texts["pos_texts"]),
+        (neg_X, texts["neg_y"], texts["neg_texts"]),
+    )
+    desc_labels = [str(x) for x in manifest["description_labels"]]
+    if desc_X.shape != (len(desc_labels), dim):
+        raise ModelFileError(f"description embeddings: shape {desc_X.shape} for {len(desc_labels)} labels")
+    clf = cls(embedder=embedder, settings=settings)
+    clf._embedder_name = emb_meta["name"]
+    clf._dim = dim
+    clf._labels = labels
+    clf._descriptions = {str(k): str(v) for k, v in manifest["descriptions"].items()}
+    clf._desc_emb = {k: desc_X[i] for i, k in enumerate(desc_labels)}
+    clf._subsets = subsets
+    clf._experts = list(experts)
+    clf._store = store
+    clf._model_version = int(manifest["model_version"])
+    return clf

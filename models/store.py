@@ -1,0 +1,176 @@
+"""The example store: every label's known-good (and known-bad) examples, embeddings + texts, capped.
+
+The store is what makes R.E.D. recursive: experts are refit from it, noise classes are drawn from it, new
+experts are trained from it, and the judge is shown the examples nearest to a text from it. A per-label
+cap (first in, first out, so the newest wording of a drifting label wins) keeps memory bounded however
+long the stream runs: ``labels x cap x dim x 4`` bytes at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from driftlabel.models.errors import InvalidDataError, UnknownLabelError
+
+__all__ = ["ExampleStore"]
+
+
+@dataclass
+class _Buffer:
+    X: np.ndarray
+    texts: list[str] = field(default_factory=list)
+
+    def extend(self, X: np.ndarray, texts: list[str], cap: int) -> None:
+        self.X = np.concatenate([self.X, X]) if len(self.X) else X.copy()
+        self.texts.extend(texts)
+        if len(self.texts) > cap:
+            cut = len(self.texts) - cap
+            self.X = self.X[cut:].copy()
+            del self.texts[:cut]
+
+
+class ExampleStore:
+    """Per-label FIFO buffers of (embedding, text), separately for valid examples and hard negatives."""
+
+    def __init__(self, dim: int, max_per_label: int = 1000, max_negatives_per_label: int = 200) -> None:
+        self.dim = dim
+        self.max_per_label = max_per_label
+        self.max_negatives_per_label = max_negatives_per_label
+        self._pos: dict[str, _Buffer] = {}
+        self._neg: dict[str, _Buffer] = {}
+        self._cache: dict[bool, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+
+    # -- writing --------------------------------------------------------------------------------------
+    def add(
+        self,
+        X: np.ndarray,
+        texts: Sequence[str],
+        labels: Sequence[str] | np.ndarray,
+        valid: Sequence[bool] | np.ndarray | None = None,
+    ) -> None:
+        """Append a micro-batch, grouped by label (one concatenation per label, not per row)."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise InvalidDataError(f"embeddings must have shape (n, {self.dim}), got {X.shape}")
+        y = np.asarray(labels, dtype=object).astype(str)
+        if len(y) != len(X) or len(texts) != len(X):
+            raise InvalidDataError(
+                f"{len(X)} embeddings, {len(texts)} texts and {len(y)} labels: must be equal"
+            )
+        v = np.ones(len(X), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        texts_arr = np.asarray(list(texts), dtype=object)
+        for is_valid, book, cap in (
+            (True, self._pos, self.max_per_label),
+            (False, self._neg, self.max_negatives_per_label),
+        ):
+            sel = np.flatnonzero(v == is_valid)
+            if len(sel) == 0 or cap == 0:
+                continue
+            uniq, inv = np.unique(y[sel], return_inverse=True)
+            for j, lab in enumerate(uniq.tolist()):
+                rows = sel[inv.reshape(-1) == j]
+                buf = book.setdefault(lab, _Buffer(np.zeros((0, self.dim), dtype=np.float32)))
+                buf.extend(X[rows], texts_arr[rows].tolist(), cap)
+        self._cache.clear()
+
+    def remove_label(self, label: str) -> None:
+        if label not in self._pos and label not in self._neg:
+            raise UnknownLabelError(f"no stored examples for label {label!r}")
+        self._pos.pop(label, None)
+        self._neg.pop(label, None)
+        self._cache.clear()
+
+    # -- reading --------------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        """Labels with at least one valid example."""
+        return sorted(self._pos)
+
+    def count(self, label: str) -> int:
+        buf = self._pos.get(label)
+        return len(buf.texts) if buf else 0
+
+    def counts(self) -> dict[str, int]:
+        return {lab: len(buf.texts) for lab, buf in self._pos.items()}
+
+    @property
+    def n_examples(self) -> int:
+        """Stored valid examples (hard negatives not counted)."""
+        return sum(len(b.texts) for b in self._pos.values())
+
+    @property
+    def n_negatives(self) -> int:
+        return sum(len(b.texts) for b in self._neg.values())
+
+    def arrays(self, valid: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """All valid examples (or all hard negatives) as ``(X, labels, texts)``; cached until a change."""
+        if valid not in self._cache:
+            book = self._pos if valid else self._neg
+            labs = sorted(book)
+            if labs:
+                X = np.concatenate([book[lab].X for lab in labs])
+                y = np.repeat(np.array(labs, dtype=object), [len(book[lab].texts) for lab in labs])
+                texts = [t for lab in labs for t in book[lab].texts]
+            else:
+                X, y, texts = np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=object), []
+            self._cache[valid] = (X, y, texts)
+        return self._cache[valid]
+
+    def label_examples(self, label: str) -> tuple[np.ndarray, list[str]]:
+        buf = self._pos.get(label)
+        if buf is None:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        return buf.X, list(buf.texts)
+
+    def nearest(self, label: str, embedding: np.ndarray, c: int = 6) -> list[str]:
+        """The ``c`` distinct known-good texts of ``label`` most similar (cosine) to ``embedding``."""
+        buf = self._pos.get(label)
+        if buf is None or c <= 0:
+            return []
+        e = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if e.shape[0] != self.dim:
+            raise InvalidDataError(f"embedding must have {self.dim} values, got {e.shape[0]}")
+        order = np.argsort(-(buf.X @ e), kind="stable")
+        out: list[str] = []
+        seen: set[str] = set()
+        for i in order.tolist():
+            t = buf.texts[i]
+            if t not in seen:
+                seen.add(t)
+                out.append(t)
+                if len(out) == c:
+                    break
+        return out
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def state(self) -> dict[str, object]:
+        """Flat arrays + texts for saving (valid and negative books)."""
+        Xp, yp, tp = self.arrays(True)
+        Xn, yn, tn = self.arrays(False)
+        return {
+            "pos_X": Xp,
+            "pos_y": yp.astype(str).tolist(),
+            "pos_texts": tp,
+            "neg_X": Xn,
+            "neg_y": yn.astype(str).tolist(),
+            "neg_texts": tn,
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        dim: int,
+        max_per_label: int,
+        max_negatives_per_label: int,
+        pos: tuple[np.ndarray, list[str], list[str]],
+        neg: tuple[np.ndarray, list[str], list[str]],
+    ) -> ExampleStore:
+        store = cls(dim, max_per_label, max_negatives_per_label)
+        if len(pos[1]):
+            store.add(pos[0], pos[2], pos[1])
+        if len(neg[1]):
+            store.add(neg[0], neg[2], neg[1], valid=np.zeros(len(neg[1]), dtype=bool))
+        return store

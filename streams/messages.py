@@ -1,0 +1,301 @@
+"""Typed faust ``Record`` messages for every topic of PRODUCT.md, and the validation of raw input.
+
+Input topics (``texts``, ``training``, ``control``) are read as raw bytes and parsed here by pure
+functions, so that every way a record can be bad (not UTF-8, not JSON, wrong types, missing or empty
+text, too large, unknown op) becomes an :class:`InvalidMessageError` with a reason code and ends up in
+``dead-letter`` with its position, instead of crashing the agent or being dropped silently.
+
+(No ``from __future__ import annotations`` here: faust introspects the field annotations at runtime.)
+"""
+
+import json
+import time
+from typing import Any
+
+import faust
+
+from driftlabel.streams.errors import InvalidMessageError
+
+__all__ = [
+    "CONTROL_OPS",
+    "LABEL_STATUSES",
+    "TRAINING_SOURCES",
+    "ControlMessage",
+    "DeadLetterMessage",
+    "JudgeRequestMessage",
+    "LabelMessage",
+    "ReviewMessage",
+    "TextMessage",
+    "TrainingMessage",
+    "VerdictMessage",
+    "dead_letter_for",
+    "parse_control",
+    "parse_text",
+    "parse_training",
+    "position_id",
+]
+
+LABEL_STATUSES = ("predicted", "validated", "corrected", "unresolved", "out_of_scope")
+TRAINING_SOURCES = ("seed", "judge", "human")
+CONTROL_OPS = ("add_class", "remove_class", "describe_class")
+
+
+class TextMessage(faust.Record, serializer="json", include_metadata=False):
+    """``texts``: one input text. ``ts`` is when the worker read it (for end-to-end latency)."""
+
+    id: str
+    text: str
+    meta: dict[str, Any] | None = None
+
+
+class LabelMessage(faust.Record, serializer="json", include_metadata=False):
+    """``labels``: a label for one text; at most one ``final=True`` per id."""
+
+    id: str
+    label: str | None
+    score: float
+    entropy: float
+    status: str
+    final: bool
+    candidates: list[tuple[str, float]]
+    model_version: int
+    ts: float
+
+
+class JudgeRequestMessage(faust.Record, serializer="json", include_metadata=False):
+    """``judge-requests``: an uncertain item with its ranked candidates, self-contained.
+
+    Each candidate carries its description and the known-good examples nearest to the text, so the
+    judge agent (possibly on another worker) needs neither the embedding nor the model.
+    """
+
+    id: str
+    text: str
+    candidates: list[dict[str, Any]]  # {"label", "probability", "description", "examples"}
+    label: str | None
+    score: float
+    entropy: float
+    model_version: int
+    received_ts: float
+    ts: float
+
+
+class VerdictMessage(faust.Record, serializer="json", include_metadata=False):
+    """``judge-verdicts``: one answer of the judge ("is label L valid for this text?")."""
+
+    id: str
+    label: str
+    valid: bool
+    depth: int
+    judge_model: str
+    latency_ms: float
+    tokens: int
+
+
+class TrainingMessage(faust.Record, serializer="json", include_metadata=False):
+    """``training``: the replayable record of everything learned (``valid=False``: hard negative)."""
+
+    id: str
+    text: str
+    label: str
+    source: str
+    valid: bool = True
+
+
+class ControlMessage(faust.Record, serializer="json", include_metadata=False):
+    """``control``: add, remove or describe a class while the service runs."""
+
+    op: str
+    label: str
+    description: str | None = None
+    examples: list[str] | None = None
+
+
+class ReviewMessage(faust.Record, serializer="json", include_metadata=False):
+    """``review``: an unresolved item for a human, whose answer goes to ``training`` (source ``human``)."""
+
+    id: str
+    text: str
+    candidates: list[tuple[str, float]]
+    reason: str | None
+    model_version: int
+    ts: float
+
+
+class DeadLetterMessage(faust.Record, serializer="json", include_metadata=False):
+    """``dead-letter``: an input that could not be processed, with why and where it was."""
+
+    raw: str | None
+    error: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    ts: float
+
+
+def position_id(topic: str, partition: int, offset: int) -> str:
+    """The id of a bare-string text: its position ``topic:partition:offset``."""
+    return f"{topic}:{partition}:{offset}"
+
+
+def _decode(raw: bytes | None, max_bytes: int) -> str:
+    if raw is None:
+        raise InvalidMessageError("missing_field", "the record has no value (null)")
+    if len(raw) > max_bytes:
+        raise InvalidMessageError("too_large", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessageError("invalid_utf8", f"not UTF-8 at byte {exc.start}") from exc
+
+
+def _load_object(s: str, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError as exc:
+        raise InvalidMessageError(
+            "invalid_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise InvalidMessageError("wrong_type", f"a {what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _string(obj: dict[str, Any], key: str, *, required: bool = True, allow_empty: bool = False) -> str | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise InvalidMessageError("missing_field", f"field {key!r} is missing")
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        raise InvalidMessageError("wrong_type", f"field {key!r} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise InvalidMessageError(
+            "empty_text" if key == "text" else "invalid_value", f"field {key!r} is empty"
+        )
+    return value
+
+
+def _check_len(text: str, max_chars: int) -> str:
+    if len(text) > max_chars:
+        raise InvalidMessageError("too_large", f"text has {len(text)} characters > limit {max_chars}")
+    return text
+
+
+def parse_text(
+    raw: bytes | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    max_bytes: int = 65536,
+    max_chars: int = 4000,
+) -> TextMessage:
+    """Parse one ``texts`` record: a JSON object ``{id, text, meta?}`` or a bare string.
+
+    A value starting with ``{`` must be a valid JSON object; one starting with ``"`` a JSON string; any
+    other value is the text itself (its id is then its position). Raises :class:`InvalidMessageError`.
+    """
+    s = _decode(raw, max_bytes)
+    stripped = s.strip()
+    if stripped.startswith("{"):
+        obj = _load_object(stripped, "text record")
+        text = _string(obj, "text")
+        assert text is not None
+        item_id = obj.get("id")
+        if item_id is None:
+            item_id = position_id(topic, partition, offset)
+        elif isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+            raise InvalidMessageError(
+                "wrong_type", f"field 'id' must be a string, got {type(item_id).__name__}"
+            )
+        elif not str(item_id).strip():
+            raise InvalidMessageError("invalid_value", "field 'id' is empty")
+        meta = obj.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise InvalidMessageError(
+                "wrong_type", f"field 'meta' must be an object, got {type(meta).__name__}"
+            )
+        return TextMessage(id=str(item_id), text=_check_len(text, max_chars), meta=meta)
+    if stripped.startswith("["):
+        raise InvalidMessageError(
+            "wrong_type", 'a JSON array; send an object {"id", "text"} or a bare string'
+        )
+    if stripped.startswith('"'):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InvalidMessageError("invalid_json", f"bad JSON string: {exc.msg}") from exc
+        if not isinstance(value, str):  # pragma: no cover - a string literal always decodes to str
+            raise InvalidMessageError("wrong_type", "expected a JSON string")
+        stripped = value.strip()
+    if not stripped:
+        raise InvalidMessageError("empty_text", "the text is empty")
+    return TextMessage(
+        id=position_id(topic, partition, offset), text=_check_len(stripped, max_chars), meta=None
+    )
+
+
+def parse_training(raw: bytes | None, *, max_bytes: int = 65536, max_chars: int = 4000) -> TrainingMessage:
+    """Parse one ``training`` record ``{id, text, label, source, valid}``."""
+    obj = _load_object(_decode(raw, max_bytes), "training record")
+    text = _string(obj, "text")
+    label = _string(obj, "label")
+    assert text is not None and label is not None
+    source = obj.get("source", "human")
+    if source not in TRAINING_SOURCES:
+        raise InvalidMessageError("invalid_value", f"source {source!r} is not one of {TRAINING_SOURCES}")
+    valid = obj.get("valid", True)
+    if not isinstance(valid, bool):
+        raise InvalidMessageError(
+            "wrong_type", f"field 'valid' must be true/false, got {type(valid).__name__}"
+        )
+    item_id = obj.get("id", "")
+    if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+        raise InvalidMessageError("wrong_type", "field 'id' must be a string")
+    return TrainingMessage(
+        id=str(item_id), text=_check_len(text, max_chars), label=label, source=source, valid=valid
+    )
+
+
+def parse_control(raw: bytes | None, *, max_bytes: int = 1 << 20, max_chars: int = 4000) -> ControlMessage:
+    """Parse one ``control`` record ``{op, label, description?, examples?}``."""
+    obj = _load_object(_decode(raw, max_bytes), "control record")
+    op = _string(obj, "op")
+    if op not in CONTROL_OPS:
+        raise InvalidMessageError("unknown_op", f"op {op!r} is not one of {CONTROL_OPS}")
+    label = _string(obj, "label")
+    assert label is not None
+    description = _string(obj, "description", required=op == "describe_class")
+    examples = obj.get("examples")
+    if examples is not None:
+        if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
+            raise InvalidMessageError("wrong_type", "field 'examples' must be a list of strings")
+        examples = [_check_len(e, max_chars) for e in examples if e.strip()]
+    return ControlMessage(op=op, label=label, description=description, examples=examples)
+
+
+def dead_letter_for(
+    raw: bytes | None,
+    error: InvalidMessageError | str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    limit: int = 4096,
+) -> DeadLetterMessage:
+    """The dead-letter record for ``raw``; the raw value is kept readable (bad bytes escaped, long cut)."""
+    text = None if raw is None else raw[:limit].decode("utf-8", errors="backslashreplace")
+    if raw is not None and len(raw) > limit:
+        text = f"{text}...[{len(raw) - limit} more bytes]"
+    reason = error.reason if isinstance(error, InvalidMessageError) else "processing_error"
+    return DeadLetterMessage(
+        raw=text,
+        error=str(error),
+        reason=reason,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        ts=time.time(),
+    )

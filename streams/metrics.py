@@ -1,0 +1,190 @@
+"""Prometheus metrics of one worker, served on its own ``/metrics`` page.
+
+Each worker owns a private :class:`~prometheus_client.CollectorRegistry`, so several workers can live in
+one process (tests, the demo) without clashing, and nothing is registered at import time. Every name
+starts with ``driftlabel_``; :data:`METRIC_NAMES` is the documented list (docs/streaming.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+from driftlabel.streams.settings import MetricsSettings
+
+__all__ = ["METRIC_NAMES", "ServiceMetrics"]
+
+#: Names as they appear on /metrics (counters get the ``_total`` suffix there).
+METRIC_NAMES = (
+    "driftlabel_items_total",
+    "driftlabel_prediction_entropy",
+    "driftlabel_uncertain_share",
+    "driftlabel_routing_threshold",
+    "driftlabel_judge_requests_total",
+    "driftlabel_judge_outcomes_total",
+    "driftlabel_judge_latency_seconds",
+    "driftlabel_judge_tokens_total",
+    "driftlabel_judge_in_flight",
+    "driftlabel_judge_queue_depth",
+    "driftlabel_judge_unavailable_total",
+    "driftlabel_training_examples_total",
+    "driftlabel_classes",
+    "driftlabel_subsets",
+    "driftlabel_model_version",
+    "driftlabel_drift_events_total",
+    "driftlabel_end_to_end_latency_seconds",
+    "driftlabel_dead_letters_total",
+    "driftlabel_consumer_lag",
+    "driftlabel_batch_size",
+    "driftlabel_checkpoints_total",
+    "driftlabel_control_ops_total",
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class ServiceMetrics:
+    """All metrics of one worker, plus the rolling uncertain share."""
+
+    def __init__(self, settings: MetricsSettings | None = None) -> None:
+        self.settings = settings or MetricsSettings()
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.items = Counter(
+            "driftlabel_items", "Labels published, by status and finality", ["status", "final"], registry=r
+        )
+        self.entropy = Histogram(
+            "driftlabel_prediction_entropy",
+            "Entropy of the experts' combined scores",
+            buckets=(0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0),
+            registry=r,
+        )
+        self.uncertain_share = Gauge(
+            "driftlabel_uncertain_share",
+            "Share of recent texts routed to the judge (rolling window)",
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "driftlabel_routing_threshold", "Current adaptive uncertainty threshold", registry=r
+        )
+        self.judge_requests = Counter(
+            "driftlabel_judge_requests", "Judge answers, by verdict", ["verdict"], registry=r
+        )
+        self.judge_outcomes = Counter(
+            "driftlabel_judge_outcomes", "Judged items, by final status", ["status"], registry=r
+        )
+        self.judge_latency = Histogram(
+            "driftlabel_judge_latency_seconds",
+            "Latency of one judge answer",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.judge_tokens = Counter("driftlabel_judge_tokens", "Tokens spent by the judge", registry=r)
+        self.judge_in_flight = Gauge("driftlabel_judge_in_flight", "Judge calls in flight", registry=r)
+        self.judge_queue = Gauge(
+            "driftlabel_judge_queue_depth",
+            "Judge requests waiting (routed, not yet finally labelled) on this worker",
+            registry=r,
+        )
+        self.judge_unavailable = Counter(
+            "driftlabel_judge_unavailable", "Judge retries (circuit open / budget)", ["reason"], registry=r
+        )
+        self.training = Counter(
+            "driftlabel_training_examples",
+            "Training records learned, by source and validity",
+            ["source", "valid"],
+            registry=r,
+        )
+        self.classes = Gauge("driftlabel_classes", "Classes known to the model", registry=r)
+        self.subsets = Gauge("driftlabel_subsets", "Label subsets (experts)", registry=r)
+        self.model_version = Gauge(
+            "driftlabel_model_version", "Model version (increments on every change)", registry=r
+        )
+        self.drift_events = Counter(
+            "driftlabel_drift_events", "Detected shifts of the uncertainty level", registry=r
+        )
+        self.e2e_latency = Histogram(
+            "driftlabel_end_to_end_latency_seconds",
+            "From reading a text to publishing its final label",
+            ["path"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "driftlabel_dead_letters",
+            "Records sent to dead-letter, by reason",
+            ["reason", "topic"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "driftlabel_consumer_lag",
+            "Records behind the high-water mark",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "driftlabel_batch_size",
+            "Texts per micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.checkpoints = Counter("driftlabel_checkpoints", "Checkpoints written", registry=r)
+        self.control_ops = Counter("driftlabel_control_ops", "Control operations applied", ["op"], registry=r)
+        self._ring = np.zeros(self.settings.share_window, dtype=bool)
+        self._ring_pos = 0
+        self._ring_filled = 0
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    # -- updates -----------------------------------------------------------------------------------------
+    def observe_batch(self, entropy: np.ndarray, routed: np.ndarray, threshold: float) -> None:
+        """Record one predicted micro-batch (vectorised except the histogram's own observe)."""
+        self.batch_size.observe(len(entropy))
+        for e in np.asarray(entropy, dtype=float):
+            self.entropy.observe(float(e))
+        n = len(self._ring)
+        r = np.asarray(routed, dtype=bool)[-n:]
+        idx = (self._ring_pos + np.arange(len(r))) % n
+        self._ring[idx] = r
+        self._ring_pos = int((self._ring_pos + len(r)) % n)
+        self._ring_filled = min(n, self._ring_filled + len(r))
+        self.uncertain_share.set(float(self._ring[: self._ring_filled].mean()) if self._ring_filled else 0.0)
+        self.threshold.set(threshold)
+
+    def count_labels(self, statuses: Iterable[str], final: Iterable[bool]) -> None:
+        pairs: dict[tuple[str, str], int] = {}
+        for status, is_final in zip(statuses, final, strict=True):
+            key = (status, "true" if is_final else "false")
+            pairs[key] = pairs.get(key, 0) + 1
+        for (status, fin), c in pairs.items():
+            self.items.labels(status=status, final=fin).inc(c)
+
+    def set_model(self, n_classes: int, n_subsets: int, version: int) -> None:
+        self.classes.set(n_classes)
+        self.subsets.set(n_subsets)
+        self.model_version.set(version)
+
+    # -- exposition --------------------------------------------------------------------------------------
+    def render(self) -> bytes:
+        """The /metrics page as bytes (text format)."""
+        return generate_latest(self.registry)
+
+    def serve(self) -> int:
+        """Start the /metrics HTTP server (a daemon thread); returns the port actually bound."""
+        if not self.settings.enabled or self._server is not None:
+            return self.port or 0
+        self._server, self._thread = start_http_server(
+            self.settings.port, addr=self.settings.host, registry=self.registry
+        )
+        self.port = int(self._server.server_port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,97 @@
+"""Adaptive delegation: which texts of a micro-batch go to the judge.
+
+The judge is the expensive part, so the share of texts sent to it is kept near a target (say 10 %). A
+fixed entropy threshold cannot do that: as the experts learn, the uncertainty of the stream falls, and
+when classes drift or appear it rises again. :class:`AdaptiveRouter` therefore takes its threshold from
+the recent uncertainties themselves (their ``1 - target`` quantile over a rolling window) and spends a
+routing credit that grows by ``target`` per text; when more texts are above the threshold than there is
+credit, the most uncertain go first. All of it is vectorised over the micro-batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["AdaptiveRouter", "uncertainty"]
+
+
+def uncertainty(
+    entropy: np.ndarray, margin: np.ndarray, kind: str = "margin", n_classes: int = 2
+) -> np.ndarray:
+    """Per-text uncertainty in [0, 1]: ``1 - margin`` (p1 - p2) or entropy normalised by log(n_classes)."""
+    if kind == "margin":
+        return np.clip(1.0 - np.asarray(margin, dtype=np.float64), 0.0, 1.0)
+    if kind == "entropy":
+        return np.clip(np.asarray(entropy, dtype=np.float64) / np.log(max(n_classes, 2)), 0.0, 1.0)
+    raise ValueError(f"unknown uncertainty kind {kind!r}; use 'margin' or 'entropy'")
+
+
+class AdaptiveRouter:
+    """Keeps the routed share near ``target``; most uncertain first.
+
+    ``route(u)`` returns a boolean mask over the batch. ``target=0`` never routes, ``target=1`` always.
+    """
+
+    def __init__(self, target: float = 0.1, window: int = 2000, max_burst: float = 20.0) -> None:
+        if not 0.0 <= target <= 1.0:
+            raise ValueError(f"target share must be within [0, 1], got {target}")
+        self.target = float(target)
+        self.max_burst = float(max_burst)
+        self._ring = np.zeros(int(window), dtype=np.float64)
+        self._filled = 0
+        self._pos = 0
+        self.credit = 1.0 if target > 0 else 0.0  # the very first uncertain text may go at once
+        self.seen = 0
+        self.routed = 0
+
+    @property
+    def threshold(self) -> float:
+        """The current uncertainty threshold (the ``1 - target`` quantile of the recent window)."""
+        if self._filled == 0 or self.target >= 1.0:
+            return 0.0
+        return float(np.quantile(self._ring[: self._filled], 1.0 - self.target))
+
+    @property
+    def share(self) -> float:
+        """Share of all texts seen so far that were routed."""
+        return self.routed / self.seen if self.seen else 0.0
+
+    def _remember(self, u: np.ndarray) -> None:
+        n = len(self._ring)
+        u = u[-n:]
+        idx = (self._pos + np.arange(len(u))) % n
+        self._ring[idx] = u
+        self._pos = int((self._pos + len(u)) % n)
+        self._filled = min(n, self._filled + len(u))
+
+    def route(self, u: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+        """Mask of the texts in this batch to send to the judge.
+
+        ``eligible`` (optional mask) limits routing to some texts, e.g. not the ones the model already
+        calls out of scope.
+        """
+        u = np.asarray(u, dtype=np.float64)
+        mask = np.zeros(len(u), dtype=bool)
+        if len(u) == 0:
+            return mask
+        self._remember(u)
+        self.seen += len(u)
+        if self.target <= 0.0:
+            return mask
+        if self.target >= 1.0:
+            mask[:] = True if eligible is None else eligible
+            self.routed += int(mask.sum())
+            return mask
+        self.credit = min(self.credit + self.target * len(u), self.max_burst)
+        above = u > self.threshold
+        if eligible is not None:
+            above &= eligible
+        n_above = int(above.sum())
+        k = min(n_above, int(self.credit))
+        if k > 0:
+            cand = np.flatnonzero(above)
+            chosen = cand[np.argsort(-u[cand], kind="stable")[:k]]
+            mask[chosen] = True
+            self.credit -= k
+            self.routed += k
+        return mask

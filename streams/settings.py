@@ -1,0 +1,125 @@
+"""Settings of the streaming service: one frozen class per concern (Kafka, stream, metrics).
+
+Built with :func:`driftlabel.config.load_settings`, so values come from keyword overrides, the
+environment (``DRIFTLABEL_KAFKA_*``, ``DRIFTLABEL_STREAM_*``, ``DRIFTLABEL_METRICS_*``) and the
+``[kafka]`` / ``[stream]`` / ``[metrics]`` sections of the config file. The SASL password is a
+``SecretStr``: it never shows in a repr, a log line or ``--print-config``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from driftlabel.config import DriftlabelSettings
+
+__all__ = ["KafkaSettings", "MetricsSettings", "StreamSettings"]
+
+
+class KafkaSettings(DriftlabelSettings):
+    """Where the cluster is, how to authenticate, how topics are named and created."""
+
+    section = "kafka"
+    model_config = SettingsConfigDict(env_prefix="DRIFTLABEL_KAFKA_", frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="comma-separated host:port list")
+    topic_prefix: str = Field("driftlabel.", description="prefix of every topic name")
+    partitions: int = Field(4, ge=1, description="partitions of topics the service creates")
+    replication_factor: int = Field(1, ge=1)
+    group_id: str = Field("driftlabel", description="consumer group (faust app id) of the workers")
+    client_id: str = "driftlabel"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    # Group join waits half the session timeout on some brokers: keep it short but safe.
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1500, ge=100)
+    request_timeout_ms: int = Field(30000, ge=1000)
+    create_topics: bool = Field(True, description="create missing topics at start (explicitly, never auto)")
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError(
+                "security_protocol SASL_* needs sasl_mechanism and sasl_username (and sasl_password)"
+            )
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A TLS context for SSL / SASL_SSL, else None."""
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return ctx
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection keyword arguments shared by aiokafka producers, consumers and admin clients."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        ctx = self.ssl_context()
+        if ctx is not None:
+            kw["ssl_context"] = ctx
+        if self.security_protocol.startswith("SASL"):
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return kw
+
+
+class StreamSettings(DriftlabelSettings):
+    """How the worker batches, routes, retries and checkpoints."""
+
+    section = "stream"
+    model_config = SettingsConfigDict(env_prefix="DRIFTLABEL_STREAM_", frozen=True, extra="forbid")
+
+    batch_size: int = Field(64, ge=1, description="micro-batch size for embedding")
+    batch_within_s: float = Field(0.05, gt=0, description="flush a partial micro-batch after this long")
+    max_message_bytes: int = Field(65536, ge=64, description="larger records go to dead-letter")
+    max_text_chars: int = Field(4000, ge=1, description="longer texts go to dead-letter")
+    top_k: int = Field(5, ge=1, description="candidates per label message")
+    judge_target_share: float = Field(0.10, ge=0.0, le=1.0, description="share of texts sent to the judge")
+    judge_max_burst: float = Field(20.0, ge=1.0, description="routing credit that may pile up in quiet times")
+    routing_window: int = Field(2000, ge=10, description="recent uncertainties the threshold is taken from")
+    uncertainty: Literal["margin", "entropy"] = "margin"
+    judge_depth_candidates: int = Field(3, ge=1, description="candidates (with examples) sent to the judge")
+    judge_retry_s: float = Field(1.0, gt=0, description="first wait when the judge is unavailable")
+    judge_retry_max_s: float = Field(30.0, gt=0)
+    judge_concurrency: int = Field(4, ge=1, description="judge requests in flight per worker")
+    checkpoint_dir: Path = Field(Path(".driftlabel/checkpoints"), description="where checkpoints are kept")
+    checkpoint_every_s: float = Field(60.0, gt=0)
+    checkpoint_keep: int = Field(3, ge=1)
+    learn_batch: int = Field(256, ge=1, description="training records learned in one step")
+    embedding_cache: int = Field(20000, ge=0, description="embeddings kept so learning need not re-embed")
+    seed_wait_s: float = Field(600.0, gt=0, description="how long a fresh worker waits for seed examples")
+
+
+class MetricsSettings(DriftlabelSettings):
+    """The per-worker Prometheus page."""
+
+    section = "metrics"
+    model_config = SettingsConfigDict(env_prefix="DRIFTLABEL_METRICS_", frozen=True, extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (printed at start)")
+    share_window: int = Field(1000, ge=10, description="items in the rolling uncertain share")

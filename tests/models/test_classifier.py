@@ -1,0 +1,317 @@
+"""RedClassifier: combination, learning, label management, persistence, bad input; one real-model test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from driftlabel.models import (
+    NOISE,
+    OUT_OF_SCOPE,
+    ExpertSettings,
+    InvalidDataError,
+    ModelError,
+    ModelFileError,
+    RedClassifier,
+    UnknownLabelError,
+)
+
+from .conftest import Blobs, HashEmbedder, make_blobs
+
+
+def test_fit_builds_bounded_subsets_and_one_expert_each(fitted: RedClassifier, blobs: Blobs) -> None:
+    assert fitted.labels == sorted(blobs.labels)
+    assert fitted.n_subsets == math.ceil(20 / 4)
+    assert sorted(lab for s in fitted.subsets for lab in s) == fitted.labels
+    assert all(len(s) <= 4 for s in fitted.subsets)
+    assert fitted.n_examples == 20 * 15
+    assert fitted.model_version == 1
+    for subset, expert in zip(fitted.subsets, fitted._experts, strict=True):
+        assert expert.classes_.tolist() == [*subset, NOISE]
+
+
+def test_ranking_is_consistent_and_accurate(fitted: RedClassifier, blobs: Blobs) -> None:
+    X, _, y = blobs.sample(10, seed=7)
+    r = fitted.rank_embeddings(X, top_k=3)
+    assert len(r) == len(X)
+    assert np.mean(np.array(r.labels) == y) > 0.95
+    for row, top1, score, marg in zip(r.candidates, r.labels, r.scores, r.margin, strict=True):
+        probs = [p for _, p in row]
+        assert len(row) == 3 and probs == sorted(probs, reverse=True)
+        assert row[0][0] == top1 or top1 == OUT_OF_SCOPE
+        assert score == pytest.approx(probs[0]) and marg == pytest.approx(probs[0] - probs[1])
+    P = fitted.predict_proba_embeddings(X)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-6)
+    ent = -(P * np.log(P)).sum(axis=1)
+    np.testing.assert_allclose(r.entropy, ent, rtol=1e-5)
+
+
+def test_combination_is_the_product_of_experts(fitted: RedClassifier, blobs: Blobs) -> None:
+    """The one-matmul scores equal log p_s(L) - log p_s(noise) computed expert by expert."""
+    X, _, _ = blobs.sample(3, seed=8)
+    Z = fitted.log_odds(X)
+    for subset, expert in zip(fitted.subsets, fitted._experts, strict=True):
+        P = expert.predict_proba_many(X)
+        classes = expert.classes_.tolist()
+        for lab in subset:
+            want = np.log(P[:, classes.index(lab)]) - np.log(P[:, classes.index(NOISE)])
+            np.testing.assert_allclose(Z[:, fitted.labels.index(lab)], want, rtol=1e-4, atol=1e-4)
+
+
+def test_out_of_scope_when_every_expert_says_noise(fitted: RedClassifier) -> None:
+    far = -np.mean(fitted.store.arrays()[0], axis=0, keepdims=True)  # opposite of all the data
+    far = np.repeat(far / np.linalg.norm(far), 2, axis=0)
+    Z = fitted.log_odds(far)
+    r = fitted.rank_embeddings(far)
+    assert np.array_equal(r.out_of_scope, Z.max(axis=1) < 0)
+    assert all(lab == OUT_OF_SCOPE for lab, oos in zip(r.labels, r.out_of_scope, strict=True) if oos)
+    assert all(len(c) == 5 and c[0][0] in fitted.labels for c in r.candidates)  # candidates stay real labels
+
+
+def test_learn_adapts_to_drift_and_bumps_the_version(blobs: Blobs, settings: ExpertSettings) -> None:
+    X, texts, y = blobs.sample(15)
+    clf = RedClassifier(settings=settings).fit_embeddings(X, texts, y)
+    # label_00 drifts: its texts now sit next to a fresh direction
+    drift = make_blobs(n_labels=1, dim=32, noise=0.08, seed=50)
+    Xd, _, _ = drift.sample(60, seed=3)
+    yd = np.full(len(Xd), "label_00", dtype=object)
+    before = np.mean(np.array(clf.predict_embeddings(Xd[40:])) == "label_00")
+    v0 = clf.model_version
+    for start in range(0, 40, 8):
+        clf.learn_embeddings(Xd[start : start + 8], [f"drift {i}" for i in range(8)], yd[start : start + 8])
+    assert clf.model_version == v0 + 5
+    after = np.mean(np.array(clf.predict_embeddings(Xd[40:])) == "label_00")
+    assert after > max(before, 0.8)
+    Xt, _, yt = blobs.sample(5, seed=9)
+    assert np.mean(np.array(clf.predict_embeddings(Xt)) == yt) > 0.9  # the rest is not forgotten
+    assert clf.n_examples == 20 * 15 + 40
+
+
+def test_learn_with_hard_negatives_pushes_label_down(fitted: RedClassifier, blobs: Blobs) -> None:
+    X, _, y = blobs.sample(1, seed=11)
+    x, lab = X[:1], str(y[0])
+    col = fitted.labels.index(lab)
+    before = fitted.predict_proba_embeddings(x)[0, col]
+    for _ in range(4):
+        fitted.learn_embeddings(np.repeat(x, 4, axis=0), ["bad"] * 4, [lab] * 4, valid=[False] * 4)
+    assert fitted.predict_proba_embeddings(x)[0, col] < before
+    assert fitted.store.n_negatives == 16
+    fitted.refit()  # hard negatives survive a full refit
+    assert fitted.predict_proba_embeddings(x)[0, col] < before
+
+
+def test_learn_with_an_unknown_label_adds_it(fitted: RedClassifier) -> None:
+    Xn, texts, _ = make_blobs(n_labels=1, dim=32, seed=77).sample(8)
+    fitted.learn_embeddings(Xn, texts, ["fresh"] * 8)
+    assert "fresh" in fitted.labels
+    assert np.mean(np.array(fitted.predict_embeddings(Xn)) == "fresh") > 0.8
+
+
+def test_add_class_places_without_reshuffling(fitted: RedClassifier) -> None:
+    before = fitted.subsets
+    Xn, texts, _ = make_blobs(n_labels=1, dim=32, seed=123).sample(10)
+    fitted.add_class_embeddings("newcomer", Xn, texts)
+    after = fitted.subsets
+    assert len(after) == len(before) + 1  # all subsets of 4 were full
+    assert after[:-1] == before and after[-1] == ["newcomer"]
+    assert np.mean(np.array(fitted.predict_embeddings(Xn)) == "newcomer") > 0.8
+    # a second new label fills the new subset rather than opening yet another
+    Xm, texts_m, _ = make_blobs(n_labels=1, dim=32, seed=124).sample(10)
+    fitted.add_class_embeddings("second", Xm, texts_m)
+    assert fitted.subsets[-1] == ["newcomer", "second"]
+    assert fitted.subsets[:-1] == before
+
+
+def test_add_class_needs_examples_or_description(fitted: RedClassifier) -> None:
+    v = fitted.model_version
+    with pytest.raises(InvalidDataError, match="needs examples or a description"):
+        fitted.add_class_embeddings("empty", np.zeros((0, 32), np.float32), [])
+    assert fitted.model_version == v and "empty" not in fitted.labels
+
+
+def test_text_api_with_descriptions(hash_embedder: HashEmbedder) -> None:
+    texts = [
+        "my card has not arrived yet", "when will my new card arrive", "card delivery is late",
+        "what is the exchange rate", "exchange rate for euros", "rate to convert dollars",
+        "I want to close my account", "please delete my account", "how do I close the account",
+    ]
+    labels = ["card_arrival"] * 3 + ["exchange_rate"] * 3 + ["close_account"] * 3
+    clf = RedClassifier(hash_embedder, ExpertSettings(subset_size=2)).fit(
+        texts, labels, descriptions={"exchange_rate": "questions about the exchange rate"}
+    )
+    assert clf.predict(["has my card arrived"]) == ["card_arrival"]
+    proba = clf.predict_proba(["exchange rate for dollars"])[0]
+    assert set(proba) == set(clf.labels) and max(proba, key=proba.__getitem__) == "exchange_rate"
+    assert clf.descriptions == {"exchange_rate": "questions about the exchange rate"}
+    clf.describe_class("close_account", "the customer wants to close their account")
+    assert clf.descriptions["close_account"].startswith("the customer")
+    clf.add_class("refund", description="asking for a refund", examples=["I want a refund", "refund my money"])
+    assert clf.predict(["can I get a refund"]) == ["refund"]
+    e = hash_embedder.encode(["card arrive"])[0]
+    assert clf.nearest_examples("card_arrival", e, c=2)[0] in texts[:3]
+    r = clf.rank(["my new card has not arrived"], top_k=2)
+    assert r.candidates[0][0][0] == "card_arrival"
+    clf.learn(["where is my card"], ["card_arrival"])
+    assert clf.n_examples == 9 + 2 + 1
+
+
+def test_remove_and_describe_unknown_labels(fitted: RedClassifier, blobs: Blobs) -> None:
+    v = fitted.model_version
+    fitted.remove_class("label_03")
+    assert "label_03" not in fitted.labels and fitted.model_version == v + 1
+    assert sorted(lab for s in fitted.subsets for lab in s) == fitted.labels
+    X, _, y = blobs.sample(5, seed=4)
+    keep = y != "label_03"
+    assert "label_03" not in fitted.predict_embeddings(X)
+    assert np.mean(np.array(fitted.predict_embeddings(X[keep])) == y[keep]) > 0.95
+    with pytest.raises(UnknownLabelError):
+        fitted.remove_class("label_03")
+    with pytest.raises(UnknownLabelError):
+        fitted.describe_class("nope", "x")
+    with pytest.raises(UnknownLabelError):
+        fitted.nearest_examples("nope", X[0])
+
+
+def test_store_cap_bounds_memory(blobs: Blobs) -> None:
+    X, texts, y = blobs.sample(15)
+    clf = RedClassifier(settings=ExpertSettings(subset_size=4, max_examples_per_label=10)).fit_embeddings(X, texts, y)
+    assert clf.n_examples == 20 * 10
+    clf.learn_embeddings(X[:15], [f"newer {i}" for i in range(15)], y[:15])
+    assert clf.store.count(str(y[0])) == 10
+    assert clf.store.label_examples(str(y[0]))[1][-1] == "newer 14"  # newest kept
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda c, X: c.learn_embeddings(X[:2], ["a"], ["label_00", "label_01"]), "one label per text"),
+        (lambda c, X: c.learn_embeddings(X[:2], ["a"], ["label_00"]), "one embedding per text"),
+        (lambda c, X: c.learn_embeddings(X[:1], [""], ["label_00"]), "empty"),
+        (lambda c, X: c.learn_embeddings(X[:1], ["t"], [OUT_OF_SCOPE]), "reserved"),
+        (lambda c, X: c.learn_embeddings(X[:1], ["t"], ["label_00"], valid=["yes"]), "bool"),
+        (lambda c, X: c.rank_embeddings(X[:, :5]), "shape"),
+        (lambda c, X: c.learn_embeddings(X[:1] * np.nan, ["t"], ["label_00"]), "NaN"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(fitted: RedClassifier, blobs: Blobs, call, match) -> None:  # type: ignore[no-untyped-def]
+    X, _, _ = blobs.sample(1)
+    v, n = fitted.model_version, fitted.n_examples
+    with pytest.raises(InvalidDataError, match=match):
+        call(fitted, X)
+    assert (fitted.model_version, fitted.n_examples) == (v, n)
+
+
+def test_unfitted_model_says_what_to_do() -> None:
+    with pytest.raises(ModelError, match="fit"):
+        RedClassifier().rank_embeddings(np.zeros((1, 4), np.float32))
+
+
+# -- persistence --------------------------------------------------------------------------------------
+
+
+def _saved(fitted: RedClassifier, tmp_path: Path) -> Path:
+    fitted.learn_embeddings(fitted.store.arrays()[0][:2], ["neg a", "neg b"], ["label_01", "label_01"], [False, False])
+    fitted._descriptions["label_02"] = "a described label"
+    fitted._desc_emb["label_02"] = fitted.store.arrays()[0][0]
+    path = tmp_path / "model"
+    fitted.save(path)
+    return path
+
+
+def test_save_load_round_trip(fitted: RedClassifier, blobs: Blobs, tmp_path: Path) -> None:
+    path = _saved(fitted, tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "manifest.json", "texts.json"]
+    loaded = RedClassifier.load(path)
+    X, _, _ = blobs.sample(4, seed=5)
+    np.testing.assert_allclose(loaded.log_odds(X), fitted.log_odds(X), atol=1e-5)
+    assert loaded.labels == fitted.labels and loaded.subsets == fitted.subsets
+    assert loaded.model_version == fitted.model_version
+    assert loaded.descriptions == fitted.descriptions
+    assert loaded.n_examples == fitted.n_examples and loaded.store.n_negatives == 2
+    assert loaded.settings == fitted.settings
+    assert loaded.nearest_examples("label_05", X[0], 3) == fitted.nearest_examples("label_05", X[0], 3)
+    # the loaded model keeps learning, and saving again over the same directory works
+    loaded.learn_embeddings(X[:3], ["a", "b", "c"], ["label_00"] * 3)
+    loaded.save(path)
+    assert RedClassifier.load(path).model_version == fitted.model_version + 1
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda p: (p / "arrays.npz").write_bytes((p / "arrays.npz").read_bytes()[:-10] + b"0" * 10), "checksum"),
+        (lambda p: (p / "texts.json").unlink(), "missing"),
+        (lambda p: (p / "manifest.json").write_text("{not json"), "not valid JSON"),
+        (lambda p: (p / "manifest.json").unlink(), "no manifest.json"),
+    ],
+)
+def test_load_refuses_corrupt_files(fitted: RedClassifier, tmp_path: Path, damage, match) -> None:  # type: ignore[no-untyped-def]
+    path = _saved(fitted, tmp_path)
+    damage(path)
+    with pytest.raises(ModelFileError, match=match):
+        RedClassifier.load(path)
+
+
+def _edit_manifest(path: Path, **changes: object) -> None:
+    m = json.loads((path / "manifest.json").read_text())
+    m.update(changes)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_load_refuses_foreign_or_future_files(fitted: RedClassifier, tmp_path: Path) -> None:
+    path = _saved(fitted, tmp_path)
+    _edit_manifest(path, format_version=99)
+    with pytest.raises(ModelFileError, match="format version 99"):
+        RedClassifier.load(path)
+    _edit_manifest(path, format="someone-elses-model", format_version=1)
+    with pytest.raises(ModelFileError, match="not a driftlabel"):
+        RedClassifier.load(path)
+    _edit_manifest(path, format="driftlabel.red-classifier", subsets=[["label_00"]])
+    with pytest.raises(ModelFileError, match="partition"):
+        RedClassifier.load(path)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hello")
+    with pytest.raises(ModelFileError, match="not a driftlabel model"):
+        RedClassifier.load(tmp_path / "foreign")
+    with pytest.raises(ModelFileError, match="refusing to write"):
+        fitted.save(tmp_path / "foreign")
+
+
+def test_load_refuses_a_different_embedder(fitted: RedClassifier, tmp_path: Path, hash_embedder: HashEmbedder) -> None:
+    path = _saved(fitted, tmp_path)
+    with pytest.raises(ModelFileError, match="embedder"):
+        RedClassifier.load(path, embedder=hash_embedder)  # 64-d, the model is 32-d
+
+
+# -- the real thing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_minilm_on_a_clinc150_slice(embedder, data_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """12 CLINC150 intents, 10 examples each, real packaged MiniLM: fit, rank, learn, save/load, classify."""
+    from driftlabel.models.datasets import load_clinc150
+
+    ds = load_clinc150(data_dir)
+    intents = sorted(set(ds.train.labels))[:: len(set(ds.train.labels)) // 12][:12]
+    pick = [i for i, lab in enumerate(ds.train.labels) if lab in intents]
+    tr = [i for n, i in enumerate(pick) if n % 10 < 1]  # 10 of 100 per intent
+    te = [i for i, lab in enumerate(ds.test.labels) if lab in intents][::3]
+    clf = RedClassifier(embedder, ExpertSettings(subset_size=4)).fit(
+        [ds.train.texts[i] for i in tr], [ds.train.labels[i] for i in tr]
+    )
+    assert clf.n_subsets == 3
+    texts_te = [ds.test.texts[i] for i in te]
+    y_te = np.array([ds.test.labels[i] for i in te])
+    r = clf.rank(texts_te)
+    acc = np.mean(np.array([c[0][0] for c in r.candidates]) == y_te)
+    assert acc > 0.8, f"accuracy {acc:.2f} on 12 CLINC intents"
+    oos = clf.rank(ds.oos_test.texts[:100])
+    assert oos.out_of_scope.mean() > r.out_of_scope.mean()  # out-of-scope texts look out of scope more often
+    clf.learn([ds.train.texts[i] for i in pick[1:40:10]], [ds.train.labels[i] for i in pick[1:40:10]])
+    clf.save(tmp_path / "m")
+    again = RedClassifier.load(tmp_path / "m", embedder=embedder)
+    assert again.predict(texts_te[:10]) == clf.predict(texts_te[:10])

@@ -1,0 +1,118 @@
+"""Experts: one contract test over every implementation, plus the numpy learner's specific promises."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+from driftlabel.models import Expert, InvalidDataError, RiverExpert, SoftmaxExpert, UnknownLabelError
+
+from .conftest import make_blobs
+
+EXPERTS = [
+    pytest.param(lambda: SoftmaxExpert(l2=1.0, learning_rate=1.0, epochs=2), id="softmax"),
+    pytest.param(lambda: RiverExpert(learning_rate=0.1, epochs=2), id="river"),
+]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    b = make_blobs(n_labels=5, dim=16, noise=0.1, seed=2)
+    Xtr, _, ytr = b.sample(30, seed=1)
+    Xte, _, yte = b.sample(20, seed=2)
+    return Xtr, ytr, Xte, yte
+
+
+@pytest.mark.parametrize("factory", EXPERTS)
+def test_expert_contract(factory, data) -> None:  # type: ignore[no-untyped-def]
+    Xtr, ytr, Xte, yte = data
+    expert = factory()
+    assert isinstance(expert, Expert)
+    # parameters are stored under their own names, and clone() copies them, not the state
+    params = expert.get_params()
+    assert set(params) == set(inspect.signature(type(expert)).parameters)
+    assert all(getattr(expert, k) == v for k, v in params.items())
+    # incremental learning from micro-batches
+    order = np.random.default_rng(0).permutation(len(Xtr))
+    for _ in range(3):
+        for start in range(0, len(order), 32):
+            rows = order[start : start + 32]
+            assert expert.learn_many(Xtr[rows], ytr[rows]) is expert
+    assert sorted(expert.classes_.tolist()) == sorted(set(ytr.tolist()))
+    P = expert.predict_proba_many(Xte)
+    assert P.shape == (len(Xte), len(expert.classes_))
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-6)
+    assert np.all(P >= 0)
+    acc = np.mean(expert.predict_many(Xte) == yte)
+    assert acc > 0.9, f"{type(expert).__name__} learnt only {acc:.2f} on separable blobs"
+    clone = expert.clone()
+    assert clone.get_params() == params and len(clone.classes_) == 0
+    # full refit and class management
+    expert.fit_many(Xtr, ytr)
+    assert np.mean(expert.predict_many(Xte) == yte) > 0.9
+    expert.add_class("brand_new")
+    assert "brand_new" in expert.classes_.tolist()
+    assert expert.predict_proba_many(Xte).shape == (len(Xte), len(set(ytr.tolist())) + 1)
+    expert.remove_class("brand_new")
+    assert "brand_new" not in expert.classes_.tolist()
+    with pytest.raises(UnknownLabelError):
+        expert.remove_class("never_there")
+    # bad input is refused with a clear error
+    with pytest.raises(InvalidDataError):
+        expert.learn_many(Xtr[:3], ytr[:2])
+    with pytest.raises(InvalidDataError):
+        expert.learn_many(Xtr[:2] * np.nan, ytr[:2])
+
+
+def test_softmax_full_refit_matches_scikit_learn(data) -> None:  # type: ignore[no-untyped-def]
+    """Same objective as LogisticRegression(C=1/l2): same predictions, near-identical probabilities."""
+    from sklearn.linear_model import LogisticRegression
+
+    Xtr, ytr, Xte, _ = data
+    ours = SoftmaxExpert(l2=0.5, max_iter=500).fit_many(Xtr, ytr)
+    ref = LogisticRegression(C=2.0, max_iter=2000, tol=1e-8).fit(Xtr, ytr)
+    order = [list(ours.classes_).index(c) for c in ref.classes_]
+    np.testing.assert_allclose(ours.predict_proba_many(Xte)[:, order], ref.predict_proba(Xte), atol=2e-3)
+
+
+def test_softmax_sample_weights_act_like_repetition(data) -> None:  # type: ignore[no-untyped-def]
+    Xtr, ytr, Xte, _ = data
+    a = SoftmaxExpert(max_iter=500).fit_many(Xtr[:40], ytr[:40], sample_weight=np.r_[np.full(20, 2.0), np.ones(20)])
+    b = SoftmaxExpert(max_iter=500).fit_many(np.r_[Xtr[:20], Xtr[:40]], np.r_[ytr[:20], ytr[:40]])
+    np.testing.assert_allclose(a.predict_proba_many(Xte), b.predict_proba_many(Xte), atol=2e-3)
+
+
+def test_hard_negatives_push_the_probability_down(data) -> None:  # type: ignore[no-untyped-def]
+    Xtr, ytr, _, _ = data
+    expert = SoftmaxExpert().fit_many(Xtr, ytr)
+    x, lab = Xtr[:1], ytr[:1]
+    before = expert.predict_proba_many(x)[0, list(expert.classes_).index(lab[0])]
+    for _ in range(5):
+        expert.learn_many(np.repeat(x, 8, axis=0), np.repeat(lab, 8), valid=np.zeros(8, dtype=bool))
+    after = expert.predict_proba_many(x)[0, list(expert.classes_).index(lab[0])]
+    assert after < before - 0.2
+    # and a full refit with the negative keeps it down compared with the refit without it
+    refit = SoftmaxExpert().fit_many(np.r_[Xtr, x], np.r_[ytr, lab], valid=np.r_[np.ones(len(Xtr), bool), False])
+    assert refit.predict_proba_many(x)[0, list(refit.classes_).index(lab[0])] < before
+
+
+def test_new_labels_appear_as_new_classes_without_losing_old_ones(data) -> None:  # type: ignore[no-untyped-def]
+    Xtr, ytr, Xte, yte = data
+    expert = SoftmaxExpert().fit_many(Xtr, ytr)
+    acc_before = np.mean(expert.predict_many(Xte) == yte)
+    new = make_blobs(n_labels=1, dim=16, noise=0.1, seed=99)
+    Xn, _, yn = new.sample(10)
+    yn = np.full(len(yn), "new", dtype=object)
+    replay = np.random.default_rng(0).choice(len(Xtr), 10, replace=False)  # old examples replayed
+    for _ in range(5):
+        expert.learn_many(np.r_[Xn, Xtr[replay]], np.r_[yn, ytr[replay]])
+    assert "new" in expert.classes_.tolist()
+    assert np.mean(expert.predict_many(Xn) == "new") > 0.8
+    assert np.mean(expert.predict_many(Xte) == yte) >= acc_before - 0.05
+
+
+def test_unfitted_expert_refuses_to_predict() -> None:
+    with pytest.raises(InvalidDataError, match="no classes"):
+        SoftmaxExpert().predict_proba_many(np.zeros((1, 4)))
