@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -94,6 +95,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge_real_llm.md")
     args = ap.parse_args()
+    # a SIGTERM (e.g. from `timeout`) unwinds normally, so the server below is always stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not llama_cpp_available():
         print(f"llama-cpp-python[server] is not installed; install with: {INSTALL_HINT}", file=sys.stderr)
         return 2

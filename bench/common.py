@@ -121,7 +121,7 @@ class CachedArrayEmbedder:
 def cached_embeddings(
     embedder: Embedder, texts: Sequence[str], key: str, *, progress: bool = True
 ) -> np.ndarray:
-    """Embeddings of ``texts``, loaded from the disk cache or computed (with progress) and saved atomically."""
+    """Embeddings of ``texts``: from the disk cache, or computed with progress and saved atomically."""
     path = cache_path(embedder.name, key, texts)
     if path.is_file():
         x = np.load(path)

@@ -107,6 +107,9 @@ class _Counters:
     latency_ms_max: float = 0.0
 
 
+_FORMAT_FALLBACK = {"json_schema": "json_object", "json_object": "text"}
+
+
 class _ItemBudgetSpent(Exception):
     """Internal: this item used up ``max_calls_per_item``."""
 
@@ -389,19 +392,23 @@ class Judge:
             )
 
         fmt = self._answer_format
-        try:
-            answer = await ask(fmt)
-        except _FormatRefused:
-            # Ask again without response_format. Only if that works was the format the problem: then
-            # switch for good. If the plain request is refused too, the item itself is (MalformedAnswerError).
-            answer = await ask("text")
-            if self._answer_format != "text":
-                log.warning(
-                    "judge endpoint %s refused response_format=%s; using strict yes/no answers from now on",
-                    s.base_url,
-                    fmt,
-                )
-                self._answer_format = "text"
+        while True:
+            try:
+                answer = await ask(fmt)
+                break
+            except _FormatRefused:
+                # Ask again with the next simpler format (json_schema -> json_object -> text; text sends no
+                # response_format so it cannot be refused this way). A plain request refused too means the
+                # item itself is the problem (MalformedAnswerError), and the format is kept.
+                fmt = _FORMAT_FALLBACK[fmt]
+        if fmt != self._answer_format:
+            log.warning(
+                "judge endpoint %s refused response_format=%s; using answer_format=%s from now on",
+                s.base_url,
+                self._answer_format,
+                fmt,
+            )
+            self._answer_format = fmt
         self._cache.put(key, CachedAnswer(bool(answer.value), answer.confidence))
         return self._record(
             Verdict(
@@ -512,14 +519,19 @@ class Judge:
                 hint = _retry_after(exc.response)
             except openai.APIStatusError as exc:
                 code = exc.status_code
+                if response_format is not None and (
+                    code in (400, 413, 422) or (code >= 500 and _mentions_response_format(exc))
+                ):
+                    # (llama-cpp-python answers an unsupported response_format with HTTP 500)
+                    self._breaker.record_success()  # the endpoint is up; it refuses this request
+                    self._c.failures[f"http_{code}"] += 1
+                    raise _FormatRefused from exc
                 if code >= 500 or code in (408, 409):  # the same set the openai client retries
                     last_problem = f"HTTP {code}"
                     self._failed("5xx" if code >= 500 else f"http_{code}")
                 elif code in (400, 413, 422):
                     self._breaker.record_success()  # the endpoint is up; it refuses this request
                     self._c.failures[f"http_{code}"] += 1
-                    if response_format is not None:
-                        raise _FormatRefused from exc
                     raise MalformedAnswerError(
                         f"judge endpoint refused the {what} request with HTTP {code} ({_api_message(exc)}); "
                         "the item cannot be judged as sent: send it to review"
@@ -586,6 +598,12 @@ class Judge:
 def _total_tokens(resp: Any) -> int:
     usage = getattr(resp, "usage", None)
     return int(getattr(usage, "total_tokens", 0) or 0) if usage is not None else 0
+
+
+def _mentions_response_format(exc: openai.APIStatusError) -> bool:
+    """Does an error response blame the ``response_format`` field?"""
+    text = f"{exc.message} {exc.body!r}"
+    return "response_format" in text
 
 
 def _api_message(exc: openai.APIStatusError) -> str:

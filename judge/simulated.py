@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -294,7 +295,9 @@ class SimulatedExpert:
             self.active -= 1
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
-        if self._api_key is not None and request.headers.get("Authorization") != f"Bearer {self._api_key}":
+        if self._api_key is not None and not hmac.compare_digest(
+            request.headers.get("Authorization", ""), f"Bearer {self._api_key}"
+        ):
             return _error(401, "invalid API key", "invalid_request_error")
         try:
             body = await request.json()
@@ -342,10 +345,9 @@ class SimulatedExpert:
             "logprobs": None,
         }
         if body.get("logprobs") and kind in ("yes", "no"):
-            p = min(max(1.0 - self.error_rate, 1e-6), 1.0 - 1e-9) if self.error_rate else 0.999
-            word = "true" if kind == "yes" and content.startswith("{") else kind
-            if content.startswith("{") and kind == "no":
-                word = "false"
+            # the answer token with a probability that reflects the configured error rate
+            p = min(max(1.0 - self.error_rate, 1e-6), 0.999)
+            word = {"yes": "true", "no": "false"}[kind] if content.startswith("{") else kind
             choice["logprobs"] = {
                 "content": [{"token": word, "logprob": math.log(p), "bytes": None, "top_logprobs": []}]
             }

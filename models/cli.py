@@ -207,7 +207,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model: Path = args.model
     if not model.is_dir():
         raise ModelFileError(
-            f"model directory {model} does not exist; train one with `driftlabel train --data seeds.csv --out {model}`"
+            f"model directory {model} does not exist; "
+            f"train one with `driftlabel train --data seeds.csv --out {model}`"
         )
     if args.top_k < 1:
         raise InvalidDataError(f"--top-k must be >= 1, got {args.top_k}")

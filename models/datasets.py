@@ -46,7 +46,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Split:
-    """One split: parallel lists of texts and labels; ``len()`` counts examples, unpacks as ``texts, labels``."""
+    """Parallel lists of texts and labels; ``len()`` counts examples; unpacks as ``texts, labels``."""
 
     texts: list[str]
     labels: list[str]
@@ -74,7 +74,7 @@ _EMPTY = Split([], [])
 
 @dataclass(frozen=True)
 class Dataset:
-    """A named labelled set. ``oos_*`` hold out-of-scope texts (label ``"oos"``), empty where the set has none."""
+    """A named labelled set; ``oos_*`` hold out-of-scope texts (label ``"oos"``), empty if there are none."""
 
     name: str
     train: Split
@@ -94,7 +94,8 @@ class Dataset:
         """A split by name (``train``, ``val``, ``test``, ``oos_train``, ``oos_val``, ``oos_test``)."""
         if name not in SPLITS:
             raise InvalidDataError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
-        return getattr(self, name)  # type: ignore[no-any-return]
+        split: Split = getattr(self, name)
+        return split
 
     def k_shot(self, k: int | None, seed: int = 0) -> Dataset:
         """The same set with ``train`` cut to at most ``k`` examples per label (None = all)."""
@@ -139,7 +140,8 @@ def _data_file(data_dir: str | os.PathLike[str] | None, *parts: str) -> Path:
     path = base.joinpath(*parts)
     if not path.is_file():
         raise InvalidDataError(
-            f"dataset file {path} not found; set {DATA_DIR_ENV} to the folder holding clinc150/, banking77/ and onet/"
+            f"dataset file {path} not found; "
+            f"set {DATA_DIR_ENV} to the folder holding clinc150/, banking77/ and onet/"
         )
     return path
 
@@ -154,7 +156,15 @@ def load_clinc150(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
         raise InvalidDataError(
             f"{path} is not CLINC150's data_full.json ({exc}); re-fetch the shared data"
         ) from exc
-    return Dataset("clinc150", **splits)
+    return Dataset(
+        "clinc150",
+        train=splits["train"],
+        test=splits["test"],
+        val=splits["val"],
+        oos_train=splits["oos_train"],
+        oos_val=splits["oos_val"],
+        oos_test=splits["oos_test"],
+    )
 
 
 def load_banking77(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
@@ -343,7 +353,7 @@ def _jsonl_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def read_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
-    """A ``label: description`` mapping from a YAML or JSON file (descriptions help the subsets and the judge)."""
+    """A ``label: description`` mapping from YAML or JSON (descriptions help the subsets and the judge)."""
     p = Path(path)
     if not p.is_file():
         raise InvalidDataError(f"{p}: no such file; pass a YAML or JSON mapping of label to description")

@@ -80,7 +80,7 @@ class EmbedderSettings(DriftlabelSettings):
     #: Token limit per text; None = the model's own (256 for MiniLM). Short texts never reach it.
     max_length: int | None = Field(default=None, ge=8, le=8192)
     device: str = "cpu"
-    #: Where derived artefacts (the static embedder's distilled vectors) live; None = $XDG_CACHE_HOME/driftlabel.
+    #: Where derived artefacts (the static embedder's table) live; None = $XDG_CACHE_HOME/driftlabel.
     cache_dir: str | None = None
     #: Static embedder: PCA dimensions of the distilled token vectors (None keeps the model's 384).
     static_dim: int | None = Field(default=256, ge=8, le=4096)
@@ -170,7 +170,7 @@ def encode_in_chunks(
     progress: bool | Callable[[int, int], None] = False,
     desc: str = "embedding",
 ) -> np.ndarray:
-    """Encode a long list in chunks so that the caller sees progress (stderr line, or a callback(done, total))."""
+    """Encode a long list in chunks so the caller sees progress (a stderr line, or callback(done, total))."""
     items = check_texts(texts)
     total = len(items)
     if total <= chunk_size and progress is False:
@@ -371,12 +371,33 @@ class SentenceTransformerEmbedder(CachedEmbedder):
         return np.asarray(x, dtype=np.float32)
 
 
-def load_embedder(settings: EmbedderSettings | None = None, **overrides: Any) -> Embedder:
-    """Build the embedder that ``settings`` (default: environment + config file) describe; not yet warmed."""
+_shared: dict[EmbedderSettings, Embedder] = {}
+_shared_lock = threading.Lock()
+
+
+def load_embedder(
+    settings: EmbedderSettings | None = None, *, shared: bool = True, **overrides: Any
+) -> Embedder:
+    """Build the embedder that ``settings`` (default: environment + config file) describe; not yet warmed.
+
+    With ``shared`` (default) one instance per distinct settings is kept for the process: the model is
+    loaded once however many components (classifier, CLI, service, judge context) ask for it, and they
+    share its cache. ``shared=False`` always builds a fresh one.
+    """
     if settings is None:
         settings = load_settings(EmbedderSettings, **overrides)
     elif overrides:
         settings = settings.model_copy(update=overrides)
+    if not shared:
+        return _build_embedder(settings)
+    with _shared_lock:
+        emb = _shared.get(settings)
+        if emb is None:
+            emb = _shared[settings] = _build_embedder(settings)
+        return emb
+
+
+def _build_embedder(settings: EmbedderSettings) -> Embedder:
     if settings.kind == "static":
         from driftlabel.models.static import StaticEmbedder
 

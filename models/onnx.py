@@ -71,7 +71,8 @@ class OnnxEmbedder(CachedEmbedder):
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise ModelFileError(
-                f"the onnx embedder needs onnxruntime and tokenizers ({exc}); run `pip install 'driftlabel[fast]'`"
+                f"the onnx embedder needs onnxruntime and tokenizers ({exc}); "
+                "run `pip install 'driftlabel[fast]'`"
             ) from exc
         packaged = model_path is None
         onnx_file = packaged_onnx_path() if packaged else Path(model_path)  # type: ignore[arg-type]

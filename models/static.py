@@ -35,14 +35,26 @@ from driftlabel.models.embeddings import (
 )
 from driftlabel.models.errors import ModelFileError
 
-__all__ = ["RECIPE_VERSION", "StaticEmbedder", "distill_token_vectors", "sif_weights"]
+__all__ = [
+    "RECIPE_VERSION",
+    "SIF_COEFFICIENT",
+    "TABLE_VERSION",
+    "StaticEmbedder",
+    "distill_token_vectors",
+    "sif_weights",
+]
 
 log = logging.getLogger(__name__)
 
-#: Bump when the distillation recipe changes, so old tables are not reused under the same name.
-RECIPE_VERSION = 1
-#: SIF smoothing: smaller = frequent tokens weigh less (model2vec's default is 1e-4).
-SIF_COEFFICIENT = 1e-4
+#: Version of the distilled table on disk (pooling + PCA); bump to force a rebuild.
+TABLE_VERSION = 1
+#: Version of the embedder as a whole (table + weighting), part of its ``name``: vectors from different
+#: recipes must never be mixed in one model.
+RECIPE_VERSION = 2
+#: SIF smoothing ``a``: smaller = frequent tokens weigh less. model2vec uses 1e-4; 3e-3 measured best here
+#: (LogisticRegression, 10-shot, seed 0: CLINC150 85.2 % vs 78.0 % at 1e-4 and 83.3 % unweighted;
+#: BANKING77 75.8 % vs 75.5 % at 1e-3 and 74.4 % at 1e-2).
+SIF_COEFFICIENT = 3e-3
 #: BERT's uncased vocabulary lists whole words by frequency from id 1996 ("the"); lower ids are
 #: [PAD]/[unused]/specials and single characters.
 _FIRST_WORD_ID = 1996
@@ -50,11 +62,12 @@ _SINGLE_CHAR_RANK = 50
 
 
 def sif_weights(vocab_size: int, coefficient: float = SIF_COEFFICIENT) -> np.ndarray:
-    """Per-token weight ``a / (a + p)``, ``p`` Zipfian in the vocabulary rank (ids >= 1996 are by frequency)."""
+    """Per-token weight ``a / (a + p)``, ``p`` Zipfian in vocabulary rank (ids >= 1996 are by frequency)."""
     ids = np.arange(vocab_size)
-    rank = np.where(ids >= _FIRST_WORD_ID, ids - _FIRST_WORD_ID + 1, _SINGLE_CHAR_RANK).astype(np.float64)
-    if vocab_size <= _FIRST_WORD_ID:  # not a BERT vocabulary: assume ids are frequency-ordered
-        rank = ids + 1.0
+    if vocab_size > _FIRST_WORD_ID:
+        rank = np.where(ids >= _FIRST_WORD_ID, ids - _FIRST_WORD_ID + 1, _SINGLE_CHAR_RANK).astype(np.float64)
+    else:  # not a BERT vocabulary: assume ids are frequency-ordered
+        rank = ids.astype(np.float64) + 1.0
     p = (1.0 / rank) / np.sum(1.0 / np.arange(1, vocab_size + 1))
     return (coefficient / (coefficient + p)).astype(np.float32)
 
@@ -79,7 +92,7 @@ def distill_token_vectors(
     threads: int | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """The static table: every vocabulary token through the model, PCA to ``dim``, SIF-weighted; float32."""
+    """The unweighted table: every vocabulary token through the model, then PCA to ``dim``; float32."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from tokenizers import Tokenizer
@@ -107,7 +120,8 @@ def distill_token_vectors(
             if progress:
                 done = start + len(ids)
                 print(
-                    f"\rdistilling static embedder: {done}/{vocab_size} tokens ({100 * done / vocab_size:.0f}%)",
+                    f"\rdistilling static embedder: {done}/{vocab_size} tokens "
+                    f"({100 * done / vocab_size:.0f}%)",
                     end="\n" if done == vocab_size else "",
                     file=sys.stderr,
                 )
@@ -116,7 +130,7 @@ def distill_token_vectors(
     _, _, vt = np.linalg.svd(centered, full_matrices=False)  # PCA: rotate (and optionally cut) to main axes
     k = st.dim if dim is None else min(dim, st.dim)
     reduced = centered @ vt[:k].T
-    return (reduced * sif_weights(vocab_size)[:, None]).astype(np.float32)
+    return reduced.astype(np.float32)
 
 
 class StaticEmbedder(CachedEmbedder):
@@ -145,8 +159,11 @@ class StaticEmbedder(CachedEmbedder):
         source_name = PACKAGED_MODEL_NAME if model_path is None else source.name
         self.name = f"{source_name}-static-v{RECIPE_VERSION}-d{dim or 'full'}"
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.table_path = root / "static" / f"{self.name}-{_source_fingerprint(source)}.npy"
-        self.vectors = self._load_or_build(source, dim, threads, progress)
+        fingerprint = _source_fingerprint(source)
+        table_name = f"{source_name}-table-v{TABLE_VERSION}-d{dim or 'full'}-{fingerprint}.npy"
+        self.table_path = root / "static" / table_name
+        table = self._load_or_build(source, dim, threads, progress)
+        self.vectors = np.ascontiguousarray(table * sif_weights(len(table))[:, None], dtype=np.float32)
         self.dim = int(self.vectors.shape[1])
         self.tokenizer = Tokenizer.from_file(str(tok_file))
         self.tokenizer.no_truncation()
@@ -176,8 +193,7 @@ class StaticEmbedder(CachedEmbedder):
         meta = {
             "source": str(source),
             "dim": table.shape[1],
-            "recipe": RECIPE_VERSION,
-            "sif": SIF_COEFFICIENT,
+            "table_version": TABLE_VERSION,
         }
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return table.astype(np.float16).astype(np.float32)  # exactly what a later load sees

@@ -4,7 +4,7 @@ includes.
 A restarted or new worker loads the newest checkpoint and replays the two topics from the stored
 offsets, so it converges to the model every other worker has. Layout::
 
-    <checkpoint_dir>/ckpt-<ms since epoch>-<worker>/
+    <checkpoint_dir>/ckpt-<µs since epoch>-<worker>/
         model/              RedClassifier.save(...)
         checkpoint.json     {"format", "created", "worker", "topic_prefix", "model_version", "offsets"}
 
@@ -67,7 +67,10 @@ def write_checkpoint(
     """Save ``model`` and ``offsets`` as a new checkpoint under ``root``; prune to the newest ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     created = time.time()
-    name = f"ckpt-{int(created * 1000):013d}-{_safe(worker)}"
+    stamp = int(created * 1_000_000)  # microseconds: names sort by time
+    while any(root.glob(f"ckpt-{stamp:016d}-*")):
+        stamp += 1
+    name = f"ckpt-{stamp:016d}-{_safe(worker)}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

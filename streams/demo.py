@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,9 +92,15 @@ def load_clinc150_file(path: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def split_demo(
-    data: dict[str, list[tuple[str, str]]], per_class: int, limit: int, seed: int = 0
+    data: dict[str, list[tuple[str, str]]], per_class: int, limit: int, seed: int = 0, classes: int = 0
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(seed examples: ``per_class`` of each label from train; the stream: the rest, shuffled, ``limit``)."""
+    """(seed examples: ``per_class`` of each label from train; the stream: the rest, shuffled, ``limit``).
+
+    ``classes`` > 0 keeps only that many labels (the first in sorted order), for a quicker run.
+    """
+    if classes > 0:
+        keep = set(sorted({lab for _, lab in data["train"]})[:classes])
+        data = {k: [(t, lab) for t, lab in rows if lab in keep] for k, rows in data.items()}
     seeds: list[tuple[str, str]] = []
     rest: list[tuple[str, str]] = []
     taken: dict[str, int] = {}
@@ -221,9 +228,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from driftlabel.streams.settings import KafkaSettings
     from driftlabel.streams.topics import TopicNames, ensure_topics
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started on SIGTERM too
     path = resolve_clinc150(args.data, args.data_url, args.cache_dir)
     data = load_clinc150_file(path)
-    seeds, stream = split_demo(data, args.seed_per_class, args.limit, args.seed)
+    seeds, stream = split_demo(data, args.seed_per_class, args.limit, args.seed, args.classes)
     n_classes = len({lab for _, lab in seeds})
     print(
         f"demo: CLINC150 from {path}: {n_classes} classes, {len(seeds)} seed examples, "
@@ -342,6 +350,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="where a download is kept")
     p.add_argument("--limit", type=int, default=3000, help="texts to stream (0 = all 21,000 in-scope)")
     p.add_argument("--seed-per-class", type=int, default=10, help="seed examples per class")
+    p.add_argument("--classes", type=int, default=0, help="use only this many classes (0 = all 150)")
     p.add_argument("--judge-share", type=float, default=0.1, help="target share of texts sent to the judge")
     p.add_argument("--judge-latency-ms", type=float, default=20.0, help="simulated judge latency")
     p.add_argument("--judge-error-rate", type=float, default=0.0, help="share of wrong simulated verdicts")

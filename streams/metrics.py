@@ -41,6 +41,7 @@ METRIC_NAMES = (
     "driftlabel_consumer_lag",
     "driftlabel_batch_size",
     "driftlabel_checkpoints_total",
+    "driftlabel_embed_seconds_total",
     "driftlabel_control_ops_total",
 )
 
@@ -132,6 +133,9 @@ class ServiceMetrics:
             registry=r,
         )
         self.checkpoints = Counter("driftlabel_checkpoints", "Checkpoints written", registry=r)
+        self.embed_seconds = Counter(
+            "driftlabel_embed_seconds", "Time spent embedding texts for prediction", registry=r
+        )
         self.control_ops = Counter("driftlabel_control_ops", "Control operations applied", ["op"], registry=r)
         self._ring = np.zeros(self.settings.share_window, dtype=bool)
         self._ring_pos = 0

@@ -83,15 +83,16 @@ class AdaptiveRouter:
             self.routed += int(mask.sum())
             return mask
         self.credit = min(self.credit + self.target * len(u), self.max_burst)
-        above = u > self.threshold
-        if eligible is not None:
-            above &= eligible
-        n_above = int(above.sum())
-        k = min(n_above, int(self.credit))
+        ok = np.ones(len(u), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+        above = (u > self.threshold) & ok
+        # within the credit, above-threshold texts go first, most uncertain first; when the stream gets
+        # easier the quantile lags and credit piles up: spend the surplus on the next most uncertain
+        surplus = max(0, int(self.credit - self.max_burst / 2))
+        k = min(int(above.sum()) + surplus, int(self.credit), int(ok.sum()))
         if k > 0:
-            cand = np.flatnonzero(above)
-            chosen = cand[np.argsort(-u[cand], kind="stable")[:k]]
-            mask[chosen] = True
+            order = np.lexsort((-u, ~above))  # above-threshold first, then by uncertainty, descending
+            order = order[ok[order]]
+            mask[order[:k]] = True
             self.credit -= k
             self.routed += k
         return mask

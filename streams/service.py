@@ -227,8 +227,9 @@ class WorkerService:
         """Embed + rank a batch, publish labels at once, route the uncertain ones to the judge."""
         texts = [it.text for it in items]
         ids = [it.id for it in items]
-        X, ranking, version = await self.host.predict(texts, self.stream.top_k)
-        n_classes = len(self.host.model.labels)
+        before = self.host.embed_seconds
+        X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
+        self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
         u = uncertainty(ranking.entropy, ranking.margin, self.stream.uncertainty, n_classes)
         routed = self.router.route(u)  # out-of-scope calls are uncertain too: the judge may know better
         now = time.time()
@@ -297,7 +298,11 @@ class WorkerService:
             )
             await self.dead_letter(m.value, err, m.topic, m.partition, m.offset)
             return
-        await self.judge_item(req)
+        try:
+            await self.judge_item(req)
+        except Exception as exc:  # a bug or a broken broker must not kill the agent; keep the item
+            log.exception("could not finish judging %s", req.id)
+            await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
 
     async def judge_item(self, req: JudgeRequestMessage) -> None:
         """Judge one item, waiting out an unavailable judge; then publish everything it produced."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -106,6 +107,7 @@ class ModelHost:
         self.cache = EmbeddingCache(cache_size)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-model")
         self.changes_since_checkpoint = 0
+        self.embed_seconds = 0.0  # time spent in embedder.encode for predictions (the hot path's cost)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the model thread."""
@@ -135,11 +137,13 @@ class ModelHost:
 
         self.model = RedClassifier.load(model_dir, embedder=self.embedder)
 
-    def _predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Any, int]:
+    def _predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Any, int, int]:
+        t0 = time.perf_counter()
         X = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+        self.embed_seconds += time.perf_counter() - t0
         self.cache.put_many(texts, X)
         ranking = self.model.rank_embeddings(X, top_k=top_k)
-        return X, ranking, int(self.model.model_version)
+        return X, ranking, int(self.model.model_version), len(self.model.labels)
 
     def _embed_cached(self, texts: Sequence[str]) -> np.ndarray:
         rows: list[np.ndarray | None] = [self.cache.get(t) for t in texts]
@@ -196,7 +200,8 @@ class ModelHost:
     async def load(self, model_dir: Path) -> None:
         await self.run(self._load, model_dir)
 
-    async def predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Any, int]:
+    async def predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Any, int, int]:
+        """(embeddings, ranking, model version, number of classes) of a batch."""
         return await self.run(self._predict, texts, top_k)
 
     async def learn(self, records: Sequence[TrainingMessage]) -> None:

@@ -338,3 +338,22 @@ def test_a_label_listed_twice_is_asked_once(judge_for: JudgeFor) -> None:
         assert sim.counts["requests"] == 2
 
     run(scenario())
+
+
+def test_api_key_is_sent_and_a_wrong_one_is_reported(
+    judge_for: JudgeFor, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with SimulatedExpert(DATA, api_key="sk-right") as sim:
+            good = judge_for(sim.base_url, api_key="sk-right")
+            assert (await good.judge(ask(WEATHER, "weather"))).status == "validated"
+            await good.aclose()
+            bad = judge_for(sim.base_url, api_key="sk-wrong-secret")
+            with pytest.raises(JudgeUnavailableError, match="DRIFTLABEL_JUDGE_API_KEY") as info:
+                await bad.judge(ask(WEATHER, "weather"))
+            assert "sk-wrong-secret" not in str(info.value) and "sk-wrong-secret" not in repr(bad.settings)
+            await bad.aclose()
+
+    with caplog.at_level("DEBUG"):
+        run(scenario())
+    assert "sk-wrong-secret" not in caplog.text and "sk-right" not in caplog.text

@@ -78,7 +78,13 @@ def test_refused_response_format_falls_back_to_strict_text(settings_for: Setting
         await judge.aclose()
 
     asyncio.run(scenario())
-    assert len(seen) == 3  # one refusal, then text mode for good
+    # json_schema refused, json_object refused, text answered; then text for good
+    assert [b.get("response_format", {}).get("type") for b in seen] == [
+        "json_schema",
+        "json_object",
+        None,
+        None,
+    ]
 
 
 def test_auth_error_is_unavailable_with_a_hint_and_no_key_leak(settings_for: SettingsFor) -> None:
@@ -158,7 +164,7 @@ def test_item_rejected_by_endpoint_goes_to_review_without_opening_the_circuit(
         await judge.aclose()
 
     asyncio.run(scenario())
-    assert "response_format" in seen[0] and "response_format" not in seen[1] and len(seen) == 2
+    assert [b.get("response_format", {}).get("type") for b in seen] == ["json_schema", "json_object", None]
 
 
 def test_descriptions_file_fills_missing_descriptions(settings_for: SettingsFor, tmp_path: Path) -> None:
@@ -185,3 +191,26 @@ def test_descriptions_file_fills_missing_descriptions(settings_for: SettingsFor,
     assert "<description>Questions about rain, sun or forecasts.</description>" in prompts[0]
     assert "<description>Edited: weather questions.</description>" in prompts[1]
     assert "<description>Caller's own description.</description>" in prompts[2]
+
+
+def test_llama_cpp_style_500_on_json_schema_downgrades_to_json_object(settings_for: SettingsFor) -> None:
+    """llama-cpp-python answers an unknown response_format type with HTTP 500 naming the field."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        fmt = json.loads(request.content).get("response_format", {}).get("type")
+        seen.append(fmt)
+        if fmt == "json_schema":
+            detail = "validation error: ('body', 'response_format', 'type') should be 'text' or 'json_object'"
+            return httpx.Response(500, json={"error": {"message": detail}})
+        return completion('{"valid": false}')
+
+    async def scenario() -> None:
+        judge = make_judge(settings_for("http://fake/v1", breaker_failures=1), handler)
+        out = await judge.judge(REQ)
+        assert out.verdicts[0].valid is False and judge.breaker_state == "closed"
+        assert judge.stats.answer_format == "json_object" and judge.stats.retries == 0
+        await judge.aclose()
+
+    asyncio.run(scenario())
+    assert seen == ["json_schema", "json_object"]

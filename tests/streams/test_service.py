@@ -8,9 +8,14 @@ the adaptive share itself is covered by the router's unit tests and the demo.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,12 +197,35 @@ def test_metrics_page_has_the_documented_names(service: Any) -> None:
     assert re.search(r'^driftlabel_dead_letters_total\{reason="invalid_json"', page, re.M)
 
 
+def test_produce_and_consume_commands(service: Any, tmp_path: Path) -> None:
+    """The users' side: ``driftlabel produce FILE`` in, ``driftlabel consume`` out (each id once)."""
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\ncli-1,set an alarm for 6 am\ncli-2,how do you say thanks in german\n")
+    common = ["--bootstrap", service.kafka.bootstrap_servers, "--topic-prefix", service.kafka.topic_prefix]
+    run = [sys.executable, "-m", "driftlabel.streams.cli"]
+    out = subprocess.run([*run, "produce", str(src), *common], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "sent 2 records" in out.stderr, out.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(
+            [*run, "consume", *common, "--idle", "1"], capture_output=True, text=True, timeout=90
+        )
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        if {"cli-1", "cli-2"} <= {r["id"] for r in rows}:
+            break
+        assert time.monotonic() < deadline, out.stdout[-500:]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) and all(r["final"] for r in rows)
+
+
 def test_judge_outage_items_wait_and_nothing_is_lost(
     service: Any, h: Any, judge_server: Any, clinc: Any
 ) -> None:
     """Circuit open: routed items keep their non-final label only; when the judge is back they are judged."""
     names = service.names
-    values = [{"id": f"outage-{i}", "text": t} for i, (t, _) in enumerate(clinc["val"][:10])]
+    fresh = clinc["train"][-10:]  # never asked before: the judge's verdict cache cannot answer them
+    values = [{"id": f"outage-{i}", "text": t} for i, (t, _) in enumerate(fresh)]
     ids = {v["id"] for v in values}
     judge_server.fail_always("503")
     try:
@@ -222,6 +250,59 @@ def test_judge_outage_items_wait_and_nothing_is_lost(
     )
 
 
+def test_two_workers_share_texts_and_both_learn_every_record(
+    service: Any, h: Any, clinc: Any, tmp_path: Path
+) -> None:
+    """A second worker joins the group: texts are split by partition, control/training reach both."""
+    from driftlabel.streams.broker import free_port
+
+    port = free_port()
+    second = dataclasses.replace(
+        service, env={**service.env, "DRIFTLABEL_METRICS_PORT": str(port)}, metrics_port=port,
+        log_path=tmp_path / "worker2.log", proc=None, starts=0,
+    )  # fmt: skip
+    second.start()
+    try:
+        assert "loaded checkpoint" in second.log()  # it starts from the first worker's checkpoint
+        op = {
+            "op": "add_class",
+            "label": "garden_party",
+            "examples": ["plan a garden party", "a garden fete"],
+        }
+        h.send(service.kafka, service.names.control, [op])
+
+        def both_know_it() -> bool:
+            return all(re.search(r"^driftlabel_classes 14\.0", w.metrics(), re.M) for w in (service, second))
+
+        deadline = time.monotonic() + 60
+        while not both_know_it():
+            assert time.monotonic() < deadline, "a worker did not apply the control op"
+            time.sleep(1)
+        deadline = time.monotonic() + 90
+        n = 0
+        start = [_items(w.metrics()) for w in (service, second)]
+        while True:  # the group rebalances when the second worker joins; then both get partitions
+            n += 1
+            values = [{"id": f"pair{n}-{i}", "text": t} for i, (t, _) in enumerate(clinc["test"][:40])]
+            ids = {v["id"] for v in values}
+            h.send(service.kafka, service.names.texts, values)
+            recs = h.read_until(service.kafka, [service.names.labels], _finals_for(ids), timeout=120)
+            finals = Counter(v["id"] for _, v in recs if v.get("id") in ids and v.get("final"))
+            assert set(finals.values()) == {1}
+            direct = [_items(w.metrics()) - s0 for w, s0 in zip((service, second), start, strict=True)]
+            if all(d > 0 for d in direct):
+                break
+            assert time.monotonic() < deadline, f"texts not shared: labels per worker {direct}"
+    finally:
+        second.stop()
+
+
+def _items(page: str) -> float:
+    return sum(
+        float(m.group(1)) for m in re.finditer(r"^driftlabel_items_total\{[^}]*\} ([0-9.]+)", page, re.M)
+    )
+
+
 def test_restart_from_checkpoint_and_replay_predicts_like_before(service: Any, h: Any, clinc: Any) -> None:
     """Kill the worker (no final checkpoint), restart: it loads the first checkpoint and replays training."""
     names = service.names
@@ -242,7 +323,8 @@ def test_restart_from_checkpoint_and_replay_predicts_like_before(service: Any, h
     service.start()
     log = service.log()
     assert "loaded checkpoint" in log and "replayed" in log, log[-2000:]
-    assert re.search(r"^driftlabel_classes 13\.0", service.metrics(), re.M)  # 12 seeded + pizza_party
+    # 12 seeded + pizza_party + garden_party, both added at run time
+    assert re.search(r"^driftlabel_classes 14\.0", service.metrics(), re.M)
     after = ask("after")
     agree = sum(before[k] == after[k] for k in before) / len(before)
     assert agree >= 0.9, (before, after)
