@@ -32,7 +32,10 @@ if __package__ in (None, ""):  # run as `python bench/bench_embedders.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    Embedded,
     best_of,
+    cache_path,
+    cached_embeddings,
     dataset_embeddings,
     k_shot_indices,
     logreg_accuracy,
@@ -40,7 +43,7 @@ from bench.common import (
     markdown_table,
     write_report,
 )
-from driftlabel.models.datasets import load_clinc150
+from driftlabel.models.datasets import Dataset, load_clinc150, load_dataset
 from driftlabel.models.embeddings import Embedder, EmbedderSettings, load_embedder
 
 KINDS = ("sentence-transformers", "onnx", "static")
@@ -90,12 +93,30 @@ def red_accuracy(
     return float(np.mean(np.asarray(clf.predict_embeddings(Xte), dtype=object) == yte))
 
 
+def _train_split(emb: Embedder, ds: Dataset, rows: np.ndarray | None) -> Embedded:
+    """The train split's embeddings; with ``rows``, only those rows are embedded (others stay NaN) unless
+    the whole split is cached already, which saves a slow embedder from encoding texts never used."""
+    split = ds.train
+    y = np.asarray(split.labels, dtype=object)
+    full_key = f"{ds.name}-train"
+    if rows is None or cache_path(emb.name, full_key, split.texts).is_file():
+        return Embedded(cached_embeddings(emb, split.texts, full_key), split.texts, y)
+    X = np.full((len(split), emb.dim), np.nan, dtype=np.float32)
+    X[rows] = cached_embeddings(emb, [split.texts[i] for i in rows], f"{ds.name}-train-rows")
+    return Embedded(X, split.texts, y)
+
+
 def measure_accuracy(emb: Embedder, seeds: Sequence[int], red: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    clinc = dataset_embeddings(emb, "clinc150", ["train", "test"])
-    bank = dataset_embeddings(emb, "banking77", ["train", "test"])
-    for ds_name, data, ks in (("clinc150", clinc, (10, None)), ("banking77", bank, (10,))):
-        tr, te = data["train"], data["test"]
+    for ds, ks in ((load_dataset("clinc150"), (10, None)), (load_dataset("banking77"), (10,))):
+        if None in ks:
+            rows = None
+        else:
+            rows = np.unique(
+                np.concatenate([k_shot_indices(ds.train.labels, k, s) for k in ks for s in seeds])
+            )
+        tr = _train_split(emb, ds, rows)
+        te = dataset_embeddings(emb, ds, ["test"])["test"]
         for k in ks:
             lr, rd = [], []
             for seed in seeds if k is not None else seeds[:1]:
@@ -107,11 +128,11 @@ def measure_accuracy(emb: Embedder, seeds: Sequence[int], red: bool) -> dict[str
                     if r is not None:
                         rd.append(r)
                 _say(
-                    f"  {emb.name} {ds_name} k={k or 'all'} seed={seed}: LR {lr[-1]:.4f}"
+                    f"  {emb.name} {ds.name} k={k or 'all'} seed={seed}: LR {lr[-1]:.4f}"
                     + (f", RED {rd[-1]:.4f}" if rd else "")
                     + f" ({time.perf_counter() - t0:.0f}s)"
                 )
-            key = f"{ds_name}-{k or 'full'}"
+            key = f"{ds.name}-{k or 'full'}"
             out[key] = (float(np.mean(lr)), float(np.mean(rd)) if rd else None)
     return out
 

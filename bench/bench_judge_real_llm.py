@@ -113,6 +113,7 @@ def main() -> int:
     verdicts = [v for o in outs for v in o.verdicts]
     correct_verdicts = sum(v.valid == (v.label == truth[v.id]) for v in verdicts)
     yes_rate = sum(v.valid for v in verdicts) / max(1, len(verdicts))
+    always_yes = sum(v.label == truth[v.id] for v in verdicts)  # what answering yes to all would agree on
     item_right = sum(o.label == truth[o.id] for o in outs)
     statuses: dict[str, int] = {}
     for o in outs:
@@ -129,7 +130,8 @@ def main() -> int:
         f"{args.threads} threads, server start {startup:.1f}s",
         f"- items: {len(reqs)} CLINC150 test texts, 2 candidates each (true label first for half, "
         f"a wrong one first for the other half), max_depth 2, 3 examples + a one-line description per label; "
-        f"answer format `{args.answer_format}`; concurrency 1; cache off",
+        f"answer format asked `{args.answer_format}`, used `{stats.answer_format}` (the judge falls back "
+        "when the server refuses a response_format); concurrency 1; cache off",
         f"- command: `python bench/bench_judge_real_llm.py {' '.join(sys.argv[1:])}`",
         "",
         "| metric | value |",
@@ -143,7 +145,9 @@ def main() -> int:
         f"| tokens per verdict (server's count) | {stats.tokens / n_v:.0f} |",
         f"| verdicts agreeing with the true label | {correct_verdicts}/{len(verdicts)} "
         f"= {correct_verdicts / n_v:.1%} |",
-        f"| share of 'yes' verdicts | {yes_rate:.1%} (half of the first questions have a true label) |",
+        f"| same questions answered 'yes' always (baseline) | {always_yes}/{len(verdicts)} "
+        f"= {always_yes / n_v:.1%} |",
+        f"| share of 'yes' verdicts | {yes_rate:.1%} |",
         f"| items whose outcome label is the true label | {item_right}/{len(outs)} "
         f"= {item_right / len(outs):.1%} |",
         f"| outcomes | {statuses} |",

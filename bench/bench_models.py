@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     CachedArrayEmbedder,
     Embedded,
     dataset_embeddings,
@@ -37,7 +37,7 @@ from bench.common import (  # noqa: E402
     markdown_table,
     write_report,
 )
-from driftlabel.models import ExpertSettings, RedClassifier, RiverExpert, SoftmaxExpert  # noqa: E402
+from driftlabel.models import ExpertSettings, RedClassifier, RiverExpert, SoftmaxExpert
 
 KS: tuple[int | None, ...] = (5, 10, 30, None)
 EMBEDDER = CachedArrayEmbedder("all-MiniLM-L6-v2", 384)
@@ -78,7 +78,9 @@ VARIANTS: dict[str, tuple[Callable[[Embedded], Any], Callable[[Any, np.ndarray],
 }
 
 
-def accuracy_table(datasets: Sequence[str], ks: Sequence[int | None], variants: Sequence[str]) -> tuple[str, list[dict[str, Any]]]:
+def accuracy_table(
+    datasets: Sequence[str], ks: Sequence[int | None], variants: Sequence[str]
+) -> tuple[str, list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     for name in datasets:
         data = dataset_embeddings(EMBEDDER, name, ["train", "test"], progress=False)
@@ -94,7 +96,10 @@ def accuracy_table(datasets: Sequence[str], ks: Sequence[int | None], variants: 
                 acc = float(np.mean(predict(model, test.X) == test.y))
                 row[v] = acc
                 row[f"{v}_fit_s"] = fit_s
-                print(f"{name:10s} k={_k_name(k):>3s} {v:12s} acc {100 * acc:5.1f}%  fit {fit_s:6.1f}s", flush=True)
+                print(
+                    f"{name:10s} k={_k_name(k):>3s} {v:12s} acc {100 * acc:5.1f}%  fit {fit_s:6.1f}s",
+                    flush=True,
+                )
             rows.append(row)
     header = ["dataset", "k", "train"] + [f"{v} %" for v in variants] + [f"{v} fit s" for v in variants]
     if "red" in variants and "sklearn" in variants:
@@ -117,14 +122,30 @@ def oos_table(ks: Sequence[int | None]) -> str:
         clf = red_factory()(train.take(k_shot_indices(train.y, k, seed=0)))
         r_in, r_out = clf.rank_embeddings(test.X), clf.rank_embeddings(oos.X)
         in_acc = float(np.mean(np.array(r_in.labels, dtype=object) == test.y))  # flagged OOS counts as wrong
-        lines.append([_k_name(k), f"{100 * in_acc:.1f}", f"{100 * r_in.out_of_scope.mean():.1f}",
-                      f"{100 * r_out.out_of_scope.mean():.1f}",
-                      f"{np.median(r_in.entropy):.2f} / {np.median(r_out.entropy):.2f}"])
-        print(f"clinc150 k={_k_name(k)} in-scope acc {lines[-1][1]}%  in-scope flagged {lines[-1][2]}%  "
-              f"OOS recall {lines[-1][3]}%", flush=True)
+        lines.append(
+            [
+                _k_name(k),
+                f"{100 * in_acc:.1f}",
+                f"{100 * r_in.out_of_scope.mean():.1f}",
+                f"{100 * r_out.out_of_scope.mean():.1f}",
+                f"{np.median(r_in.entropy):.2f} / {np.median(r_out.entropy):.2f}",
+            ]
+        )
+        print(
+            f"clinc150 k={_k_name(k)} in-scope acc {lines[-1][1]}%  in-scope flagged {lines[-1][2]}%  "
+            f"OOS recall {lines[-1][3]}%",
+            flush=True,
+        )
     return markdown_table(
-        ["k", "in-scope accuracy % (OOS flag = wrong)", "in-scope flagged OOS %", "OOS recall %",
-         "median entropy in / out"], lines)
+        [
+            "k",
+            "in-scope accuracy % (OOS flag = wrong)",
+            "in-scope flagged OOS %",
+            "OOS recall %",
+            "median entropy in / out",
+        ],
+        lines,
+    )
 
 
 def _best(fn: Callable[[], Any], repeats: int) -> float:
@@ -143,16 +164,23 @@ def speed_table(repeats: int = 3, river_items: int = 2000) -> str:
     # fit (full train, 150 classes)
     t0 = time.perf_counter()
     full = red_factory()(train)
-    lines.append(["fit, 15,000 examples, 150 labels (weighted noise)", f"{time.perf_counter() - t0:.1f} s", "-"])
+    lines.append(
+        ["fit, 15,000 examples, 150 labels (weighted noise)", f"{time.perf_counter() - t0:.1f} s", "-"]
+    )
     # predict
     X = np.concatenate([test.X] * 5)  # 22,500 texts
     full.rank_embeddings(X[:10])
-    for what, fn in (("predict: rank_embeddings (full Ranking, top 5)", lambda: full.rank_embeddings(X)),
-                     ("predict: log_odds (the one matmul)", lambda: full.log_odds(X))):
+    calls: list[tuple[str, Callable[[np.ndarray], Any]]] = [
+        ("predict: rank_embeddings (full Ranking, top 5)", full.rank_embeddings),
+        ("predict: log_odds (the one matmul)", full.log_odds),
+    ]
+    for what, fn in calls:
         for bs in (256, len(X)):
-            def run(fn=fn, bs=bs) -> None:  # type: ignore[no-untyped-def]
+
+            def run(fn: Callable[[np.ndarray], Any] = fn, bs: int = bs) -> None:
                 for s in range(0, len(X), bs):
-                    (full.rank_embeddings if "rank" in what else full.log_odds)(X[s : s + bs])
+                    fn(X[s : s + bs])
+
             dt = _best(run, repeats)
             lines.append([f"{what}, micro-batch {bs}", f"{len(X) / dt:,.0f} texts/s", "≥ 20,000"])
             print(lines[-1], flush=True)
@@ -168,13 +196,26 @@ def speed_table(repeats: int = 3, river_items: int = 2000) -> str:
         clf.learn_embeddings(train.X[b], [train.texts[i] for i in b], train.y[b])
     dt = time.perf_counter() - t0
     acc1 = float(np.mean(red_predict(clf, test.X) == test.y))
-    lines.append([f"learn: learn_embeddings, micro-batches of 64, {len(rest):,} examples",
-                  f"{len(rest) / dt:,.0f} examples/s", "≥ 2,000"])
-    lines.append(["accuracy: 10-shot fit → after streaming the rest", f"{100 * acc0:.1f} % → {100 * acc1:.1f} %", "-"])
+    lines.append(
+        [
+            f"learn: learn_embeddings, micro-batches of 64, {len(rest):,} examples",
+            f"{len(rest) / dt:,.0f} examples/s",
+            "≥ 2,000",
+        ]
+    )
+    lines.append(
+        ["accuracy: 10-shot fit → after streaming the rest", f"{100 * acc0:.1f} % → {100 * acc1:.1f} %", "-"]
+    )
     t0 = time.perf_counter()
     clf.refit()
-    lines.append(["refit() from the store after streaming", f"{time.perf_counter() - t0:.1f} s, "
-                  f"{100 * float(np.mean(red_predict(clf, test.X) == test.y)):.1f} %", "-"])
+    lines.append(
+        [
+            "refit() from the store after streaming",
+            f"{time.perf_counter() - t0:.1f} s, "
+            f"{100 * float(np.mean(red_predict(clf, test.X) == test.y)):.1f} %",
+            "-",
+        ]
+    )
     print(lines[-3:], flush=True)
     # river: one expert (8 labels + noise), per-item dicts
     sub = [lab for lab in sorted(set(train.y.tolist()))[:8]]
@@ -185,14 +226,31 @@ def speed_table(repeats: int = 3, river_items: int = 2000) -> str:
     t0 = time.perf_counter()
     rx.learn_many(train.X[order], y[order])
     dt = time.perf_counter() - t0
-    lines.append([f"river SoftmaxRegression expert (9 classes), learn_many of {river_items}",
-                  f"{river_items / dt:,.0f} examples/s", "≥ 2,000"])
+    lines.append(
+        [
+            f"river SoftmaxRegression expert (9 classes), learn_many of {river_items}",
+            f"{river_items / dt:,.0f} examples/s",
+            "≥ 2,000",
+        ]
+    )
     sx = SoftmaxExpert()
-    dt = _best(lambda: [sx.learn_many(train.X[order[s:s + 64]], y[order[s:s + 64]]) for s in range(0, len(order), 64)], repeats)
-    lines.append([f"numpy SoftmaxExpert (9 classes), learn_many of {river_items} in batches of 64",
-                  f"{river_items / dt:,.0f} examples/s", "≥ 2,000"])
+    dt = _best(
+        lambda: [
+            sx.learn_many(train.X[order[s : s + 64]], y[order[s : s + 64]]) for s in range(0, len(order), 64)
+        ],
+        repeats,
+    )
+    lines.append(
+        [
+            f"numpy SoftmaxExpert (9 classes), learn_many of {river_items} in batches of 64",
+            f"{river_items / dt:,.0f} examples/s",
+            "≥ 2,000",
+        ]
+    )
     print(lines[-2:], flush=True)
-    return markdown_table(["what (CLINC150, 150 labels, 384-d MiniLM embeddings given)", "measured", "bar"], lines)
+    return markdown_table(
+        ["what (CLINC150, 150 labels, 384-d MiniLM embeddings given)", "measured", "bar"], lines
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,19 +260,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=["red", "flat", "sklearn"], choices=list(VARIANTS))
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "oos", "speed"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-report", action="store_true", help="print only; do not write bench/results/models.md")
+    parser.add_argument(
+        "--no-report", action="store_true", help="print only; do not write bench/results/models.md"
+    )
     args = parser.parse_args(argv)
     ks = [None if k == "all" else int(k) for k in args.k]
     parts = []
     if "accuracy" not in args.skip:
         table, _ = accuracy_table(args.datasets, ks, args.variants)
-        parts.append("## Test accuracy by seed examples per label (k)\n\n"
-                     "`red` = R.E.D. experts (top-1 label), `flat` = one softmax over all labels (same learner), "
-                     "`sklearn` = LogisticRegression(C=1.0, lbfgs). Seed 0 k-shot draw.\n\n" + table)
+        parts.append(
+            "## Test accuracy by seed examples per label (k)\n\n"
+            "`red` = R.E.D. experts (top-1 label), `flat` = one softmax over all labels (same learner), "
+            "`sklearn` = LogisticRegression(C=1.0, lbfgs). Seed 0 k-shot draw.\n\n" + table
+        )
     if "oos" not in args.skip:
-        parts.append("## CLINC150 out-of-scope (R.E.D. `out_of_scope` = every expert says noise)\n\n" + oos_table(ks))
+        parts.append(
+            "## CLINC150 out-of-scope (R.E.D. `out_of_scope` = every expert says noise)\n\n" + oos_table(ks)
+        )
     if "speed" not in args.skip:
-        parts.append(f"## Speed (best of {args.repeats}; one process, 2 shared cores)\n\n" + speed_table(args.repeats))
+        parts.append(
+            f"## Speed (best of {args.repeats}; one process, 2 shared cores)\n\n" + speed_table(args.repeats)
+        )
     body = "\n\n".join(parts)
     print(body)
     if not args.no_report:

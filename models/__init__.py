@@ -4,7 +4,7 @@ Public surface (the contract in ``docs/interfaces.md``)::
 
     from driftlabel.models import RedClassifier, ExpertSettings, load_embedder
     clf = RedClassifier(load_embedder()).fit(texts, labels, descriptions)
-    ranking = clf.rank(["where is my card?"], top_k=5)   # labels, scores, candidates, entropy, margin, out_of_scope
+    ranking = clf.rank(["where is my card?"], top_k=5)  # labels, scores, candidates, entropy, margin, oos
     clf.learn(texts, labels, valid=[True, False, ...])   # incremental; valid=False = hard negative
     clf.save("model/"); clf = RedClassifier.load("model/")
 

@@ -153,8 +153,8 @@ class RedClassifier:
             emb = load_embedder()
             if self._embedder_name is not None and emb.name != self._embedder_name:
                 raise ModelError(
-                    f"this model was trained with embedder {self._embedder_name!r} but the default is {emb.name!r}; "
-                    "pass the matching embedder (RedClassifier.load(path, embedder=...))"
+                    f"this model was trained with embedder {self._embedder_name!r} but the default is "
+                    f"{emb.name!r}; pass the matching embedder (RedClassifier.load(path, embedder=...))"
                 )
             self._set_embedder(emb)
         assert self._embedder is not None
@@ -311,7 +311,9 @@ class RedClassifier:
             sorted_codes = codes.reshape(-1)[order]
             starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
             rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-            noise = np.sort(perm[order[rank < s.noise_per_label]])
+            n_other = int(sorted_codes[-1]) + 1
+            per_label = max(1, min(s.noise_per_label, s.max_noise_rows // n_other))
+            noise = np.sort(perm[order[rank < per_label]])
             w_noise = np.full(len(noise), n_noise_target / len(noise))
         else:
             total_noise = sum(c for lab, c in counts.items() if lab not in subset)
@@ -363,7 +365,6 @@ class RedClassifier:
         self._require_fitted()
         if resubset:
             s = self.settings
-            Xs, ys, _ = self.store.arrays()
             E = self._label_matrix(self._labels)
             Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
             self._subsets = [[self._labels[i] for i in g] for g in greedy_subsets(Z, s.subset_size)]
@@ -652,8 +653,9 @@ class RedClassifier:
 
     def __repr__(self) -> str:
         return (
-            f"RedClassifier(labels={len(self._labels)}, subsets={len(self._subsets)}, examples={self.n_examples}, "
-            f"model_version={self._model_version}, embedder={self._embedder_name!r})"
+            f"RedClassifier(labels={len(self._labels)}, subsets={len(self._subsets)}, "
+            f"examples={self.n_examples}, model_version={self._model_version}, "
+            f"embedder={self._embedder_name!r})"
         )
 
     def _state(self) -> dict[str, Any]:  # for persistence

@@ -78,7 +78,7 @@ class DriftMonitor:
 
     @property
     def estimate(self) -> float:
-        """Current estimate of the signal's mean (ADWIN's window mean; else the mean since the last change)."""
+        """The signal's current mean (ADWIN: its window's mean; else the mean since the last change)."""
         est = getattr(self._det, "estimation", None)
         if est is not None and self.detector == "adwin":
             return float(est)

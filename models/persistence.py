@@ -97,7 +97,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
         else np.zeros((0, dim), np.float32)
     )
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     arrays_bytes = buf.getvalue()
     texts_bytes = json.dumps(
         {
@@ -162,13 +162,13 @@ def load_model(path: str | os.PathLike[str], embedder: Embedder | None = None) -
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{mpath} is not valid JSON ({exc}); the model file is corrupt") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelFileError(
-            f"{mpath} is not a driftlabel R.E.D. model manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})"
-        )
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ModelFileError(f"{mpath} is not a driftlabel R.E.D. model manifest (format {fmt!r})")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise ModelFileError(
-            f"{p}: model format version {version!r} is not supported (this driftlabel reads 1..{FORMAT_VERSION}); upgrade driftlabel"
+            f"{p}: model format version {version!r} is not supported "
+            f"(this driftlabel reads 1..{FORMAT_VERSION}); upgrade driftlabel"
         )
     arrays_bytes = _read_checked(p, ARRAYS, manifest)
     texts_bytes = _read_checked(p, TEXTS, manifest)

@@ -8,6 +8,7 @@ with the real packaged MiniLM on a slice of CLINC150.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Sequence
@@ -78,11 +79,16 @@ def settings() -> ExpertSettings:
     return ExpertSettings(subset_size=4)
 
 
-@pytest.fixture
-def fitted(blobs: Blobs, settings: ExpertSettings) -> RedClassifier:
-    """20 labels x 15 examples, subsets of 4 (so 5 experts), fitted on embeddings."""
+@pytest.fixture(scope="module")
+def _fitted_once(blobs: Blobs) -> RedClassifier:
     X, texts, y = blobs.sample(15)
-    return RedClassifier(settings=settings).fit_embeddings(X, texts, y)
+    return RedClassifier(settings=ExpertSettings(subset_size=4)).fit_embeddings(X, texts, y)
+
+
+@pytest.fixture
+def fitted(_fitted_once: RedClassifier) -> RedClassifier:
+    """20 labels x 15 examples, subsets of 4 (so 5 experts), fitted on embeddings; a fresh copy per test."""
+    return copy.deepcopy(_fitted_once)
 
 
 @pytest.fixture

@@ -135,9 +135,15 @@ def test_add_class_needs_examples_or_description(fitted: RedClassifier) -> None:
 
 def test_text_api_with_descriptions(hash_embedder: HashEmbedder) -> None:
     texts = [
-        "my card has not arrived yet", "when will my new card arrive", "card delivery is late",
-        "what is the exchange rate", "exchange rate for euros", "rate to convert dollars",
-        "I want to close my account", "please delete my account", "how do I close the account",
+        "my card has not arrived yet",
+        "when will my new card arrive",
+        "card delivery is late",
+        "what is the exchange rate",
+        "exchange rate for euros",
+        "rate to convert dollars",
+        "I want to close my account",
+        "please delete my account",
+        "how do I close the account",
     ]
     labels = ["card_arrival"] * 3 + ["exchange_rate"] * 3 + ["close_account"] * 3
     clf = RedClassifier(hash_embedder, ExpertSettings(subset_size=2)).fit(
@@ -149,7 +155,9 @@ def test_text_api_with_descriptions(hash_embedder: HashEmbedder) -> None:
     assert clf.descriptions == {"exchange_rate": "questions about the exchange rate"}
     clf.describe_class("close_account", "the customer wants to close their account")
     assert clf.descriptions["close_account"].startswith("the customer")
-    clf.add_class("refund", description="asking for a refund", examples=["I want a refund", "refund my money"])
+    clf.add_class(
+        "refund", description="asking for a refund", examples=["I want a refund", "refund my money"]
+    )
     assert clf.predict(["can I get a refund"]) == ["refund"]
     e = hash_embedder.encode(["card arrive"])[0]
     assert clf.nearest_examples("card_arrival", e, c=2)[0] in texts[:3]
@@ -178,7 +186,9 @@ def test_remove_and_describe_unknown_labels(fitted: RedClassifier, blobs: Blobs)
 
 def test_store_cap_bounds_memory(blobs: Blobs) -> None:
     X, texts, y = blobs.sample(15)
-    clf = RedClassifier(settings=ExpertSettings(subset_size=4, max_examples_per_label=10)).fit_embeddings(X, texts, y)
+    clf = RedClassifier(settings=ExpertSettings(subset_size=4, max_examples_per_label=10)).fit_embeddings(
+        X, texts, y
+    )
     assert clf.n_examples == 20 * 10
     clf.learn_embeddings(X[:15], [f"newer {i}" for i in range(15)], y[:15])
     assert clf.store.count(str(y[0])) == 10
@@ -197,7 +207,7 @@ def test_store_cap_bounds_memory(blobs: Blobs) -> None:
         (lambda c, X: c.learn_embeddings(X[:1] * np.nan, ["t"], ["label_00"]), "NaN"),
     ],
 )
-def test_bad_input_is_refused_and_changes_nothing(fitted: RedClassifier, blobs: Blobs, call, match) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_refused_and_changes_nothing(fitted: RedClassifier, blobs: Blobs, call, match) -> None:
     X, _, _ = blobs.sample(1)
     v, n = fitted.model_version, fitted.n_examples
     with pytest.raises(InvalidDataError, match=match):
@@ -214,7 +224,9 @@ def test_unfitted_model_says_what_to_do() -> None:
 
 
 def _saved(fitted: RedClassifier, tmp_path: Path) -> Path:
-    fitted.learn_embeddings(fitted.store.arrays()[0][:2], ["neg a", "neg b"], ["label_01", "label_01"], [False, False])
+    fitted.learn_embeddings(
+        fitted.store.arrays()[0][:2], ["neg a", "neg b"], ["label_01", "label_01"], [False, False]
+    )
     fitted._descriptions["label_02"] = "a described label"
     fitted._desc_emb["label_02"] = fitted.store.arrays()[0][0]
     path = tmp_path / "model"
@@ -243,13 +255,16 @@ def test_save_load_round_trip(fitted: RedClassifier, blobs: Blobs, tmp_path: Pat
 @pytest.mark.parametrize(
     "damage, match",
     [
-        (lambda p: (p / "arrays.npz").write_bytes((p / "arrays.npz").read_bytes()[:-10] + b"0" * 10), "checksum"),
+        (
+            lambda p: (p / "arrays.npz").write_bytes((p / "arrays.npz").read_bytes()[:-10] + b"0" * 10),
+            "checksum",
+        ),
         (lambda p: (p / "texts.json").unlink(), "missing"),
         (lambda p: (p / "manifest.json").write_text("{not json"), "not valid JSON"),
         (lambda p: (p / "manifest.json").unlink(), "no manifest.json"),
     ],
 )
-def test_load_refuses_corrupt_files(fitted: RedClassifier, tmp_path: Path, damage, match) -> None:  # type: ignore[no-untyped-def]
+def test_load_refuses_corrupt_files(fitted: RedClassifier, tmp_path: Path, damage, match) -> None:
     path = _saved(fitted, tmp_path)
     damage(path)
     with pytest.raises(ModelFileError, match=match):
@@ -281,7 +296,9 @@ def test_load_refuses_foreign_or_future_files(fitted: RedClassifier, tmp_path: P
         fitted.save(tmp_path / "foreign")
 
 
-def test_load_refuses_a_different_embedder(fitted: RedClassifier, tmp_path: Path, hash_embedder: HashEmbedder) -> None:
+def test_load_refuses_a_different_embedder(
+    fitted: RedClassifier, tmp_path: Path, hash_embedder: HashEmbedder
+) -> None:
     path = _saved(fitted, tmp_path)
     with pytest.raises(ModelFileError, match="embedder"):
         RedClassifier.load(path, embedder=hash_embedder)  # 64-d, the model is 32-d
@@ -291,7 +308,7 @@ def test_load_refuses_a_different_embedder(fitted: RedClassifier, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_real_minilm_on_a_clinc150_slice(embedder, data_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_real_minilm_on_a_clinc150_slice(embedder, data_dir, tmp_path: Path) -> None:
     """12 CLINC150 intents, 10 examples each, real packaged MiniLM: fit, rank, learn, save/load, classify."""
     from driftlabel.models.datasets import load_clinc150
 

@@ -65,7 +65,7 @@ def any_embedder(request: pytest.FixtureRequest) -> Embedder:
     emb = request.getfixturevalue(request.param)
     if isinstance(emb, CachedEmbedder):
         emb.cache_clear()
-    return emb  # type: ignore[no-any-return]
+    return emb
 
 
 # -- the contract, over every implementation ---------------------------------------------------------
@@ -106,9 +106,9 @@ def test_contract_empty_and_bad_input(any_embedder: Embedder) -> None:
     empty = any_embedder.encode([])
     assert empty.shape == (0, any_embedder.dim) and empty.dtype == np.float32
     with pytest.raises(InvalidDataError, match="single string"):
-        any_embedder.encode("a bare string")  # type: ignore[arg-type]
+        any_embedder.encode("a bare string")  # a str is a Sequence[str] to the type checker
     with pytest.raises(InvalidDataError, match="#1"):
-        any_embedder.encode(["fine", 42])  # type: ignore[list-item]
+        any_embedder.encode(["fine", 42])  # type: ignore[list-item,unused-ignore]
 
 
 def test_contract_paraphrases_are_closer_than_unrelated(any_embedder: Embedder) -> None:
@@ -202,7 +202,7 @@ def test_settings_are_validated_and_frozen() -> None:
         load_settings(EmbedderSettings, batch_sise=3)
     s = load_settings(EmbedderSettings)
     with pytest.raises(ValueError):
-        s.batch_size = 3  # type: ignore[misc]
+        s.batch_size = 3
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path: object) -> None:
@@ -221,3 +221,26 @@ def test_embedder_for_name_rebuilds_packaged_embedders(embedder: Embedder, onnx_
     assert embedder_for_name(onnx_embedder.name).name == onnx_embedder.name
     with pytest.raises(ModelFileError, match="DRIFTLABEL_EMBEDDER"):
         embedder_for_name("someone-elses-model")
+
+
+def test_sif_weights_downweight_frequent_tokens() -> None:
+    from driftlabel.models.static import sif_weights
+
+    w = sif_weights(30522)
+    assert w.shape == (30522,) and w.dtype == np.float32
+    assert np.all((w > 0) & (w <= 1))
+    the, word, rare = 1996, 5000, 30000  # BERT ids: "the", a mid-frequency word, a rare piece
+    assert w[the] < w[word] < w[rare]
+
+
+@pytest.mark.slow
+def test_embedder_for_name_rebuilds_the_static_embedder(static_embedder: Embedder) -> None:
+    assert static_embedder.name.startswith("all-MiniLM-L6-v2-static-")
+    again = embedder_for_name(static_embedder.name)
+    np.testing.assert_array_equal(again.encode(TEXTS[:2]), static_embedder.encode(TEXTS[:2]))
+
+
+def test_load_embedder_shares_one_instance_per_settings() -> None:
+    a = load_embedder(EmbedderSettings(kind="onnx"))
+    assert load_embedder(EmbedderSettings(kind="onnx")) is a
+    assert load_embedder(EmbedderSettings(kind="onnx"), shared=False) is not a

@@ -26,7 +26,7 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("factory", EXPERTS)
-def test_expert_contract(factory, data) -> None:  # type: ignore[no-untyped-def]
+def test_expert_contract(factory, data) -> None:
     Xtr, ytr, Xte, yte = data
     expert = factory()
     assert isinstance(expert, Expert)
@@ -66,7 +66,7 @@ def test_expert_contract(factory, data) -> None:  # type: ignore[no-untyped-def]
         expert.learn_many(Xtr[:2] * np.nan, ytr[:2])
 
 
-def test_softmax_full_refit_matches_scikit_learn(data) -> None:  # type: ignore[no-untyped-def]
+def test_softmax_full_refit_matches_scikit_learn(data) -> None:
     """Same objective as LogisticRegression(C=1/l2): same predictions, near-identical probabilities."""
     from sklearn.linear_model import LogisticRegression
 
@@ -77,14 +77,16 @@ def test_softmax_full_refit_matches_scikit_learn(data) -> None:  # type: ignore[
     np.testing.assert_allclose(ours.predict_proba_many(Xte)[:, order], ref.predict_proba(Xte), atol=2e-3)
 
 
-def test_softmax_sample_weights_act_like_repetition(data) -> None:  # type: ignore[no-untyped-def]
+def test_softmax_sample_weights_act_like_repetition(data) -> None:
     Xtr, ytr, Xte, _ = data
-    a = SoftmaxExpert(max_iter=500).fit_many(Xtr[:40], ytr[:40], sample_weight=np.r_[np.full(20, 2.0), np.ones(20)])
+    a = SoftmaxExpert(max_iter=500).fit_many(
+        Xtr[:40], ytr[:40], sample_weight=np.r_[np.full(20, 2.0), np.ones(20)]
+    )
     b = SoftmaxExpert(max_iter=500).fit_many(np.r_[Xtr[:20], Xtr[:40]], np.r_[ytr[:20], ytr[:40]])
     np.testing.assert_allclose(a.predict_proba_many(Xte), b.predict_proba_many(Xte), atol=2e-3)
 
 
-def test_hard_negatives_push_the_probability_down(data) -> None:  # type: ignore[no-untyped-def]
+def test_hard_negatives_push_the_probability_down(data) -> None:
     Xtr, ytr, _, _ = data
     expert = SoftmaxExpert().fit_many(Xtr, ytr)
     x, lab = Xtr[:1], ytr[:1]
@@ -94,11 +96,13 @@ def test_hard_negatives_push_the_probability_down(data) -> None:  # type: ignore
     after = expert.predict_proba_many(x)[0, list(expert.classes_).index(lab[0])]
     assert after < before - 0.2
     # and a full refit with the negative keeps it down compared with the refit without it
-    refit = SoftmaxExpert().fit_many(np.r_[Xtr, x], np.r_[ytr, lab], valid=np.r_[np.ones(len(Xtr), bool), False])
+    refit = SoftmaxExpert().fit_many(
+        np.r_[Xtr, x], np.r_[ytr, lab], valid=np.r_[np.ones(len(Xtr), bool), False]
+    )
     assert refit.predict_proba_many(x)[0, list(refit.classes_).index(lab[0])] < before
 
 
-def test_new_labels_appear_as_new_classes_without_losing_old_ones(data) -> None:  # type: ignore[no-untyped-def]
+def test_new_labels_appear_as_new_classes_without_losing_old_ones(data) -> None:
     Xtr, ytr, Xte, yte = data
     expert = SoftmaxExpert().fit_many(Xtr, ytr)
     acc_before = np.mean(expert.predict_many(Xte) == yte)

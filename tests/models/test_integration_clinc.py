@@ -23,7 +23,7 @@ N_INTENTS, K = 15, 10
 
 @pytest.fixture(scope="module")
 def clinc_slice(data_dir: Path) -> Dataset:
-    """Every 10th intent (so that the slice spans CLINC's domains), 10 seeds each, all their val/test texts."""
+    """Every 10th intent (so the slice spans CLINC's domains), 10 seeds each, all their val/test texts."""
     ds = load_clinc150(data_dir)
     keep = set(ds.labels[:: len(ds.labels) // N_INTENTS][:N_INTENTS])
 

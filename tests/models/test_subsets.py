@@ -19,7 +19,9 @@ def test_label_embedding_is_normalised_mean_blended_with_description() -> None:
     E = label_embeddings(X, ["a", "a", "b"], ["a", "b"])
     np.testing.assert_allclose(E[0], _unit(np.array([[0.5, 0.5, 0]]))[0])
     np.testing.assert_allclose(E[1], [0, 0, 1.0])
-    E2 = label_embeddings(X, ["a", "a", "b"], ["a", "b"], {"b": np.array([1.0, 0, 0])}, description_weight=0.5)
+    E2 = label_embeddings(
+        X, ["a", "a", "b"], ["a", "b"], {"b": np.array([1.0, 0, 0])}, description_weight=0.5
+    )
     np.testing.assert_allclose(E2[1], _unit(np.array([[0.5, 0, 0.5]]))[0])
     # a label known only from its description is its description
     E3 = label_embeddings(X[:2], ["a", "a"], ["a", "c"], {"c": np.array([0, 0, 2.0])})
@@ -33,7 +35,9 @@ def test_label_embedding_refuses_labels_without_data() -> None:
         label_embeddings(np.eye(3), ["a", "a", "z"], ["a"])
 
 
-@pytest.mark.parametrize("n_labels, n", [(1, 8), (5, 8), (8, 8), (9, 8), (37, 8), (1000, 8), (30, 1), (30, 3)])
+@pytest.mark.parametrize(
+    "n_labels, n", [(1, 8), (5, 8), (8, 8), (9, 8), (37, 8), (1000, 8), (30, 1), (30, 3)]
+)
 def test_greedy_subsets_partition_with_bounded_sizes(n_labels: int, n: int) -> None:
     Z = np.random.default_rng(1).normal(size=(n_labels, 6))
     groups = greedy_subsets(Z, n)
@@ -57,7 +61,11 @@ def test_greedy_subsets_separate_similar_labels() -> None:
 
 def test_place_label_least_similar_subset_with_room_else_new() -> None:
     e = np.array([1.0, 0.0, 0.0])
-    members = [np.array([[0.9, 0.1, 0.0]]), np.array([[0.0, 1.0, 0.0]]), np.array([[0.0, 0.0, 1.0], [0.0, 0.6, 0.8]])]
+    members = [
+        np.array([[0.9, 0.1, 0.0]]),
+        np.array([[0.0, 1.0, 0.0]]),
+        np.array([[0.0, 0.0, 1.0], [0.0, 0.6, 0.8]]),
+    ]
     members = [_unit(m) for m in members]
     assert place_label(e, members, n=2) == 1  # subset 2 is as dissimilar but full
     assert place_label(e, members, n=3) in (1, 2)
