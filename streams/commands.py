@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -121,6 +122,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
+    finally:  # faust's scratch directory (memory store only: nothing in it outlives the process)
+        shutil.rmtree(str(service.app.conf.datadir), ignore_errors=True)
     return 0
 
 

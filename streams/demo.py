@@ -157,13 +157,23 @@ class DemoStats:
 
 
 def _wait_for_line(log_path: Path, proc: subprocess.Popen[bytes], needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait for ``needle`` in the worker's log, echoing its progress lines and a heartbeat meanwhile."""
+    t0 = time.monotonic()
+    shown = 0
+    beat = t0
+    while time.monotonic() - t0 < timeout:
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        lines = [ln for ln in text.splitlines() if ln.startswith("driftlabel worker")]
+        for ln in lines[shown:]:
+            print(f"demo: [{time.monotonic() - t0:5.0f}s] {ln}", flush=True)
+        shown = len(lines)
         if needle in text:
             return
         if proc.poll() is not None:
             raise ServiceError(f"the worker exited with code {proc.returncode}:\n{text[-3000:]}")
+        if time.monotonic() - beat >= 15:
+            print(f"demo: [{time.monotonic() - t0:5.0f}s] still starting...", flush=True)
+            beat = time.monotonic()
         time.sleep(0.3)
     tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
     raise ServiceError(f"the worker was not ready within {timeout:.0f}s; its log ({log_path}) ends:\n{tail}")
@@ -274,6 +284,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "DRIFTLABEL_STREAM_JUDGE_TARGET_SHARE": str(args.judge_share),
             "DRIFTLABEL_METRICS_PORT": str(metrics_port),
         }
+        if not args.oos and "DRIFTLABEL_EXPERTS_OOS_THRESHOLD" not in os.environ:
+            # the demo streams in-scope texts only: out-of-scope calls could only be wrong here
+            env["DRIFTLABEL_EXPERTS_OOS_THRESHOLD"] = "-1e9"
+        print(
+            f"demo: out-of-scope detection {'on' if args.oos else 'off (the stream is in-scope only; --oos)'}"
+        )
         log_path = workdir / "worker.log"
         print(
             f"demo: starting a worker (log {log_path}); loading MiniLM and fitting the experts...", flush=True
@@ -351,6 +367,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=3000, help="texts to stream (0 = all 21,000 in-scope)")
     p.add_argument("--seed-per-class", type=int, default=10, help="seed examples per class")
     p.add_argument("--classes", type=int, default=0, help="use only this many classes (0 = all 150)")
+    p.add_argument("--oos", action="store_true", help="keep the model's out-of-scope detection on")
     p.add_argument("--judge-share", type=float, default=0.1, help="target share of texts sent to the judge")
     p.add_argument("--judge-latency-ms", type=float, default=20.0, help="simulated judge latency")
     p.add_argument("--judge-error-rate", type=float, default=0.0, help="share of wrong simulated verdicts")

@@ -45,7 +45,7 @@ class Follower:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=200,
+            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
             max_poll_records=1000,
         )
         await asyncio.wait_for(consumer.start(), timeout)

@@ -37,6 +37,7 @@ from aiokafka import ConsumerRecord
 
 from driftlabel.streams.checkpoint import Checkpoint, list_checkpoints, read_checkpoint, write_checkpoint
 from driftlabel.streams.errors import CheckpointError, InvalidMessageError
+from driftlabel.streams.faust_app import DriftlabelApp
 from driftlabel.streams.follower import Follower
 from driftlabel.streams.messages import (
     JudgeRequestMessage,
@@ -123,8 +124,9 @@ class WorkerService:
     # -- app -------------------------------------------------------------------------------------------
     def _build_app(self) -> faust.App:
         datadir = Path(tempfile.gettempdir()) / f"driftlabel-faust-{self.kafka.group_id}-{os.getpid()}"
-        app = faust.App(
+        app = DriftlabelApp(
             self.kafka.group_id,
+            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
             **faust_broker_options(self.kafka),
             datadir=str(datadir),
             store="memory://",
@@ -180,7 +182,7 @@ class WorkerService:
         async def before_shutdown(sender: Any, **kwargs: Any) -> None:
             await self.shutdown()
 
-        app.on_before_shutdown.connect(before_shutdown)  # type: ignore[arg-type]  # mode's stub is too narrow
+        app.on_before_shutdown.connect(before_shutdown)
         return app
 
     # -- texts -----------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class KafkaSettings(DriftlabelSettings):
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1500, ge=100)
     request_timeout_ms: int = Field(30000, ge=1000)
+    fetch_max_wait_ms: int = Field(100, ge=1, description="longest a fetch waits for data (latency bound)")
     create_topics: bool = Field(True, description="create missing topics at start (explicitly, never auto)")
 
     @model_validator(mode="after")
