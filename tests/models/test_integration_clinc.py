@@ -60,7 +60,7 @@ def test_slice_shape(clinc_slice: Dataset) -> None:
 
 def test_accuracy_well_above_chance(model: RedClassifier, clinc_slice: Dataset) -> None:
     assert model.labels == clinc_slice.labels and model.n_subsets == 2
-    assert _accuracy(model, clinc_slice) >= 0.85  # chance is 1/15; LogisticRegression gets ~0.95 here
+    assert _accuracy(model, clinc_slice) >= 0.85  # chance 1/15; LogisticRegression on these vectors: 0.998
 
 
 def test_rank_is_consistent(model: RedClassifier, clinc_slice: Dataset) -> None:
