@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextvars
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import tomllib
 import yaml
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
@@ -38,7 +38,11 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a whole TOML or YAML config file into a dict of sections."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist; pass an existing .toml/.yaml file or unset {CONFIG_ENV}")
+        raise ConfigError(
+        raise ConfigError(
+            f"config file {p} does not exist; pass an existing .toml/.yaml file or unset {CONFIG_ENV}"
+        )
+        )
     try:
         if p.suffix == ".toml":
             data: Any = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -85,7 +89,8 @@ class DriftlabelSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, dotenv_settings, _FileSection(settings_cls), file_secret_settings)
+        file_section = _FileSection(settings_cls)
+        return (init_settings, env_settings, dotenv_settings, file_section, file_secret_settings)
 
 
 def load_settings(cls: type[S], config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> S:
