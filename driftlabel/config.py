@@ -39,9 +39,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
-        raise ConfigError(
             f"config file {p} does not exist; pass an existing .toml/.yaml file or unset {CONFIG_ENV}"
-        )
         )
     try:
         if p.suffix == ".toml":

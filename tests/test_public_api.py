@@ -34,7 +34,6 @@ def test_everything_public_is_in_all(name: str) -> None:
         if not attr.startswith("_") and not isinstance(value, types.ModuleType) and attr != "annotations"
     }
     unlisted = sorted(public - set(module.__all__))
-    unlisted = sorted(public - set(module.__all__))
     assert not unlisted, f"{name} exposes names not in __all__: {unlisted}"
 
 
@@ -51,7 +50,6 @@ def test_errors_are_rooted_and_exported(name: str) -> None:
     for cls in classes:
         assert issubclass(cls, DriftlabelError), f"{cls.__qualname__} does not derive from DriftlabelError"
         assert cls.__doc__, f"{cls.__qualname__} has no docstring"
-        exported = getattr(package, cls.__name__, None)
         exported = getattr(package, cls.__name__, None)
         assert exported is cls, f"{cls.__name__} not exported by {package.__name__}"
 
