@@ -165,7 +165,7 @@ def speed_table(repeats: int = 3, river_items: int = 2000) -> str:
     t0 = time.perf_counter()
     full = red_factory()(train)
     lines.append(
-        ["fit, 15,000 examples, 150 labels (weighted noise)", f"{time.perf_counter() - t0:.1f} s", "-"]
+        ["fit, 15,000 examples, 150 labels (stratified noise)", f"{time.perf_counter() - t0:.1f} s", "-"]
     )
     # predict
     X = np.concatenate([test.X] * 5)  # 22,500 texts

@@ -25,7 +25,7 @@ import numpy as np
 from driftlabel.config import load_settings
 from driftlabel.models.combine import OUT_OF_SCOPE, CombinedExperts, Ranking, make_ranking
 from driftlabel.models.errors import InvalidDataError, ModelError, UnknownLabelError
-from driftlabel.models.experts import NOISE, Expert, ExpertSettings, make_expert
+from driftlabel.models.experts import NOISE, Expert, ExpertSettings, SoftmaxExpert, make_expert
 from driftlabel.models.store import ExampleStore
 from driftlabel.models.subsets import greedy_subsets, label_embeddings, place_label, reduce_labels
 
@@ -91,6 +91,14 @@ def _check_labels(labels: Sequence[str] | np.ndarray, n: int) -> np.ndarray:
     return y.astype(str).astype(object)
 
 
+def _member(y: np.ndarray, labels: set[str] | frozenset[str]) -> np.ndarray:
+    """``y[i] in labels`` for every row, looking up each distinct label once (np.isin on objects is slow)."""
+    if len(y) == 0:
+        return np.zeros(0, dtype=bool)
+    uniq, inv = np.unique(y.astype(str), return_inverse=True)
+    return np.array([u in labels for u in uniq.tolist()], dtype=bool)[inv.reshape(-1)]
+
+
 class RedClassifier:
     """R.E.D. text classifier: see the module docstring and ``docs/models.md``."""
 
@@ -108,6 +116,7 @@ class RedClassifier:
         self._model_version = 0
         self._combined: tuple[int, CombinedExperts] | None = None
         self._rng = np.random.default_rng(self.settings.seed)
+        self._total_count = 0
 
     # -- properties -----------------------------------------------------------------------------------
     @property
@@ -316,7 +325,7 @@ class RedClassifier:
             noise = np.sort(perm[order[rank < per_label]])
             w_noise = np.full(len(noise), n_noise_target / len(noise))
         else:
-            total_noise = sum(c for lab, c in counts.items() if lab not in subset)
+            total_noise = self._total_count - sum(counts.get(lab, 0) for lab in subset)
             w_noise = np.full(len(noise), n_noise_target / max(total_noise, 1))
         idx = np.concatenate([pos, noise])
         target = np.concatenate([y[pos], np.full(len(noise), NOISE, dtype=object)])
@@ -346,6 +355,7 @@ class RedClassifier:
         Xn, yn, _ = self.store.arrays(valid=False)
         rn = self._rows_subset(yn)
         counts = self.store.counts()
+        self._total_count = sum(counts.values())
         for si in which:
             idx, target, weights = self._expert_data(si, ys, rs, counts, full=True)
             negs = np.flatnonzero(rn == si)
@@ -410,7 +420,7 @@ class RedClassifier:
             return
         known = set(self._labels)
         new_labels = sorted({lab for lab in y[v].tolist() if lab not in known})
-        unknown_neg = ~v & ~np.isin(y, list(known))
+        unknown_neg = ~v & ~_member(y, known)
         if unknown_neg.any():  # "not label L" says nothing when L is not known: keep nothing of it
             keep = ~unknown_neg
             X, y, v, texts = (
@@ -436,15 +446,17 @@ class RedClassifier:
                 y[start : start + s.batch_size],
                 v[start : start + s.batch_size],
             )
-            Xs, ys, _ = self.store.arrays()
-            n_replay = min(len(Xs), round(s.replay * len(Xb)))
-            if n_replay:
-                pick = self._rng.choice(len(Xs), size=n_replay, replace=False)
-                Xb = np.concatenate([Xb, Xs[pick]])
-                yb = np.concatenate([yb, ys[pick]])
-                vb = np.concatenate([vb, np.ones(n_replay, dtype=bool)])
+            Xr, yr = self.store.sample(round(s.replay * len(Xb)), self._rng)
+            if len(Xr):
+                Xb = np.concatenate([Xb, Xr])
+                yb = np.concatenate([yb, yr])
+                vb = np.concatenate([vb, np.ones(len(Xr), dtype=bool)])
             rs = self._rows_subset(yb)
             counts = self.store.counts()
+            self._total_count = sum(counts.values())
+            if self.settings.joint_updates and self._joint_ok():
+                self._learn_joint(Xb, yb, vb, rs, counts, skip)
+                continue
             for si, expert in enumerate(self._experts):
                 if si == skip:
                     continue
@@ -462,10 +474,96 @@ class RedClassifier:
                 if len(idx):
                     expert.learn_many(Xb[idx], target, weights, ve)
 
+    def _joint_ok(self) -> bool:
+        ex = self._experts
+        return all(isinstance(e, SoftmaxExpert) and e.coef_ is not None for e in ex) and (
+            len({(e.epochs, e.negative_weight) for e in ex if isinstance(e, SoftmaxExpert)}) == 1
+        )
+
+    def _learn_joint(
+        self,
+        Xb: np.ndarray,
+        yb: np.ndarray,
+        vb: np.ndarray,
+        rs: np.ndarray,
+        counts: Mapping[str, int],
+        skip: int | None,
+    ) -> None:
+        """Every expert's incremental step at once: one matmul over all experts' stacked columns.
+
+        The same arithmetic as calling each ``SoftmaxExpert.learn_many`` on its rows (a test checks it),
+        with each expert's softmax taken over its own block of columns (``reduceat``), so a micro-batch
+        costs two matmuls whatever the number of experts instead of a Python loop over them.
+        """
+        s = self.settings
+        experts: list[SoftmaxExpert] = [e for e in self._experts if isinstance(e, SoftmaxExpert)]
+        S, n = len(experts), len(Xb)
+        widths = np.array([len(e.classes_) for e in experts])
+        offsets = np.r_[0, np.cumsum(widths)[:-1]]
+        group = np.repeat(np.arange(S), widths)
+        col_of: dict[str, int] = {}
+        noise_col = np.zeros(S, dtype=np.intp)
+        for si, e in enumerate(experts):
+            for j, c in enumerate(e.classes_.tolist()):
+                if c == NOISE:
+                    noise_col[si] = offsets[si] + j
+                else:
+                    col_of[c] = int(offsets[si] + j)
+        uniq, inv = np.unique(yb.astype(str), return_inverse=True)
+        own_col = np.array([col_of.get(u, -1) for u in uniq.tolist()], dtype=np.intp)[inv.reshape(-1)]
+        total = self._total_count
+        w_noise = np.empty(S)
+        for si, subset in enumerate(self._subsets):
+            sizes = [counts.get(lab, 0) for lab in subset]
+            mean_size = float(np.mean(np.maximum(sizes, 1)))
+            w_noise[si] = s.noise_ratio * mean_size / max(total - sum(sizes), 1)
+        known = (rs >= 0) & (own_col >= 0)
+        mine = rs[:, None] == np.arange(S)[None, :]  # (n, S): the row's label belongs to expert s
+        T = np.where(mine, own_col[:, None], noise_col[None, :])
+        Wt = np.where(mine, 1.0, w_noise[None, :] * vb[:, None])
+        Wt[~known] = 0.0
+        if skip is not None:
+            Wt[:, skip] = 0.0
+        included = Wt > 0
+        n_s = included.sum(axis=0)
+        active = n_s > 0
+        for si in np.flatnonzero(active).tolist():
+            experts[si].n_seen_ += float(Wt[:, si].sum())
+        W = np.concatenate([e.coef_ for e in experts if e.coef_ is not None], axis=1)
+        b = np.concatenate([e.intercept_ for e in experts])
+        lr = np.array([e.learning_rate for e in experts])[group]
+        l2 = np.array([e.l2 / max(e.n_seen_, 1.0) for e in experts])[group]
+        inv_n = (1.0 / np.maximum(n_s, 1))[group]
+        act = active[group]
+        rows = np.broadcast_to(np.arange(n)[:, None], T.shape)
+        neg_rows = np.flatnonzero(~vb & known)
+        Xd = Xb.astype(np.float64)
+        for _ in range(experts[0].epochs):
+            Z = Xd @ W + b
+            Z -= np.maximum.reduceat(Z, offsets, axis=1)[:, group]
+            np.exp(Z, out=Z)
+            P = Z / np.add.reduceat(Z, offsets, axis=1)[:, group]
+            G = P * Wt[:, group]
+            G[rows[included], T[included]] -= Wt[included]
+            for r in neg_rows.tolist():  # complementary loss for hard negatives (rare): flip and scale
+                si = int(rs[r])
+                lo, hi = offsets[si], offsets[si] + widths[si]
+                py = min(max(float(P[r, own_col[r]]), 1e-12), 1.0)
+                factor = min(py / max(1.0 - py, 1e-6), 50.0) * experts[si].negative_weight
+                G[r, lo:hi] *= -factor
+            gW = Xd.T @ G
+            gb = G.sum(axis=0)
+            W -= np.where(act, lr, 0.0) * (gW * inv_n + l2 * W)
+            b -= np.where(act, lr, 0.0) * gb * inv_n
+        for si, e in enumerate(experts):
+            lo, hi = offsets[si], offsets[si] + widths[si]
+            e.coef_ = W[:, lo:hi].copy()
+            e.intercept_ = b[lo:hi].copy()
+
     # -- label management -----------------------------------------------------------------------------
     def _label_matrix(self, labels: Sequence[str]) -> np.ndarray:
         Xs, ys, _ = self.store.arrays()
-        keep = np.isin(ys, list(labels))
+        keep = _member(ys, set(labels))
         return label_embeddings(
             Xs[keep],
             ys[keep],

@@ -83,6 +83,9 @@ class ExpertSettings(DriftlabelSettings):
         24, ge=4, description="below this many labels subsets use cosine space, no UMAP"
     )
     batch_size: int = Field(256, ge=1, description="micro-batch size for embedding and learning")
+    joint_updates: bool = Field(
+        True, description="incremental steps of all softmax experts in one matmul (same result, faster)"
+    )
     blas_threads: int | None = Field(
         1,
         ge=1,

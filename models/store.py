@@ -119,6 +119,22 @@ class ExampleStore:
             self._cache[valid] = (X, y, texts)
         return self._cache[valid]
 
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` valid examples drawn uniformly without concatenating the store (replay for learning)."""
+        labs = list(self._pos)
+        if n <= 0 or not labs:
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=object)
+        sizes = np.array([len(self._pos[lab].texts) for lab in labs])
+        total = int(sizes.sum())
+        flat = rng.choice(total, size=min(n, total), replace=False)
+        which = np.searchsorted(np.cumsum(sizes), flat, side="right")
+        offset = flat - (np.cumsum(sizes) - sizes)[which]
+        X = np.empty((len(flat), self.dim), dtype=np.float32)
+        for li in np.unique(which).tolist():  # loops over the labels drawn, not the rows
+            rows = which == li
+            X[rows] = self._pos[labs[li]].X[offset[rows]]
+        return X, np.array(labs, dtype=object)[which]
+
     def label_examples(self, label: str) -> tuple[np.ndarray, list[str]]:
         buf = self._pos.get(label)
         if buf is None:

@@ -332,3 +332,18 @@ def test_real_minilm_on_a_clinc150_slice(embedder, data_dir, tmp_path: Path) -> 
     clf.save(tmp_path / "m")
     again = RedClassifier.load(tmp_path / "m", embedder=embedder)
     assert again.predict(texts_te[:10]) == clf.predict(texts_te[:10])
+
+
+def test_joint_incremental_step_equals_expert_by_expert(blobs: Blobs) -> None:
+    """The one-matmul update of all experts is the same arithmetic as each expert's own learn_many."""
+    X, texts, y = blobs.sample(15)
+    X2, t2, y2 = blobs.sample(4, seed=21)
+    valid = np.ones(len(y2), dtype=bool)
+    valid[::7] = False  # with some hard negatives
+    out = []
+    for joint in (True, False):
+        clf = RedClassifier(settings=ExpertSettings(subset_size=4, joint_updates=joint, replay=0.0))
+        clf.fit_embeddings(X, texts, y)
+        clf.learn_embeddings(X2, t2, y2, valid=valid.tolist())
+        out.append(clf.log_odds(X2))
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)
