@@ -16,7 +16,16 @@ from driftlabel.models.combine import OUT_OF_SCOPE, CombinedExperts, Ranking, ma
 from driftlabel.models.drift import DriftEvent, DriftMonitor
 from driftlabel.models.embeddings import Embedder, EmbedderSettings, load_embedder
 from driftlabel.models.errors import InvalidDataError, ModelError, ModelFileError, UnknownLabelError
-from driftlabel.models.experts import NOISE, Expert, ExpertSettings, RiverExpert, SoftmaxExpert, make_expert
+from driftlabel.models.experts import (
+    NOISE,
+    Expert,
+    ExpertSettings,
+    RiverExpert,
+    SoftmaxExpert,
+    is_noise,
+    make_expert,
+    noise_class,
+)
 from driftlabel.models.persistence import FORMAT, FORMAT_VERSION, load_model, save_model
 from driftlabel.models.store import ExampleStore
 from driftlabel.models.subsets import greedy_subsets, label_embeddings, place_label, reduce_labels, similarity
@@ -49,7 +58,9 @@ __all__ = [
     "label_embeddings",
     "load_embedder",
     "load_model",
+    "is_noise",
     "make_expert",
+    "noise_class",
     "make_ranking",
     "margin",
     "normalized_entropy",

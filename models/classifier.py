@@ -25,9 +25,24 @@ import numpy as np
 from driftlabel.config import load_settings
 from driftlabel.models.combine import OUT_OF_SCOPE, CombinedExperts, Ranking, make_ranking
 from driftlabel.models.errors import InvalidDataError, ModelError, UnknownLabelError
-from driftlabel.models.experts import NOISE, Expert, ExpertSettings, SoftmaxExpert, make_expert
+from driftlabel.models.experts import (
+    NOISE,
+    Expert,
+    ExpertSettings,
+    SoftmaxExpert,
+    is_noise,
+    make_expert,
+    noise_class,
+)
 from driftlabel.models.store import ExampleStore
-from driftlabel.models.subsets import greedy_subsets, label_embeddings, place_label, reduce_labels
+from driftlabel.models.subsets import (
+    cluster_labels,
+    greedy_subsets,
+    label_embeddings,
+    nearest_label,
+    place_label,
+    reduce_labels,
+)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -85,7 +100,7 @@ def _check_labels(labels: Sequence[str] | np.ndarray, n: int) -> np.ndarray:
             raise InvalidDataError(
                 f"labels: {int((~ok).sum())} empty or non-string (first at index {int(np.argmin(ok))})"
             )
-        reserved = sorted(set(y.tolist()) & RESERVED_LABELS)
+        reserved = sorted(lab for lab in set(y.tolist()) if lab in RESERVED_LABELS or is_noise(lab))
         if reserved:
             raise InvalidDataError(f"labels {reserved} are reserved by driftlabel; rename them")
     return y.astype(str).astype(object)
@@ -111,6 +126,7 @@ class RedClassifier:
         self._descriptions: dict[str, str] = {}
         self._desc_emb: dict[str, np.ndarray] = {}
         self._subsets: list[list[str]] = []
+        self._noise_group: dict[str, int] = {}  # label -> its noise class in the other labels' experts
         self._experts: list[Expert] = []
         self._store: ExampleStore | None = None
         self._model_version = 0
@@ -277,6 +293,7 @@ class RedClassifier:
         Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
         groups = greedy_subsets(Z, s.subset_size)
         self._subsets = [[labels[i] for i in g] for g in groups]
+        self._noise_group = dict(zip(labels, cluster_labels(E, s.noise_groups, s.seed).tolist(), strict=True))
         self._experts = [make_expert(s) for _ in self._subsets]
         self._refit_experts(range(len(self._experts)), fresh=True)
         self._bump()
@@ -328,9 +345,26 @@ class RedClassifier:
             total_noise = self._total_count - sum(counts.get(lab, 0) for lab in subset)
             w_noise = np.full(len(noise), n_noise_target / max(total_noise, 1))
         idx = np.concatenate([pos, noise])
-        target = np.concatenate([y[pos], np.full(len(noise), NOISE, dtype=object)])
+        target = np.concatenate([y[pos], self._noise_targets(y[noise])])
         weights = np.concatenate([np.ones(len(pos)), w_noise])
         return idx, target, weights
+
+    def _noise_classes(self) -> list[str]:
+        """Every expert's noise classes, one per noise group (fixed order)."""
+        return [noise_class(g) for g in range(max(self._noise_group.values(), default=0) + 1)]
+
+    def _row_groups(self, y: np.ndarray) -> np.ndarray:
+        """Noise group of every row's label (0 for a label without one), vectorised over distinct labels."""
+        if len(y) == 0:
+            return np.zeros(0, dtype=np.intp)
+        uniq, inv = np.unique(y.astype(str), return_inverse=True)
+        groups = np.array([self._noise_group.get(u, 0) for u in uniq.tolist()], dtype=np.intp)
+        return groups[inv.reshape(-1)]
+
+    def _noise_targets(self, y: np.ndarray) -> np.ndarray:
+        """The noise class each row of another subset's label trains: its label's noise group."""
+        names = np.array(self._noise_classes(), dtype=object)
+        return names[self._row_groups(y)] if len(y) else np.zeros(0, dtype=object)
 
     def _rows_subset(self, y: np.ndarray) -> np.ndarray:
         """Subset index of every row's label, vectorised over the distinct labels."""
@@ -364,7 +398,7 @@ class RedClassifier:
             we = np.concatenate([weights, np.ones(len(negs))])
             ve = np.concatenate([np.ones(len(idx), dtype=bool), np.zeros(len(negs), dtype=bool)])
             expert = make_expert(self.settings) if fresh else self._experts[si]
-            for lab in [*self._subsets[si], NOISE]:  # fixed class order: subset labels, then noise
+            for lab in [*self._subsets[si], *self._noise_classes()]:  # fixed order: labels, then noise
                 expert.add_class(lab)
             expert.fit_many(Xe, ye, we, ve)
             self._experts[si] = expert
@@ -378,6 +412,8 @@ class RedClassifier:
             E = self._label_matrix(self._labels)
             Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
             self._subsets = [[self._labels[i] for i in g] for g in greedy_subsets(Z, s.subset_size)]
+            groups = cluster_labels(E, s.noise_groups, s.seed).tolist()
+            self._noise_group = dict(zip(self._labels, groups, strict=True))
         self._experts = [make_expert(self.settings) for _ in self._subsets]
         self._refit_experts(range(len(self._subsets)), fresh=True)
         self._bump()
@@ -502,13 +538,16 @@ class RedClassifier:
         offsets = np.r_[0, np.cumsum(widths)[:-1]]
         group = np.repeat(np.arange(S), widths)
         col_of: dict[str, int] = {}
-        noise_col = np.zeros(S, dtype=np.intp)
+        names = self._noise_classes()
+        noise_col = np.zeros((S, len(names)), dtype=np.intp)  # (expert, group) -> column
         for si, e in enumerate(experts):
-            for j, c in enumerate(e.classes_.tolist()):
-                if c == NOISE:
-                    noise_col[si] = offsets[si] + j
-                else:
+            classes = e.classes_.tolist()
+            for j, c in enumerate(classes):
+                if not is_noise(c):
                     col_of[c] = int(offsets[si] + j)
+            first_noise = next(j for j, c in enumerate(classes) if is_noise(c))
+            for g, name in enumerate(names):
+                noise_col[si, g] = offsets[si] + (classes.index(name) if name in classes else first_noise)
         uniq, inv = np.unique(yb.astype(str), return_inverse=True)
         own_col = np.array([col_of.get(u, -1) for u in uniq.tolist()], dtype=np.intp)[inv.reshape(-1)]
         total = self._total_count
@@ -519,7 +558,7 @@ class RedClassifier:
             w_noise[si] = s.noise_ratio * mean_size / max(total - sum(sizes), 1)
         known = (rs >= 0) & (own_col >= 0)
         mine = rs[:, None] == np.arange(S)[None, :]  # (n, S): the row's label belongs to expert s
-        T = np.where(mine, own_col[:, None], noise_col[None, :])
+        T = np.where(mine, own_col[:, None], noise_col[:, self._row_groups(yb)].T)
         Wt = np.where(mine, 1.0, w_noise[None, :] * vb[:, None])
         Wt[~known] = 0.0
         if skip is not None:
@@ -579,6 +618,9 @@ class RedClassifier:
         e = label_embeddings(X, np.full(len(X), label, dtype=object), [label], desc, s.description_weight)[0]
         members = [self._label_matrix(sub) for sub in self._subsets]
         si = place_label(e, members, s.subset_size)
+        # its noise group is that of the most similar known label
+        known = [lab for sub in self._subsets for lab in sub]
+        self._noise_group[label] = self._noise_group.get(known[nearest_label(e, np.concatenate(members))], 0)
         if si == len(self._subsets):
             self._subsets.append([label])
             self._experts.append(make_expert(s))
@@ -665,6 +707,7 @@ class RedClassifier:
             del self._subsets[si]
             del self._experts[si]
         self._labels.remove(label)
+        self._noise_group.pop(label, None)
         self._descriptions.pop(label, None)
         self._desc_emb.pop(label, None)
         if self.store.count(label) or label in {str(v) for v in self.store.arrays(False)[1].tolist()}:
@@ -762,6 +805,7 @@ class RedClassifier:
             "descriptions": self._descriptions,
             "desc_emb": self._desc_emb,
             "subsets": self._subsets,
+            "noise_groups": self._noise_group,
             "experts": self._experts,
             "store": self._store,
             "model_version": self._model_version,

@@ -1,16 +1,17 @@
 """Combining the experts: one matmul per micro-batch, a product of experts, a ranked candidate list.
 
-Expert ``s`` gives ``p_s(L | x)`` for its labels and ``p_s(noise | x)``. Because every expert's noise class
-is built the same way (other subsets' examples at ``noise_ratio`` x the mean label size), the ratio
-``p_s(L|x) / p_s(noise|x)`` estimates ``p(L|x) / p(not s|x)`` on the same scale in every expert, so the
-combination is the product of experts
+Expert ``s`` gives ``p_s(L | x)`` for its labels and ``p_s(noise | x)`` = the sum over its noise classes
+(one per group of similar other labels). Because every expert's noise is built the same way (other
+subsets' examples at ``noise_ratio`` x the mean label size), the ratio ``p_s(L|x) / p_s(noise|x)``
+estimates ``p(L|x) / p(not s|x)`` on the same scale in every expert, so the combination is the product
+of experts
 
-    P(L | x)  ∝  p_s(L | x) / p_s(noise | x)  =  exp(z_L),   z_L = (w_L - w_noise_s) · x + (b_L - b_noise_s)
+    P(L | x)  ∝  p_s(L | x) / p_s(noise | x)  =  exp(z_L),   z_L = w_L · x + b_L - logsumexp_g(w_g · x + b_g)
 
-normalised over all labels (with a temperature). For linear experts the differences ``w_L - w_noise_s``
-are stacked once into a ``(dim, n_labels)`` matrix, so scoring a micro-batch is one matmul whatever the
-number of experts. ``out_of_scope`` is "every expert says noise", i.e. every ``z_L`` is below 0 (or
-``oos_threshold``). Non-linear experts (river) fall back to ``log p_s(L) - log p_s(noise)`` per expert.
+normalised over all labels (with a temperature). For linear experts all columns are stacked once into a
+``(dim, n_columns)`` matrix, so scoring a micro-batch is one matmul plus a log-sum-exp over the noise
+groups, whatever the number of experts. ``out_of_scope`` is "every expert says noise", i.e. every ``z_L``
+is below 0 (or ``oos_threshold``). Non-linear experts (river) fall back to per-expert probabilities.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftlabel.models.experts import NOISE, Expert
+from driftlabel.models.experts import Expert, is_noise
 from driftlabel.models.uncertainty import entropy, softmax, top_k
 
 __all__ = ["OUT_OF_SCOPE", "CombinedExperts", "Ranking", "make_ranking"]
@@ -50,7 +51,12 @@ class Ranking:
 
 
 class CombinedExperts:
-    """The experts' label-vs-noise log-odds stacked into one linear map (built once per model version)."""
+    """All experts' columns stacked into one linear map (built once per model version).
+
+    Expert ``s`` has its labels' columns and one column per noise group. The log-odds of label ``L`` of
+    subset ``s`` against that expert's noise is ``z_L - logsumexp_g(z_noise_g)``: one matmul over every
+    expert's columns, one gather of the noise block ``(n, S, G)``, one log-sum-exp over the groups.
+    """
 
     def __init__(
         self, labels: Sequence[str], subsets: Sequence[Sequence[str]], experts: Sequence[Expert], dim: int
@@ -58,32 +64,62 @@ class CombinedExperts:
         self.labels = list(labels)
         pos = {lab: i for i, lab in enumerate(self.labels)}
         L = len(self.labels)
-        self.W = np.zeros((dim, L), dtype=np.float32)
-        self.b = np.full(L, -np.inf, dtype=np.float32)  # a label no expert covers can never win
-        self._fallback: list[tuple[Expert, np.ndarray, np.ndarray, int]] = []
+        blocks_w: list[np.ndarray] = []
+        blocks_b: list[np.ndarray] = []
+        self.label_col = np.zeros(L, dtype=np.intp)
+        self.label_expert = np.zeros(L, dtype=np.intp)
+        self.covered = np.zeros(L, dtype=bool)  # a label no expert covers can never win
+        noise_cols: list[list[int]] = []
+        self._fallback: list[tuple[Expert, np.ndarray, np.ndarray, np.ndarray]] = []
+        offset = 0
         for subset, expert in zip(subsets, experts, strict=True):
             classes = expert.classes_.tolist()
-            if NOISE not in classes:
+            noise = [j for j, c in enumerate(classes) if is_noise(c)]
+            if not noise:
                 continue
-            noise = classes.index(NOISE)
-            cols = [j for j, c in enumerate(classes) if c != NOISE and c in pos and c in subset]
+            cols = [j for j, c in enumerate(classes) if not is_noise(c) and c in pos and c in subset]
             targets = np.array([pos[classes[j]] for j in cols], dtype=np.intp)
             coef = getattr(expert, "coef_", None)
-            if coef is not None:
-                intercept = np.asarray(getattr(expert, "intercept_"))  # noqa: B009
-                self.W[:, targets] = coef[:, cols] - coef[:, [noise]]
-                self.b[targets] = intercept[cols] - intercept[noise]
-            else:
-                self._fallback.append((expert, np.array(cols, dtype=np.intp), targets, noise))
-                self.b[targets] = 0.0
+            if coef is None:
+                self._fallback.append((expert, np.array(cols, dtype=np.intp), targets, np.array(noise)))
+                self.covered[targets] = True
+                continue
+            si = len(noise_cols)
+            blocks_w.append(np.asarray(coef, dtype=np.float32))
+            blocks_b.append(np.asarray(getattr(expert, "intercept_"), dtype=np.float32))  # noqa: B009
+            self.label_col[targets] = offset + np.array(cols, dtype=np.intp)
+            self.label_expert[targets] = si
+            self.covered[targets] = True
+            noise_cols.append([offset + j for j in noise])
+            offset += len(classes)
+        self.W = np.concatenate(blocks_w, axis=1) if blocks_w else np.zeros((dim, 0), dtype=np.float32)
+        self.b = np.concatenate(blocks_b) if blocks_b else np.zeros(0, dtype=np.float32)
+        G = max((len(c) for c in noise_cols), default=1)
+        # pad experts with fewer noise groups by repeating a column, then mask it out of the log-sum-exp
+        self.noise_idx = np.array([c + [c[0]] * (G - len(c)) for c in noise_cols], dtype=np.intp).reshape(-1, G)
+        self.noise_pad = np.array(
+            [[0.0] * len(c) + [-np.inf] * (G - len(c)) for c in noise_cols], dtype=np.float32
+        ).reshape(-1, G)
+        self._linear = self.covered.copy()
+        for _, _, targets, _ in self._fallback:
+            self._linear[targets] = False
 
     def log_odds(self, X: np.ndarray) -> np.ndarray:
         """``z[i, L]`` = log p_s(L|x_i) - log p_s(noise|x_i) for every label, shape (n, n_labels)."""
-        Z = np.asarray(X, dtype=np.float32) @ self.W
-        Z += self.b
+        X = np.asarray(X, dtype=np.float32)
+        n = len(X)
+        Z = np.full((n, len(self.labels)), -np.inf, dtype=np.float32)
+        if self.W.shape[1]:
+            A = X @ self.W
+            A += self.b
+            N = A[:, self.noise_idx] + self.noise_pad  # (n, S, G)
+            m = N.max(axis=2)
+            lse = m + np.log(np.exp(N - m[:, :, None]).sum(axis=2))
+            lin = np.flatnonzero(self._linear)
+            Z[:, lin] = A[:, self.label_col[lin]] - lse[:, self.label_expert[lin]]
         for expert, cols, targets, noise in self._fallback:
             P = np.clip(expert.predict_proba_many(X), 1e-12, 1.0)
-            Z[:, targets] = np.log(P[:, cols]) - np.log(P[:, [noise]])
+            Z[:, targets] = np.log(P[:, cols]) - np.log(P[:, noise].sum(axis=1, keepdims=True))
         return Z
 
 

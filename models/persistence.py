@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "driftlabel.red-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MIN_FORMAT_VERSION = 2  # 2: experts have one noise class per noise group
 MANIFEST, ARRAYS, TEXTS = "manifest.json", "arrays.npz", "texts.json"
 
 
@@ -119,6 +120,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
         "descriptions": st["descriptions"],
         "description_labels": desc_labels,
         "subsets": st["subsets"],
+        "noise_groups": st["noise_groups"],
         "experts": experts_meta,
         "store": {
             "max_per_label": store.max_per_label,
@@ -165,10 +167,11 @@ def load_model(path: str | os.PathLike[str], embedder: Embedder | None = None) -
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise ModelFileError(f"{mpath} is not a driftlabel R.E.D. model manifest (format {fmt!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < MIN_FORMAT_VERSION:
         raise ModelFileError(
             f"{p}: model format version {version!r} is not supported "
-            f"(this driftlabel reads 1..{FORMAT_VERSION}); upgrade driftlabel"
+            f"(this driftlabel reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION}); use the driftlabel that wrote it, "
+            "or retrain (`driftlabel train`)"
         )
     arrays_bytes = _read_checked(p, ARRAYS, manifest)
     texts_bytes = _read_checked(p, TEXTS, manifest)
@@ -249,6 +252,9 @@ def _build(
     clf._descriptions = {str(k): str(v) for k, v in manifest["descriptions"].items()}
     clf._desc_emb = {k: desc_X[i] for i, k in enumerate(desc_labels)}
     clf._subsets = subsets
+    clf._noise_group = {str(k): int(v) for k, v in manifest["noise_groups"].items()}
+    if set(clf._noise_group) != set(labels):
+        raise ModelFileError("manifest noise groups do not cover the labels; the model file is inconsistent")
     clf._experts = list(experts)
     clf._store = store
     clf._model_version = int(manifest["model_version"])

@@ -25,7 +25,15 @@ import numpy as np
 
 from driftlabel.models.errors import InvalidDataError
 
-__all__ = ["greedy_subsets", "label_embeddings", "place_label", "reduce_labels", "similarity"]
+__all__ = [
+    "cluster_labels",
+    "greedy_subsets",
+    "label_embeddings",
+    "nearest_label",
+    "place_label",
+    "reduce_labels",
+    "similarity",
+]
 
 
 def _normalize(E: np.ndarray) -> np.ndarray:
@@ -149,3 +157,43 @@ def place_label(e: np.ndarray, E_members: Sequence[np.ndarray], n: int) -> int:
         if score < best_score:
             best, best_score = s, score
     return best
+
+
+def cluster_labels(E: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Spherical k-means of label embeddings into ``min(k, n)`` groups of similar labels (deterministic).
+
+    The groups are the experts' noise classes: a noise class per group of similar labels lets an expert
+    say "this is one of those other labels" with a direction per group instead of one for all of them.
+    """
+    E = _normalize(np.asarray(E, dtype=np.float64))
+    n = len(E)
+    k = max(1, min(k, n))
+    if k == 1:
+        return np.zeros(n, dtype=np.intp)
+    rng = np.random.default_rng(seed)
+    # k-means++ seeding on cosine distance
+    centers = [int(rng.integers(n))]
+    d = 1.0 - E @ E[centers[0]]
+    for _ in range(1, k):
+        p = np.maximum(d, 0.0)
+        total = p.sum()
+        nxt = int(rng.choice(n, p=p / total)) if total > 0 else int(rng.integers(n))
+        centers.append(nxt)
+        d = np.minimum(d, 1.0 - E @ E[nxt])
+    C = E[centers].copy()
+    assign = np.full(n, -1, dtype=np.intp)
+    for _ in range(iterations):
+        new = np.argmax(E @ C.T, axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            members = E[assign == j]
+            C[j] = members.sum(axis=0) if len(members) else E[int(rng.integers(n))]
+        C = _normalize(C)
+    return assign.astype(np.intp)
+
+
+def nearest_label(e: np.ndarray, E: np.ndarray) -> int:
+    """Index of the row of ``E`` most similar (cosine) to ``e``."""
+    return int(np.argmax(_normalize(np.asarray(E, dtype=np.float64)) @ _normalize(np.asarray(e)[None, :])[0]))

@@ -43,6 +43,8 @@ METRIC_NAMES = (
     "driftlabel_checkpoints_total",
     "driftlabel_embed_seconds_total",
     "driftlabel_control_ops_total",
+    "driftlabel_refits_total",
+    "driftlabel_refit_seconds",
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -137,6 +139,15 @@ class ServiceMetrics:
             "driftlabel_embed_seconds", "Time spent embedding texts for prediction", registry=r
         )
         self.control_ops = Counter("driftlabel_control_ops", "Control operations applied", ["op"], registry=r)
+        self.refits = Counter(
+            "driftlabel_refits", "Full refits of the experts (every stream.refit_every examples)", registry=r
+        )
+        self.refit_seconds = Histogram(
+            "driftlabel_refit_seconds",
+            "Duration of one full refit (the model thread is blocked meanwhile)",
+            buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+            registry=r,
+        )
         self._ring = np.zeros(self.settings.share_window, dtype=bool)
         self._ring_pos = 0
         self._ring_filled = 0
@@ -166,6 +177,11 @@ class ServiceMetrics:
             pairs[key] = pairs.get(key, 0) + 1
         for (status, fin), c in pairs.items():
             self.items.labels(status=status, final=fin).inc(c)
+
+    def observe_refit(self, seconds: float) -> None:
+        """One full refit took ``seconds`` (thread-safe: called from the model thread)."""
+        self.refits.inc()
+        self.refit_seconds.observe(seconds)
 
     def set_model(self, n_classes: int, n_subsets: int, version: int) -> None:
         self.classes.set(n_classes)

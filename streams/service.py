@@ -108,7 +108,13 @@ class WorkerService:
             from driftlabel.models import load_embedder
 
             embedder = load_embedder()
-        self.host = ModelHost(embedder, expert_settings, cache_size=stream.embedding_cache)
+        self.host = ModelHost(
+            embedder,
+            expert_settings,
+            cache_size=stream.embedding_cache,
+            refit_every=stream.refit_every,
+            on_refit=self.metrics.observe_refit,
+        )
         self.router = AdaptiveRouter(stream.judge_target_share, stream.routing_window, stream.judge_max_burst)
         from driftlabel.models import DriftMonitor
 

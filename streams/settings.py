@@ -110,6 +110,11 @@ class StreamSettings(DriftlabelSettings):
     checkpoint_every_s: float = Field(60.0, gt=0)
     checkpoint_keep: int = Field(3, ge=1)
     learn_batch: int = Field(256, ge=1, description="training records learned in one step")
+    refit_every: int = Field(
+        500,
+        ge=0,
+        description="full refit of the experts after this many newly learned valid examples (0: never)",
+    )
     embedding_cache: int = Field(20000, ge=0, description="embeddings kept so learning need not re-embed")
     seed_wait_s: float = Field(600.0, gt=0, description="how long a fresh worker waits for seed examples")
 

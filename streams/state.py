@@ -7,6 +7,12 @@ checkpoint always matches the offsets of the records applied before it.
 
 The embeddings this worker computed for its own texts are kept in a small LRU cache keyed by text, so
 learning an accepted pair does not embed the text a second time.
+
+Incremental learning (SGD with replay) moves the experts slowly, so after every ``refit_every`` newly
+learned *valid* training examples (counted since the last refit, fit or checkpoint load; hard negatives do
+not count) the model thread runs a full :meth:`RedClassifier.refit` right after the incremental step of
+that batch. A refit is a function of the stored examples, so workers that learn the same records in the
+same batches from the same starting point reach the same model.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from driftlabel.streams.messages import ControlMessage, TrainingMessage
+from driftlabel.streams.settings import StreamSettings
 
 __all__ = ["EmbeddingCache", "ModelHost", "SeedSet"]
 
@@ -100,7 +107,17 @@ class SeedSet:
 class ModelHost:
     """Owns the classifier and the single model thread; every method that touches the model is async."""
 
-    def __init__(self, embedder: Any, expert_settings: Any = None, cache_size: int = 20000) -> None:
+    def __init__(
+        self,
+        embedder: Any,
+        expert_settings: Any = None,
+        cache_size: int = 20000,
+        refit_every: int | None = None,
+        on_refit: Callable[[float], None] | None = None,
+    ) -> None:
+        """``refit_every``: full refit after this many newly learned valid examples (0 disables; None
+        takes the :class:`StreamSettings` default). ``on_refit(seconds)`` is called on the model thread
+        after each refit (e.g. ``ServiceMetrics.observe_refit``)."""
         self.embedder = embedder
         self.expert_settings = expert_settings
         self.model: Any = None
@@ -108,6 +125,15 @@ class ModelHost:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-model")
         self.changes_since_checkpoint = 0
         self.embed_seconds = 0.0  # time spent in embedder.encode for predictions (the hot path's cost)
+        if refit_every is None:
+            refit_every = int(StreamSettings.model_fields["refit_every"].default)
+        if refit_every < 0:
+            raise ValueError(f"refit_every must be >= 0, got {refit_every}")
+        self.refit_every = refit_every
+        self.on_refit = on_refit
+        self.valid_since_refit = 0  # valid examples learned since the last refit / fit / load
+        self.refits = 0  # refits run by this host
+        self.refit_seconds = 0.0  # time they took, in all
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the model thread."""
@@ -130,12 +156,15 @@ class ModelHost:
         self.model = model
         if seed.negatives:
             self._learn(seed.negatives)
+        self.valid_since_refit = 0
         self.changes_since_checkpoint += 1
 
     def _load(self, model_dir: Path) -> None:
         from driftlabel.models import RedClassifier
 
         self.model = RedClassifier.load(model_dir, embedder=self.embedder)
+        # The count is not in the checkpoint: a loaded model counts from its load (see docs/streaming.md).
+        self.valid_since_refit = 0
 
     def _predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Any, int, int]:
         t0 = time.perf_counter()
@@ -161,6 +190,28 @@ class ModelHost:
         X = self._embed_cached(texts)
         self.model.learn_embeddings(X, texts, [r.label for r in records], valid=[r.valid for r in records])
         self.changes_since_checkpoint += len(records)
+        self.valid_since_refit += sum(1 for r in records if r.valid)
+        if self.refit_every and self.valid_since_refit >= self.refit_every:
+            self._refit()
+
+    def _refit(self) -> None:
+        """Full refit of the experts from the stored examples (model thread; blocks predictions)."""
+        n = self.valid_since_refit
+        t0 = time.perf_counter()
+        self.model.refit()
+        dt = time.perf_counter() - t0
+        self.valid_since_refit = 0
+        self.refits += 1
+        self.refit_seconds += dt
+        log.info(
+            "refit after %d new valid examples: %d stored, model version %d, %.1fs",
+            n,
+            int(getattr(self.model, "n_examples", -1)),
+            int(self.model.model_version),
+            dt,
+        )
+        if self.on_refit is not None:
+            self.on_refit(dt)
 
     def _control(self, msg: ControlMessage) -> None:
         model = self.model

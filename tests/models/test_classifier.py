@@ -18,7 +18,9 @@ from driftlabel.models import (
     ModelFileError,
     RedClassifier,
     UnknownLabelError,
+    noise_class,
 )
+from driftlabel.models.persistence import FORMAT_VERSION
 
 from .conftest import Blobs, HashEmbedder, make_blobs
 
@@ -31,7 +33,8 @@ def test_fit_builds_bounded_subsets_and_one_expert_each(fitted: RedClassifier, b
     assert fitted.n_examples == 20 * 15
     assert fitted.model_version == 1
     for subset, expert in zip(fitted.subsets, fitted._experts, strict=True):
-        assert expert.classes_.tolist() == [*subset, NOISE]
+        noise = [noise_class(g) for g in range(fitted.settings.noise_groups)]
+        assert expert.classes_.tolist() == [*subset, *noise]
 
 
 def test_ranking_is_consistent_and_accurate(fitted: RedClassifier, blobs: Blobs) -> None:
@@ -51,14 +54,16 @@ def test_ranking_is_consistent_and_accurate(fitted: RedClassifier, blobs: Blobs)
 
 
 def test_combination_is_the_product_of_experts(fitted: RedClassifier, blobs: Blobs) -> None:
-    """The one-matmul scores equal log p_s(L) - log p_s(noise) computed expert by expert."""
+    """The one-matmul scores equal log p_s(L) - log p_s(noise) computed expert by expert, where
+    p_s(noise) sums the expert's noise classes (one per group of similar other labels)."""
     X, _, _ = blobs.sample(3, seed=8)
     Z = fitted.log_odds(X)
     for subset, expert in zip(fitted.subsets, fitted._experts, strict=True):
         P = expert.predict_proba_many(X)
         classes = expert.classes_.tolist()
         for lab in subset:
-            want = np.log(P[:, classes.index(lab)]) - np.log(P[:, classes.index(NOISE)])
+            p_noise = P[:, [j for j, c in enumerate(classes) if c.startswith(NOISE)]].sum(axis=1)
+            want = np.log(P[:, classes.index(lab)]) - np.log(p_noise)
             np.testing.assert_allclose(Z[:, fitted.labels.index(lab)], want, rtol=1e-4, atol=1e-4)
 
 
@@ -282,7 +287,7 @@ def test_load_refuses_foreign_or_future_files(fitted: RedClassifier, tmp_path: P
     _edit_manifest(path, format_version=99)
     with pytest.raises(ModelFileError, match="format version 99"):
         RedClassifier.load(path)
-    _edit_manifest(path, format="someone-elses-model", format_version=1)
+    _edit_manifest(path, format="someone-elses-model", format_version=FORMAT_VERSION)
     with pytest.raises(ModelFileError, match="not a driftlabel"):
         RedClassifier.load(path)
     _edit_manifest(path, format="driftlabel.red-classifier", subsets=[["label_00"]])

@@ -1,0 +1,163 @@
+"""Periodic full refits on the model thread (``ModelHost``, ``stream.refit_every``), without Kafka.
+
+A small real ``RedClassifier`` on synthetic clusters; the embedder is a deterministic lookup of those
+cluster points by text (it honours the Embedder contract: ``name``, ``dim``, ``encode``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from driftlabel.models import ExpertSettings
+from driftlabel.streams.messages import TrainingMessage
+from driftlabel.streams.metrics import ServiceMetrics
+from driftlabel.streams.settings import MetricsSettings, StreamSettings
+from driftlabel.streams.state import ModelHost, SeedSet
+
+LABELS = ["alpha", "beta", "gamma", "delta"]
+DIM = 16
+
+
+class ClusterEmbedder:
+    """Text ``"<label> <i>"`` -> a point of that label's cluster, the same for the same text."""
+
+    name = "test-cluster-16"
+    dim = DIM
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        C = rng.normal(size=(len(LABELS), DIM))
+        self.centers = C / np.linalg.norm(C, axis=1, keepdims=True)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for i, t in enumerate(texts):
+            lab = t.partition(" ")[0]
+            c = self.centers[LABELS.index(lab)] if lab in LABELS else np.zeros(DIM)
+            rng = np.random.default_rng(_seed(t))
+            v = c + 0.15 * rng.normal(size=DIM)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+    def warmup(self) -> None:
+        return None
+
+
+def _seed(text: str) -> int:
+    return int(hashlib.blake2b(text.encode(), digest_size=4).hexdigest(), 16)
+
+
+def _records(start: int, n: int, valid: bool = True) -> list[TrainingMessage]:
+    out = []
+    for i in range(start, start + n):
+        lab = LABELS[i % len(LABELS)]
+        text = f"{lab} {i}"
+        label = lab if valid else LABELS[(i + 1) % len(LABELS)]  # a wrong candidate, rejected
+        out.append(TrainingMessage(id=f"t{i}", text=text, label=label, source="judge", valid=valid))
+    return out
+
+
+def _host(refit_every: int | None, metrics: ServiceMetrics | None = None) -> ModelHost:
+    host = ModelHost(
+        ClusterEmbedder(),
+        ExpertSettings(subset_size=2),
+        cache_size=100,
+        refit_every=refit_every,
+        on_refit=metrics.observe_refit if metrics is not None else None,
+    )
+    seed = SeedSet()
+    seed.add_training(_records(0, 12))
+    host._fit(seed)
+    return host
+
+
+def _counter(metrics: ServiceMetrics, name: str) -> float:
+    v = metrics.registry.get_sample_value(name)
+    return float(v) if v is not None else 0.0
+
+
+def test_refit_after_every_n_valid_examples(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = ServiceMetrics(MetricsSettings())
+    host = _host(refit_every=10, metrics=metrics)
+    assert host.valid_since_refit == 0  # the seed fit does not count
+    v0 = host.model.model_version
+
+    host._learn(_records(100, 6))  # 6 < 10: incremental only
+    assert host.refits == 0 and host.valid_since_refit == 6
+    assert host.model.model_version == v0 + 1
+
+    with caplog.at_level(logging.INFO, logger="driftlabel.streams.state"):
+        host._learn(_records(200, 6))  # 12 >= 10: learn, then refit right after
+    assert host.refits == 1 and host.valid_since_refit == 0
+    assert host.model.model_version == v0 + 3  # learn + refit
+    assert any("refit after 12 new valid examples" in r.getMessage() for r in caplog.records)
+    assert _counter(metrics, "driftlabel_refits_total") == 1.0
+    assert _counter(metrics, "driftlabel_refit_seconds_count") == 1.0
+    assert host.refit_seconds > 0
+
+    host._learn(_records(300, 25))  # one batch over the bar: one refit, the count starts again
+    assert host.refits == 2 and host.valid_since_refit == 0
+    assert _counter(metrics, "driftlabel_refits_total") == 2.0
+
+
+def test_hard_negatives_do_not_count() -> None:
+    host = _host(refit_every=5)
+    host._learn(_records(100, 20, valid=False))
+    assert host.refits == 0 and host.valid_since_refit == 0
+    mixed = _records(200, 4) + _records(300, 10, valid=False)
+    host._learn(mixed)
+    assert host.refits == 0 and host.valid_since_refit == 4
+    host._learn(_records(400, 1) + _records(500, 3, valid=False))
+    assert host.refits == 1 and host.valid_since_refit == 0
+
+
+def test_refit_every_zero_disables() -> None:
+    host = _host(refit_every=0)
+    v0 = host.model.model_version
+    for k in range(5):
+        host._learn(_records(100 * (k + 1), 50))
+    assert host.refits == 0
+    assert host.model.model_version == v0 + 5  # one bump per incremental learn, nothing else
+
+
+def test_default_comes_from_stream_settings() -> None:
+    assert StreamSettings().refit_every == 500
+    assert StreamSettings(refit_every=0).refit_every == 0
+    with pytest.raises(ValueError):
+        StreamSettings(refit_every=-1)
+    host = ModelHost(ClusterEmbedder(), refit_every=None)
+    assert host.refit_every == 500
+    host.close()
+
+
+def test_same_batches_same_model_and_load_resets_count(tmp_path: Path) -> None:
+    """Replay determinism: two hosts learning the same batches refit at the same points and agree; a
+    host loaded from a checkpoint counts from its load."""
+    batches = [_records(100, 7), _records(200, 3) + _records(250, 2, valid=False), _records(300, 9)]
+    a, b = _host(refit_every=8), _host(refit_every=8)
+    for batch in batches:
+        a._learn(batch)
+        b._learn(batch)
+    assert a.refits == b.refits == 2
+    assert a.model.model_version == b.model.model_version
+    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
+    ra = a.model.rank_embeddings(X, top_k=2)
+    rb = b.model.rank_embeddings(X, top_k=2)
+    assert ra.labels == rb.labels
+    np.testing.assert_allclose(np.asarray(ra.scores), np.asarray(rb.scores), rtol=1e-6, atol=1e-7)
+
+    a._learn(_records(400, 5))
+    assert a.valid_since_refit == 5
+    a.model.save(tmp_path / "model")
+    c = ModelHost(ClusterEmbedder(), refit_every=8)
+    asyncio.run(c.load(tmp_path / "model"))
+    assert c.valid_since_refit == 0  # not 5: the count is not part of the checkpoint
+    for h in (a, b, c):
+        h.close()
