@@ -338,7 +338,9 @@ class RedClassifier:
             starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
             rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
             n_other = int(sorted_codes[-1]) + 1
-            per_label = max(1, min(s.noise_per_label, s.max_noise_rows // n_other))
+            # enough rows of every other label to stand for it: grows with the data (a third of a label)
+            wanted = max(s.noise_per_label, int(np.ceil(mean_size / 3)))
+            per_label = max(1, min(wanted, s.max_noise_rows // n_other))
             noise = np.sort(perm[order[rank < per_label]])
             w_noise = np.full(len(noise), n_noise_target / len(noise))
         else:

@@ -96,7 +96,8 @@ class CombinedExperts:
         self.b = np.concatenate(blocks_b) if blocks_b else np.zeros(0, dtype=np.float32)
         G = max((len(c) for c in noise_cols), default=1)
         # pad experts with fewer noise groups by repeating a column, then mask it out of the log-sum-exp
-        self.noise_idx = np.array([c + [c[0]] * (G - len(c)) for c in noise_cols], dtype=np.intp).reshape(-1, G)
+        padded = [c + [c[0]] * (G - len(c)) for c in noise_cols]
+        self.noise_idx = np.array(padded, dtype=np.intp).reshape(-1, G)
         self.noise_pad = np.array(
             [[0.0] * len(c) + [-np.inf] * (G - len(c)) for c in noise_cols], dtype=np.float32
         ).reshape(-1, G)

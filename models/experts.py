@@ -78,9 +78,14 @@ class ExpertSettings(DriftlabelSettings):
         description="which other-subset examples a full refit uses as noise: stratified (up to "
         "noise_per_label of every other label), weighted (all), sampled (noise_ratio x mean size drawn)",
     )
-    noise_per_label: int = Field(10, ge=1, description="stratified noise: at most this many rows per label")
+    noise_per_label: int = Field(
+        10,
+        ge=1,
+        description="stratified noise: rows per other label, at least this many, or a third of the "
+        "subset's mean label size when larger (measured: BANKING77 full data 90.9 % with 10, 92.1 % with 40)",
+    )
     max_noise_rows: int = Field(
-        3000, ge=1, description="stratified noise: fewer rows per label when there are many labels (O*NET)"
+        6000, ge=1, description="stratified noise: fewer rows per label when there are many labels (O*NET)"
     )
     seed: int = 0
     learner: Literal["softmax", "river"] = "softmax"

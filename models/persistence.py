@@ -170,8 +170,8 @@ def load_model(path: str | os.PathLike[str], embedder: Embedder | None = None) -
     if not isinstance(version, int) or version > FORMAT_VERSION or version < MIN_FORMAT_VERSION:
         raise ModelFileError(
             f"{p}: model format version {version!r} is not supported "
-            f"(this driftlabel reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION}); use the driftlabel that wrote it, "
-            "or retrain (`driftlabel train`)"
+            f"(this driftlabel reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION}); "
+            "use the driftlabel that wrote it, or retrain (`driftlabel train`)"
         )
     arrays_bytes = _read_checked(p, ARRAYS, manifest)
     texts_bytes = _read_checked(p, TEXTS, manifest)
