@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream_commands.register(sub)
     _register_optional(sub, "driftlabel.models.cli")
     _register_optional(sub, "driftlabel.judge.cli")
+    _register_optional(sub, "driftlabel.bench.cli")
     return parser
 
 

@@ -1,0 +1,275 @@
+"""``driftlabel bench NAME [--quick] [-- ARGS...]``: one command for every benchmark.
+
+Each benchmark is a module ``driftlabel.bench.bench_<name>`` (the file ``bench/bench_<name>.py``) with a
+``main(argv) -> int`` entry point; this dispatcher runs it in a child process (so a benchmark's signal
+handlers, ``sys.exit`` and memory stay its own), streams its output above a progress bar (elapsed time
+against the expected duration, with the benchmark's latest status line) and lists the reports it wrote
+under ``bench/results/``. ``--quick`` passes a reduced argument list meant to finish in under 5 minutes
+on 2 cores; anything after ``--`` is passed to the benchmark unchanged (and replaces the quick/full
+defaults). Adding a benchmark is one entry in :data:`BENCHMARKS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BENCHMARKS", "Benchmark", "main", "register", "run_benchmark"]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: its module, its quick and full arguments and how long each mode usually takes."""
+
+    module: str
+    help: str
+    quick: tuple[str, ...] = ("--quick",)
+    full: tuple[str, ...] = ()
+    quick_s: float = 240.0  # expected wall time on 2 quiet cores: the progress bar's total
+    full_s: float = 1800.0
+
+    def argv(self, quick: bool, extra: Sequence[str]) -> list[str]:
+        """Extra arguments replace the mode's defaults, so a user can narrow a run exactly."""
+        if extra:
+            return list(extra)
+        return list(self.quick if quick else self.full)
+
+
+EMBEDDERS_QUICK: tuple[str, ...] = ("--kinds", "sentence-transformers", "static", "--repeats", "1")
+EMBEDDERS_QUICK += ("--seeds", "0", "--speed-texts", "512", "--no-red")
+
+#: name -> benchmark; ``driftlabel bench NAME`` runs ``BENCHMARKS[NAME]``.
+BENCHMARKS: dict[str, Benchmark] = {
+    "models": Benchmark(
+        "driftlabel.bench.bench_models",
+        "R.E.D. experts vs LogisticRegression: accuracy by k, out-of-scope, speed (bench/results/models.md)",
+        quick=("--datasets", "clinc150", "--k", "10", "all", "--repeats", "1"),
+        quick_s=180,
+        full_s=1500,
+    ),
+    "embedders": Benchmark(
+        "driftlabel.bench.bench_embedders",
+        "MiniLM vs int8 ONNX vs distilled static: texts/s and accuracy (bench/results/embedders.md)",
+        quick=EMBEDDERS_QUICK,
+        quick_s=150,
+        full_s=900,
+    ),
+    "judge": Benchmark(
+        "driftlabel.bench.bench_judge",
+        "judge verdicts/s vs concurrency against a 300 ms simulated expert (bench/results/judge.md)",
+        quick=("--concurrency", "16", "64", "--items", "200"),
+        quick_s=60,
+        full_s=240,
+    ),
+    "stream": Benchmark(
+        "driftlabel.bench.bench_stream",
+        "service texts/s vs the embedder alone, publish->label latency (bench/results/stream.md)",
+        quick=("--texts", "600", "--classes", "30", "--rounds", "1", "--latency-s", "10"),
+        quick_s=200,
+        full_s=900,
+    ),
+    "reliability": Benchmark(
+        "driftlabel.bench.bench_reliability",
+        "chaos: kill -9, worker loss, judge faults, fuzzed input, soak (bench/results/reliability.md)",
+        quick_s=280,
+        full_s=3600,
+    ),
+    "loop": Benchmark(
+        "driftlabel.bench.bench_loop",
+        "the learning loop on real data: stationary, class-incremental and shift scenarios",
+        quick_s=280,
+        full_s=3600,
+    ),
+}
+
+# run in the child: import the module and call its main(argv); a missing main is a clear error
+_RUNNER = """
+import importlib, inspect, sys
+mod = importlib.import_module(sys.argv[1])
+main = getattr(mod, "main", None)
+if main is None:
+    sys.exit(f"{sys.argv[1]} has no main(argv) entry point")
+argv = sys.argv[2:]
+if inspect.signature(main).parameters:
+    code = main(argv)
+else:  # an entry point that reads sys.argv itself
+    sys.argv = [mod.__file__ or sys.argv[1], *argv]
+    code = main()
+sys.exit(int(code or 0))
+"""
+
+
+class _Progress:
+    """A tqdm bar of elapsed seconds against the expected duration, captioned with the latest line.
+
+    Without a terminal (CI, a log file) it prints a plain ``[bench NAME] 60s of ~240s`` line every 30 s
+    instead, so logs stay readable.
+    """
+
+    def __init__(self, name: str, total_s: float, enabled: bool) -> None:
+        self.name = name
+        self.total_s = total_s
+        self._bar: Any = None
+        self._t0 = time.monotonic()
+        self._stop = threading.Event()
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=round(total_s), unit="s", desc=f"bench {name}", file=sys.stderr, leave=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/~{total:.0f}s {postfix}",
+            )  # fmt: skip
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        beat = 0
+        while not self._stop.wait(1.0):
+            if self._bar is not None:
+                self._update()
+                continue
+            beat += 1
+            if beat % 30 == 0:
+                elapsed = time.monotonic() - self._t0
+                sys.stderr.write(f"[bench {self.name}] {elapsed:.0f}s of ~{self.total_s:.0f}s\n")
+                sys.stderr.flush()
+
+    def _update(self) -> None:
+        elapsed = time.monotonic() - self._t0
+        if elapsed > self._bar.total:  # ran past the estimate: grow the bar rather than sit at 100 %
+            self._bar.total = round(elapsed * 1.1)
+        self._bar.n = round(elapsed)
+        self._bar.refresh()
+
+    def line(self, text: str) -> None:
+        if self._bar is None:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+            return
+        self._bar.write(text, file=sys.stdout)
+        caption = text.strip()
+        if caption:
+            self._bar.set_postfix_str(caption[:60], refresh=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._bar is not None:
+            self._update()
+            self._bar.close()
+
+
+def _module_available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def run_benchmark(name: str, *, quick: bool, extra: Sequence[str] = (), progress: bool = True) -> int:
+    """Run one benchmark in a child process; returns its exit code (2 when it cannot be started)."""
+    bench = BENCHMARKS[name]
+    if not _module_available(bench.module):
+        print(
+            f"driftlabel bench {name}: the module {bench.module} is not there yet "
+            f"(expected at bench/{bench.module.rsplit('.', 1)[-1]}.py with a main(argv) entry point); "
+            "add it, or run `pip install -e '.[dev]'` if bench/ is not installed as driftlabel.bench",
+            file=sys.stderr,
+        )
+        return 2
+    argv = bench.argv(quick, extra)
+    cmd = [sys.executable, "-u", "-c", _RUNNER, bench.module, *argv]
+    mode = "quick" if quick else "full"
+    print(f"driftlabel bench {name} ({mode}): {bench.module} {' '.join(argv)}".rstrip(), flush=True)
+    started = time.time()
+    bar = _Progress(name, bench.quick_s if quick else bench.full_s, progress)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        text=True, errors="replace", bufsize=1,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            bar.line(raw.rstrip("\n"))
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)  # the benchmarks clean up (broker, workers) on SIGTERM
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        code = 130
+    finally:
+        bar.close()
+    took = time.time() - started
+    written = sorted(
+        p for p in RESULTS_DIR.glob("*") if p.is_file() and p.stat().st_mtime >= started - 1
+    ) if RESULTS_DIR.is_dir() else []  # fmt: skip
+    status = "ok" if code == 0 else f"failed (exit {code})"
+    print(f"driftlabel bench {name}: {status} in {took:.0f}s", flush=True)
+    for p in written:
+        print(f"  wrote {p}", flush=True)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.list or not args.name:
+        for key, b in BENCHMARKS.items():
+            there = "" if _module_available(b.module) else "  [module not there yet]"
+            print(f"{key:12s} {b.help}{there}")
+        return 0 if args.list else 2
+    extra = list(args.args)
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    if args.name == "all" and extra:
+        print("driftlabel bench all: extra arguments apply to one benchmark; name it", file=sys.stderr)
+        return 2
+    worst = 0
+    for n in names:
+        if args.name == "all" and not _module_available(BENCHMARKS[n].module):
+            print(f"driftlabel bench all: skipping {n} ({BENCHMARKS[n].module} is not there yet)")
+            continue
+        progress = not args.no_progress and sys.stderr.isatty()
+        code = run_benchmark(n, quick=args.quick, extra=extra, progress=progress)
+        worst = worst or code
+    return worst
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bench`` to the ``driftlabel`` command."""
+    p = subparsers.add_parser(
+        "bench",
+        help="run a benchmark (models, embedders, judge, stream, reliability, loop); reports: bench/results/",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", nargs="?", choices=[*BENCHMARKS, "all"], help="which benchmark ('all': each)")
+    p.add_argument("--quick", action="store_true", help="reduced sizes: under 5 minutes on 2 cores")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (plain output)")
+    p.add_argument("args", nargs="*", help="after --: the benchmark's own arguments (replace the defaults)")
+    p.set_defaults(func=_run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m driftlabel.bench.cli NAME ...`` without the ``driftlabel`` console script."""
+    parser = argparse.ArgumentParser(prog="driftlabel")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
