@@ -5,7 +5,8 @@ Every loader returns a :class:`Dataset` of :class:`Split` s, each a ``(texts, la
 ``texts, labels = ds.train`` works. k-shot seeds come from :func:`k_shot_indices` (indices, so cached
 embeddings can be sliced without re-encoding) and are deterministic for a seed.
 
-Seed files (:func:`read_examples`) are CSV or JSONL with ``text`` and ``label``; a bad row is reported as
+Seed files (:func:`read_examples`) are CSV, JSONL or JSON with ``text`` and ``label``, read by the one
+labelled-file reader :mod:`driftlabel.datafiles` (shared with the judge); a bad row is reported as
 ``file:line`` and nothing is silently dropped.
 """
 
@@ -17,11 +18,11 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
 
+from driftlabel.datafiles import DataFileError, read_rows
 from driftlabel.models.errors import InvalidDataError
 
 __all__ = [
@@ -266,90 +267,17 @@ def sample_k_shot(
 def read_examples(
     path: str | os.PathLike[str], *, text_column: str = "text", label_column: str = "label"
 ) -> tuple[list[str], list[str]]:
-    """Labelled examples from a CSV (header row) or JSONL (one object a line) file.
+    """Labelled examples from a CSV/TSV (header row), JSONL (one object a line) or JSON file.
 
-    Texts and labels are stripped; an empty one, a missing column or a malformed line raises
-    InvalidDataError with ``file:line``, so the user can fix the file instead of losing rows silently.
+    One reader serves the models and the judge (:mod:`driftlabel.datafiles`). Texts and labels are
+    stripped; an empty one, a missing column or a malformed line raises InvalidDataError with
+    ``file:line``, so the user can fix the file instead of losing rows silently.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidDataError(
-            f"{p}: no such file; pass a CSV or JSONL file with columns {text_column},{label_column}"
-        )
-    suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(p)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        rows = _csv_rows(p, "\t" if suffix == ".tsv" else ",", text_column, label_column)
-    else:
-        raise InvalidDataError(f"{p}: unknown format {p.suffix!r}; use .csv, .tsv or .jsonl")
-    texts: list[str] = []
-    labels: list[str] = []
-    for lineno, row in rows:
-        where = f"{p}:{lineno}"
-        for col in (text_column, label_column):
-            if col not in row:
-                raise InvalidDataError(
-                    f"{where}: missing column {col!r} (found {sorted(row)}); each row needs it"
-                )
-        text, label = row[text_column], row[label_column]
-        if not isinstance(text, str) or not isinstance(label, str | int):
-            raise InvalidDataError(f"{where}: {text_column!r} must be a string and {label_column!r} a string")
-        text, label = text.strip(), str(label).strip()
-        if not text:
-            raise InvalidDataError(f"{where}: empty {text_column!r}; remove the row or fill it in")
-        if not label:
-            raise InvalidDataError(
-                f"{where}: empty {label_column!r} for text {text[:40]!r}; every example needs a label"
-            )
-        texts.append(text)
-        labels.append(label)
-    if not texts:
-        raise InvalidDataError(
-            f"{p}: no examples; the file needs at least one {text_column},{label_column} row"
-        )
-    return texts, labels
-
-
-def _csv_rows(p: Path, delimiter: str, *required: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with p.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        fields = reader.fieldnames or []
-        missing = [c for c in required if c not in fields]
-        if missing:
-            raise InvalidDataError(
-                f"{p}:1: missing column(s) {', '.join(map(repr, missing))}; the header is {fields}. "
-                f"Rename the columns or pass --text-column/--label-column"
-            )
-        try:
-            for row in reader:
-                lineno = reader.line_num
-                if None in row or any(v is None for v in row.values()):
-                    raise InvalidDataError(
-                        f"{p}:{lineno}: expected {len(fields)} fields; quote texts that contain '{delimiter}'"
-                    )
-                yield lineno, row
-        except csv.Error as exc:
-            raise InvalidDataError(f"{p}:{reader.line_num}: malformed CSV: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise InvalidDataError(f"{p}: not UTF-8 ({exc}); re-save the file as UTF-8") from exc
-
-
-def _jsonl_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        with p.open(encoding="utf-8-sig") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InvalidDataError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise InvalidDataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                yield lineno, row
-    except UnicodeDecodeError as exc:
-        raise InvalidDataError(f"{p}: not UTF-8 ({exc}); re-save the file as UTF-8") from exc
+        rows = read_rows(path, text_column=text_column, label_column=label_column)
+    except DataFileError as exc:
+        raise InvalidDataError(str(exc)) from exc
+    return [r.text for r in rows], [r.label for r in rows]
 
 
 def read_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
