@@ -2,7 +2,7 @@
 metrics, dead letters, checkpoints and the users' commands (``driftlabel broker|worker|produce|consume|
 add-class|demo``). See ``docs/streaming.md``.
 
-Only light modules are imported here; the worker (:mod:`driftlabel.streams.service`, faust) and the
+Only light modules are imported here; the worker (:mod:`driftlabel.streams.worker`, faust) and the
 typed messages (:mod:`driftlabel.streams.messages`) load on first use.
 """
 

@@ -83,8 +83,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from driftlabel.judge import JudgeSettings
     from driftlabel.models import EmbedderSettings, ExpertSettings, load_embedder
-    from driftlabel.streams.service import WorkerService
     from driftlabel.streams.topics import ensure_topics
+    from driftlabel.streams.worker import WorkerService
 
     kafka = kafka_from_args(args)
     stream_over: dict[str, Any] = {}

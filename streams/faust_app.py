@@ -18,7 +18,31 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["DriftlabelApp"]
+from driftlabel.streams.settings import KafkaSettings
+
+__all__ = ["DriftlabelApp", "faust_broker_options"]
+
+
+def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """faust ``App`` keyword arguments for the cluster connection (SASL/TLS included)."""
+    opts: dict[str, Any] = {
+        "broker": [f"kafka://{s}" for s in kafka.servers],
+        "broker_client_id": kafka.client_id,
+        "broker_session_timeout": kafka.session_timeout_ms / 1000.0,
+        "broker_heartbeat_interval": kafka.heartbeat_interval_ms / 1000.0,
+        "broker_request_timeout": kafka.request_timeout_ms / 1000.0,
+    }
+    ctx = kafka.ssl_context()
+    if kafka.security_protocol.startswith("SASL"):
+        opts["broker_credentials"] = faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=ctx,
+        )
+    elif ctx is not None:
+        opts["broker_credentials"] = ctx
+    return opts
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

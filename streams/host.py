@@ -1,4 +1,4 @@
-"""The worker's model: one ``RedClassifier`` behind one thread.
+"""The model host: one ``RedClassifier`` behind one thread (learn, control ops, refit, versions).
 
 Embedding and the experts are CPU-bound and not thread-safe, and faust runs every agent on one asyncio
 loop. So every model operation (embed + rank, learn, control ops, save) runs as a job on a single worker
@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from driftlabel.models import Ranking, RedClassifier
 from driftlabel.streams.messages import ControlMessage, TrainingMessage
+from driftlabel.streams.ports import Classifier, Embedder
 from driftlabel.streams.settings import StreamSettings
 
 __all__ = ["EmbeddingCache", "ModelHost", "SeedSet"]
@@ -109,7 +111,7 @@ class ModelHost:
 
     def __init__(
         self,
-        embedder: Any,
+        embedder: Embedder,
         expert_settings: Any = None,
         cache_size: int = 20000,
         refit_every: int | None = None,
@@ -120,7 +122,7 @@ class ModelHost:
         after each refit (e.g. ``ServiceMetrics.observe_refit``)."""
         self.embedder = embedder
         self.expert_settings = expert_settings
-        self.model: Any = None
+        self.model: Classifier | None = None
         self.cache = EmbeddingCache(cache_size)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-model")
         self.changes_since_checkpoint = 0
@@ -147,9 +149,14 @@ class ModelHost:
         return self.model is not None
 
     # -- jobs (run on the model thread) ------------------------------------------------------------------
-    def _fit(self, seed: SeedSet) -> None:
-        from driftlabel.models import RedClassifier
+    @property
+    def live(self) -> Classifier:
+        """The current model (raises if none is loaded yet: call :meth:`fit` or :meth:`load` first)."""
+        if self.model is None:
+            raise RuntimeError("no model yet: the worker fits or loads one before it labels")
+        return self.model
 
+    def _fit(self, seed: SeedSet) -> None:
         texts, labels, descriptions = seed.fit_data()
         model = RedClassifier(embedder=self.embedder, settings=self.expert_settings)
         model.fit(texts, labels, descriptions=descriptions or None)
@@ -160,19 +167,18 @@ class ModelHost:
         self.changes_since_checkpoint += 1
 
     def _load(self, model_dir: Path) -> None:
-        from driftlabel.models import RedClassifier
-
         self.model = RedClassifier.load(model_dir, embedder=self.embedder)
         # The count is not in the checkpoint: a loaded model counts from its load (see docs/streaming.md).
         self.valid_since_refit = 0
 
-    def _predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Any, int, int]:
+    def _predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Ranking, int, int]:
         t0 = time.perf_counter()
         X = np.asarray(self.embedder.encode(texts), dtype=np.float32)
         self.embed_seconds += time.perf_counter() - t0
         self.cache.put_many(texts, X)
-        ranking = self.model.rank_embeddings(X, top_k=top_k)
-        return X, ranking, int(self.model.model_version), len(self.model.labels)
+        model = self.live
+        ranking = model.rank_embeddings(X, top_k=top_k)
+        return X, ranking, int(model.model_version), len(model.labels)
 
     def _embed_cached(self, texts: Sequence[str]) -> np.ndarray:
         rows: list[np.ndarray | None] = [self.cache.get(t) for t in texts]
@@ -188,7 +194,7 @@ class ModelHost:
         unknown L)."""
         texts = [r.text for r in records]
         X = self._embed_cached(texts)
-        self.model.learn_embeddings(X, texts, [r.label for r in records], valid=[r.valid for r in records])
+        self.live.learn_embeddings(X, texts, [r.label for r in records], valid=[r.valid for r in records])
         self.changes_since_checkpoint += len(records)
         self.valid_since_refit += sum(1 for r in records if r.valid)
         if self.refit_every and self.valid_since_refit >= self.refit_every:
@@ -198,7 +204,8 @@ class ModelHost:
         """Full refit of the experts from the stored examples (model thread; blocks predictions)."""
         n = self.valid_since_refit
         t0 = time.perf_counter()
-        self.model.refit()
+        model = self.live
+        model.refit()
         dt = time.perf_counter() - t0
         self.valid_since_refit = 0
         self.refits += 1
@@ -206,20 +213,20 @@ class ModelHost:
         log.info(
             "refit after %d new valid examples: %d stored, model version %d, %.1fs",
             n,
-            int(getattr(self.model, "n_examples", -1)),
-            int(self.model.model_version),
+            int(model.n_examples),
+            int(model.model_version),
             dt,
         )
         if self.on_refit is not None:
             self.on_refit(dt)
 
     def _control(self, msg: ControlMessage) -> None:
-        model = self.model
+        model = self.live
         if msg.op == "add_class":
             model.add_class(msg.label, description=msg.description, examples=list(msg.examples or ()))
         elif msg.op == "remove_class":
             model.remove_class(msg.label)
-        elif msg.op == "describe_class":
+        elif msg.op == "describe_class" and msg.description is not None:
             model.describe_class(msg.label, msg.description)
         self.changes_since_checkpoint += 1
 
@@ -227,7 +234,7 @@ class ModelHost:
         self, X: np.ndarray, rows: list[int], cands: list[list[tuple[str, float]]], n: int, c: int
     ) -> list[list[dict[str, Any]]]:
         """Judge candidates (description + nearest known-good examples) for the routed rows."""
-        model = self.model
+        model = self.live
         descriptions = model.descriptions
         known = set(model.labels)
         return [
@@ -251,7 +258,7 @@ class ModelHost:
     async def load(self, model_dir: Path) -> None:
         await self.run(self._load, model_dir)
 
-    async def predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Any, int, int]:
+    async def predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Ranking, int, int]:
         """(embeddings, ranking, model version, number of classes) of a batch."""
         return await self.run(self._predict, texts, top_k)
 
@@ -270,7 +277,7 @@ class ModelHost:
         """(classes, subsets, model_version)."""
 
         def job() -> tuple[int, int, int]:
-            m = self.model
+            m = self.live
             return len(m.labels), int(m.n_subsets), int(m.model_version)
 
         return await self.run(job)

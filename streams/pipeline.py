@@ -1,9 +1,9 @@
 """Pure functions of the flow: from a ranked micro-batch to the messages to publish, and from a judge
 outcome to its label, verdicts, training pairs and review item.
 
-No Kafka, no model and no I/O here, so unit tests check every rule (one final label per id, what is
-routed, what is learned) without a broker. The agents in :mod:`driftlabel.streams.service` only move
-the results to their topics.
+No Kafka, no model and no I/O here, so unit tests check every rule (validation, one final label per id,
+what is routed, what the judge is asked, what is learned) without a broker. The agents in
+:mod:`driftlabel.streams.worker` only move the results to their topics.
 """
 
 from __future__ import annotations
@@ -14,20 +14,28 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from driftlabel.streams.errors import InvalidMessageError
 from driftlabel.streams.messages import (
     JudgeRequestMessage,
     LabelMessage,
     ReviewMessage,
+    TextMessage,
     TrainingMessage,
     VerdictMessage,
+    parse_text,
 )
 
 __all__ = [
     "OUT_OF_SCOPE",
     "JudgeResult",
+    "ParsedBatch",
     "RankingLike",
+    "RawRecord",
+    "judge_request_messages",
     "judge_result_messages",
+    "judgeable",
     "label_messages",
+    "parse_text_batch",
 ]
 
 OUT_OF_SCOPE = "out_of_scope"
@@ -52,6 +60,87 @@ class OutcomeLike(Protocol):
     label: str | None
     verdicts: Sequence[Any]
     reason: str | None
+
+
+class RawRecord(Protocol):
+    """A consumed record: ``aiokafka.ConsumerRecord`` and faust's ``Message`` both fit."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass
+class ParsedBatch:
+    """One micro-batch of ``texts`` records after validation."""
+
+    items: list[TextMessage] = field(default_factory=list)
+    #: the record each item came from (same order as ``items``)
+    sources: list[RawRecord] = field(default_factory=list)
+    #: records that failed validation, with why (each goes to ``dead-letter`` once)
+    bad: list[tuple[RawRecord, InvalidMessageError]] = field(default_factory=list)
+
+
+def parse_text_batch(records: Sequence[RawRecord], *, max_bytes: int, max_chars: int) -> ParsedBatch:
+    """Validate raw ``texts`` records; never raises (a bad record is returned in ``bad``)."""
+    out = ParsedBatch()
+    for m in records:
+        try:
+            item = parse_text(
+                m.value, topic=m.topic, partition=m.partition, offset=m.offset,
+                max_bytes=max_bytes, max_chars=max_chars,
+            )  # fmt: skip
+        except InvalidMessageError as exc:
+            out.bad.append((m, exc))
+            continue
+        out.items.append(item)
+        out.sources.append(m)
+    return out
+
+
+def judgeable(ranking: RankingLike, routed: np.ndarray, n_candidates: int) -> np.ndarray:
+    """``routed`` less the rows whose first ``n_candidates`` are all out-of-scope: the judge could only
+    be asked about nothing, so those keep the model's label, final at once (never left without one)."""
+    ok = np.array(
+        [any(lab != OUT_OF_SCOPE for lab, _ in row[:n_candidates]) for row in ranking.candidates], dtype=bool
+    )
+    return np.asarray(routed, dtype=bool) & ok if len(ok) else np.asarray(routed, dtype=bool)
+
+
+def judge_request_messages(
+    items: Sequence[TextMessage],
+    ranking: RankingLike,
+    rows: Sequence[int],
+    candidates: Sequence[Sequence[dict[str, Any]]],
+    model_version: int,
+    received: float,
+    now: float,
+) -> list[tuple[int, JudgeRequestMessage]]:
+    """The ``judge-requests`` of the routed ``rows`` (row, message); out-of-scope is never a candidate,
+    and a row left with no candidate is not sent (its label stays the model's)."""
+    out = []
+    for i, cand in zip(rows, candidates, strict=True):
+        kept = [c for c in cand if c["label"] != OUT_OF_SCOPE]
+        if not kept:
+            continue
+        out.append(
+            (
+                i,
+                JudgeRequestMessage(
+                    id=items[i].id,
+                    text=items[i].text,
+                    candidates=kept,
+                    label=ranking.labels[i],
+                    score=float(ranking.scores[i]),
+                    entropy=float(ranking.entropy[i]),
+                    model_version=int(model_version),
+                    received_ts=received,
+                    ts=now,
+                ),
+            )
+        )
+    return out
 
 
 def label_messages(

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from driftlabel.models import ExpertSettings
+from driftlabel.streams.host import ModelHost, SeedSet
 from driftlabel.streams.messages import TrainingMessage
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.settings import MetricsSettings, StreamSettings
-from driftlabel.streams.state import ModelHost, SeedSet
 
 LABELS = ["alpha", "beta", "gamma", "delta"]
 DIM = 16
@@ -93,7 +93,7 @@ def test_refit_after_every_n_valid_examples(caplog: pytest.LogCaptureFixture) ->
     assert host.refits == 0 and host.valid_since_refit == 6
     assert host.model.model_version == v0 + 1
 
-    with caplog.at_level(logging.INFO, logger="driftlabel.streams.state"):
+    with caplog.at_level(logging.INFO, logger="driftlabel.streams.host"):
         host._learn(_records(200, 6))  # 12 >= 10: learn, then refit right after
     assert host.refits == 1 and host.valid_since_refit == 0
     assert host.model.model_version == v0 + 3  # learn + refit

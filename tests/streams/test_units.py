@@ -213,8 +213,8 @@ def test_deploy_example_config_is_valid() -> None:
 
 
 def test_seed_set_applies_control_in_order_and_cache_is_lru() -> None:
+    from driftlabel.streams.host import EmbeddingCache, SeedSet
     from driftlabel.streams.messages import ControlMessage, TrainingMessage
-    from driftlabel.streams.state import EmbeddingCache, SeedSet
 
     seed = SeedSet()
     seed.add_training(

@@ -1,0 +1,314 @@
+"""Agent wiring: the faust app of one worker, its topics, its thin agents, and where results go.
+
+- ``texts`` -> micro-batches (``take_events``: size or deadline) -> :func:`pipeline.parse_text_batch`
+  (bad ones to ``dead-letter``) -> embed + rank on the model thread (:class:`~driftlabel.streams.host.
+  ModelHost`) -> :func:`pipeline.label_messages` to ``labels`` at once (final unless routed) -> the
+  routed ones (:class:`~driftlabel.streams.routing.AdaptiveRouter`) to ``judge-requests``.
+- ``judge-requests`` -> :class:`~driftlabel.streams.judging.JudgeCaller` (waits out outages) ->
+  :func:`pipeline.judge_result_messages` -> verdicts, training pairs, review item, the final label.
+- a task runs the :class:`~driftlabel.streams.learner.Learner` (bootstrap, replay, follow, checkpoints);
+  the texts agent waits until it is ready.
+
+The rules live in the pure functions and the classes named above; this module only moves records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+import numpy as np
+
+from driftlabel.judge import JudgeSettings
+from driftlabel.models import DriftMonitor, ExpertSettings, load_embedder
+from driftlabel.streams.errors import InvalidMessageError
+from driftlabel.streams.faust_app import DriftlabelApp, faust_broker_options
+from driftlabel.streams.host import ModelHost
+from driftlabel.streams.judging import JudgeCaller, parse_judge_request
+from driftlabel.streams.learner import Learner
+from driftlabel.streams.messages import JudgeRequestMessage, TextMessage, dead_letter_for
+from driftlabel.streams.metrics import ServiceMetrics
+from driftlabel.streams.pipeline import (
+    judge_request_messages,
+    judge_result_messages,
+    judgeable,
+    label_messages,
+    parse_text_batch,
+)
+from driftlabel.streams.ports import Embedder, JudgeClient
+from driftlabel.streams.routing import AdaptiveRouter, uncertainty
+from driftlabel.streams.settings import KafkaSettings, MetricsSettings, StreamSettings
+from driftlabel.streams.topics import TopicNames
+
+__all__ = ["WorkerService", "faust_broker_options"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    """One worker: the faust app and its agents over the model host, the learner, the judge caller."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        stream: StreamSettings,
+        metrics: MetricsSettings | None = None,
+        judge_settings: JudgeSettings | None = None,
+        embedder: Embedder | None = None,
+        expert_settings: ExpertSettings | None = None,
+        worker_id: str | None = None,
+        judge: JudgeClient | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.stream = stream
+        self.names = TopicNames.from_settings(kafka)
+        self.metrics = ServiceMetrics(metrics)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.host = ModelHost(
+            embedder if embedder is not None else load_embedder(),
+            expert_settings,
+            cache_size=stream.embedding_cache,
+            refit_every=stream.refit_every,
+            on_refit=self.metrics.observe_refit,
+        )
+        self.judge = JudgeCaller(
+            judge_settings,
+            judge,
+            retry_s=stream.judge_retry_s,
+            retry_max_s=stream.judge_retry_max_s,
+            on_unavailable=lambda reason: self.metrics.judge_unavailable.labels(reason=reason).inc(),
+            in_flight=self.metrics.judge_in_flight.inc,
+        )
+        self.learner = Learner(
+            kafka=kafka,
+            stream=stream,
+            host=self.host,
+            metrics=self.metrics,
+            dead_letter=self.dead_letter,
+            worker_id=self.worker_id,
+        )
+        self.router = AdaptiveRouter(stream.judge_target_share, stream.routing_window, stream.judge_max_burst)
+        self.drift = DriftMonitor(signal="uncertainty")
+        self.ready = asyncio.Event()
+        self._positions: dict[tuple[str, int], int] = {}
+        self._stopping = False
+        self.app = self._build_app()
+
+    # -- wiring ------------------------------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        datadir = Path(tempfile.gettempdir()) / f"driftlabel-faust-{self.kafka.group_id}-{os.getpid()}"
+        app = DriftlabelApp(
+            self.kafka.group_id,
+            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
+            **faust_broker_options(self.kafka),
+            datadir=str(datadir),
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=self.kafka.partitions,
+            topic_replication_factor=self.kafka.replication_factor,
+            topic_allow_declare=False,  # topics are created explicitly (create_topics)
+            topic_disable_leader=True,
+            consumer_auto_offset_reset="earliest",
+            stream_wait_empty=False,
+            broker_commit_interval=1.0,
+            producer_linger_ms=5,
+        )
+        n = self.names
+        raw = {"key_type": bytes, "key_serializer": "raw", "value_type": bytes, "value_serializer": "raw"}
+        self.t_texts = app.topic(n.texts, **raw)
+        self.t_judge_requests = app.topic(n.judge_requests, **raw)
+        self.t_labels = app.topic(n.labels, key_serializer="raw")
+        self.t_verdicts = app.topic(n.judge_verdicts, key_serializer="raw")
+        self.t_training = app.topic(n.training, key_serializer="raw")
+        self.t_review = app.topic(n.review, key_serializer="raw")
+        self.t_dead = app.topic(n.dead_letter, key_serializer="raw")
+
+        async def texts(stream: faust.StreamT) -> None:
+            await self.ready.wait()
+            size, within = self.stream.batch_size, self.stream.batch_within_s
+            async for events in stream.take_events(size, within=within):  # type: ignore[attr-defined]
+                await self.on_texts([ev.message for ev in events])
+
+        async def judge(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                await self.on_judge_request(event.message)
+
+        app.agent(self.t_texts, name="driftlabel.texts")(texts)
+        if self.stream.judge_target_share > 0:
+            app.agent(
+                self.t_judge_requests, name="driftlabel.judge", concurrency=self.stream.judge_concurrency
+            )(judge)
+
+        async def learn() -> None:
+            await self.run_learner()
+
+        async def refresh() -> None:
+            self.refresh_lag()
+
+        app.task(learn)
+        app.timer(2.0)(refresh)
+
+        async def before_shutdown(sender: Any, **kwargs: Any) -> None:
+            await self.shutdown()
+
+        app.on_before_shutdown.connect(before_shutdown)
+        return app
+
+    # -- dead letters ------------------------------------------------------------------------------------
+    async def dead_letter(
+        self, raw: bytes | None, error: InvalidMessageError | str, topic: str, partition: int, offset: int
+    ) -> None:
+        msg = dead_letter_for(raw, error, topic=topic, partition=partition, offset=offset)
+        await self.t_dead.send(key=f"{topic}:{partition}:{offset}".encode(), value=msg)
+        self.metrics.dead_letters.labels(reason=msg.reason, topic=topic).inc()
+        log.info("dead-letter %s:%d:%d %s", topic, partition, offset, msg.error)
+
+    # -- texts -------------------------------------------------------------------------------------------
+    async def on_texts(self, records: Sequence[Any]) -> None:
+        """Validate a micro-batch of raw ``texts`` records and label the good ones. Never raises."""
+        received = time.time()
+        for m in records:
+            self._positions[(m.topic, m.partition)] = m.offset
+        batch = parse_text_batch(
+            records, max_bytes=self.stream.max_message_bytes, max_chars=self.stream.max_text_chars
+        )
+        for m, exc in batch.bad:
+            await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
+        if not batch.items:
+            return
+        try:
+            await self.label_texts(batch.items, received)
+        except Exception as exc:  # a model failure must not kill the agent: the items go to dead-letter
+            log.exception("could not label a batch of %d texts", len(batch.items))
+            for m in batch.sources:
+                await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
+
+    async def label_texts(self, items: Sequence[TextMessage], received: float) -> None:
+        """Embed + rank a batch, publish labels at once, route the uncertain ones to the judge."""
+        texts = [it.text for it in items]
+        before = self.host.embed_seconds
+        X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
+        self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
+        u = uncertainty(ranking.entropy, ranking.margin, self.stream.uncertainty, n_classes)
+        routed = self.router.route(u)  # out-of-scope calls are uncertain too: the judge may know better
+        routed = judgeable(ranking, routed, self.stream.judge_depth_candidates)
+        now = time.time()
+        labels = label_messages([it.id for it in items], ranking, routed, version, now)
+        for msg in labels:
+            await self.t_labels.send(key=msg.id.encode(), value=msg)
+        self.metrics.count_labels((m.status for m in labels), (m.final for m in labels))
+        self.metrics.observe_batch(np.asarray(ranking.entropy), routed, self.router.threshold)
+        n_final = int((~routed).sum())
+        for _ in range(n_final):
+            self.metrics.e2e_latency.labels(path="direct").observe(now - received)
+        for _event in self.drift.update_many(u):
+            self.metrics.drift_events.inc()
+            log.warning("drift: the uncertainty level shifted (now %.3f); the judge share adapts", u.mean())
+        rows = np.flatnonzero(routed).tolist()
+        if not rows:
+            return
+        cands = await self.host.judge_candidates(
+            X,
+            rows,
+            [ranking.candidates[i] for i in rows],
+            self.stream.judge_depth_candidates,
+            self.judge.n_examples,
+        )
+        for _, req in judge_request_messages(items, ranking, rows, cands, version, received, now):
+            await self.t_judge_requests.send(key=req.id.encode(), value=req.dumps())
+
+    # -- judge -------------------------------------------------------------------------------------------
+    async def on_judge_request(self, m: Any) -> None:
+        """Judge one ``judge-requests`` record and publish what it produced. Never raises."""
+        self._positions[(m.topic, m.partition)] = m.offset
+        try:
+            req = parse_judge_request(m.value)
+        except InvalidMessageError as exc:
+            await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
+            return
+        try:
+            await self.judge_item(req)
+        except Exception as exc:  # a bug or a broken broker must not kill the agent; keep the item
+            log.exception("could not finish judging %s", req.id)
+            await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
+
+    async def judge_item(self, req: JudgeRequestMessage) -> None:
+        """Judge one item, waiting out an unavailable judge; then publish everything it produced."""
+        outcome = await self.judge(req)
+        now = time.time()
+        result = judge_result_messages(req, outcome, req.model_version, now)
+        key = req.id.encode()
+        for v in result.verdicts:
+            await self.t_verdicts.send(key=key, value=v)
+            self.metrics.judge_requests.labels(verdict="valid" if v.valid else "invalid").inc()
+            self.metrics.judge_latency.observe(v.latency_ms / 1000.0)
+            self.metrics.judge_tokens.inc(v.tokens)
+        for t in result.training:
+            await self.t_training.send(key=key, value=t)
+        if result.review is not None:
+            await self.t_review.send(key=key, value=result.review)
+        await self.t_labels.send(key=key, value=result.label)
+        self.metrics.judge_outcomes.labels(status=outcome.status).inc()
+        self.metrics.count_labels([result.label.status], [True])
+        self.metrics.e2e_latency.labels(path="judge").observe(now - req.received_ts)
+
+    # -- learning ----------------------------------------------------------------------------------------
+    async def run_learner(self) -> None:
+        """Start the learner (model ready), open the texts agent, then follow the log."""
+        try:
+            await self.learner.start()
+            self.ready.set()
+            n, s, v = await self.host.describe()
+            print(
+                f"driftlabel worker {self.worker_id}: ready ({n} classes, {s} subsets, model v{v})",
+                flush=True,
+            )
+            await self.learner.follow()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._stopping:  # the follower was closed under us by shutdown(): not an error
+                return
+            log.exception("the learning loop failed; the worker stops")
+            print(f"driftlabel worker: error: {exc}", flush=True)
+            await self.app.crash(exc)
+
+    # -- housekeeping ------------------------------------------------------------------------------------
+    def refresh_lag(self) -> None:
+        """Consumer lag from the fetch high-water marks (group topics and the learner's follower)."""
+        try:
+            consumer = self.app.consumer
+            judge_queue = 0
+            for tp in consumer.assignment():
+                hw = consumer.highwater(tp)
+                pos = self._positions.get((tp.topic, tp.partition))
+                if hw is None:
+                    continue
+                lag = max(0, int(hw) - (pos + 1 if pos is not None else 0))
+                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+                if tp.topic == self.names.judge_requests:
+                    judge_queue += lag
+            self.metrics.judge_queue.set(judge_queue)
+        except Exception:  # the consumer is not started yet or is rebalancing
+            pass
+        self.learner.refresh_lag()
+
+    async def shutdown(self) -> None:
+        """Final checkpoint and cleanup (called by faust before it stops)."""
+        self._stopping = True
+        try:
+            await self.learner.final_checkpoint()
+        except Exception:
+            log.exception("final checkpoint failed")
+        await self.learner.stop()
+        await self.judge.aclose()
+        self.metrics.close()
