@@ -14,12 +14,18 @@ from driftlabel.judge.errors import (
     JudgeDataError,
     JudgeError,
     JudgeUnavailableError,
+    KnownClassProposedError,
     MalformedAnswerError,
 )
 from driftlabel.judge.judge import Judge, JudgeStats
 from driftlabel.judge.local_llm import LocalLlamaServer, find_gguf, llama_cpp_available
 from driftlabel.judge.parse import parse_verdict
-from driftlabel.judge.prompts import build_describe_messages, build_validate_messages
+from driftlabel.judge.prompts import (
+    build_describe_messages,
+    build_generate_messages,
+    build_propose_messages,
+    build_validate_messages,
+)
 from driftlabel.judge.records import Candidate, JudgeOutcome, JudgeRequest, OutcomeStatus, Verdict
 from driftlabel.judge.settings import JudgeSettings, load_judge_settings
 from driftlabel.judge.simulated import FAILURE_KINDS, SimulatedExpert
@@ -38,6 +44,7 @@ __all__ = [
     "JudgeSettings",
     "JudgeStats",
     "JudgeUnavailableError",
+    "KnownClassProposedError",
     "LocalLlamaServer",
     "MalformedAnswerError",
     "OutcomeStatus",
@@ -45,6 +52,8 @@ __all__ = [
     "Verdict",
     "VerdictCache",
     "build_describe_messages",
+    "build_generate_messages",
+    "build_propose_messages",
     "build_validate_messages",
     "cache_key",
     "description_version",

@@ -19,7 +19,7 @@ from driftlabel.judge.data import examples_by_label, read_labelled
 from driftlabel.judge.descriptions import generate_descriptions, load_descriptions, save_descriptions
 from driftlabel.judge.judge import Judge
 from driftlabel.judge.settings import load_judge_settings
-from driftlabel.judge.simulated import FAILURE_KINDS, SimulatedExpert
+from driftlabel.judge.simulated import DEFAULT_HOLDOUT_SPLITS, FAILURE_KINDS, SimulatedExpert
 
 __all__ = ["main", "register"]
 
@@ -50,6 +50,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     sim.add_argument("--hang-s", type=float, default=30.0, help="how long a 'timeout' failure hangs")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--holdout-splits",
+        default=",".join(DEFAULT_HOLDOUT_SPLITS),
+        help="splits of a CLINC150-style file never handed out as generated examples "
+        "(comma-separated; '' for none; default %(default)s)",
+    )
+    sim.add_argument(
+        "--holdout",
+        default=None,
+        help="labelled file (CSV/JSONL/JSON) whose texts are never handed out as generated examples",
+    )
     sim.set_defaults(func=_run_sim)
 
     desc = subparsers.add_parser(
@@ -84,6 +95,8 @@ def _run_sim(args: argparse.Namespace) -> int:
         failures=failures,
         hang_s=args.hang_s,
         seed=args.seed,
+        holdout_splits=[x.strip() for x in args.holdout_splits.split(",") if x.strip()],
+        holdout=[text for text, _ in read_labelled(args.holdout)] if args.holdout else (),
     )
 
     async def serve() -> None:

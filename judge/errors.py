@@ -6,7 +6,8 @@
     └── JudgeError
         ├── JudgeUnavailableError   endpoint down / circuit open / retries spent: keep the item, retry later
         ├── BudgetExceededError     per-minute call budget spent: keep the item, retry after ``retry_after_s``
-        ├── MalformedAnswerError    the endpoint answered, but not with a usable yes/no
+        ├── MalformedAnswerError    the endpoint answered, but not with a usable yes/no (or examples, name)
+        │   └── KnownClassProposedError  asked to name a new class, it named one that exists already
         └── JudgeDataError          a bad request, data file or descriptions file (also a ``ValueError``)
 
 The two "retry later" errors carry ``retry_after_s`` so a caller can schedule the retry instead of spinning.
@@ -21,6 +22,7 @@ __all__ = [
     "JudgeDataError",
     "JudgeError",
     "JudgeUnavailableError",
+    "KnownClassProposedError",
     "MalformedAnswerError",
 ]
 
@@ -54,6 +56,17 @@ class MalformedAnswerError(JudgeError):
     def __init__(self, message: str, *, raw: str | None = None) -> None:
         super().__init__(message)
         self.raw = raw
+
+
+class KnownClassProposedError(MalformedAnswerError):
+    """Asked to name a group of texts no known class covers, the endpoint named a known class (``label``).
+
+    Not a new class: the group is more likely drifted wording of ``label`` (teach it those texts instead).
+    """
+
+    def __init__(self, message: str, *, label: str, raw: str | None = None) -> None:
+        super().__init__(message, raw=raw)
+        self.label = label
 
 
 class JudgeDataError(JudgeError, ValueError):

@@ -34,10 +34,27 @@ from driftlabel.judge.errors import (
     BudgetExceededError,
     JudgeDataError,
     JudgeUnavailableError,
+    KnownClassProposedError,
     MalformedAnswerError,
 )
-from driftlabel.judge.parse import clean_description, confidence_from_logprobs, parse_verdict
-from driftlabel.judge.prompts import build_describe_messages, build_validate_messages, response_format_for
+from driftlabel.judge.parse import (
+    clean_description,
+    confidence_from_logprobs,
+    normalise_label_name,
+    parse_examples,
+    parse_proposal,
+    parse_verdict,
+)
+from driftlabel.judge.prompts import (
+    EXAMPLES_SCHEMA,
+    PROPOSAL_SCHEMA,
+    build_describe_messages,
+    build_generate_messages,
+    build_propose_messages,
+    build_validate_messages,
+    json_response_format,
+    response_format_for,
+)
 from driftlabel.judge.records import Candidate, JudgeOutcome, JudgeRequest, Verdict
 from driftlabel.judge.settings import JudgeSettings, load_judge_settings
 
@@ -328,6 +345,81 @@ class Judge:
         )
         return str(answer.value)
 
+    async def generate_examples(
+        self, label: str, description: str | None, n: int, *, known: Sequence[str] = ()
+    ) -> list[str]:
+        """Ask the endpoint for ``n`` synthetic example texts of a class known only by name and description.
+
+        For ``add_class`` with a description and no examples: the caller marks the texts as synthetic and
+        replaces them as real accepted ones arrive. The answer must be strict JSON
+        ``{"examples": [str, ...]}``; texts are stripped and deduplicated (case and spacing ignored, and
+        against ``known``). When an answer brings fewer than ``n`` new texts the endpoint is asked again (at
+        most twice more) for different ones, so the result holds 1 to ``n`` texts. ``known`` (e.g. the
+        class's seed examples) is shown to the endpoint as texts to avoid. Raises
+        :class:`MalformedAnswerError` when no usable example came, :class:`JudgeDataError` for bad
+        arguments, and :class:`JudgeUnavailableError` / :class:`BudgetExceededError` like :meth:`judge`.
+        """
+        if not isinstance(label, str) or not label.strip():
+            raise JudgeDataError(f"label must be a non-empty string, got {label!r}")
+        if description is not None and not isinstance(description, str):
+            raise JudgeDataError(f"description of {label!r} must be a string or None")
+        limit = self.settings.max_generated_examples
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+            raise JudgeDataError(
+                f"n must be an integer from 1 to {limit} (DRIFTLABEL_JUDGE_MAX_GENERATED_EXAMPLES), got {n!r}"
+            )
+        known_texts = [str(k) for k in known]
+        got: list[str] = []
+        for round_no in range(3):
+            need = n - len(got)
+            seen = [*got, *known_texts]
+            # what it already has is shown as <avoid> (at most 200 texts), so the endpoint writes new ones
+            messages = build_generate_messages(label, description, need, avoid=seen[:200])
+
+            def parse(content: str | None, seen: list[str] = seen) -> list[str]:
+                return parse_examples(content, label=label, known=seen)
+
+            try:
+                new = await self._ask_json(
+                    messages, EXAMPLES_SCHEMA, "examples", parse, what=f"examples of {label!r}"
+                )
+            except MalformedAnswerError:
+                if not got:
+                    raise
+                break  # a later round brought nothing new: keep what the first ones gave
+            got.extend(new[:need])
+            if len(got) >= n:
+                break
+            log.info("judge: %d/%d examples of %r after round %d; asking again", len(got), n, label, round_no)
+        return got
+
+    async def propose_class(self, texts: Sequence[str], known_labels: Sequence[str] = ()) -> tuple[str, str]:
+        """Ask the endpoint to name a dense group of texts that no known class covers.
+
+        Returns ``(name, description)``, the name normalised to snake_case. Pass the group's most typical
+        texts (at most 30 are shown) and the known labels, which the endpoint is told not to propose;
+        when it names one anyway, :class:`KnownClassProposedError` (a :class:`MalformedAnswerError`) says
+        which (``exc.label``): the group is then more likely drifted wording of that class.
+        """
+        if isinstance(texts, str) or not texts:
+            raise JudgeDataError("propose_class needs a non-empty sequence of texts")
+        shown = [str(t) for t in texts if isinstance(t, str) and t.strip()][:30]
+        if not shown:
+            raise JudgeDataError("propose_class needs at least one non-empty text")
+        known = [str(k) for k in known_labels]
+        messages = build_propose_messages(shown, known)
+        name, description = await self._ask_json(
+            messages, PROPOSAL_SCHEMA, "proposal", parse_proposal, what=f"a class for {len(shown)} texts"
+        )
+        by_norm = {normalise_label_name(k): k for k in known}
+        if name in by_norm:
+            raise KnownClassProposedError(
+                f"the endpoint named the known class {by_norm[name]!r} for a group no known class was said "
+                "to cover; teach those texts to that class rather than adding a new one",
+                label=by_norm[name],
+            )
+        return name, description
+
     async def aclose(self) -> None:
         """Close the HTTP client if this judge created it."""
         if self._owns_client:
@@ -340,6 +432,39 @@ class Judge:
         await self.aclose()
 
     # ------------------------------------------------------------------ internals
+
+    async def _ask_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        name: str,
+        parse_content: Callable[[str | None], T],
+        *,
+        what: str,
+    ) -> T:
+        """One JSON question under the current answer format, falling back to plainer formats if refused."""
+        fmt = self._answer_format
+        while True:
+
+            def parse(resp: Any) -> _Answer:
+                content = resp.choices[0].message.content if resp.choices else None
+                return _Answer(parse_content(content), _total_tokens(resp))
+
+            try:
+                answer = await self._call(
+                    messages,
+                    parse,
+                    response_format=json_response_format(name, schema, fmt),
+                    max_tokens=self.settings.max_generation_tokens,
+                    logprobs=False,
+                    calls=None,
+                    what=what,
+                )
+            except _FormatRefused:
+                fmt = _FORMAT_FALLBACK[fmt]
+                continue
+            value: T = answer.value
+            return value
 
     def _outcome(
         self, item_id: str, status: Any, label: str | None, verdicts: list[Verdict], reason: str | None

@@ -16,7 +16,14 @@ from typing import Any
 
 from driftlabel.judge.errors import MalformedAnswerError
 
-__all__ = ["clean_description", "confidence_from_logprobs", "parse_verdict"]
+__all__ = [
+    "clean_description",
+    "confidence_from_logprobs",
+    "normalise_label_name",
+    "parse_examples",
+    "parse_proposal",
+    "parse_verdict",
+]
 
 _WORD = re.compile(r"^[\s\"'`*_]*(yes|no|true|false)[\s\"'`*_]*[.!]?[\s\"'`*_]*$", re.IGNORECASE)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -81,3 +88,82 @@ def clean_description(content: str | None, *, max_chars: int = 600) -> str:
     if not text:
         raise MalformedAnswerError("the endpoint returned an empty description", raw=content)
     return text[:max_chars]
+
+
+_NAME_JUNK = re.compile(r"[^a-z0-9]+")
+
+
+def _json_object(content: str | None, what: str) -> dict[str, Any]:
+    """The JSON object of a reply (a ```json fence allowed); anything else is malformed."""
+    if content is None or not content.strip():
+        raise MalformedAnswerError(f"the endpoint returned an empty {what}", raw=content)
+    text = content.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise MalformedAnswerError(f"{what} is not valid JSON ({exc.msg}): {shown!r}", raw=content) from exc
+    if not isinstance(obj, dict):
+        raise MalformedAnswerError(f"{what} must be a JSON object, got {type(obj).__name__}", raw=content)
+    return obj
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def parse_examples(
+    content: str | None, *, label: str = "", known: Sequence[str] = (), max_chars: int = 500
+) -> list[str]:
+    """Synthetic examples from ``{"examples": [str, ...]}``: stripped, deduplicated, validated.
+
+    Empty strings, non-strings, over-long texts, the bare label name and texts equal to one of ``known``
+    (case and spacing ignored) are dropped; a reply with no usable example at all is malformed.
+    """
+    obj = _json_object(content, "examples answer")
+    items = obj.get("examples")
+    if not isinstance(items, list):
+        raise MalformedAnswerError('examples answer lacks an "examples" list of strings', raw=content)
+    seen = {_norm(k) for k in known}
+    seen.update({_norm(label), _norm(label.replace("_", " ").replace("-", " "))} if label else set())
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            continue
+        text = " ".join(item.split())
+        key = _norm(text)
+        if not text or len(text) > max_chars or key in seen:
+            continue
+        seen.add(key)
+        out.append(text)
+    if not out:
+        why = (
+            "an empty list: the endpoint has nothing for this label"
+            if not items
+            else f"{len(items)} given, all empty, duplicate, too long or not strings"
+        )
+        raise MalformedAnswerError(f"examples answer held no usable new example ({why})", raw=content)
+    return out
+
+
+def normalise_label_name(name: str) -> str:
+    """A proposed class name as a label: lower-case snake_case of letters and digits, at most 64 chars."""
+    return _NAME_JUNK.sub("_", name.strip().lower()).strip("_")[:64].strip("_")
+
+
+def parse_proposal(content: str | None, *, max_description_chars: int = 600) -> tuple[str, str]:
+    """``(name, description)`` from ``{"name": str, "description": str}``; the name is normalised."""
+    obj = _json_object(content, "class proposal")
+    name, desc = obj.get("name"), obj.get("description")
+    if not isinstance(name, str) or not isinstance(desc, str):
+        raise MalformedAnswerError('class proposal needs string fields "name" and "description"', raw=content)
+    label = normalise_label_name(name)
+    if not label:
+        raise MalformedAnswerError(f"class proposal has no usable name ({name!r})", raw=content)
+    description = " ".join(desc.split())[:max_description_chars]
+    if not description:
+        raise MalformedAnswerError(f"class proposal for {label!r} has an empty description", raw=content)
+    return label, description

@@ -42,6 +42,10 @@ class JudgeSettings(DriftlabelSettings):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_answer_tokens: int = Field(16, ge=1, le=4096, description="max_tokens for a yes/no answer")
     max_description_tokens: int = Field(96, ge=8, le=4096, description="max_tokens for a label description")
+    max_generation_tokens: int = Field(
+        1024, ge=16, le=16384, description="max_tokens for synthetic examples or a class proposal"
+    )
+    max_generated_examples: int = Field(50, ge=1, description="most examples one generate_examples may ask")
 
     # judging
     max_depth: int = Field(3, ge=1, description="how many ranked candidates to ask about before unresolved")

@@ -14,6 +14,16 @@ Knobs make it a realistic, misbehaving endpoint for the demo, benchmarks and rel
 ``response_format`` (JSON when asked), returns ``usage`` token counts (word-piece estimate) and, when asked,
 ``logprobs`` for the answer token.
 
+It also answers the two generative requests, recognised by the prompt's ``<task>`` block, in an honest,
+offline way (it is not a language model and invents nothing):
+
+- ``generate-examples`` (:meth:`Judge.generate_examples`): real texts of the asked label from its file, in a
+  fixed shuffled order per label, never from the held-out splits (``holdout_splits``, by default CLINC150's
+  ``test`` and ``oos_test``) nor the ``holdout`` texts, and none of the prompt's ``<avoid>`` texts. A label
+  the file does not have gets an empty list (the judge reports it as an unusable answer).
+- ``propose-class`` (:meth:`Judge.propose_class`): the majority label, in its file, of the group's texts,
+  with a templated description; when none of the texts is in its file, the group's two commonest words.
+
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
 
 Use from async code ``async with SimulatedExpert(path) as sim: sim.base_url`` or from sync code
@@ -35,20 +45,62 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from driftlabel.judge.data import normalise_text, read_labelled
+from driftlabel.judge.data import normalise_text, read_labelled_rows
 from driftlabel.judge.errors import JudgeDataError, JudgeError
-from driftlabel.judge.prompts import extract_block, extract_blocks
+from driftlabel.judge.parse import normalise_label_name
+from driftlabel.judge.prompts import TASK_GENERATE, TASK_PROPOSE, extract_block, extract_blocks, task_of
 
-__all__ = ["FAILURE_KINDS", "SimulatedExpert"]
+__all__ = ["DEFAULT_HOLDOUT_SPLITS", "FAILURE_KINDS", "SimulatedExpert"]
 
 log = logging.getLogger(__name__)
 
 FAILURE_KINDS = ("500", "503", "429", "timeout", "garbage")
+#: splits of a split-tagged file (CLINC150) never handed out as generated examples: they score the model
+DEFAULT_HOLDOUT_SPLITS = ("test", "oos_test")
+_STOPWORDS = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "can",
+        "could",
+        "do",
+        "does",
+        "for",
+        "from",
+        "have",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "please",
+        "the",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    }
+)
 _GARBAGE = (
     "Hmm, it depends on the context.",
     '{"valid": "maybe"}',
@@ -66,19 +118,22 @@ def _count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-def _index(data: LabelledData) -> dict[str, set[str]]:
+def _rows(data: LabelledData) -> list[tuple[str, str, str | None]]:
+    """(text, label, split) rows of the expert's data; split is None unless the file has splits."""
     if isinstance(data, (str, os.PathLike)):
-        rows: Iterable[tuple[str, str]] = read_labelled(data)
-    elif isinstance(data, Mapping):
-        rows = [
-            (text, lab)
+        return [(r.text, r.label, r.split) for r in read_labelled_rows(data)]
+    if isinstance(data, Mapping):
+        return [
+            (text, lab, None)
             for text, labels in data.items()
             for lab in ([labels] if isinstance(labels, str) else list(labels))
         ]
-    else:
-        rows = list(data)
+    return [(text, label, None) for text, label in data]
+
+
+def _index(rows: Iterable[tuple[str, str, str | None]]) -> dict[str, set[str]]:
     index: dict[str, set[str]] = {}
-    for text, label in rows:
+    for text, label, _ in rows:
         index.setdefault(normalise_text(text), set()).add(label)
     if not index:
         raise JudgeDataError("the simulated expert needs at least one labelled text")
@@ -103,6 +158,8 @@ class SimulatedExpert:
         hang_s: float = 30.0,
         seed: int = 0,
         api_key: str | None = None,
+        holdout_splits: Collection[str] = DEFAULT_HOLDOUT_SPLITS,
+        holdout: Iterable[str] = (),
     ) -> None:
         if not 0.0 <= error_rate <= 1.0 or not 0.0 <= fail_rate <= 1.0:
             raise JudgeDataError("error_rate and fail_rate must be within [0, 1]")
@@ -112,7 +169,21 @@ class SimulatedExpert:
         unknown = [k for k in kinds if k not in FAILURE_KINDS]
         if unknown or (fail_rate > 0 and not kinds):
             raise JudgeDataError(f"unknown failure kinds {unknown}; choose from {', '.join(FAILURE_KINDS)}")
-        self._index = _index(data)
+        rows = _rows(data)
+        self._index = _index(rows)
+        # texts it may hand out as generated examples: never a held-out split or a held-out text
+        self.holdout_splits = frozenset(holdout_splits)
+        held = {normalise_text(t) for t in holdout}
+        pool: dict[str, dict[str, str]] = {}
+        for text, label, split in rows:
+            if split in self.holdout_splits or normalise_text(text) in held:
+                continue
+            pool.setdefault(normalise_label_name(label), {}).setdefault(normalise_text(text), text)
+        self._pool: dict[str, list[str]] = {}
+        for key, texts in pool.items():
+            ordered = list(texts.values())
+            random.Random(f"{seed}\x1f{key}").shuffle(ordered)  # a fixed, representative order per label
+            self._pool[key] = ordered
         self.host = host
         self.port = port
         self.model = model
@@ -366,8 +437,53 @@ class SimulatedExpert:
             }
         )
 
+    def generatable(self, label: str) -> list[str]:
+        """The texts it would hand out as generated examples of ``label`` (held-out ones excluded)."""
+        return list(self._pool.get(normalise_label_name(label), ()))
+
+    def _generate(self, prompt: str) -> tuple[str, str]:
+        """Examples of the asked label: real texts of it from the file, minus held-out and avoided ones."""
+        label = extract_block(prompt, "label") or ""
+        try:
+            n = max(1, min(int(extract_block(prompt, "count") or 5), 200))
+        except ValueError:
+            n = 5
+        avoid = {normalise_text(a) for a in extract_blocks(prompt, "avoid")}
+        texts = [t for t in self._pool.get(normalise_label_name(label), ()) if normalise_text(t) not in avoid]
+        return json.dumps({"examples": texts[:n]}), "generate"
+
+    def _propose(self, prompt: str) -> tuple[str, str]:
+        """A name for a group: the majority label of its texts in the file (else its commonest words)."""
+        items = extract_blocks(prompt, "item")
+        votes: Counter[str] = Counter()
+        for item in items:
+            for lab in self._index.get(normalise_text(item), ()):
+                votes[lab] += 1
+        if votes:
+            name = min(votes, key=lambda lab: (-votes[lab], lab))
+            words = name.replace("_", " ").replace("-", " ")
+            desc = f"Texts about {words}, such as: {items[0][:120]}" if items else f"Texts about {words}."
+        else:
+            counts = Counter(
+                w
+                for it in items
+                for w in re.findall(r"[a-z]+", it.lower())
+                if w not in _STOPWORDS and len(w) > 2
+            )
+            top = [w for w, _ in counts.most_common(2)] or ["unnamed"]
+            name = "_".join(top)
+            desc = f"Texts that mention {' and '.join(top)}."
+        return json.dumps({"name": name, "description": desc}), "propose"
+
     def _answer(self, prompt: str, response_format: Any) -> tuple[Any, str]:
         """(content, kind) for a judge prompt, or (error response, "") when it is not one."""
+        task = task_of(prompt)
+        if task == TASK_GENERATE:
+            return self._generate(prompt)
+        if task == TASK_PROPOSE:
+            return self._propose(prompt)
+        if task is not None:
+            return _error(400, f"unknown <task> {task[:40]!r}", "invalid_request_error"), ""
         label = extract_block(prompt, "label")
         texts = extract_blocks(prompt, "text")
         if label is None:
