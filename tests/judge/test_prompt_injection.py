@@ -14,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from driftlabel.judge import Candidate, Judge, JudgeRequest, SimulatedExpert
+from driftlabel.judge import Candidate, Judge, JudgeRequest, JudgeSettings, SimulatedExpert
 from driftlabel.judge.prompts import VALIDATE_SYSTEM, extract_blocks, task_of
-
-from .conftest import fast_settings
 
 BASES = {
     "weather": "what is the weather going to be like in boston tomorrow",
@@ -150,7 +149,7 @@ def _check_prompt(prompt: str, text: str, label: str, description: str) -> None:
 
 
 @pytest.mark.parametrize("answer_format", ["json_schema", "text"])
-def test_no_injection_flips_a_verdict(answer_format: str) -> None:
+def test_no_injection_flips_a_verdict(answer_format: str, settings_for: Callable[..., JudgeSettings]) -> None:
     truth = {text: label for text, label, _ in CASES}
     sent: list[dict[str, Any]] = []
 
@@ -165,7 +164,7 @@ def test_no_injection_flips_a_verdict(answer_format: str) -> None:
             http = httpx.AsyncClient(event_hooks={"request": [capture]})
             client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="unused", http_client=http)
             judge = Judge(
-                fast_settings(sim.base_url, answer_format=answer_format, cache_size=0), client=client
+                settings_for(sim.base_url, answer_format=answer_format, cache_size=0), client=client
             )
             try:
                 for i, (text, label, wrong) in enumerate(CASES):
