@@ -6,7 +6,9 @@ offsets, so it converges to the model every other worker has. Layout::
 
     <checkpoint_dir>/ckpt-<µs since epoch>-<worker>/
         model/              RedClassifier.save(...)
-        checkpoint.json     {"format", "created", "worker", "topic_prefix", "model_version", "offsets"}
+        seen.npy            uint64 digests of the log records already learned (the dedupe of replays)
+        checkpoint.json     {"format", "created", "worker", "topic_prefix", "model_version", "offsets",
+                             "state": the host's counters (log position, generation, refit schedule)}
 
 A checkpoint is written under a temporary name and renamed when complete, so a crash never leaves a
 half-written one that looks valid; corrupt or foreign ones are skipped with a warning.
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from driftlabel.streams.errors import CheckpointError
 
 __all__ = [
@@ -37,7 +41,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT = "driftlabel-checkpoint/1"
+FORMAT = "driftlabel-checkpoint/2"
+#: older formats this version still reads (no state: counters start at 0, no dedupe digests)
+READABLE = (FORMAT, "driftlabel-checkpoint/1")
 _NAME = re.compile(r"^ckpt-(\d{13,})-[\w.-]+$")
 
 #: offsets[topic][partition] = the next offset to read (everything before it is in the model)
@@ -51,10 +57,21 @@ class Checkpoint:
     model_version: int
     created: float
     worker: str
+    state: dict[str, Any] | None = None
 
     @property
     def model_dir(self) -> Path:
         return self.path / "model"
+
+    def seen(self) -> np.ndarray:
+        """The digests of the learned log records (empty for a format-1 checkpoint)."""
+        f = self.path / "seen.npy"
+        if not f.is_file():
+            return np.zeros(0, dtype=np.uint64)
+        try:
+            return np.asarray(np.load(f, allow_pickle=False), dtype=np.uint64)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{f}: unreadable ({exc})") from exc
 
 
 def _safe(worker: str) -> str:
@@ -62,9 +79,20 @@ def _safe(worker: str) -> str:
 
 
 def write_checkpoint(
-    root: Path, model: Any, offsets: Offsets, *, worker: str, topic_prefix: str, keep: int = 3
+    root: Path,
+    model: Any,
+    offsets: Offsets,
+    *,
+    worker: str,
+    topic_prefix: str,
+    keep: int = 3,
+    state: dict[str, Any] | None = None,
+    seen: np.ndarray | None = None,
+    model_version: int | None = None,
 ) -> Checkpoint:
-    """Save ``model`` and ``offsets`` as a new checkpoint under ``root``; prune to the newest ``keep``."""
+    """Save ``model``, ``offsets``, the host ``state`` and the ``seen`` digests as a new checkpoint under
+    ``root``; prune to the newest ``keep``. ``model_version`` defaults to the model's own."""
+    version = int(model.model_version if model_version is None else model_version)
     root.mkdir(parents=True, exist_ok=True)
     created = time.time()
     stamp = int(created * 1_000_000)  # microseconds: names sort by time
@@ -77,13 +105,16 @@ def write_checkpoint(
     tmp.mkdir()
     try:
         model.save(tmp / "model")
+        if seen is not None:
+            np.save(tmp / "seen.npy", np.asarray(seen, dtype=np.uint64), allow_pickle=False)
         meta = {
             "format": FORMAT,
             "created": created,
             "worker": worker,
             "topic_prefix": topic_prefix,
-            "model_version": int(model.model_version),
+            "model_version": version,
             "offsets": {t: {str(p): int(o) for p, o in parts.items()} for t, parts in offsets.items()},
+            "state": dict(state or {}),
         }
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         final = root / name
@@ -94,7 +125,7 @@ def write_checkpoint(
             f"could not write a checkpoint under {root}: {exc}; check free space and rights"
         ) from exc
     prune_checkpoints(root, keep)
-    return Checkpoint(final, offsets, int(model.model_version), created, worker)
+    return Checkpoint(final, offsets, version, created, worker, dict(state or {}))
 
 
 def read_checkpoint(path: Path, topic_prefix: str | None = None) -> Checkpoint:
@@ -103,7 +134,7 @@ def read_checkpoint(path: Path, topic_prefix: str | None = None) -> Checkpoint:
         meta = json.loads((path / "checkpoint.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint.json ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     if topic_prefix is not None and meta.get("topic_prefix") != topic_prefix:
         raise CheckpointError(
@@ -114,8 +145,11 @@ def read_checkpoint(path: Path, topic_prefix: str | None = None) -> Checkpoint:
         raise CheckpointError(f"{path}: the model directory is missing")
     try:
         offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in meta["offsets"].items()}
+        state = meta.get("state")
+        if state is not None and not isinstance(state, dict):
+            raise TypeError(f"state must be an object, got {type(state).__name__}")
         return Checkpoint(
-            path, offsets, int(meta["model_version"]), float(meta["created"]), str(meta["worker"])
+            path, offsets, int(meta["model_version"]), float(meta["created"]), str(meta["worker"]), state
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint.json ({exc!r})") from exc

@@ -8,11 +8,18 @@ checkpoint always matches the offsets of the records applied before it.
 The embeddings this worker computed for its own texts are kept in a small LRU cache keyed by text, so
 learning an accepted pair does not embed the text a second time.
 
-Incremental learning (SGD with replay) moves the experts slowly, so after every ``refit_every`` newly
-learned *valid* training examples (counted since the last refit, fit or checkpoint load; hard negatives do
-not count) the model thread runs a full :meth:`RedClassifier.refit` right after the incremental step of
-that batch. A refit is a function of the stored examples, so workers that learn the same records in the
-same batches from the same starting point reach the same model.
+Versions: the model a worker holds after applying the first ``n`` records of the learning log (in
+generation ``g``, see below) is the same on every worker, so :attr:`ModelHost.version` is
+``g * GENERATION + n``, not the classifier's own change counter (which counts learn *calls* and so depends
+on how the log happened to be batched). Every label carries it; it only grows. :meth:`ModelHost.state`
+holds every counter that decides future model changes (position, generation, the refit schedule), and
+goes into each checkpoint with the model.
+
+After every ``refit_every`` newly learned *valid* training examples (counted since the last refit or fit,
+and kept in the checkpoint; hard negatives do not count) the model thread runs a full
+:meth:`RedClassifier.refit` right after the incremental step of that batch. A refit is a function of the
+stored examples, so workers that learn the same records in the same batches from the same starting point
+reach the same model.
 """
 
 from __future__ import annotations
@@ -33,10 +40,14 @@ from driftlabel.streams.messages import ControlMessage, TrainingMessage
 from driftlabel.streams.ports import Classifier, Embedder
 from driftlabel.streams.settings import StreamSettings
 
-__all__ = ["EmbeddingCache", "ModelHost", "SeedSet"]
+__all__ = ["GENERATION", "EmbeddingCache", "ModelHost", "SeedSet", "refit_cuts"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: version step of one model generation (a swap to a re-formed model): versions stay readable
+#: (generation 2, log position 1234 -> 2000001234) and always grow
+GENERATION = 1_000_000_000
 
 
 class EmbeddingCache:
@@ -106,6 +117,24 @@ class SeedSet:
         return len(set(self.labels) - self.removed)
 
 
+def refit_cuts(valid: np.ndarray, counted: int, every: int) -> list[tuple[int, int]]:
+    """Cut a batch into pieces so that a refit falls right after the record that makes the count of
+    valid examples reach ``every``: the refit points are then positions in the log, the same however
+    the log happens to be batched."""
+    n = len(valid)
+    if not every or n == 0:
+        return [(0, n)]
+    cum = counted + np.cumsum(valid.astype(np.int64))
+    ends = [int(i) + 1 for i in np.flatnonzero((cum % every == 0) & valid & (cum > 0))]
+    cuts, lo = [], 0
+    for hi in ends:
+        cuts.append((lo, hi))
+        lo = hi
+    if lo < n:
+        cuts.append((lo, n))
+    return cuts
+
+
 class ModelHost:
     """Owns the classifier and the single model thread; every method that touches the model is async."""
 
@@ -133,9 +162,33 @@ class ModelHost:
             raise ValueError(f"refit_every must be >= 0, got {refit_every}")
         self.refit_every = refit_every
         self.on_refit = on_refit
-        self.valid_since_refit = 0  # valid examples learned since the last refit / fit / load
-        self.refits = 0  # refits run by this host
-        self.refit_seconds = 0.0  # time they took, in all
+        self.valid_since_refit = 0  # valid examples learned since the last refit / fit
+        self.refits = 0  # refits in this model's history (checkpointed)
+        self.refit_seconds = 0.0  # time this host spent in them
+        self.position = 0  # learning-log records the model includes
+        self.generation = 0  # swaps to a re-formed model
+
+    @property
+    def version(self) -> int:
+        """The model version labels carry: a function of the log position and the generation."""
+        return self.generation * GENERATION + self.position
+
+    def state(self) -> dict[str, Any]:
+        """The counters that, with the model, decide every future change (for the checkpoint)."""
+        return {
+            "position": self.position,
+            "generation": self.generation,
+            "valid_since_refit": self.valid_since_refit,
+            "refits": self.refits,
+        }
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Counters from a checkpoint (a format-1 checkpoint has none: they start at 0)."""
+        st = state or {}
+        self.position = int(st.get("position", 0))
+        self.generation = int(st.get("generation", 0))
+        self.valid_since_refit = int(st.get("valid_since_refit", 0))
+        self.refits = int(st.get("refits", 0))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the model thread."""
@@ -156,20 +209,20 @@ class ModelHost:
             raise RuntimeError("no model yet: the worker fits or loads one before it labels")
         return self.model
 
-    def _fit(self, seed: SeedSet) -> None:
+    def _fit(self, seed: SeedSet, position: int | None = None) -> None:
         texts, labels, descriptions = seed.fit_data()
         model = RedClassifier(embedder=self.embedder, settings=self.expert_settings)
         model.fit(texts, labels, descriptions=descriptions or None)
         self.model = model
+        self.restore({"position": position or 0})
         if seed.negatives:
             self._learn(seed.negatives)
         self.valid_since_refit = 0
         self.changes_since_checkpoint += 1
 
-    def _load(self, model_dir: Path) -> None:
+    def _load(self, model_dir: Path, state: dict[str, Any] | None = None) -> None:
         self.model = RedClassifier.load(model_dir, embedder=self.embedder)
-        # The count is not in the checkpoint: a loaded model counts from its load (see docs/streaming.md).
-        self.valid_since_refit = 0
+        self.restore(state)
 
     def _predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Ranking, int, int]:
         t0 = time.perf_counter()
@@ -178,7 +231,7 @@ class ModelHost:
         self.cache.put_many(texts, X)
         model = self.live
         ranking = model.rank_embeddings(X, top_k=top_k)
-        return X, ranking, int(model.model_version), len(model.labels)
+        return X, ranking, self.version, len(model.labels)
 
     def _embed_cached(self, texts: Sequence[str]) -> np.ndarray:
         rows: list[np.ndarray | None] = [self.cache.get(t) for t in texts]
@@ -189,16 +242,25 @@ class ModelHost:
                 rows[i] = X_new[j]
         return np.stack([r for r in rows if r is not None]).astype(np.float32, copy=False)
 
-    def _learn(self, records: Sequence[TrainingMessage]) -> None:
+    def _learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:
         """Learn a batch of training records (the model adds new labels of valid rows, drops "not L" for
-        unknown L)."""
+        unknown L); ``position``: the log position the model includes afterwards."""
+        if position is not None:
+            self.position = position
+        if not records:
+            return
         texts = [r.text for r in records]
         X = self._embed_cached(texts)
-        self.live.learn_embeddings(X, texts, [r.label for r in records], valid=[r.valid for r in records])
-        self.changes_since_checkpoint += len(records)
-        self.valid_since_refit += sum(1 for r in records if r.valid)
-        if self.refit_every and self.valid_since_refit >= self.refit_every:
-            self._refit()
+        valid = np.array([r.valid for r in records], dtype=bool)
+        for lo, hi in refit_cuts(valid, self.valid_since_refit, self.refit_every):
+            part = records[lo:hi]
+            self.live.learn_embeddings(
+                X[lo:hi], texts[lo:hi], [r.label for r in part], valid=valid[lo:hi].tolist()
+            )
+            self.changes_since_checkpoint += len(part)
+            self.valid_since_refit += int(valid[lo:hi].sum())
+            if self.refit_every and self.valid_since_refit >= self.refit_every:
+                self._refit()
 
     def _refit(self) -> None:
         """Full refit of the experts from the stored examples (model thread; blocks predictions)."""
@@ -220,7 +282,9 @@ class ModelHost:
         if self.on_refit is not None:
             self.on_refit(dt)
 
-    def _control(self, msg: ControlMessage) -> None:
+    def _control(self, msg: ControlMessage, position: int | None = None) -> None:
+        if position is not None:
+            self.position = position
         model = self.live
         if msg.op == "add_class":
             model.add_class(msg.label, description=msg.description, examples=list(msg.examples or ()))
@@ -252,21 +316,27 @@ class ModelHost:
         ]
 
     # -- async API ---------------------------------------------------------------------------------------
-    async def fit(self, seed: SeedSet) -> None:
-        await self.run(self._fit, seed)
+    async def fit(self, seed: SeedSet, position: int | None = None) -> None:
+        """First fit on the seed records; the model then includes the log up to ``position``."""
+        await self.run(self._fit, seed, position)
 
-    async def load(self, model_dir: Path) -> None:
-        await self.run(self._load, model_dir)
+    async def load(self, model_dir: Path, state: dict[str, Any] | None = None) -> None:
+        await self.run(self._load, model_dir, state)
 
     async def predict(self, texts: list[str], top_k: int) -> tuple[np.ndarray, Ranking, int, int]:
         """(embeddings, ranking, model version, number of classes) of a batch."""
         return await self.run(self._predict, texts, top_k)
 
-    async def learn(self, records: Sequence[TrainingMessage]) -> None:
-        return await self.run(self._learn, records)
+    async def learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:
+        """Learn ``records``; the model then includes the log up to ``position``."""
+        return await self.run(self._learn, records, position)
 
-    async def control(self, msg: ControlMessage) -> None:
-        await self.run(self._control, msg)
+    async def control(self, msg: ControlMessage, position: int | None = None) -> None:
+        await self.run(self._control, msg, position)
+
+    async def advance(self, position: int) -> None:
+        """The model includes the log up to ``position`` without a change (bad or repeated records)."""
+        await self.run(self._learn, [], position)
 
     async def judge_candidates(
         self, X: np.ndarray, rows: list[int], cands: list[list[tuple[str, float]]], n: int, c: int
@@ -278,6 +348,6 @@ class ModelHost:
 
         def job() -> tuple[int, int, int]:
             m = self.live
-            return len(m.labels), int(m.n_subsets), int(m.model_version)
+            return len(m.labels), int(m.n_subsets), self.version
 
         return await self.run(job)

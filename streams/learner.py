@@ -1,11 +1,19 @@
-"""Checkpoint and replay: the learning loop every worker runs over ``training`` + ``control``.
+"""Checkpoint and replay: the learning loop every worker runs over the learning log.
 
-Start-up: load the newest usable checkpoint (model + the log offsets it includes), or gather seed
-examples from the topics and fit; then replay the log from the checkpoint's offsets to its end; only
-then is the worker ready to label. Afterwards: apply every new record as it arrives (learn batches,
-control ops in log order) and checkpoint now and then. The reading is done by
-:class:`~driftlabel.streams.follower.Follower` (every partition, no group); the model work by
-:class:`~driftlabel.streams.host.ModelHost` (one thread). Which record does what is decided by the pure
+The learning log is the ``training`` topic, created with ONE partition so that it has one total order.
+Control ops reach it through the worker that owns the ``control`` partition (the sequencer agent in
+:mod:`~driftlabel.streams.worker` appends each one as ``{"kind": "control", ..., "from": position}``), so
+a control op is ordered against training records exactly, by the log, never by timestamp. The model is
+then a function of the log: the same records in the same order give the same model on every worker.
+Repeats (a writer that crashed and retried, a control op forwarded twice) are recognised by
+:func:`~driftlabel.streams.messages.log_digest` and learned once; the digests are in the checkpoint.
+
+Start-up: load the newest usable checkpoint (model, offsets, the host's counters, the digests), or
+gather seed examples from the log and fit; then replay the log from the checkpoint's offsets to its end;
+only then is the worker ready to label. Afterwards: apply every new record as it arrives and checkpoint
+now and then. Bad records are dead-lettered by ONE worker, the one that owns ``control`` partition 0
+(``has_role``), through the worker's deduplicated dead letters; others keep them pending in case they
+take that role before the owner wrote them. Which record does what is decided by the pure
 :func:`plan_steps`.
 """
 
@@ -13,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiokafka import ConsumerRecord
 
 from driftlabel.models.errors import ModelError
@@ -23,7 +33,7 @@ from driftlabel.streams.checkpoint import Checkpoint, list_checkpoints, read_che
 from driftlabel.streams.errors import CheckpointError, InvalidMessageError
 from driftlabel.streams.follower import Follower
 from driftlabel.streams.host import ModelHost, SeedSet
-from driftlabel.streams.messages import ControlMessage, TrainingMessage, parse_control, parse_training
+from driftlabel.streams.messages import ControlMessage, TrainingMessage, log_digest, parse_log_record
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.settings import KafkaSettings, StreamSettings
 from driftlabel.streams.topics import TopicNames
@@ -42,6 +52,8 @@ class Step:
 
     training: list[TrainingMessage] = field(default_factory=list)
     control: ControlMessage | None = None
+    #: digests of the good records, in order (training rows, or the one control op)
+    digests: list[int] = field(default_factory=list)
     #: the records this step consumes (their offsets are marked applied after it)
     records: list[ConsumerRecord] = field(default_factory=list)
     #: records that failed validation, with why
@@ -49,29 +61,40 @@ class Step:
 
 
 def plan_steps(
-    records: Sequence[ConsumerRecord], training_topic: str, *, max_bytes: int, max_chars: int
+    records: Sequence[ConsumerRecord],
+    seen: set[int] | None = None,
+    *,
+    max_bytes: int,
+    max_chars: int,
 ) -> list[Step]:
-    """Cut records (in log order) into steps: runs of training records, each control op on its own, so
-    a control op applies exactly between the training records before and after it."""
+    """Cut log records (in log order) into steps: runs of training records, each control op on its own,
+    so that a control op applies exactly between the records before and after it. Records whose digest
+    is in ``seen`` (repeats) are consumed but not applied; ``seen`` is not changed here."""
+    seen = seen if seen is not None else set()
     steps: list[Step] = []
     cur = Step()
+    batch: set[int] = set()
     for rec in records:
-        if rec.topic == training_topic:
-            try:
-                cur.training.append(parse_training(rec.value, max_bytes=max_bytes, max_chars=max_chars))
-            except InvalidMessageError as exc:
-                cur.bad.append((rec, exc))
+        try:
+            msg, source = parse_log_record(rec.value, max_bytes=max_bytes, max_chars=max_chars)
+        except InvalidMessageError as exc:
+            cur.bad.append((rec, exc))
+            cur.records.append(rec)
+            continue
+        digest = log_digest(msg, source)
+        if digest in seen or digest in batch:
+            cur.records.append(rec)
+            continue
+        batch.add(digest)
+        if isinstance(msg, TrainingMessage):
+            cur.training.append(msg)
+            cur.digests.append(digest)
             cur.records.append(rec)
             continue
         if cur.records:
             steps.append(cur)
             cur = Step()
-        op = Step(records=[rec])
-        try:
-            op.control = parse_control(rec.value, max_chars=max_chars)
-        except InvalidMessageError as exc:
-            op.bad.append((rec, exc))
-        steps.append(op)
+        steps.append(Step(control=msg, digests=[digest], records=[rec]))
     if cur.records:
         steps.append(cur)
     return steps
@@ -89,26 +112,37 @@ class Learner:
         metrics: ServiceMetrics,
         dead_letter: DeadLetterFn,
         worker_id: str,
+        has_role: Callable[[], bool] = lambda: True,
+        pending_limit: int = 10000,
     ) -> None:
+        """``dead_letter`` writes one dead letter (deduplicated by the caller); ``has_role()`` says
+        whether this worker is the one that dead-letters bad log records now."""
         self.kafka = kafka
         self.stream = stream
         self.names = TopicNames.from_settings(kafka)
         self.host = host
         self.metrics = metrics
         self.dead_letter = dead_letter
+        self.has_role = has_role
         self.worker_id = worker_id
         self.follower: Follower | None = None
         self.replaying = True
+        self.seen: set[int] = set()  # digests of the records the model includes
+        self.pending: deque[tuple[ConsumerRecord, InvalidMessageError]] = deque(maxlen=pending_limit)
         self._last_checkpoint = time.monotonic()
 
     # -- start-up ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load or fit the model and replay the log to its end (the worker is ready after this)."""
         ckpt = await self._load_newest_checkpoint()
-        self.follower = Follower(
-            self.kafka, [self.names.training, self.names.control], ckpt.offsets if ckpt else None
-        )
+        self.follower = Follower(self.kafka, [self.names.training], ckpt.offsets if ckpt else None)
         await self.follower.start()
+        if len(self.follower._tps) > 1:
+            log.warning(
+                "%s has %d partitions: records of different partitions are merged by timestamp, so "
+                "workers may apply them in different orders; create it with ONE partition for an exact "
+                "order (driftlabel creates it so)", self.names.training, len(self.follower._tps),
+            )  # fmt: skip
         if ckpt is None:
             await self._bootstrap_from_topics()
         await self._catch_up()
@@ -117,10 +151,16 @@ class Learner:
         self.replaying = False
         await self.update_model_metrics()
 
+    def position(self) -> int:
+        """Records of the learning log applied so far (the sum over its partitions)."""
+        assert self.follower is not None
+        return int(sum(sum(parts.values()) for parts in self.follower.offsets.values()))
+
     async def follow(self) -> None:
         """Apply new records as they arrive, checkpointing now and then (runs until cancelled)."""
         while True:
             await self.follow_once(timeout_ms=500)
+            await self.flush_dead_letters()
             await self.maybe_checkpoint()
 
     async def stop(self) -> None:
@@ -131,25 +171,31 @@ class Learner:
         for path in list_checkpoints(self.stream.checkpoint_dir):
             try:
                 ckpt = read_checkpoint(path, self.kafka.topic_prefix)
-                await self.host.load(ckpt.model_dir)
+                seen = ckpt.seen()
+                await self.host.load(ckpt.model_dir, ckpt.state)
             except Exception as exc:  # corrupt, foreign, or written by an incompatible version
                 log.warning("skipping checkpoint %s: %s", path, exc)
                 continue
-            log.info("loaded checkpoint %s (model v%d)", path, ckpt.model_version)
+            self.seen = {int(d) for d in seen.tolist()}
+            log.info("loaded checkpoint %s (model v%d)", path, self.host.version)
             print(f"driftlabel worker: loaded checkpoint {path.name}", flush=True)
             return ckpt
         return None
 
     async def _bootstrap_from_topics(self) -> None:
-        """No checkpoint: gather seed records from the topics until there are at least two classes."""
+        """No checkpoint: gather seed records from the log until there are at least two classes."""
         assert self.follower is not None
         seed = SeedSet()
         waited = time.monotonic()
         warned = False
         while True:
             records = await self.follower.poll(timeout_ms=500, max_records=5000)
-            for rec in records:
-                self._seed_record(seed, rec)
+            for step in plan_steps(records, self.seen, **self._limits()):
+                self.seen.update(step.digests)
+                self.pending.extend(step.bad)
+                seed.add_training(step.training)
+                if step.control is not None:
+                    seed.add_control(step.control)
             self.follower.mark(records)
             if not records and self.follower.caught_up() and seed.n_labels >= 2:
                 break
@@ -172,29 +218,15 @@ class Learner:
             f"driftlabel worker: fitting on {len(texts)} seed examples of {seed.n_labels} classes...",
             flush=True,
         )
-        await self.host.fit(seed)
+        await self.host.fit(seed, self.position())
         log.info("fitted in %.1fs", time.monotonic() - t0)
         self.metrics.training.labels(source="seed", valid="true").inc(len(texts))
 
-    def _seed_record(self, seed: SeedSet, rec: ConsumerRecord) -> None:
-        try:
-            if rec.topic == self.names.training:
-                seed.add_training(
-                    [
-                        parse_training(
-                            rec.value,
-                            max_bytes=self.stream.max_message_bytes,
-                            max_chars=self.stream.max_text_chars,
-                        )
-                    ]
-                )
-            else:
-                seed.add_control(parse_control(rec.value, max_chars=self.stream.max_text_chars))
-        except InvalidMessageError as exc:
-            log.warning("skipping bad seed record %s:%d:%d: %s", rec.topic, rec.partition, rec.offset, exc)
+    def _limits(self) -> dict[str, int]:
+        return {"max_bytes": self.stream.max_message_bytes, "max_chars": self.stream.max_text_chars}
 
     async def _catch_up(self) -> None:
-        """Replay training/control from the loaded position to the current end."""
+        """Replay the log from the loaded position to the current end."""
         assert self.follower is not None
         t0 = time.monotonic()
         n = 0
@@ -203,57 +235,60 @@ class Learner:
             if self.follower.caught_up():
                 break
         if n:
-            log.info("replayed %d training/control records in %.1fs", n, time.monotonic() - t0)
+            log.info("replayed %d learning-log records in %.1fs", n, time.monotonic() - t0)
             print(f"driftlabel worker: replayed {n} training/control records", flush=True)
 
     # -- following ---------------------------------------------------------------------------------------
     async def follow_once(self, timeout_ms: int) -> int:
-        """Apply the next records of training/control; returns how many were read."""
+        """Apply the next records of the log; returns how many were read."""
         assert self.follower is not None
         records = await self.follower.poll(timeout_ms=timeout_ms, max_records=self.stream.learn_batch)
         if not records:
             return 0
-        steps = plan_steps(
-            records,
-            self.names.training,
-            max_bytes=self.stream.max_message_bytes,
-            max_chars=self.stream.max_text_chars,
-        )
-        for step in steps:
+        for step in plan_steps(records, self.seen, **self._limits()):
             await self.apply(step)
-            self.follower.mark(step.records)
         await self.update_model_metrics()
         return len(records)
 
     async def apply(self, step: Step) -> None:
-        """Apply one step to the model; bad records go to dead-letter (when seen live)."""
-        for rec, exc in step.bad:
-            await self._bad_broadcast(rec, exc)
-        if step.training:
-            await self.host.learn(step.training)
+        """Apply one step to the model and advance the position past its records."""
+        assert self.follower is not None
+        self.follower.mark(step.records)
+        position = self.position()
+        self.pending.extend(step.bad)
+        if step.control is not None:
+            await self._apply_control(step.records[-1], step.control, position)
+        else:
+            await self.host.learn(step.training, position)
             for t in step.training:
                 self.metrics.training.labels(source=t.source, valid=str(t.valid).lower()).inc()
-        if step.control is not None:
-            await self._apply_control(step.records[0], step.control)
+        self.seen.update(step.digests)
+        duplicates = len(step.records) - len(step.digests) - len(step.bad)
+        if duplicates:
+            self.metrics.log_repeats.inc(duplicates)
 
-    async def _apply_control(self, rec: ConsumerRecord, msg: ControlMessage) -> None:
+    async def _apply_control(self, rec: ConsumerRecord, msg: ControlMessage, position: int) -> None:
         try:
-            await self.host.control(msg)
+            await self.host.control(msg, position)
         except (ModelError, KeyError, ValueError) as exc:
+            await self.host.advance(position)
             reason = "unknown_label" if isinstance(exc, KeyError) else "invalid_value"
-            await self._bad_broadcast(rec, InvalidMessageError(reason, f"{msg.op} {msg.label!r}: {exc}"))
+            self.pending.append((rec, InvalidMessageError(reason, f"{msg.op} {msg.label!r}: {exc}")))
             return
         self.metrics.control_ops.labels(op=msg.op).inc()
         log.info("applied control %s %r", msg.op, msg.label)
 
-    async def _bad_broadcast(self, rec: ConsumerRecord, exc: InvalidMessageError) -> None:
-        """A bad training/control record: dead-lettered once, when first seen live (not again on replay)."""
-        if self.replaying:
-            log.warning(
-                "skipping bad record %s:%d:%d on replay: %s", rec.topic, rec.partition, rec.offset, exc
-            )
-            return
-        await self.dead_letter(rec.value, exc, rec.topic, rec.partition, rec.offset)
+    async def flush_dead_letters(self) -> int:
+        """Dead-letter the bad records seen so far, if this worker has the role; returns how many."""
+        if not self.pending or not self.has_role():
+            return 0
+        n = 0
+        while self.pending:
+            rec, exc = self.pending[0]
+            await self.dead_letter(rec.value, exc, rec.topic, rec.partition, rec.offset)
+            self.pending.popleft()
+            n += 1
+        return n
 
     async def update_model_metrics(self) -> None:
         if self.host.ready:
@@ -271,9 +306,11 @@ class Learner:
         return await self.checkpoint()
 
     async def checkpoint(self) -> Checkpoint:
-        """Write a checkpoint now (model + the offsets of everything it has learned)."""
+        """Write a checkpoint now (model, the offsets and counters of everything it includes, digests)."""
         assert self.follower is not None
         offsets = self.follower.snapshot()
+        seen = np.fromiter(self.seen, dtype=np.uint64, count=len(self.seen))
+        seen.sort()
 
         def job() -> Checkpoint:
             ckpt = write_checkpoint(
@@ -283,6 +320,9 @@ class Learner:
                 worker=self.worker_id,
                 topic_prefix=self.kafka.topic_prefix,
                 keep=self.stream.checkpoint_keep,
+                state=self.host.state(),
+                seen=seen,
+                model_version=self.host.version,
             )
             self.host.changes_since_checkpoint = 0
             return ckpt

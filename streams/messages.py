@@ -8,6 +8,7 @@ text, too large, unknown op) becomes an :class:`InvalidMessageError` with a reas
 (No ``from __future__ import annotations`` here: faust introspects the field annotations at runtime.)
 """
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -24,12 +25,15 @@ __all__ = [
     "DeadLetterMessage",
     "JudgeRequestMessage",
     "LabelMessage",
+    "LogRecord",
     "ReviewMessage",
     "TextMessage",
     "TrainingMessage",
     "VerdictMessage",
     "dead_letter_for",
+    "log_digest",
     "parse_control",
+    "parse_log_record",
     "parse_text",
     "parse_training",
     "position_id",
@@ -299,3 +303,53 @@ def dead_letter_for(
         offset=offset,
         ts=time.time(),
     )
+
+
+#: one record of the learning log (``training``): a training pair, or a control op put there by the
+#: worker that owns the ``control`` partition (so both are in one total order)
+LogRecord = TrainingMessage | ControlMessage
+
+SEQUENCED = "control"  # the "kind" of a control op on the learning log
+
+
+def sequenced_control(msg: ControlMessage, source: str) -> dict[str, Any]:
+    """The ``training`` value of a control op read at ``source`` (``topic:partition:offset``)."""
+    value: dict[str, Any] = {"kind": SEQUENCED, "op": msg.op, "label": msg.label, "from": source}
+    if msg.description is not None:
+        value["description"] = msg.description
+    if msg.examples:
+        value["examples"] = list(msg.examples)
+    return value
+
+
+def parse_log_record(
+    raw: bytes | None, *, max_bytes: int = 65536, max_chars: int = 4000
+) -> tuple[LogRecord, str | None]:
+    """Parse one learning-log record: ``(message, source position of a sequenced control op or None)``."""
+    s = _decode(raw, max(max_bytes, 1 << 20))
+    obj = _load_object(s, "training record")
+    if obj.get("kind") == SEQUENCED:
+        src = obj.get("from")
+        if not isinstance(src, str) or not src:
+            raise InvalidMessageError("missing_field", "a sequenced control op needs 'from'")
+        return parse_control(raw, max_bytes=1 << 20, max_chars=max_chars), src
+    if len(raw or b"") > max_bytes:
+        raise InvalidMessageError("too_large", f"{len(raw or b'')} bytes > limit {max_bytes}")
+    return parse_training(raw, max_bytes=max_bytes, max_chars=max_chars), None
+
+
+def log_digest(msg: LogRecord, source: str | None = None) -> int:
+    """A 64-bit digest that is the same for a record and its repeats (a crashed writer's retry).
+
+    A judge pair is one (item, label) decision: a second judging of the same item after a crash says
+    nothing new about that pair. Seeds and human answers repeat only if everything is the same. A
+    sequenced control op repeats when its control record was forwarded twice (same source position).
+    """
+    if isinstance(msg, ControlMessage):
+        parts = ["control", source or f"{msg.op}:{msg.label}"]
+    elif msg.source == "judge":
+        parts = ["judge", msg.id, msg.label]
+    else:
+        parts = [msg.source, msg.id, msg.label, str(msg.valid), msg.text]
+    h = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8)
+    return int.from_bytes(h.digest(), "little")

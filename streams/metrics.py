@@ -45,6 +45,9 @@ METRIC_NAMES = (
     "driftlabel_control_ops_total",
     "driftlabel_refits_total",
     "driftlabel_refit_seconds",
+    "driftlabel_duplicates_total",
+    "driftlabel_log_repeats_total",
+    "driftlabel_forwarded_total",
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -146,6 +149,23 @@ class ServiceMetrics:
             "driftlabel_refit_seconds",
             "Duration of one full refit (the model thread is blocked meanwhile)",
             buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "driftlabel_duplicates",
+            "Outputs not written because the topic already had them (a final label, a dead letter)",
+            ["what"],
+            registry=r,
+        )
+        self.log_repeats = Counter(
+            "driftlabel_log_repeats",
+            "Learning-log records skipped as repeats of one already learned",
+            registry=r,
+        )
+        self.forwarded = Counter(
+            "driftlabel_forwarded",
+            "Texts moved to their id's home partition, control ops appended to the learning log",
+            ["what"],
             registry=r,
         )
         self._ring = np.zeros(self.settings.share_window, dtype=bool)

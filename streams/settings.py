@@ -45,6 +45,11 @@ class KafkaSettings(DriftlabelSettings):
     request_timeout_ms: int = Field(30000, ge=1000)
     fetch_max_wait_ms: int = Field(100, ge=1, description="longest a fetch waits for data (latency bound)")
     create_topics: bool = Field(True, description="create missing topics at start (explicitly, never auto)")
+    transactions: bool = Field(
+        False,
+        description="use Kafka transactions (faust exactly_once) where the broker has them (Kafka, "
+        "Redpanda); the worker's own dedupe holds without them",
+    )
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:
@@ -106,6 +111,9 @@ class StreamSettings(DriftlabelSettings):
     judge_retry_s: float = Field(1.0, gt=0, description="first wait when the judge is unavailable")
     judge_retry_max_s: float = Field(30.0, gt=0)
     judge_concurrency: int = Field(4, ge=1, description="judge requests in flight per worker")
+    commit_interval_s: float = Field(
+        1.0, gt=0, description="how often consumed offsets are committed (a crash repeats at most this much)"
+    )
     checkpoint_dir: Path = Field(Path(".driftlabel/checkpoints"), description="where checkpoints are kept")
     checkpoint_every_s: float = Field(60.0, gt=0)
     checkpoint_keep: int = Field(3, ge=1)

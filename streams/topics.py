@@ -1,7 +1,9 @@
 """Topic names (with the configured prefix) and their explicit creation.
 
 Topics are always created explicitly with the configured partition count: brokers that auto-create
-topics pick their own partition count, and faust would then disagree with the other workers.
+topics pick their own partition count, and faust would then disagree with the other workers. The
+learning log (``training``) is the exception: it has ONE partition, so that every worker applies its
+records, and the control ops sequenced into it, in the same total order.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import contextlib
 import logging
 from dataclasses import dataclass, fields
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from driftlabel.streams.errors import TopicError
 from driftlabel.streams.settings import KafkaSettings
 
-__all__ = ["TopicNames", "create_topics", "ensure_topics"]
+__all__ = ["SINGLE_PARTITION", "TopicNames", "create_topics", "ensure_topics", "partitions_of"]
+
+#: topics (field names of :class:`TopicNames`) created with one partition: the learning log
+SINGLE_PARTITION = ("training",)
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +52,28 @@ class TopicNames:
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
 
+    def partitions_for(self, topic: str, default: int) -> int:
+        """How many partitions driftlabel creates ``topic`` with."""
+        single = {getattr(self, name) for name in SINGLE_PARTITION}
+        return 1 if topic in single else default
+
 
 async def create_topics(
     kafka: KafkaSettings, names: list[str] | None = None, timeout: float = 30.0
 ) -> list[str]:
     """Create the missing topics; return the names created. Existing topics are left alone."""
-    wanted = names if names is not None else TopicNames.from_settings(kafka).all()
+    topic_names = TopicNames.from_settings(kafka)
+    wanted = names if names is not None else topic_names.all()
     admin = AIOKafkaAdminClient(**kafka.client_kwargs())
     try:
         await asyncio.wait_for(admin.start(), timeout)
         existing = set(await asyncio.wait_for(admin.list_topics(), timeout))
         missing = [t for t in wanted if t not in existing]
         if missing:
-            new = [NewTopic(t, kafka.partitions, kafka.replication_factor) for t in missing]
+            new = [
+                NewTopic(t, topic_names.partitions_for(t, kafka.partitions), kafka.replication_factor)
+                for t in missing
+            ]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race: fine
                 await asyncio.wait_for(admin.create_topics(new), timeout)
             log.info("created topics %s with %d partitions", missing, kafka.partitions)
@@ -75,3 +90,24 @@ async def create_topics(
 def ensure_topics(kafka: KafkaSettings, names: list[str] | None = None) -> list[str]:
     """Synchronous wrapper of :func:`create_topics` for the CLI."""
     return asyncio.run(create_topics(kafka, names))
+
+
+async def partitions_of(kafka: KafkaSettings, topics: list[str], timeout: float = 30.0) -> dict[str, int]:
+    """Partition counts of existing topics (from metadata); a missing topic raises :class:`TopicError`."""
+    c = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
+    try:
+        await asyncio.wait_for(c.start(), timeout)
+        out: dict[str, int] = {}
+        deadline = asyncio.get_running_loop().time() + timeout
+        for t in topics:
+            while not (parts := c.partitions_for_topic(t)):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TopicError(f"topic {t} does not exist; create it (`driftlabel worker` does)")
+                await c.topics()
+                await asyncio.sleep(0.2)
+            out[t] = len(parts)
+        return out
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        raise TopicError(f"could not read topic metadata from {kafka.bootstrap_servers}: {exc!r}") from exc
+    finally:
+        await c.stop()

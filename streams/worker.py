@@ -6,8 +6,18 @@
   routed ones (:class:`~driftlabel.streams.routing.AdaptiveRouter`) to ``judge-requests``.
 - ``judge-requests`` -> :class:`~driftlabel.streams.judging.JudgeCaller` (waits out outages) ->
   :func:`pipeline.judge_result_messages` -> verdicts, training pairs, review item, the final label.
+- ``control`` -> the sequencer: validate, append to the learning log (``training``, one partition), so
+  every worker applies control ops in one order with the training records.
 - a task runs the :class:`~driftlabel.streams.learner.Learner` (bootstrap, replay, follow, checkpoints);
   the texts agent waits until it is ready.
+
+Effectively once (docs/streaming.md): every item id has a *home* partition
+(:func:`~driftlabel.streams.ledger.home_partition`; a text read elsewhere is moved there first); its
+judge request and all its labels go to that partition number, so one worker at a time decides its final
+label, and a :class:`~driftlabel.streams.ledger.TopicLedger` over ``labels`` (and one over
+``dead-letter``) tells it whether that output was already written, by it before a crash or by the
+previous owner. Sends of a batch are awaited (acknowledged) before the batch's offsets can be committed,
+so a committed input always has its outputs in the topics.
 
 The rules live in the pure functions and the classes named above; this module only moves records.
 """
@@ -29,12 +39,20 @@ import numpy as np
 
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import DriftMonitor, ExpertSettings, load_embedder
-from driftlabel.streams.errors import InvalidMessageError
+from driftlabel.streams.errors import InvalidMessageError, TopicError
 from driftlabel.streams.faust_app import DriftlabelApp, faust_broker_options
 from driftlabel.streams.host import ModelHost
 from driftlabel.streams.judging import JudgeCaller, parse_judge_request
 from driftlabel.streams.learner import Learner
-from driftlabel.streams.messages import JudgeRequestMessage, TextMessage, dead_letter_for
+from driftlabel.streams.ledger import TopicLedger, dead_letter_key, final_label_key, home_partition
+from driftlabel.streams.messages import (
+    JudgeRequestMessage,
+    TextMessage,
+    dead_letter_for,
+    parse_control,
+    position_id,
+    sequenced_control,
+)
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.pipeline import (
     judge_request_messages,
@@ -46,7 +64,7 @@ from driftlabel.streams.pipeline import (
 from driftlabel.streams.ports import Embedder, JudgeClient
 from driftlabel.streams.routing import AdaptiveRouter, uncertainty
 from driftlabel.streams.settings import KafkaSettings, MetricsSettings, StreamSettings
-from driftlabel.streams.topics import TopicNames
+from driftlabel.streams.topics import TopicNames, partitions_of
 
 __all__ = ["WorkerService", "faust_broker_options"]
 
@@ -95,10 +113,16 @@ class WorkerService:
             metrics=self.metrics,
             dead_letter=self.dead_letter,
             worker_id=self.worker_id,
+            has_role=self.has_log_role,
         )
         self.router = AdaptiveRouter(stream.judge_target_share, stream.routing_window, stream.judge_max_burst)
         self.drift = DriftMonitor(signal="uncertainty")
         self.ready = asyncio.Event()
+        self.finals = TopicLedger(kafka, self.names.labels, final_label_key)
+        self.dead_letters = TopicLedger(kafka, self.names.dead_letter, dead_letter_key)
+        self._judging: set[str] = set()  # ids being judged on this worker now
+        self._partitions: dict[str, int] = {}
+        self._topology_lock = asyncio.Lock()
         self._positions: dict[tuple[str, int], int] = {}
         self._stopping = False
         self.app = self._build_app()
@@ -119,13 +143,15 @@ class WorkerService:
             topic_disable_leader=True,
             consumer_auto_offset_reset="earliest",
             stream_wait_empty=False,
-            broker_commit_interval=1.0,
+            broker_commit_interval=self.stream.commit_interval_s,
             producer_linger_ms=5,
+            processing_guarantee="exactly_once" if self.kafka.transactions else "at_least_once",
         )
         n = self.names
         raw = {"key_type": bytes, "key_serializer": "raw", "value_type": bytes, "value_serializer": "raw"}
         self.t_texts = app.topic(n.texts, **raw)
         self.t_judge_requests = app.topic(n.judge_requests, **raw)
+        self.t_control = app.topic(n.control, **raw)
         self.t_labels = app.topic(n.labels, key_serializer="raw")
         self.t_verdicts = app.topic(n.judge_verdicts, key_serializer="raw")
         self.t_training = app.topic(n.training, key_serializer="raw")
@@ -142,7 +168,12 @@ class WorkerService:
             async for event in stream.events():
                 await self.on_judge_request(event.message)
 
+        async def sequence(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                await self.on_control(event.message)
+
         app.agent(self.t_texts, name="driftlabel.texts")(texts)
+        app.agent(self.t_control, name="driftlabel.sequencer")(sequence)
         if self.stream.judge_target_share > 0:
             app.agent(
                 self.t_judge_requests, name="driftlabel.judge", concurrency=self.stream.judge_concurrency
@@ -160,17 +191,74 @@ class WorkerService:
         async def before_shutdown(sender: Any, **kwargs: Any) -> None:
             await self.shutdown()
 
+        async def assigned(sender: Any, assigned: Any = None, **kwargs: Any) -> None:
+            self.finals.invalidate()  # the previous owners may have written meanwhile
+            self.dead_letters.invalidate()
+
         app.on_before_shutdown.connect(before_shutdown)
+        app.on_partitions_assigned.connect(assigned)
         return app
+
+    async def topology(self) -> dict[str, int]:
+        """Partition counts of the topics whose partition numbers must agree (checked once)."""
+        if self._partitions:
+            return self._partitions
+        async with self._topology_lock:
+            if not self._partitions:
+                n = self.names
+                counts = await partitions_of(self.kafka, [n.texts, n.judge_requests, n.labels, n.dead_letter])
+                same = {counts[n.texts], counts[n.judge_requests], counts[n.labels]}
+                if len(same) != 1:
+                    raise TopicError(
+                        f"{n.texts}, {n.judge_requests} and {n.labels} must have the same number of "
+                        f"partitions (an item's records share one partition number); got {counts}. "
+                        "Recreate them, or add partitions to match"
+                    )
+                self._partitions = counts
+        return self._partitions
+
+    def has_log_role(self) -> bool:
+        """Whether this worker owns ``control`` partition 0, and so dead-letters bad learning-log records."""
+        try:
+            return any(
+                tp.topic == self.names.control and tp.partition == 0 for tp in self.app.consumer.assignment()
+            )
+        except Exception:  # not started / rebalancing
+            return False
 
     # -- dead letters ------------------------------------------------------------------------------------
     async def dead_letter(
         self, raw: bytes | None, error: InvalidMessageError | str, topic: str, partition: int, offset: int
     ) -> None:
+        """One dead letter per bad input record: skipped if the topic already holds it (a retry after a
+        crash, or the previous owner of the input's partition wrote it). Waits until it is written."""
+        key = f"{topic}:{partition}:{offset}"
+        home = partition % (await self.topology())[self.names.dead_letter]
+        await self.dead_letters.ensure([home])
+        if self.dead_letters.has(home, key):
+            self.metrics.duplicates.labels(what="dead_letter").inc()
+            return
         msg = dead_letter_for(raw, error, topic=topic, partition=partition, offset=offset)
-        await self.t_dead.send(key=f"{topic}:{partition}:{offset}".encode(), value=msg)
+        fut = await self.t_dead.send(key=key.encode(), value=msg, partition=home)
+        await fut
+        self.dead_letters.add(home, key)
         self.metrics.dead_letters.labels(reason=msg.reason, topic=topic).inc()
-        log.info("dead-letter %s:%d:%d %s", topic, partition, offset, msg.error)
+        log.info("dead-letter %s %s", key, msg.error)
+
+    # -- control -> the learning log ---------------------------------------------------------------------
+    async def on_control(self, m: Any) -> None:
+        """Validate one ``control`` record and append it to the learning log (or dead-letter it)."""
+        try:
+            msg = parse_control(m.value, max_chars=self.stream.max_text_chars)
+        except InvalidMessageError as exc:
+            await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
+            return
+        source = position_id(m.topic, m.partition, m.offset)
+        fut = await self.t_training.send(
+            key=msg.label.encode(), value=sequenced_control(msg, source), partition=0
+        )
+        await fut  # acknowledged before this offset can be committed
+        self.metrics.forwarded.labels(what="control").inc()
 
     # -- texts -------------------------------------------------------------------------------------------
     async def on_texts(self, records: Sequence[Any]) -> None:
@@ -181,18 +269,55 @@ class WorkerService:
         batch = parse_text_batch(
             records, max_bytes=self.stream.max_message_bytes, max_chars=self.stream.max_text_chars
         )
-        for m, exc in batch.bad:
-            await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
-        if not batch.items:
+        try:
+            for m, exc in batch.bad:
+                await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
+            items, homes = await self.own_items(batch.items, batch.sources)
+        except Exception:  # the broker is unreachable: let faust retry the batch rather than drop it
+            log.exception("could not check a batch of %d texts against the labels topic", len(records))
+            raise
+        if not items:
             return
         try:
-            await self.label_texts(batch.items, received)
+            await self.label_texts(items, homes, received)
         except Exception as exc:  # a model failure must not kill the agent: the items go to dead-letter
-            log.exception("could not label a batch of %d texts", len(batch.items))
+            log.exception("could not label a batch of %d texts", len(items))
             for m in batch.sources:
                 await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
 
-    async def label_texts(self, items: Sequence[TextMessage], received: float) -> None:
+    async def own_items(
+        self, items: Sequence[TextMessage], sources: Sequence[Any]
+    ) -> tuple[list[TextMessage], list[int]]:
+        """The items this worker labels now, with their home partitions: an item read away from its home
+        is moved there (the home's owner labels it); an id that already has its final label is dropped."""
+        n = (await self.topology())[self.names.texts]
+        homes = [
+            home_partition(it.id, m.partition, n, it.id == position_id(m.topic, m.partition, m.offset))
+            for it, m in zip(items, sources, strict=True)
+        ]
+        moved = []
+        for it, m, home in zip(items, sources, homes, strict=True):
+            if home != m.partition:
+                moved.append(await self.t_texts.send(key=it.id.encode(), value=m.value, partition=home))
+        if moved:
+            await asyncio.gather(*moved)
+            self.metrics.forwarded.labels(what="text").inc(len(moved))
+        await self.finals.ensure({h for h, m in zip(homes, sources, strict=True) if h == m.partition})
+        keep: list[TextMessage] = []
+        keep_homes: list[int] = []
+        batch_ids: set[str] = set()
+        for it, m, home in zip(items, sources, homes, strict=True):
+            if home != m.partition:
+                continue
+            if it.id in batch_ids or self.finals.has(home, it.id):
+                self.metrics.duplicates.labels(what="final_label").inc()
+                continue
+            batch_ids.add(it.id)
+            keep.append(it)
+            keep_homes.append(home)
+        return keep, keep_homes
+
+    async def label_texts(self, items: Sequence[TextMessage], homes: Sequence[int], received: float) -> None:
         """Embed + rank a batch, publish labels at once, route the uncertain ones to the judge."""
         texts = [it.text for it in items]
         before = self.host.embed_seconds
@@ -203,8 +328,11 @@ class WorkerService:
         routed = judgeable(ranking, routed, self.stream.judge_depth_candidates)
         now = time.time()
         labels = label_messages([it.id for it in items], ranking, routed, version, now)
-        for msg in labels:
-            await self.t_labels.send(key=msg.id.encode(), value=msg)
+        sent = []
+        for msg, home in zip(labels, homes, strict=True):
+            sent.append(await self.t_labels.send(key=msg.id.encode(), value=msg, partition=home))
+            if msg.final:
+                self.finals.add(home, msg.id)
         self.metrics.count_labels((m.status for m in labels), (m.final for m in labels))
         self.metrics.observe_batch(np.asarray(ranking.entropy), routed, self.router.threshold)
         n_final = int((~routed).sum())
@@ -214,17 +342,21 @@ class WorkerService:
             self.metrics.drift_events.inc()
             log.warning("drift: the uncertainty level shifted (now %.3f); the judge share adapts", u.mean())
         rows = np.flatnonzero(routed).tolist()
-        if not rows:
-            return
-        cands = await self.host.judge_candidates(
-            X,
-            rows,
-            [ranking.candidates[i] for i in rows],
-            self.stream.judge_depth_candidates,
-            self.judge.n_examples,
-        )
-        for _, req in judge_request_messages(items, ranking, rows, cands, version, received, now):
-            await self.t_judge_requests.send(key=req.id.encode(), value=req.dumps())
+        if rows:
+            cands = await self.host.judge_candidates(
+                X,
+                rows,
+                [ranking.candidates[i] for i in rows],
+                self.stream.judge_depth_candidates,
+                self.judge.n_examples,
+            )
+            for i, req in judge_request_messages(items, ranking, rows, cands, version, received, now):
+                sent.append(
+                    await self.t_judge_requests.send(
+                        key=req.id.encode(), value=req.dumps(), partition=homes[i]
+                    )
+                )
+        await asyncio.gather(*sent)  # acknowledged before the batch's offsets can be committed
 
     # -- judge -------------------------------------------------------------------------------------------
     async def on_judge_request(self, m: Any) -> None:
@@ -235,28 +367,41 @@ class WorkerService:
         except InvalidMessageError as exc:
             await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
             return
+        await self.finals.ensure([m.partition])
+        if req.id in self._judging or self.finals.has(m.partition, req.id):
+            self.metrics.duplicates.labels(what="final_label").inc()
+            return
+        self._judging.add(req.id)
         try:
-            await self.judge_item(req)
+            await self.judge_item(req, m.partition)
         except Exception as exc:  # a bug or a broken broker must not kill the agent; keep the item
             log.exception("could not finish judging %s", req.id)
             await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
+        finally:
+            self._judging.discard(req.id)
 
-    async def judge_item(self, req: JudgeRequestMessage) -> None:
-        """Judge one item, waiting out an unavailable judge; then publish everything it produced."""
+    async def judge_item(self, req: JudgeRequestMessage, home: int) -> None:
+        """Judge one item, waiting out an unavailable judge; then publish everything it produced, the
+        learning first and the final label last (a crash in between judges again; the learner skips the
+        repeated pairs)."""
         outcome = await self.judge(req)
         now = time.time()
         result = judge_result_messages(req, outcome, req.model_version, now)
         key = req.id.encode()
+        sent = []
         for v in result.verdicts:
-            await self.t_verdicts.send(key=key, value=v)
+            sent.append(await self.t_verdicts.send(key=key, value=v, partition=home))
             self.metrics.judge_requests.labels(verdict="valid" if v.valid else "invalid").inc()
             self.metrics.judge_latency.observe(v.latency_ms / 1000.0)
             self.metrics.judge_tokens.inc(v.tokens)
         for t in result.training:
-            await self.t_training.send(key=key, value=t)
+            sent.append(await self.t_training.send(key=key, value=t, partition=0))
         if result.review is not None:
-            await self.t_review.send(key=key, value=result.review)
-        await self.t_labels.send(key=key, value=result.label)
+            sent.append(await self.t_review.send(key=key, value=result.review))
+        await asyncio.gather(*sent)
+        fut = await self.t_labels.send(key=key, value=result.label, partition=home)
+        await fut
+        self.finals.add(home, req.id)
         self.metrics.judge_outcomes.labels(status=outcome.status).inc()
         self.metrics.count_labels([result.label.status], [True])
         self.metrics.e2e_latency.labels(path="judge").observe(now - req.received_ts)
@@ -265,6 +410,7 @@ class WorkerService:
     async def run_learner(self) -> None:
         """Start the learner (model ready), open the texts agent, then follow the log."""
         try:
+            await self.topology()
             await self.learner.start()
             self.ready.set()
             n, s, v = await self.host.describe()
@@ -310,5 +456,7 @@ class WorkerService:
         except Exception:
             log.exception("final checkpoint failed")
         await self.learner.stop()
+        await self.finals.stop()
+        await self.dead_letters.stop()
         await self.judge.aclose()
         self.metrics.close()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from driftlabel.models import ExpertSettings
-from driftlabel.streams.host import ModelHost, SeedSet
+from driftlabel.streams.host import ModelHost, SeedSet, refit_cuts
 from driftlabel.streams.messages import TrainingMessage
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.settings import MetricsSettings, StreamSettings
@@ -94,17 +94,28 @@ def test_refit_after_every_n_valid_examples(caplog: pytest.LogCaptureFixture) ->
     assert host.model.model_version == v0 + 1
 
     with caplog.at_level(logging.INFO, logger="driftlabel.streams.host"):
-        host._learn(_records(200, 6))  # 12 >= 10: learn, then refit right after
-    assert host.refits == 1 and host.valid_since_refit == 0
-    assert host.model.model_version == v0 + 3  # learn + refit
-    assert any("refit after 12 new valid examples" in r.getMessage() for r in caplog.records)
+        host._learn(_records(200, 6))  # the 10th valid example: learn 4, refit, learn the other 2
+    assert host.refits == 1 and host.valid_since_refit == 2
+    assert host.model.model_version == v0 + 4  # learn + learn + refit + learn
+    assert any("refit after 10 new valid examples" in r.getMessage() for r in caplog.records)
     assert _counter(metrics, "driftlabel_refits_total") == 1.0
     assert _counter(metrics, "driftlabel_refit_seconds_count") == 1.0
     assert host.refit_seconds > 0
 
-    host._learn(_records(300, 25))  # one batch over the bar: one refit, the count starts again
-    assert host.refits == 2 and host.valid_since_refit == 0
-    assert _counter(metrics, "driftlabel_refits_total") == 2.0
+    host._learn(_records(300, 25))  # 2 + 25 crosses 10 and 20: two refits, 7 counted after them
+    assert host.refits == 3 and host.valid_since_refit == 7
+    assert _counter(metrics, "driftlabel_refits_total") == 3.0
+
+
+def test_refit_points_do_not_depend_on_batching() -> None:
+    """The same records in other batches refit after the same records: the schedule is in the log."""
+    recs = _records(100, 7) + _records(200, 5, valid=False) + _records(300, 30)
+    a, b = _host(refit_every=8), _host(refit_every=8)
+    a._learn(recs)
+    for i in range(0, len(recs), 5):
+        b._learn(recs[i : i + 5])
+    assert a.refits == b.refits == 4 and a.valid_since_refit == b.valid_since_refit == 5
+    assert refit_cuts(np.array([True, True, False, True], dtype=bool), 1, 3) == [(0, 2), (2, 4)]
 
 
 def test_hard_negatives_do_not_count() -> None:
@@ -137,27 +148,27 @@ def test_default_comes_from_stream_settings() -> None:
     host.close()
 
 
-def test_same_batches_same_model_and_load_resets_count(tmp_path: Path) -> None:
-    """Replay determinism: two hosts learning the same batches refit at the same points and agree; a
-    host loaded from a checkpoint counts from its load."""
+def test_same_batches_same_model_and_the_count_is_checkpointed(tmp_path: Path) -> None:
+    """Replay determinism: two hosts learning the same records refit at the same points and agree; a
+    host loaded from a checkpoint goes on counting where the saved one was."""
     batches = [_records(100, 7), _records(200, 3) + _records(250, 2, valid=False), _records(300, 9)]
     a, b = _host(refit_every=8), _host(refit_every=8)
     for batch in batches:
-        a._learn(batch)
-        b._learn(batch)
+        a._learn(batch, position=3)
+        b._learn(batch, position=3)
     assert a.refits == b.refits == 2
-    assert a.model.model_version == b.model.model_version
+    assert a.state() == b.state() and a.version == b.version == 3
     X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
     ra = a.model.rank_embeddings(X, top_k=2)
     rb = b.model.rank_embeddings(X, top_k=2)
     assert ra.labels == rb.labels
     np.testing.assert_allclose(np.asarray(ra.scores), np.asarray(rb.scores), rtol=1e-6, atol=1e-7)
 
-    a._learn(_records(400, 5))
-    assert a.valid_since_refit == 5
+    a._learn(_records(400, 5), position=4)
+    assert a.valid_since_refit == 0 and a.refits == 3  # 19 + 5 valid: refits after the 8th, 16th, 24th
     a.model.save(tmp_path / "model")
     c = ModelHost(ClusterEmbedder(), refit_every=8)
-    asyncio.run(c.load(tmp_path / "model"))
-    assert c.valid_since_refit == 0  # not 5: the count is not part of the checkpoint
+    asyncio.run(c.load(tmp_path / "model", a.state()))
+    assert c.state() == a.state() and c.version == 4
     for h in (a, b, c):
         h.close()

