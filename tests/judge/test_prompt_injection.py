@@ -17,7 +17,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -153,7 +152,7 @@ def test_no_injection_flips_a_verdict(answer_format: str, settings_for: Callable
     truth = {text: label for text, label, _ in CASES}
     sent: list[dict[str, Any]] = []
 
-    async def capture(request: httpx.Request) -> None:
+    async def capture(request: Any) -> None:  # the openai client's own httpx request
         if request.url.path.endswith("/chat/completions"):
             sent.append(json.loads(request.content))
 
@@ -161,7 +160,7 @@ def test_no_injection_flips_a_verdict(answer_format: str, settings_for: Callable
 
     async def scenario() -> None:
         async with SimulatedExpert(truth) as sim:
-            http = httpx.AsyncClient(event_hooks={"request": [capture]})
+            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [capture]})
             client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="unused", http_client=http)
             judge = Judge(
                 settings_for(sim.base_url, answer_format=answer_format, cache_size=0), client=client
