@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from driftlabel.judge import (
 )
 from driftlabel.judge.parse import parse_examples, parse_proposal
 from driftlabel.judge.prompts import TASK_GENERATE, build_generate_messages, extract_blocks, task_of
+from driftlabel.judge.settings import load_judge_settings
 
 JudgeFor = Callable[..., Judge]
 
@@ -180,3 +185,41 @@ def test_answer_parsers_are_strict() -> None:
     ):
         with pytest.raises(MalformedAnswerError):
             parse_proposal(bad)
+
+
+def test_cli_holdout_options_keep_texts_out_of_generated_examples(tmp_path: Path) -> None:
+    data = tmp_path / "d.json"
+    data.write_text(
+        json.dumps(
+            {
+                "train": [["set an alarm for 7", "alarm"], ["wake me at six", "alarm"]],
+                "test": [["alarm at noon please", "alarm"]],
+            }
+        )
+    )
+    held = tmp_path / "held.csv"
+    held.write_text("text,label\nwake me at six,alarm\n")
+    cmd = [sys.executable, "-m", "driftlabel.judge.cli", "judge-sim", "--data", str(data), "--port", "0"]
+
+    async def ask(url: str) -> list[str]:
+        judge = Judge(load_judge_settings(base_url=url, timeout_s=5.0, max_retries=1, backoff_base_s=0.01))
+        try:
+            return sorted(await judge.generate_examples("alarm", None, 3))
+        finally:
+            await judge.aclose()
+
+    for extra, want in (
+        ([], ["set an alarm for 7", "wake me at six"]),  # default: the test split is held out
+        (["--holdout-splits", ""], ["alarm at noon please", "set an alarm for 7", "wake me at six"]),
+        (["--holdout", str(held)], ["set an alarm for 7"]),
+    ):
+        proc = subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.search(r"(http://\S+/v1)", line)
+            assert match, line
+            assert run(ask(match.group(1))) == want, extra
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=10)
