@@ -529,7 +529,7 @@ class Judge:
         if fmt != self._answer_format:
             log.warning(
                 "judge endpoint %s refused response_format=%s; using answer_format=%s from now on",
-                s.base_url,
+                s.endpoint,
                 self._answer_format,
                 fmt,
             )
@@ -604,7 +604,7 @@ class Judge:
                 wait = self._breaker.retry_after()
                 raise JudgeUnavailableError(
                     f"judge circuit is open after {self._breaker.threshold} consecutive failed calls to "
-                    f"{s.base_url} (last: {last_problem}); keep the item and retry in {wait:.1f}s",
+                    f"{s.endpoint} (last: {last_problem}); keep the item and retry in {wait:.1f}s",
                     retry_after_s=wait,
                 )
             hint: float | None = None
@@ -669,7 +669,7 @@ class Judge:
                         404: "check DRIFTLABEL_JUDGE_BASE_URL (should end in /v1) and DRIFTLABEL_JUDGE_MODEL",
                     }.get(code, "check the judge endpoint settings and its logs")
                     raise JudgeUnavailableError(
-                        f"judge endpoint {s.base_url} refused the {what} request with HTTP {code}: "
+                        f"judge endpoint {s.endpoint} refused the {what} request with HTTP {code}: "
                         f"{hint_msg}; the item is kept",
                         retry_after_s=s.breaker_reset_s,
                     ) from exc
@@ -702,7 +702,7 @@ class Judge:
                 )
                 await asyncio.sleep(delay)
         raise JudgeUnavailableError(
-            f"judge endpoint {s.base_url} failed {attempts} attempt(s) for {what} (last: {last_problem}); "
+            f"judge endpoint {s.endpoint} failed {attempts} attempt(s) for {what} (last: {last_problem}); "
             f"keep the item and retry later",
             retry_after_s=max(self._breaker.retry_after(), s.backoff_max_s),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -76,6 +77,18 @@ class JudgeSettings(DriftlabelSettings):
     descriptions_file: str | None = Field(
         None, description="YAML/JSON label descriptions, used for candidates that come without one"
     )
+
+    @property
+    def endpoint(self) -> str:
+        """``base_url`` safe to log: a password in it (``https://user:pw@host``) and the query are masked."""
+        parts = urlsplit(self.base_url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+        query = "***" if parts.query else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
     @model_validator(mode="after")
     def _check(self) -> JudgeSettings:

@@ -203,3 +203,26 @@ def test_print_config_and_settings_mask_secrets(tmp_path: Path) -> None:
     # the real values are still there for the clients that need them
     assert kafka.client_kwargs()["sasl_plain_password"] == SASL_PASSWORD
     assert judge.api_key.get_secret_value() == API_KEY
+
+
+def test_judge_errors_and_logs_mask_a_password_in_the_endpoint_url(caplog: pytest.LogCaptureFixture) -> None:
+    from driftlabel.judge import Candidate, Judge, JudgeUnavailableError
+
+    port = free_port()  # nothing listens there: connection refused
+    judge = JudgeSettings(
+        base_url=f"http://proxyuser:{SASL_PASSWORD}@127.0.0.1:{port}/v1?key={API_KEY}",
+        api_key=API_KEY, max_retries=1, backoff_base_s=0.01, backoff_max_s=0.02, timeout_s=2,
+    )  # fmt: skip
+    assert judge.endpoint == f"http://proxyuser:***@127.0.0.1:{port}/v1?***"
+
+    async def scenario() -> str:
+        async with Judge(judge) as j:
+            with pytest.raises(JudgeUnavailableError) as info:
+                await j.validate("will it rain", Candidate("weather"), item_id="x")
+        return str(info.value)
+
+    with caplog.at_level("DEBUG"):
+        message = asyncio.run(scenario())
+    assert "proxyuser:***@" in message
+    for secret in SECRETS:
+        assert secret not in message and secret not in caplog.text
