@@ -1,11 +1,12 @@
-"""A real worker started the way the manifests start it, with secrets set: probes, logs, metrics, config.
+"""A real worker started the way the compose file starts it, with secrets set: probes, logs, metrics, config.
 
-One ``driftlabel -vv worker`` child process (debug logging of every library: faust, aiokafka, openai,
-httpx) against the real Tansu broker and the real simulated expert, which here *requires* the API key:
-verdicts on the metrics page prove the key was sent, and then neither the key nor the SASL password may
-appear in the log, on ``/metrics``, in ``--print-config`` or in the settings' repr. The liveness and
-readiness endpoints the Kubernetes probes and compose healthchecks call (``/healthz``, ``/readyz`` on the
-metrics port) are polled on the same process.
+One ``driftlabel -vv worker --config deploy/driftlabel.compose.toml --worker-id worker-1`` child process
+(the compose command; debug logging of every library: faust, aiokafka, openai, httpx) against the real
+Tansu broker and the real simulated expert, which here *requires* the API key: verdicts on the metrics
+page prove the key was sent, and then neither the key nor the SASL password may appear in the log, on
+``/metrics``, in ``--print-config`` or in the settings' repr. The liveness and readiness endpoints the
+Kubernetes probes and compose healthchecks call (``/healthz``, ``/readyz`` on the metrics port) are polled
+on the same process.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from driftlabel.streams.client import produce
 from driftlabel.streams.settings import KafkaSettings
 from driftlabel.streams.topics import TopicNames, ensure_topics
 
-from .conftest import REPO
+from .conftest import DEPLOY, REPO, load_yaml_docs
 
 API_KEY = "sk-live-DO-NOT-LEAK-7f3a9c2e41"
 SASL_PASSWORD = "sasl-DO-NOT-LEAK-b8e05d"
@@ -105,9 +106,14 @@ def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
             }
         )
         log_path = tmp / "worker.log"
+        # the compose file's worker command, its config file mapped to the repository's copy; the
+        # environment above wins over that file (loopback broker, judge, ports and paths of this test)
+        command = load_yaml_docs(DEPLOY / "docker-compose.yml")[0]["services"]["worker-1"]["command"]
+        files = {"/etc/driftlabel/driftlabel.toml": str(DEPLOY / "driftlabel.compose.toml")}
+        args = [files.get(a, a) for a in command]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "driftlabel.streams.cli", "-vv", "worker", "--worker-id", "w-live"],
+                [sys.executable, "-m", "driftlabel.streams.cli", "-vv", *args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
             )  # fmt: skip
         worker = LiveWorker(proc, log_path, port, kafka, sim)
@@ -163,11 +169,15 @@ def _probe(live: LiveWorker, path: str) -> tuple[int, str]:
 def test_liveness_probe_answers_on_the_metrics_port(live: LiveWorker) -> None:
     status, body = _probe(live, "/healthz")
     assert status == 200, body
+    assert json.loads(body)["status"] == "ok"
+    assert not any(secret in body for secret in SECRETS)
 
 
 def test_readiness_probe_is_ready_once_the_worker_is(live: LiveWorker) -> None:
     status, body = _probe(live, "/readyz")
     assert status == 200, body
+    assert json.loads(body)["status"] == "ok"
+    assert not any(secret in body for secret in SECRETS)
 
 
 def test_print_config_and_settings_mask_secrets(tmp_path: Path) -> None:
