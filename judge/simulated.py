@@ -20,7 +20,9 @@ offline way (it is not a language model and invents nothing):
 - ``generate-examples`` (:meth:`Judge.generate_examples`): real texts of the asked label from its file, in a
   fixed shuffled order per label, never from the held-out splits (``holdout_splits``, by default CLINC150's
   ``test`` and ``oos_test``) nor the ``holdout`` texts, and none of the prompt's ``<avoid>`` texts. A label
-  the file does not have gets an empty list (the judge reports it as an unusable answer).
+  the file does not have gets an empty list (the judge reports it as an unusable answer). With
+  ``error_rate`` > 0, that share of the examples (deterministic per text) is a text of another label, like
+  an LLM writing off-class examples.
 - ``propose-class`` (:meth:`Judge.propose_class`): the majority label, in its file, of the group's texts,
   with a templated description; when none of the texts is in its file, the group's two commonest words.
 
@@ -449,8 +451,31 @@ class SimulatedExpert:
         except ValueError:
             n = 5
         avoid = {normalise_text(a) for a in extract_blocks(prompt, "avoid")}
-        texts = [t for t in self._pool.get(normalise_label_name(label), ()) if normalise_text(t) not in avoid]
+        key = normalise_label_name(label)
+        texts = [t for t in self._pool.get(key, ()) if normalise_text(t) not in avoid]
+        if self.error_rate > 0 and texts:
+            texts = [self._maybe_off_class(key, t, avoid) for t in texts[:n]]
         return json.dumps({"examples": texts[:n]}), "generate"
+
+    def _maybe_off_class(self, key: str, text: str, avoid: set[str]) -> str:
+        """With probability ``error_rate`` (deterministic per text), a text of another label instead.
+
+        Like an LLM that writes some examples that do not belong to the class, so that benchmarks see
+        synthetic-example noise at the same rate as verdict noise.
+        """
+        seed_text = f"{self.seed}\x1fexample\x1f{key}\x1f{normalise_text(text)}"
+        digest = hashlib.sha256(seed_text.encode()).digest()
+        if int.from_bytes(digest[:8], "big") / 2**64 >= self.error_rate:
+            return text
+        others = sorted(k for k in self._pool if k != key and self._pool[k])
+        if not others:
+            return text
+        other = self._pool[others[int.from_bytes(digest[8:16], "big") % len(others)]]
+        pick = other[int.from_bytes(digest[16:24], "big") % len(other)]
+        if normalise_text(pick) in avoid:
+            return text
+        self.counts["off_class_examples"] += 1
+        return pick
 
     def _propose(self, prompt: str) -> tuple[str, str]:
         """A name for a group: the majority label of its texts in the file (else its commonest words)."""

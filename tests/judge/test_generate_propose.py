@@ -223,3 +223,18 @@ def test_cli_holdout_options_keep_texts_out_of_generated_examples(tmp_path: Path
         finally:
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=10)
+
+
+def test_error_rate_makes_some_generated_examples_off_class(clinc_file: Path, judge_for: JudgeFor) -> None:
+    async def scenario() -> tuple[list[str], SimulatedExpert]:
+        async with SimulatedExpert(clinc_file, error_rate=0.3, seed=3) as sim:
+            judge = judge_for(sim.base_url)
+            try:
+                return await judge.generate_examples("weather", None, 50), sim
+            finally:
+                await judge.aclose()
+
+    got, sim = run(scenario())
+    off = [t for t in got if "weather" not in sim.true_labels(t)]
+    assert 0.15 <= len(off) / len(got) <= 0.45, len(off)
+    assert sim.counts["off_class_examples"] == len(off)
