@@ -113,9 +113,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         kafka=kafka, stream=stream, metrics=metrics, judge_settings=judge, embedder=embedder,
         expert_settings=experts, worker_id=args.worker_id,
     )  # fmt: skip
-    port = service.metrics.serve()
+    port = service.serve_http()
     if metrics.enabled:
-        print(f"driftlabel worker: metrics on http://{metrics.host}:{port}/metrics", flush=True)
+        print(
+            f"driftlabel worker: metrics on http://{metrics.host}:{port}/metrics (probes: /healthz, /readyz)",
+            flush=True,
+        )
     level = {0: "warning", 1: "info"}.get(args.verbose, "debug")
     worker = faust.Worker(service.app, loglevel=level, redirect_stdouts=False, override_logging=False)
     try:

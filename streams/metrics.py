@@ -1,4 +1,5 @@
-"""Prometheus metrics of one worker, served on its own ``/metrics`` page.
+"""Prometheus metrics of one worker, served on its own ``/metrics`` page (with the probes, see
+:mod:`~driftlabel.streams.health`).
 
 Each worker owns a private :class:`~prometheus_client.CollectorRegistry`, so several workers can live in
 one process (tests, the demo) without clashing, and nothing is registered at import time. Every name
@@ -7,13 +8,12 @@ starts with ``driftlabel_``; :data:`METRIC_NAMES` is the documented list (docs/s
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from driftlabel.streams.health import Check, StatusServer
 from driftlabel.streams.settings import MetricsSettings
 
 __all__ = ["METRIC_NAMES", "ServiceMetrics"]
@@ -171,8 +171,7 @@ class ServiceMetrics:
         self._ring = np.zeros(self.settings.share_window, dtype=bool)
         self._ring_pos = 0
         self._ring_filled = 0
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: StatusServer | None = None
         self.port: int | None = None
 
     # -- updates -----------------------------------------------------------------------------------------
@@ -213,18 +212,19 @@ class ServiceMetrics:
         """The /metrics page as bytes (text format)."""
         return generate_latest(self.registry)
 
-    def serve(self) -> int:
-        """Start the /metrics HTTP server (a daemon thread); returns the port actually bound."""
+    def serve(self, liveness: Check | None = None, readiness: Check | None = None) -> int:
+        """Start the HTTP server (``/metrics``, ``/healthz``, ``/readyz``; a daemon thread); returns the
+        port actually bound. Without checks, both probes answer 200."""
         if not self.settings.enabled or self._server is not None:
             return self.port or 0
-        self._server, self._thread = start_http_server(
-            self.settings.port, addr=self.settings.host, registry=self.registry
+        always: Check = lambda: (True, {})  # noqa: E731
+        self._server = StatusServer(
+            self.registry, liveness or always, readiness or always, self.settings.host, self.settings.port
         )
-        self.port = int(self._server.server_port)
+        self.port = self._server.port
         return self.port
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None

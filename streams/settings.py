@@ -137,3 +137,6 @@ class MetricsSettings(DriftlabelSettings):
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (printed at start)")
     share_window: int = Field(1000, ge=10, description="items in the rolling uncertain share")
+    liveness_timeout_s: float = Field(
+        30.0, gt=0, description="/healthz fails when the event loop has not run for this long"
+    )

@@ -41,6 +41,7 @@ from driftlabel.judge import JudgeSettings
 from driftlabel.models import DriftMonitor, ExpertSettings, load_embedder
 from driftlabel.streams.errors import InvalidMessageError, TopicError
 from driftlabel.streams.faust_app import DriftlabelApp, faust_broker_options
+from driftlabel.streams.health import Heartbeat
 from driftlabel.streams.host import ModelHost
 from driftlabel.streams.judging import JudgeCaller, parse_judge_request
 from driftlabel.streams.learner import Learner
@@ -125,6 +126,8 @@ class WorkerService:
         self._topology_lock = asyncio.Lock()
         self._positions: dict[tuple[str, int], int] = {}
         self._stopping = False
+        self.heartbeat = Heartbeat(self.metrics.settings.liveness_timeout_s)
+        self.joined = False  # the consumer got its first assignment
         self.app = self._build_app()
 
     # -- wiring ------------------------------------------------------------------------------------------
@@ -185,13 +188,20 @@ class WorkerService:
         async def refresh() -> None:
             self.refresh_lag()
 
+        async def beat() -> None:
+            while True:
+                self.heartbeat.beat()
+                await asyncio.sleep(1.0)
+
         app.task(learn)
+        app.task(beat)
         app.timer(2.0)(refresh)
 
         async def before_shutdown(sender: Any, **kwargs: Any) -> None:
             await self.shutdown()
 
         async def assigned(sender: Any, assigned: Any = None, **kwargs: Any) -> None:
+            self.joined = True
             self.finals.invalidate()  # the previous owners may have written meanwhile
             self.dead_letters.invalidate()
 
@@ -216,6 +226,22 @@ class WorkerService:
                     )
                 self._partitions = counts
         return self._partitions
+
+    # -- probes ------------------------------------------------------------------------------------------
+    def serve_http(self) -> int:
+        """Start ``/metrics``, ``/healthz`` (the loop runs) and ``/readyz`` (model ready, consumer joined)."""
+        return self.metrics.serve(self.heartbeat.check, self.readiness)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = the model is loaded and the log replayed, and the consumer has joined its group."""
+        model = self.ready.is_set() and self.host.ready
+        try:
+            partitions = len(self.app.consumer.assignment()) if self.joined else 0
+        except Exception:  # not started yet
+            partitions = 0
+        ok = model and self.joined and not self._stopping
+        return ok, {"model_ready": model, "consumer_joined": self.joined, "partitions": partitions,
+                    "model_version": self.host.version, "stopping": self._stopping}  # fmt: skip
 
     def has_log_role(self) -> bool:
         """Whether this worker owns ``control`` partition 0, and so dead-letters bad learning-log records."""

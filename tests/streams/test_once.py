@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,8 @@ def test_final_labels_and_dead_letters_once_in_the_topic_across_a_crash(
     h.send(w.kafka, names.training, h.seed_records(clinc))
     w.start()
     try:
+        assert _probe(w, "/healthz") == 200  # the probes the deploy manifests call, on the metrics port
+        _wait(lambda: _probe(w, "/readyz") == 200, 60, "the worker's consumer to join its group")
         texts = clinc["test"][:60]
         values: list[Any] = [{"id": f"o-{i}", "text": t} for i, (t, _) in enumerate(texts)]
         values.append("a bare string about the weather")
@@ -96,6 +100,14 @@ def test_final_labels_and_dead_letters_once_in_the_topic_across_a_crash(
         (v["id"], v["label"]) for t, v in recs if t == names.training and v.get("source") == "judge"
     )
     assert pairs and set(pairs.values()) == {1}, [p for p, c in pairs.items() if c > 1]
+
+
+def _probe(w: Any, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}{path}", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def _log_position(w: Any) -> float:
