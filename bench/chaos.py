@@ -15,7 +15,9 @@ Only public surfaces are used: the worker's CLI and environment settings, the to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -74,7 +76,7 @@ def clinc_rows(data_file: Path, classes: int = 30, seed: int = 0) -> dict[str, l
 def seed_training(rows: Sequence[tuple[str, str]], per_class: int = 10) -> list[dict[str, Any]]:
     """The first ``per_class`` rows of each label as ``training`` seed records."""
     seen: Counter[str] = Counter()
-    out = []
+    out: list[dict[str, Any]] = []
     for t, lab in rows:
         if seen[lab] < per_class:
             seen[lab] += 1
@@ -134,9 +136,12 @@ class Follower:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=100, group_id=None,
-        )  # fmt: skip
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            group_id=None,
+        )
         await consumer.start()
         try:
             tps = []
@@ -207,8 +212,11 @@ class Worker:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "driftlabel.streams.cli", "worker"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
         self.starts += 1
 
     def wait_ready(self, timeout: float = 240.0) -> float:
@@ -324,9 +332,11 @@ class Cluster:
     def start(self) -> Cluster:
         self.broker.start()
         self.kafka = KafkaSettings(
-            bootstrap_servers=self.broker.bootstrap, topic_prefix=self.prefix, partitions=self.partitions,
+            bootstrap_servers=self.broker.bootstrap,
+            topic_prefix=self.prefix,
+            partitions=self.partitions,
             group_id=f"{self.prefix}g",
-        )  # fmt: skip
+        )
         ensure_topics(self.kafka)
         self.judge_up()
         n = self.names
@@ -383,7 +393,7 @@ class Cluster:
         return f"http://127.0.0.1:{self.judge_port}/v1"
 
     def fault(self, kind: str | None) -> None:
-        """Switch a judge fault on: ``down``, ``500``, ``503``, ``429``, ``timeout``, ``garbage``; None = off."""
+        """Switch a judge fault on (``down``, ``500``, ``503``, ``429``, ``timeout``, ``garbage``) or off."""
         if kind == "down":
             self.judge_down()
             return
@@ -505,9 +515,9 @@ def accepted_without_verdict(label_recs: Iterable[Rec], verdict_recs: Iterable[R
     bad = []
     for r in label_recs:
         v = r.json()
-        if isinstance(v, dict) and v.get("final") and v.get("status") in ("validated", "corrected"):
-            if (v.get("id"), v.get("label")) not in yes:
-                bad.append(str(v.get("id")))
+        accepted = isinstance(v, dict) and v.get("final") and v.get("status") in ("validated", "corrected")
+        if accepted and (v.get("id"), v.get("label")) not in yes:
+            bad.append(str(v.get("id")))
     return bad
 
 
@@ -548,12 +558,20 @@ def paced_send(
     rate: float,
     on_tick: Callable[[float], None] | None = None,
     chunk_s: float = 0.5,
+    sent_at: dict[str, float] | None = None,
 ) -> None:
-    """Send ``values`` to ``texts`` at about ``rate`` per second; ``on_tick(elapsed)`` between chunks."""
+    """Send ``values`` to ``texts`` at about ``rate`` per second; ``on_tick(elapsed)`` between chunks.
+
+    ``sent_at`` (if given) gets each id's send time (``time.monotonic()``, acknowledged by the broker).
+    """
     per = max(1, round(rate * chunk_s))
     t0 = time.monotonic()
     for k in range(0, len(values), per):
+        ts = time.monotonic()
         cluster.send(cluster.names.texts, values[k : k + per])
+        if sent_at is not None:
+            for v in values[k : k + per]:
+                sent_at[str(v["id"])] = ts
         if on_tick is not None:
             on_tick(time.monotonic() - t0)
         target = t0 + (k + per) / rate
@@ -591,6 +609,10 @@ class KillRun:
     stream_s: float  # first send -> last send
     drain_s: float  # last send -> every id final
     rss_mb: list[tuple[float, float]] = field(default_factory=list)
+    kill_moments: list[float] = field(default_factory=list)  # time.monotonic() of each kill
+    #: per kill: the worst publish -> first label latency of the texts sent in the 20 s after it (how long
+    #: texts on the dead worker's partitions waited for a restart or a takeover)
+    worst_latency_after_kill_s: list[float] = field(default_factory=list)
 
 
 def kill_run(
@@ -624,10 +646,8 @@ def kill_run(
 
     def restart_in_background(w: Worker) -> None:
         def run() -> None:
-            try:
+            with contextlib.suppress(RuntimeError):  # killed again while starting: the next restart covers it
                 ready.append(w.wait_ready())
-            except RuntimeError:  # killed again while starting: the next restart covers it
-                pass
 
         th = threading.Thread(target=run, daemon=True)
         th.start()
@@ -649,18 +669,26 @@ def kill_run(
                 w.spawn()
                 restart_in_background(w)
 
-    paced_send(cluster, values, rate, on_tick)
+    sent_at: dict[str, float] = {}
+    paced_send(cluster, values, rate, on_tick, sent_at=sent_at)
     t_sent = time.monotonic()
     ids = [str(v["id"]) for v in values]
-    try:
+    with contextlib.suppress(TimeoutError):  # what is missing then is measured below as lost
         cluster.follower.wait(all_final(ids, names.labels), timeout_s, "a final label for every id")
-    except TimeoutError:
-        pass  # measured below as lost
     drain = time.monotonic() - t_sent
     time.sleep(settle_s)
     for th in threads:
         th.join(1)
     labels = cluster.follower.snapshot(names.labels)
+    first_at: dict[str, float] = {}
+    for r in labels:
+        v = r.json()
+        if isinstance(v, dict) and isinstance(v.get("id"), str):
+            first_at.setdefault(v["id"], r.t)
+    worst = []
+    for m in kills:
+        lat = [first_at.get(i, math.inf) - ts for i, ts in sent_at.items() if m <= ts < m + 20.0]
+        worst.append(max(lat) if lat else math.nan)
     return KillRun(
         ids=ids,
         kills=len(kills),
@@ -674,6 +702,8 @@ def kill_run(
         stream_s=t_sent - t0,
         drain_s=drain,
         rss_mb=rss,
+        kill_moments=kills,
+        worst_latency_after_kill_s=worst,
     )
 
 
@@ -696,3 +726,134 @@ def newest_model(checkpoint_dir: Path) -> Path | None:
         p for p in Path(checkpoint_dir).glob("*/model") if p.is_dir() and not p.parent.name.startswith(".")
     ]
     return max(models, key=lambda p: p.parent.stat().st_mtime, default=None)
+
+
+@dataclass
+class FuzzRun:
+    """What happened to fuzzed bad records mixed into valid traffic on each input topic."""
+
+    sent_bad: dict[str, int]  # topic key -> bad records sent
+    dead_once: dict[str, int]  # ... dead-lettered exactly once with the expected reason
+    missing: dict[str, list[tuple[int, int, str]]]  # ... never dead-lettered: (partition, offset, reason)
+    repeated: dict[str, int]  # ... dead-lettered more than once
+    wrong_reason: dict[str, list[tuple[str, str]]]  # ... (expected, got)
+    valid_texts: int
+    valid_texts_final: int
+    human_learned: float  # delta of driftlabel_training_examples_total{source="human"}
+    human_sent: int
+    classes_added: float  # delta of driftlabel_classes
+    classes_sent: int
+    worker_alive: bool
+    seconds: float
+
+
+def fuzz_run(
+    cluster: Cluster,
+    worker: Worker,
+    rows: Sequence[tuple[str, str]],
+    n_bad: int,
+    *,
+    n_texts: int = 200,
+    seed: int = 0,
+    timeout_s: float = 240.0,
+    progress: Callable[[str], None] | None = None,
+) -> FuzzRun:
+    """Send ``n_bad`` fuzzed bad records per input topic, shuffled into valid traffic, and check each."""
+    from driftlabel.bench.fuzz import draw_bad
+
+    assert cluster.follower is not None
+    n = cluster.names
+    topics = {
+        "texts": n.texts,
+        "training": n.training,
+        "control": n.control,
+        "judge_verdicts": n.judge_verdicts,
+    }
+    rng = random.Random(seed)
+    texts, _ = text_values(rows, n_texts, f"fz{seed}")
+    labels = sorted({lab for _, lab in rows})
+    human = [
+        {"id": f"h{seed}-{i}", "text": t, "label": lab, "source": "human", "valid": True}
+        for i, (t, lab) in enumerate(rows[-30:])
+    ]
+    new_classes = [
+        {
+            "op": "add_class",
+            "label": f"fuzz_class_{seed}_{i}",
+            "description": f"fuzz class {i}",
+            "examples": [f"fuzz example {i} number {j} for {labels[i % len(labels)]}" for j in range(3)],
+        }
+        for i in range(3)
+    ]
+    valid = {"texts": texts, "training": human, "control": new_classes, "judge_verdicts": []}
+    plan: dict[str, list[tuple[Any, str | None]]] = {}
+    for key in topics:
+        bad = draw_bad(key, n_bad, seed=seed)
+        if progress:
+            progress(f"fuzz: drew {len(bad)} bad {key} records")
+        items: list[tuple[Any, str | None]] = [(raw, reason) for raw, reason in bad]
+        items += [(v, None) for v in valid[key]]
+        rng.shuffle(items)
+        plan[key] = items
+    h0 = worker.metric("driftlabel_training_examples_total", 'source="human"')
+    c0 = worker.metric("driftlabel_classes")
+    t0 = time.monotonic()
+    expect: dict[tuple[str, int, int], tuple[str, str]] = {}  # (topic, p, o) -> (key, reason)
+    chunk = 200
+    longest = max(len(v) for v in plan.values())
+    for k in range(0, longest, chunk):
+        for key, items in plan.items():
+            part = items[k : k + chunk]
+            if not part:
+                continue
+            metas = cluster.send(topics[key], [v for v, _ in part])
+            for (_, reason), (p, o) in zip(part, metas, strict=True):
+                if reason is not None:
+                    expect[(topics[key], p, o)] = (key, reason)
+    ids = [v["id"] for v in texts]
+    watched = {topics[k] for k in ("texts", "training", "control")}
+    n_watched = sum(1 for t, _, _ in expect if t in watched)
+
+    def done(f: Follower) -> bool:
+        dead = sum(1 for r in f.snapshot(n.dead_letter) if (v := r.json()) and v.get("topic") in watched)
+        return dead >= n_watched and set(ids) <= set(finals(f.snapshot(n.labels)))
+
+    with contextlib.suppress(TimeoutError):
+        cluster.follower.wait(done, timeout_s, "every bad record dead-lettered and every text labelled")
+    time.sleep(3.0)  # late repeats
+    seen: Counter[tuple[str, int, int]] = Counter()
+    got_reason: dict[tuple[str, int, int], str] = {}
+    for r in cluster.follower.snapshot(n.dead_letter):
+        v = r.json()
+        if isinstance(v, dict):
+            pos = (str(v.get("topic")), int(v.get("partition", -1)), int(v.get("offset", -1)))
+            seen[pos] += 1
+            got_reason.setdefault(pos, str(v.get("reason")))
+    res = FuzzRun(
+        sent_bad={k: 0 for k in topics},
+        dead_once={k: 0 for k in topics},
+        missing={k: [] for k in topics},
+        repeated={k: 0 for k in topics},
+        wrong_reason={k: [] for k in topics},
+        valid_texts=len(ids),
+        valid_texts_final=sum(1 for i in ids if finals(cluster.follower.snapshot(n.labels))[i] >= 1),
+        human_learned=worker.metric("driftlabel_training_examples_total", 'source="human"') - h0
+        if worker.alive
+        else float("nan"),
+        human_sent=len(human),
+        classes_added=worker.metric("driftlabel_classes") - c0 if worker.alive else float("nan"),
+        classes_sent=len(new_classes),
+        worker_alive=worker.alive,
+        seconds=time.monotonic() - t0,
+    )
+    for pos, (key, reason) in expect.items():
+        res.sent_bad[key] += 1
+        if seen[pos] == 0:
+            res.missing[key].append((pos[1], pos[2], reason))
+        elif got_reason[pos] != reason:
+            res.wrong_reason[key].append((reason, got_reason[pos]))
+        elif seen[pos] == 1:
+            res.dead_once[key] += 1
+        if seen[pos] > 1:
+            res.repeated[key] += 1
+    return res

@@ -12,26 +12,35 @@ shrinking) for the chaos test and the reliability benchmark.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import HypothesisDeprecationWarning
 
 __all__ = ["TOPIC_KINDS", "bad_records", "draw_bad"]
 
 MAX_TEXT_CHARS = 4000  # the service's default StreamSettings.max_text_chars
 
-_ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12).filter(
+# every Unicode category but surrogates (which UTF-8 cannot encode); without control characters for words
+_PRINTABLE: list[Any] = ["L", "M", "N", "P", "S", "Zs", "Cf", "Co"]
+_PRINTABLE_AND_MORE: list[Any] = [*_PRINTABLE, "Zl", "Zp", "Cc"]
+
+_ids = st.text(st.characters(codec="utf-8", categories=_PRINTABLE_AND_MORE), min_size=1, max_size=12).filter(
     lambda s: s.strip() != ""
 )
 _words = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40
+    st.characters(codec="utf-8", categories=_PRINTABLE), min_size=1, max_size=40
 ).filter(lambda s: s.strip() != "")
 _blank = st.text(st.sampled_from(" \t\n\r"), min_size=0, max_size=5)
 _not_str = st.one_of(
-    st.integers(-(10**6), 10**6), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
-    st.lists(st.integers(0, 9), max_size=3), st.dictionaries(st.sampled_from("abc"), st.integers(0, 9), max_size=2),
-)  # fmt: skip
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.lists(st.integers(0, 9), max_size=3),
+    st.dictionaries(st.sampled_from("abc"), st.integers(0, 9), max_size=2),
+)
 _not_object = st.one_of(
     st.integers(), st.lists(st.integers(0, 9), max_size=4), st.booleans(), st.just(None)
 ).map(lambda v: json.dumps(v))
@@ -72,14 +81,30 @@ def _text_record(draw: st.DrawFn) -> tuple[bytes, str]:
         return _j({"id": item_id, "text": "x" * n}), "too_large"
     if kind == "array":
         return _j([item_id, draw(_words)]), "wrong_type"
-    return _j({"id": draw(_not_str.filter(lambda v: not isinstance(v, int) or isinstance(v, bool))),
-               "text": draw(_words)}), "wrong_type"  # fmt: skip
+    return _j(
+        {
+            "id": draw(_not_str.filter(lambda v: not isinstance(v, int) or isinstance(v, bool))),
+            "text": draw(_words),
+        }
+    ), "wrong_type"
 
 
 @st.composite
 def _training_record(draw: st.DrawFn) -> tuple[bytes, str]:
-    kind = draw(st.sampled_from(["no_text", "no_label", "label_type", "valid_type", "source", "not_object",
-                                 "empty_label", "empty_text"]))  # fmt: skip
+    kind = draw(
+        st.sampled_from(
+            [
+                "no_text",
+                "no_label",
+                "label_type",
+                "valid_type",
+                "source",
+                "not_object",
+                "empty_label",
+                "empty_text",
+            ]
+        )
+    )
     base = {"id": draw(_ids), "text": draw(_words), "label": draw(_words), "source": "human", "valid": True}
     if kind == "no_text":
         base.pop("text")
@@ -107,8 +132,11 @@ def _training_record(draw: st.DrawFn) -> tuple[bytes, str]:
 
 @st.composite
 def _control_record(draw: st.DrawFn) -> tuple[bytes, str]:
-    kind = draw(st.sampled_from(["unknown_op", "no_op", "no_label", "examples_type", "describe_no_desc",
-                                 "not_object", "op_type"]))  # fmt: skip
+    kind = draw(
+        st.sampled_from(
+            ["unknown_op", "no_op", "no_label", "examples_type", "describe_no_desc", "not_object", "op_type"]
+        )
+    )
     if kind == "unknown_op":
         op = draw(_words.filter(lambda s: s not in ("add_class", "remove_class", "describe_class")))
         return _j({"op": op, "label": draw(_words)}), "unknown_op"
@@ -160,9 +188,13 @@ def draw_bad(topic: str, n: int, seed: int = 0) -> list[tuple[bytes, str]]:
     chunk = 25
 
     @settings(
-        max_examples=max(10, 3 * n // chunk + 10), derandomize=True, database=None, phases=[Phase.generate],
-        deadline=None, suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
+        max_examples=max(10, 3 * n // chunk + 10),
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(bad_records(topic), min_size=1, max_size=chunk))
     def collect(batch: list[tuple[bytes, str]]) -> None:
         for raw, reason in batch:
@@ -170,10 +202,12 @@ def draw_bad(topic: str, n: int, seed: int = 0) -> list[tuple[bytes, str]]:
                 out.setdefault(raw, reason)
 
     rounds = 0
-    while len(out) < n and rounds < 50:  # each call explores more examples of the same derandomised run
-        collect._hypothesis_internal_use_seed = seed + rounds  # type: ignore[attr-defined]
-        collect()
-        rounds += 1
+    with warnings.catch_warnings():  # other threads (a topic follower) may touch `random` meanwhile
+        warnings.simplefilter("ignore", HypothesisDeprecationWarning)
+        while len(out) < n and rounds < 50:  # each call explores more examples of a derandomised run
+            collect._hypothesis_internal_use_seed = seed + rounds  # type: ignore[attr-defined]
+            collect()
+            rounds += 1
     if len(out) < n:
         raise RuntimeError(f"could only draw {len(out)} distinct bad {topic} records, wanted {n}")
     return list(out.items())[:n]

@@ -26,15 +26,20 @@ FAULT_S = 6.0  # seconds each fault lasts here; minutes in `driftlabel bench rel
 @pytest.fixture(scope="module")
 def cluster(chaos_broker: Any, clinc_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     rows = chaos.clinc_rows(clinc_file, classes=30)
-    c = chaos.Cluster(tmp_path_factory.mktemp("faults"), clinc_file, broker=chaos_broker,
-                      judge_kwargs={"hang_s": 5.0}, stream_env={"judge_target_share": "1.0"})  # fmt: skip
+    c = chaos.Cluster(
+        tmp_path_factory.mktemp("faults"),
+        clinc_file,
+        broker=chaos_broker,
+        judge_kwargs={"hang_s": 5.0},
+        stream_env={"judge_target_share": "1.0"},
+    )
     c.start()
     try:
         c.send(c.names.training, chaos.seed_training(rows["train"]))
         w = c.worker("w0")
         w.start()
-        c.rows = rows  # type: ignore[attr-defined]
-        c.w = w  # type: ignore[attr-defined]
+        c.rows = rows
+        c.w = w
         yield c
     finally:
         c.stop()
@@ -58,8 +63,11 @@ def test_fault_then_recovery(cluster: Any, kind: str) -> None:
         c.follower.wait(lambda f: _first_seen(c, ids), 60, "a first label for every text during the fault")
         time.sleep(max(0.0, FAULT_S - (time.monotonic() - t0)))
         labels = c.follower.snapshot(c.names.labels)
-        finals_now = {v["id"]: v for r in labels if isinstance(v := r.json(), dict) and v.get("final")
-                      and v.get("id") in ids}  # fmt: skip
+        finals_now = {
+            v["id"]: v
+            for r in labels
+            if isinstance(v := r.json(), dict) and v.get("final") and v.get("id") in ids
+        }
         accepted = [v for v in finals_now.values() if v["status"] in ("validated", "corrected")]
         assert not accepted, f"accepted during a '{kind}' outage: {accepted[:3]}"
         if kind != "garbage":
