@@ -1,12 +1,13 @@
-"""A real worker started the way the compose file starts it, with secrets set: probes, logs, metrics, config.
+"""A real worker started the way the compose file starts it, with secrets set: TLS, probes, logs, metrics.
 
 One ``driftlabel -vv worker --config deploy/driftlabel.compose.toml --worker-id worker-1`` child process
 (the compose command; debug logging of every library: faust, aiokafka, openai, httpx) against the real
-Tansu broker and the real simulated expert, which here *requires* the API key: verdicts on the metrics
-page prove the key was sent, and then neither the key nor the SASL password may appear in the log, on
-``/metrics``, in ``--print-config`` or in the settings' repr. The liveness and readiness endpoints the
-Kubernetes probes and compose healthchecks call (``/healthz``, ``/readyz`` on the metrics port) are polled
-on the same process.
+Tansu broker over mutual TLS (through the proxy of ``tls.py``: Tansu cannot serve TLS itself), and the
+real simulated expert, which here *requires* the API key: verdicts on the metrics page prove the key was
+sent, and then neither the key nor the SASL password may appear in the log, on ``/metrics``, in
+``--print-config`` or in the settings' repr. The liveness and readiness endpoints the Kubernetes probes
+and compose healthchecks call (``/healthz``, ``/readyz`` on the metrics port) are polled on the same
+process.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from pathlib import Path
 import pytest
 
 from driftlabel.judge import JudgeSettings, SimulatedExpert
-from driftlabel.streams.broker import LocalBroker, free_port
+from driftlabel.streams.broker import free_port
 from driftlabel.streams.client import produce
 from driftlabel.streams.settings import KafkaSettings
 from driftlabel.streams.topics import TopicNames, ensure_topics
 
 from .conftest import DEPLOY, REPO, load_yaml_docs
+from .tls import Tansu, TlsProxyThread, make_pki
 
 API_KEY = "sk-live-DO-NOT-LEAK-7f3a9c2e41"
 SASL_PASSWORD = "sasl-DO-NOT-LEAK-b8e05d"
@@ -48,6 +50,7 @@ class LiveWorker:
     port: int
     kafka: KafkaSettings
     sim: SimulatedExpert
+    proxy: TlsProxyThread
 
     def log(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace") if self.log_path.exists() else ""
@@ -68,14 +71,19 @@ def _clinc(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
 @pytest.fixture(scope="module")
 def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorker]:
     tmp = tmp_path_factory.mktemp("live")
-    broker = LocalBroker(log_path=tmp / "broker.log").start()
+    pki = make_pki(tmp)
+    proxy_port, broker_port = free_port(), free_port()
+    broker = Tansu(tmp, broker_port, proxy_port)  # advertises the TLS proxy as its address
+    proxy = TlsProxyThread(pki, proxy_port, broker_port)
     sim = SimulatedExpert(data_dir / "clinc150" / "data_full.json", api_key=API_KEY).start_in_thread()
     proc: subprocess.Popen[bytes] | None = None
     try:
         prefix = f"dep{int(time.time() * 1000) % 10**8}."
+        tls = {"ssl_cafile": pki["ca"], "ssl_certfile": pki["client_crt"], "ssl_keyfile": pki["client_key"]}
         kafka = KafkaSettings(
-            bootstrap_servers=broker.bootstrap, topic_prefix=prefix, partitions=2, group_id=f"{prefix}g"
-        )
+            bootstrap_servers=f"127.0.0.1:{proxy_port}", topic_prefix=prefix, partitions=2,
+            group_id=f"{prefix}g", security_protocol="SSL", **tls,
+        )  # fmt: skip
         ensure_topics(kafka)
         data = _clinc(data_dir)
         seeds = [r for lab in CLASSES for r in [x for x in data["train"] if x[1] == lab][:10]]
@@ -91,7 +99,9 @@ def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
             {
                 "HF_HUB_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",
-                "DRIFTLABEL_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+                "DRIFTLABEL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                "DRIFTLABEL_KAFKA_SECURITY_PROTOCOL": "SSL",  # mutual TLS through the proxy
+                **{f"DRIFTLABEL_KAFKA_{k.upper()}": str(v) for k, v in tls.items()},
                 "DRIFTLABEL_KAFKA_TOPIC_PREFIX": prefix,
                 "DRIFTLABEL_KAFKA_PARTITIONS": "2",
                 "DRIFTLABEL_KAFKA_GROUP_ID": kafka.group_id,
@@ -116,7 +126,7 @@ def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
                 [sys.executable, "-m", "driftlabel.streams.cli", "-vv", *args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
             )  # fmt: skip
-        worker = LiveWorker(proc, log_path, port, kafka, sim)
+        worker = LiveWorker(proc, log_path, port, kafka, sim, proxy)
         deadline = time.monotonic() + 300
         while ": ready (" not in worker.log():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -139,7 +149,14 @@ def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
                 proc.kill()
                 proc.wait(10)
         sim.stop()
+        proxy.stop()
         broker.stop()
+
+
+def test_the_worker_talks_to_kafka_over_mutual_tls(live: LiveWorker) -> None:
+    # every connection through the proxy presented the client certificate (CN "worker") of our CA
+    assert live.proxy.seen and set(live.proxy.seen) == {"worker"}
+    assert len(live.proxy.seen) >= 3  # the test's own clients and the worker's producer/consumer/admin
 
 
 def test_the_key_was_used_and_no_secret_is_logged_or_exported(live: LiveWorker) -> None:
