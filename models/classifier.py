@@ -15,6 +15,7 @@ anything.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ from driftlabel.models.experts import (
     make_expert,
     noise_class,
 )
+from driftlabel.models.resolve import ResolveJob, start_resolve
 from driftlabel.models.store import ExampleStore
 from driftlabel.models.subsets import (
     cluster_labels,
@@ -133,6 +135,11 @@ class RedClassifier:
         self._combined: tuple[int, CombinedExperts] | None = None
         self._rng = np.random.default_rng(self.settings.seed)
         self._total_count = 0
+        # the re-solve schedule: positions in the stream of learned rows (see models/resolve.py)
+        self._position = 0  # rows learned incrementally so far (valid + hard negatives)
+        self._resolved_at = 0  # position of the last re-solve snapshot (or fit)
+        self._resolves = 0  # re-solves swapped in so far
+        self._pending: ResolveJob | None = None
 
     # -- properties -----------------------------------------------------------------------------------
     @property
@@ -146,6 +153,21 @@ class RedClassifier:
     @property
     def model_version(self) -> int:
         return self._model_version
+
+    @property
+    def resolves(self) -> int:
+        """Background re-solves swapped in so far (each one a new ``model_version``)."""
+        return self._resolves
+
+    @property
+    def resolve_pending(self) -> bool:
+        """True while a re-solve is running or waiting for its swap point."""
+        return self._pending is not None
+
+    @property
+    def position(self) -> int:
+        """Rows learned incrementally so far: the clock the re-solve schedule runs on."""
+        return self._position
 
     @property
     def n_subsets(self) -> int:
@@ -280,6 +302,8 @@ class RedClassifier:
                 "with add_class(label, description, examples)"
             )
         s = self.settings
+        self._pending = None  # a re-solve of the old model is void
+        self._resolved_at = self._position
         self._dim = X.shape[1]
         self._store = ExampleStore(self._dim, s.max_examples_per_label, s.max_negatives_per_label)
         self._store.add(X, texts, y)
@@ -409,6 +433,8 @@ class RedClassifier:
     def refit(self, resubset: bool = False) -> None:
         """Full refit of every expert from the stored examples (optionally rebuilding the subsets too)."""
         self._require_fitted()
+        self.settle()
+        self._resolved_at = self._position
         if resubset:
             s = self.settings
             E = self._label_matrix(self._labels)
@@ -458,6 +484,8 @@ class RedClassifier:
             return
         known = set(self._labels)
         new_labels = sorted({lab for lab in y[v].tolist() if lab not in known})
+        if new_labels:
+            self.settle()  # a new expert column changes the structure a pending re-solve was built on
         unknown_neg = ~v & ~_member(y, known)
         if unknown_neg.any():  # "not label L" says nothing when L is not known: keep nothing of it
             keep = ~unknown_neg
@@ -473,7 +501,70 @@ class RedClassifier:
         rest = ~np.isin(y, new_labels) if new_labels else np.ones(len(y), dtype=bool)
         self.store.add(X[rest], [t for t, r in zip(texts, rest.tolist(), strict=True) if r], y[rest], v[rest])
         self._learn_rows(X[rest], y[rest], v[rest])
+        self._position += len(X)
+        if self._pending is not None:
+            self._pending.batches.append((X[rest], y[rest], v[rest]))
+        self._schedule_resolve()
         self._bump()
+
+    # -- re-solves (models/resolve.py) ----------------------------------------------------------------
+    def _resolve_trigger(self) -> int:
+        s = self.settings
+        return max(s.resolve_every, int(np.ceil(s.resolve_growth * max(self.n_examples, 1))))
+
+    def _schedule_resolve(self) -> None:
+        """Swap a due re-solve in, and start the next one when enough new rows arrived (log positions)."""
+        s = self.settings
+        if self._pending is not None and self._position >= self._pending.swap_at:
+            self._swap_resolve()
+        if s.resolve_every == 0 or self._pending is not None:
+            return
+        trigger = self._resolve_trigger()
+        if self._position - self._resolved_at >= trigger:
+            p = self._position
+            self._resolved_at = p
+            swap_at = p + max(1, int(s.resolve_lag * trigger))
+            self._pending = start_resolve(
+                self, p, swap_at, background=s.resolve_background, seed=(s.seed, p)
+            )
+            if not s.resolve_background or s.resolve_lag == 0:
+                self._swap_resolve()
+
+    def _swap_resolve(self) -> None:
+        """Install a finished re-solve (waiting for it if needed) and replay what was learned since."""
+        job = self._pending
+        if job is None:
+            return
+        self._pending = None
+        experts = job.future.result()  # re-raises a failed solve: the caller sees why
+        self._experts = copy.deepcopy(experts)
+        for X, y, v in job.batches:
+            self._learn_rows(X, y, v)
+        self._resolves += 1
+        self._bump()
+
+    def settle(self) -> None:
+        """Finish a pending re-solve now (waits for it): before structural changes, saves and comparisons.
+
+        Settling at the same log position on two workers gives the same weights.
+        """
+        if self._pending is not None:
+            self._swap_resolve()
+
+    def copy(self) -> RedClassifier:
+        """An independent deep copy (a pending re-solve is shared and swapped into each at its position)."""
+        return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RedClassifier:
+        # the embedder (a torch model) and the prediction cache are shared, everything else is copied
+        new = RedClassifier.__new__(RedClassifier)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key in ("_embedder", "_combined"):
+                setattr(new, key, value)
+            else:
+                setattr(new, key, copy.deepcopy(value, memo))
+        return new
 
     def _learn_rows(self, X: np.ndarray, y: np.ndarray, v: np.ndarray, skip: int | None = None) -> None:
         """One incremental step for every expert on a micro-batch plus replayed stored examples."""
@@ -615,6 +706,7 @@ class RedClassifier:
 
     def _place_new_label(self, label: str, X: np.ndarray, texts: list[str]) -> int:
         """Put a new label into the least similar subset with room (or a new one) and train that expert."""
+        self.settle()
         s = self.settings
         desc = {label: self._desc_emb[label]} if label in self._desc_emb else None
         e = label_embeddings(X, np.full(len(X), label, dtype=object), [label], desc, s.description_weight)[0]
@@ -701,6 +793,7 @@ class RedClassifier:
             raise UnknownLabelError(f"unknown label {label!r}; known: {len(self._labels)} labels")
         if len(self._labels) == 1:
             raise ModelError(f"cannot remove {label!r}, the only label; fit a new model instead")
+        self.settle()
         si = self._label_subset_index()[label]
         self._subsets[si].remove(label)
         if self._subsets[si]:
@@ -723,6 +816,7 @@ class RedClassifier:
             raise UnknownLabelError(f"unknown label {label!r}; add it with add_class() first")
         description = _check_texts([description], "description")[0]
         e = self._encode([description], "description")[0]
+        self.settle()
         self._descriptions[label] = description
         self._desc_emb[label] = e
         # the description is one training row of its label's expert: refit that expert (small, warm-started)
@@ -811,6 +905,10 @@ class RedClassifier:
             "experts": self._experts,
             "store": self._store,
             "model_version": self._model_version,
+            "position": self._position,
+            "resolved_at": self._resolved_at,
+            "resolves": self._resolves,
+            "rng": self._rng.bit_generator.state,
             "embedder_name": self._embedder_name,
             "dim": self._dim,
         }

@@ -118,6 +118,29 @@ class ExpertSettings(DriftlabelSettings):
         24, ge=4, description="below this many labels subsets use cosine space, no UMAP"
     )
     batch_size: int = Field(256, ge=1, description="micro-batch size for embedding and learning")
+    resolve_every: int = Field(
+        200,
+        ge=0,
+        description="re-solve every expert (warm-started L-BFGS, the same objective as a full refit) after "
+        "this many newly learned rows, or after resolve_growth x the stored examples if that is more; 0: "
+        "never (incremental gradient steps only). Measured on CLINC150: gradient steps alone move 10-shot "
+        "accuracy 90.4 -> 90.5 % over the whole train split, a warm re-solve takes it to 94.7 %",
+    )
+    resolve_growth: float = Field(
+        0.1, ge=0.0, description="re-solve when the stored examples grew by this fraction (see resolve_every)"
+    )
+    resolve_iter: int = Field(30, ge=1, description="L-BFGS iterations of a warm re-solve")
+    resolve_lag: float = Field(
+        0.5,
+        ge=0.0,
+        description="a re-solve started at log position p is swapped in at p + lag x its trigger size, so "
+        "the swap point is a position in the training log (deterministic), not a moment in time",
+    )
+    resolve_background: bool = Field(
+        True,
+        description="run re-solves on a background thread (labelling goes on with the current weights); "
+        "False solves on the caller's thread at the trigger point (same result, with a pause)",
+    )
     joint_updates: bool = Field(
         True, description="incremental steps of all softmax experts in one matmul (same result, faster)"
     )

@@ -55,6 +55,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     """Write ``clf`` to the directory ``path`` (created if needed; an older model there is replaced)."""
     from driftlabel import __version__
 
+    clf.settle()  # a pending re-solve is finished first: the file is a function of the log position
     st = clf._state()
     if not st["experts"]:
         raise ModelFileError("nothing to save: the model has no labels yet; fit() it first")
@@ -76,7 +77,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             )
         if expert.coef_ is None:
             raise ModelFileError(f"expert {i} was never trained; call refit() before saving")
-        arrays[f"expert{i}_coef"] = expert.coef_.astype(np.float32)
+        arrays[f"expert{i}_coef"] = expert.coef_.astype(np.float64)  # exact: a restart continues bit for bit
         arrays[f"expert{i}_intercept"] = expert.intercept_.astype(np.float64)
         experts_meta.append(
             {
@@ -121,6 +122,12 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
         "description_labels": desc_labels,
         "subsets": st["subsets"],
         "noise_groups": st["noise_groups"],
+        "schedule": {
+            "position": st["position"],
+            "resolved_at": st["resolved_at"],
+            "resolves": st["resolves"],
+            "rng": st["rng"],
+        },
         "experts": experts_meta,
         "store": {
             "max_per_label": store.max_per_label,
@@ -258,4 +265,11 @@ def _build(
     clf._experts = list(experts)
     clf._store = store
     clf._model_version = int(manifest["model_version"])
+    sched = manifest.get("schedule")
+    if isinstance(sched, dict):  # older files have none: the schedule restarts at 0
+        clf._position = int(sched.get("position", 0))
+        clf._resolved_at = int(sched.get("resolved_at", 0))
+        clf._resolves = int(sched.get("resolves", 0))
+        if isinstance(sched.get("rng"), dict):
+            clf._rng.bit_generator.state = sched["rng"]
     return clf
