@@ -30,6 +30,7 @@ from pathlib import Path
 from driftlabel.judge import Candidate, Judge, JudgeRequest, load_judge_settings
 
 REPO = Path(__file__).resolve().parents[1]
+_ARGV: list[str] = []  # the command line, for the report
 
 
 def data_file() -> Path:
@@ -138,7 +139,7 @@ def write_report(path: Path, latency_ms: float, runs: list[Run], load: tuple[flo
         f"- load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
         "(the machine is shared; figures taken while others were busy are lower bounds)",
         "- items: CLINC150 test texts, half with the right label first, half second (delegation)",
-        "- command: `python bench/bench_judge.py " + " ".join(sys.argv[1:]) + "`",
+        "- command: `python bench/bench_judge.py " + " ".join(_ARGV) + "`",
         "",
         "| concurrency | items | verdicts | seconds | verdicts/s | tokens/verdict | p50 ms | p95 ms "
         "| judge CPU s | CPU ms/verdict | agreement |",
@@ -160,18 +161,28 @@ def write_report(path: Path, latency_ms: float, runs: list[Run], load: tuple[flo
         "verdict saturates one core.",
         "",
     ]
+    if len(runs) > 1:
+        sys.path.insert(0, str(REPO))
+        from bench.common import line_plot
+
+        png = line_plot(
+            path.stem, {"verdicts/s": ([r.concurrency for r in runs], [r.verdicts_per_s for r in runs])},
+            xlabel="judge concurrency", ylabel="verdicts/s", logx=True,
+            title=f"judge throughput at {latency_ms:.0f} ms endpoint latency",
+        )  # fmt: skip
+        lines += [f"![verdicts/s vs concurrency]({png.name})", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency-ms", type=float, default=300.0)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--items", type=int, default=400)
     ap.add_argument("--repeat", type=int, default=1, help="runs per concurrency; the best is reported")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "judge.md")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     load = os.getloadavg()
     reqs = build_requests(args.items)
     proc, url = start_sim(args.latency_ms)
@@ -195,6 +206,7 @@ def main() -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     write_report(args.out, args.latency_ms, runs, load)
     print(f"report: {args.out}")
     return 0

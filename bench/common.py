@@ -76,8 +76,10 @@ __all__ = [
     "best_of",
     "cache_path",
     "cached_embeddings",
+    "cdf_plot",
     "dataset_embeddings",
     "k_shot_indices",
+    "line_plot",
     "load_dataset",
     "load_embedder",
     "logreg_accuracy",
@@ -230,6 +232,67 @@ def write_report(name: str, title: str, body: str) -> Path:
     path = RESULTS_DIR / f"{name}.md"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     path.write_text(f"# {title}\n\n_{stamp}; {machine_info()}_\n\n{body.rstrip()}\n", encoding="utf-8")
+    return path
+
+
+def line_plot(
+    name: str,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+) -> Path:
+    """``bench/results/<name>.png``: one line per series ``{label: (xs, ys)}`` (accuracy vs k, rate vs
+    batch size, ...). Returns the path; embed it in the report as ``![title](<name>.png)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for label, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker="o", label=label)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cdf_plot(name: str, samples: dict[str, Sequence[float]], *, xlabel: str, title: str) -> Path:
+    """``bench/results/<name>.png``: the empirical CDF of each sample set (e.g. latencies in ms)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for label, xs in samples.items():
+        v = np.sort(np.asarray(list(xs), dtype=float))
+        if len(v):
+            ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share of items")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(samples) > 1:
+        ax.legend()
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
