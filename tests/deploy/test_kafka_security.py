@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from driftlabel.streams.broker import free_port
 from driftlabel.streams.settings import KafkaSettings
 
-from .tls import Tansu, make_pki, tls_proxy
+from .tls import ProxyLog, Tansu, make_pki, tls_proxy
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +52,10 @@ def test_tls_with_client_certificate_end_to_end(pki: dict[str, Path], tls_broker
         bootstrap_servers=f"127.0.0.1:{proxy_port}", security_protocol="SSL",
         ssl_cafile=pki["ca"], ssl_certfile=pki["client_crt"], ssl_keyfile=pki["client_key"],
     )  # fmt: skip
-    seen: list[str] = []
+    log = ProxyLog()
 
     async def scenario() -> None:
-        server = await tls_proxy(pki, proxy_port, broker_port, seen)
+        server = await tls_proxy(pki, proxy_port, broker_port, log)
         try:
             producer = AIOKafkaProducer(**good.client_kwargs())
             await asyncio.wait_for(producer.start(), 30)
@@ -87,7 +87,52 @@ def test_tls_with_client_certificate_end_to_end(pki: dict[str, Path], tls_broker
             await server.wait_closed()
 
     asyncio.run(scenario())
-    assert seen and set(seen) <= {"worker", "?"} and "worker" in seen
+    assert "worker" in log.peers and set(log.peers) <= {"worker", "?"}
+
+
+def test_sasl_plain_over_tls_end_to_end(pki: dict[str, Path], tls_broker: tuple[int, int]) -> None:
+    proxy_port, broker_port = tls_broker
+    password = "sasl-test-pw-42"
+    good = KafkaSettings(
+        bootstrap_servers=f"127.0.0.1:{proxy_port}", security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
+        sasl_username="driftlabel", sasl_password=password, ssl_cafile=pki["ca"],
+        ssl_certfile=pki["client_crt"], ssl_keyfile=pki["client_key"], request_timeout_ms=5000,
+    )  # fmt: skip
+    log = ProxyLog()
+
+    async def scenario() -> None:
+        server = await tls_proxy(pki, proxy_port, broker_port, log, sasl_users={"driftlabel": password})
+        try:
+            producer = AIOKafkaProducer(**good.client_kwargs())
+            await asyncio.wait_for(producer.start(), 30)
+            try:
+                await producer.send_and_wait("sasl-topic", b"logged in", key=b"k")
+            finally:
+                await producer.stop()
+            consumer = AIOKafkaConsumer(
+                "sasl-topic", auto_offset_reset="earliest", group_id=None, **good.client_kwargs()
+            )
+            await asyncio.wait_for(consumer.start(), 30)
+            try:
+                assert (await asyncio.wait_for(consumer.getone(), 30)).value == b"logged in"
+            finally:
+                await consumer.stop()
+            base = good.model_dump()
+            for bad in (
+                KafkaSettings(**{**base, "sasl_password": "wrong"}),
+                KafkaSettings(**{**base, "sasl_mechanism": "SCRAM-SHA-512"}),
+            ):
+                p = AIOKafkaProducer(**bad.client_kwargs())
+                with pytest.raises(Exception):  # noqa: B017 - SaslAuthenticationFailed / Unsupported...
+                    await asyncio.wait_for(p.start(), 20)
+                await p.stop()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert log.users and set(log.users) == {"driftlabel"}
+    assert "driftlabel" in log.refused and "mechanism SCRAM-SHA-512" in log.refused
 
 
 def test_a_broker_that_requires_sasl_refuses_plaintext_and_unknown_scram_users(

@@ -1,7 +1,9 @@
-"""Test helpers for Kafka over TLS: a throwaway PKI, a Tansu process, and a TLS proxy in front of it.
+"""Test helpers for Kafka TLS and SASL: a throwaway PKI, a Tansu process, and a proxy in front of it.
 
-Tansu 0.6 cannot serve TLS itself (see test_kafka_security.py), so a TLS-terminating proxy on loopback,
-which Tansu advertises as its own address, puts every client connection (metadata included) on TLS.
+Tansu 0.6 can serve neither TLS nor a usable SASL login (see test_kafka_security.py), so a proxy on
+loopback, which Tansu advertises as its own address, terminates mutual TLS and plays the broker's side of
+SASL/PLAIN (the Kafka SaslHandshake and SaslAuthenticate requests), then pipes everything else to Tansu.
+Every client connection, metadata included, goes through it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import datetime
 import ipaddress
 import signal
 import ssl
+import struct
 import subprocess
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -23,7 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from driftlabel.streams.broker import find_broker_binary, wait_for_port
 
-__all__ = ["Tansu", "TlsProxyThread", "make_pki", "tls_proxy"]
+__all__ = ["ProxyLog", "Tansu", "TlsProxyThread", "make_pki", "tls_proxy"]
 
 
 def _name(cn: str) -> x509.Name:
@@ -130,16 +134,103 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def tls_proxy(pki: dict[str, Path], port: int, upstream: int, seen: list[str]) -> asyncio.Server:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca"]))
-    ctx.load_cert_chain(str(pki["server_crt"]), str(pki["server_key"]))
-    ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the worker must show a certificate of our CA
+@dataclass
+class ProxyLog:
+    """What the proxy saw: client certificate names, users that logged in, refused logins."""
+
+    peers: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack(">i", len(payload)) + payload
+
+
+def _string(value: str | None) -> bytes:
+    if value is None:
+        return struct.pack(">h", -1)
+    raw = value.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+async def _sasl_plain(
+    cr: asyncio.StreamReader, cw: asyncio.StreamWriter, br: asyncio.StreamReader, bw: asyncio.StreamWriter,
+    users: dict[str, str], log: ProxyLog,
+) -> bool:  # fmt: skip
+    """Play the broker's side of SASL/PLAIN (Kafka SaslHandshake + SaslAuthenticate, versions 0-1).
+
+    Requests before the handshake (ApiVersions) go to the real broker; True once the client logged in.
+    """
+    while True:
+        size = struct.unpack(">i", await cr.readexactly(4))[0]
+        frame = await cr.readexactly(size)
+        api_key, api_version, corr = struct.unpack(">hhi", frame[:8])
+        n = struct.unpack(">h", frame[8:10])[0]
+        body = frame[10 + max(n, 0) :]  # after the client id
+        head = struct.pack(">i", corr)
+        if api_key == 17:  # SaslHandshake: which mechanism
+            m = struct.unpack(">h", body[:2])[0]
+            mechanism = body[2 : 2 + m].decode()
+            err = 0 if mechanism == "PLAIN" else 33  # UNSUPPORTED_SASL_MECHANISM
+            cw.write(_frame(head + struct.pack(">hi", err, 1) + _string("PLAIN")))
+            await cw.drain()
+            if err:
+                log.refused.append(f"mechanism {mechanism}")
+                return False
+        elif api_key == 36:  # SaslAuthenticate: authzid NUL user NUL password
+            length = struct.unpack(">i", body[:4])[0]
+            _, user, password = body[4 : 4 + length].split(b"\x00", 2)
+            ok = users.get(user.decode()) == password.decode()
+            out = head + struct.pack(">h", 0 if ok else 58)  # SASL_AUTHENTICATION_FAILED
+            out += _string(None if ok else "Authentication failed: invalid username or password")
+            out += struct.pack(">i", 0)  # no auth bytes back
+            if api_version >= 1:
+                out += struct.pack(">q", 0)
+            cw.write(_frame(out))
+            await cw.drain()
+            (log.users if ok else log.refused).append(user.decode())
+            return ok
+        else:  # ApiVersions and the like: the real broker answers
+            bw.write(_frame(frame))
+            await bw.drain()
+            rsize = struct.unpack(">i", await br.readexactly(4))[0]
+            cw.write(_frame(await br.readexactly(rsize)))
+            await cw.drain()
+
+
+async def tls_proxy(
+    pki: dict[str, Path] | None,
+    port: int,
+    upstream: int,
+    log: ProxyLog,
+    sasl_users: dict[str, str] | None = None,
+) -> asyncio.Server:
+    """A proxy to ``upstream`` on ``port``: mutual TLS with ``pki`` (None: plain TCP), SASL/PLAIN with
+    ``sasl_users`` (None: no SASL). Everything after the login is piped through unchanged."""
+    ctx: ssl.SSLContext | None = None
+    if pki is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca"]))
+        ctx.load_cert_chain(str(pki["server_crt"]), str(pki["server_key"]))
+        ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the client must show a certificate of our CA
 
     async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sslobj = cw.get_extra_info("ssl_object")
         peer = sslobj.getpeercert() if sslobj else None
-        seen.append(dict(x[0] for x in peer["subject"])["commonName"] if peer else "?")
+        log.peers.append(dict(x[0] for x in peer["subject"])["commonName"] if peer else "?")
         br, bw = await asyncio.open_connection("127.0.0.1", upstream)
+        try:
+            if sasl_users is not None and not await _sasl_plain(cr, cw, br, bw, sasl_users, log):
+                raise ValueError("login refused")
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, ValueError):
+            ok = False
+        else:
+            ok = True
+        if not ok or (sasl_users is not None and cw.is_closing()):
+            for w in (cw, bw):
+                with contextlib.suppress(Exception):
+                    w.close()
+            return
         await asyncio.gather(_pipe(cr, bw), _pipe(br, cw))
 
     return await asyncio.start_server(handle, "127.0.0.1", port, ssl=ctx)
@@ -148,15 +239,17 @@ async def tls_proxy(pki: dict[str, Path], port: int, upstream: int, seen: list[s
 class TlsProxyThread:
     """:func:`tls_proxy` served from its own thread and event loop (for clients in other processes)."""
 
-    def __init__(self, pki: dict[str, Path], port: int, upstream: int) -> None:
-        self.seen: list[str] = []
+    def __init__(
+        self, pki: dict[str, Path] | None, port: int, upstream: int, sasl_users: dict[str, str] | None = None
+    ) -> None:
+        self.log = ProxyLog()
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._server: asyncio.Server | None = None
 
         def run() -> None:
             asyncio.set_event_loop(self._loop)
-            self._server = self._loop.run_until_complete(tls_proxy(pki, port, upstream, self.seen))
+            self._server = self._loop.run_until_complete(tls_proxy(pki, port, upstream, self.log, sasl_users))
             ready.set()
             self._loop.run_forever()
             self._server.close()
