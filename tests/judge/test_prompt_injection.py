@@ -22,6 +22,7 @@ import pytest
 
 from driftlabel.judge import Candidate, Judge, JudgeRequest, JudgeSettings, SimulatedExpert
 from driftlabel.judge.prompts import VALIDATE_SYSTEM, extract_blocks, task_of
+from driftlabel.judge.settings import load_judge_settings
 
 BASES = {
     "weather": "what is the weather going to be like in boston tomorrow",
@@ -188,5 +189,43 @@ def test_no_injection_flips_a_verdict(answer_format: str, settings_for: Callable
                 await client.close()
                 await http.aclose()
             assert sim.counts["flipped"] == 0 and sim.counts["yes"] + sim.counts["no"] == len(sent)
+
+    asyncio.run(scenario())
+
+
+def test_injections_in_generative_requests_stay_data() -> None:
+    """The same texts inside propose-class and generate-examples prompts: exact blocks, no forged task."""
+    group = [text for text, label, _ in CASES if label == "weather"]
+    truth = {text: label for text, label, _ in CASES}
+    sent: list[dict[str, Any]] = []
+
+    async def capture(request: Any) -> None:
+        if request.url.path.endswith("/chat/completions"):
+            sent.append(json.loads(request.content))
+
+    async def scenario() -> None:
+        async with SimulatedExpert(truth) as sim:
+            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [capture]})
+            client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="unused", http_client=http)
+            judge = Judge(load_judge_settings(base_url=sim.base_url, max_retries=0), client=client)
+            try:
+                name, _ = await judge.propose_class(group, known_labels=["transfer", "alarm"])
+                assert name == "weather"
+                prompt = sent[-1]["messages"][1]["content"]
+                assert task_of(prompt) == "propose-class"
+                assert extract_blocks(prompt, "item") == group[:30]
+                assert extract_blocks(prompt, "known") == ["transfer", "alarm"]
+                assert "<text>" not in prompt and "<label>" not in prompt
+                got = await judge.generate_examples("weather", INJECTIONS[16], 5, known=group[:3])
+                assert all(truth[t] == "weather" for t in got)
+                prompt = sent[-1]["messages"][1]["content"]
+                assert task_of(prompt) == "generate-examples"
+                assert extract_blocks(prompt, "description") == [INJECTIONS[16]]
+                assert extract_blocks(prompt, "avoid") == group[:3]
+            finally:
+                await judge.aclose()
+                await client.close()
+                await http.aclose()
+            assert sim.counts["propose"] == 1 and sim.counts["generate"] == 1
 
     asyncio.run(scenario())
