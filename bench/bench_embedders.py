@@ -39,6 +39,7 @@ from bench.common import (
     cached_embeddings,
     dataset_embeddings,
     k_shot_indices,
+    line_plot,
     logreg_accuracy,
     machine_info,
     markdown_table,
@@ -153,6 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-red", action="store_true", help="skip the RedClassifier accuracy")
     ap.add_argument("--no-accuracy", action="store_true", help="speed only")
+    ap.add_argument(
+        "--batches",
+        type=int,
+        nargs="*",
+        default=[1, 8, 32, 64, 128, 256],
+        help="batch sizes of the throughput sweep (plotted); none = no sweep",
+    )
     args = ap.parse_args(argv)
 
     texts = list(dict.fromkeys(load_clinc150().test.texts))[: args.speed_texts]
@@ -170,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {s['name']}: {s['texts_per_s']:.0f} texts/s, {s['latency_ms']:.1f} ms/text, "
             f"load {s['load_s']:.1f}s"
         )
+        for b in args.batches:
+            sw = measure_speed(kind, texts, b, 1, args.threads)
+            state.setdefault("sweep", {}).setdefault(kind, {})[str(b)] = sw["texts_per_s"]
+            _say(f"  batch {b}: {sw['texts_per_s']:.0f} texts/s")
         if not args.no_accuracy:
             emb = load_embedder(EmbedderSettings(kind=kind, batch_size=args.batch))
             state["accuracy"][kind] = {
@@ -260,6 +272,31 @@ def render(state: dict[str, Any]) -> str:
             rows,
         ),
     ]
+    sweep = state.get("sweep") or {}
+    if sweep:
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {
+            k: ([float(b) for b in sorted(v, key=int)], [float(v[b]) for b in sorted(v, key=int)])
+            for k, v in sweep.items()
+        }
+        png = line_plot(
+            "embedders_batch", series, xlabel="batch size", ylabel="texts/s (log)",
+            title="embedder throughput vs batch size (cache off, 1 run each)", logx=True,
+        )  # fmt: skip
+        sizes = sorted({int(b) for v in sweep.values() for b in v})
+        body += [
+            "",
+            "## Throughput vs batch size (texts/s, one run each; latest run per kind)",
+            "",
+            markdown_table(
+                ["kind", *map(str, sizes)],
+                [
+                    [k, *(f"{v[str(b)]:,.0f}" if str(b) in v else "-" for b in sizes)]
+                    for k, v in sweep.items()
+                ],
+            ),
+            "",
+            f"![throughput vs batch size]({png.name})",
+        ]
     acc = state["accuracy"]
     if acc:
         cols = ["clinc150-10", "clinc150-full", "banking77-10"]

@@ -48,7 +48,7 @@ class Benchmark:
 
 
 EMBEDDERS_QUICK: tuple[str, ...] = ("--kinds", "sentence-transformers", "static", "--repeats", "1")
-EMBEDDERS_QUICK += ("--seeds", "0", "--speed-texts", "512", "--no-red")
+EMBEDDERS_QUICK += ("--speed-texts", "256", "--batches", "1", "8", "32", "128", "--no-accuracy")
 
 #: name -> benchmark; ``driftlabel bench NAME`` runs ``BENCHMARKS[NAME]``.
 BENCHMARKS: dict[str, Benchmark] = {
