@@ -20,7 +20,7 @@ from driftlabel.bench import chaos
 
 pytestmark = pytest.mark.slow
 
-FAULT_S = 6.0  # seconds each fault lasts here; minutes in `driftlabel bench reliability`
+FAULT_S = 4.0  # seconds each fault lasts here; minutes in `driftlabel bench reliability`
 
 
 @pytest.fixture(scope="module")
