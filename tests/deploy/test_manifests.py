@@ -224,3 +224,39 @@ def test_hadolint_passes_the_dockerfile(deploy_dir: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _settings_fields() -> dict[str, set[str]]:
+    from driftlabel.judge import JudgeSettings
+    from driftlabel.models import EmbedderSettings, ExpertSettings
+    from driftlabel.streams.settings import KafkaSettings, MetricsSettings, StreamSettings
+
+    classes = (
+        KafkaSettings,
+        StreamSettings,
+        MetricsSettings,
+        JudgeSettings,
+        EmbedderSettings,
+        ExpertSettings,
+    )
+    return {str(c.model_config["env_prefix"]): set(c.model_fields) for c in classes}
+
+
+def test_every_driftlabel_variable_the_files_set_is_a_real_setting(
+    compose: dict[str, Any], k8s_docs: list[dict[str, Any]]
+) -> None:
+    """pydantic-settings ignores unknown variables, so a typo would be silently dropped: catch it here."""
+    fields = _settings_fields()
+    names: list[str] = []
+    for svc in compose["services"].values():
+        names.extend(svc.get("environment") or {})
+    for doc in k8s_docs:
+        if doc["kind"] == "Deployment":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                names.extend(e["name"] for e in c.get("env", []))
+    names = [n for n in names if n.startswith("DRIFTLABEL_") and n != "DRIFTLABEL_CONFIG"]
+    assert len(names) >= 10
+    for name in names:
+        prefix = next((p for p in fields if name.startswith(p)), None)
+        assert prefix is not None, f"{name}: no settings class has this prefix"
+        assert name[len(prefix) :].lower() in fields[prefix], f"{name} is not a field of its settings class"
