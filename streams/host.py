@@ -15,6 +15,15 @@ on how the log happened to be batched). Every label carries it; it only grows. :
 holds every counter that decides future model changes (position, generation, the refit schedule), and
 goes into each checkpoint with the model.
 
+Re-forming the label subsets (``RedClassifier.refit(resubset=True)``, seconds to tens of seconds) never
+pauses labelling: after every ``reform_every`` valid examples the model thread takes a copy of the
+model, a background thread re-forms the copy, and meanwhile the live model keeps labelling and learning;
+every change made to the live model since the copy was taken is kept and replayed onto the copy, which is
+then swapped in on the model thread (atomically: a prediction sees the old model or the new one, never a
+half-built one) with the next generation, so its versions are higher than any before. A checkpoint is
+not written while a re-forming is in flight (a restart replays the log from before it, and re-forms at
+the same record), so the generation at a given log position is the same on every worker once swapped.
+
 After every ``refit_every`` newly learned *valid* training examples (counted since the last refit or fit,
 and kept in the checkpoint; hard negatives do not count) the model thread runs a full
 :meth:`RedClassifier.refit` right after the incremental step of that batch. A refit is a function of the
@@ -25,11 +34,13 @@ reach the same model.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +49,7 @@ import numpy as np
 from driftlabel.models import Ranking, RedClassifier
 from driftlabel.streams.messages import ControlMessage, TrainingMessage
 from driftlabel.streams.ports import Classifier, Embedder
+from driftlabel.streams.seed import SeedSet
 from driftlabel.streams.settings import StreamSettings
 
 __all__ = ["GENERATION", "EmbeddingCache", "ModelHost", "SeedSet", "refit_cuts"]
@@ -73,66 +85,43 @@ class EmbeddingCache:
         return len(self._d)
 
 
-class SeedSet:
-    """What a fresh worker collects from ``training`` and ``control`` before its first fit."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.labels: list[str] = []
-        self.negatives: list[TrainingMessage] = []
-        self.descriptions: dict[str, str] = {}
-        self.removed: set[str] = set()
-
-    def add_training(self, records: Sequence[TrainingMessage]) -> None:
-        for r in records:
-            if r.valid:
-                self.texts.append(r.text)
-                self.labels.append(r.label)
-                self.removed.discard(r.label)
-            else:
-                self.negatives.append(r)
-
-    def add_control(self, msg: ControlMessage) -> None:
-        if msg.op == "add_class":
-            self.removed.discard(msg.label)
-            for e in msg.examples or ():
-                self.texts.append(e)
-                self.labels.append(msg.label)
-            if msg.description:
-                self.descriptions[msg.label] = msg.description
-        elif msg.op == "describe_class" and msg.description:
-            self.descriptions[msg.label] = msg.description
-        elif msg.op == "remove_class":
-            self.removed.add(msg.label)
-
-    def fit_data(self) -> tuple[list[str], list[str], dict[str, str]]:
-        keep = [i for i, lab in enumerate(self.labels) if lab not in self.removed]
-        texts = [self.texts[i] for i in keep]
-        labels = [self.labels[i] for i in keep]
-        known = set(labels)
-        return texts, labels, {k: v for k, v in self.descriptions.items() if k in known}
-
-    @property
-    def n_labels(self) -> int:
-        return len(set(self.labels) - self.removed)
-
-
-def refit_cuts(valid: np.ndarray, counted: int, every: int) -> list[tuple[int, int]]:
-    """Cut a batch into pieces so that a refit falls right after the record that makes the count of
-    valid examples reach ``every``: the refit points are then positions in the log, the same however
-    the log happens to be batched."""
-    n = len(valid)
-    if not every or n == 0:
-        return [(0, n)]
+def trigger_points(valid: np.ndarray, counted: int, every: int) -> list[int]:
+    """Ends (exclusive) of the records of a batch after which the count of valid examples, ``counted``
+    before it, reaches a multiple of ``every`` (0: never)."""
+    if not every or len(valid) == 0:
+        return []
     cum = counted + np.cumsum(valid.astype(np.int64))
-    ends = [int(i) + 1 for i in np.flatnonzero((cum % every == 0) & valid & (cum > 0))]
+    return [int(i) + 1 for i in np.flatnonzero((cum % every == 0) & valid & (cum > 0))]
+
+
+def refit_cuts(valid: np.ndarray, counted: int, every: int, *more: tuple[int, int]) -> list[tuple[int, int]]:
+    """Cut a batch into pieces so that a refit (or a re-forming: more ``(counted, every)`` schedules)
+    falls right after the record that makes the count of valid examples reach ``every``: the points are
+    then positions in the log, the same however the log happens to be batched."""
+    n = len(valid)
+    ends = set(trigger_points(valid, counted, every))
+    for c, e in more:
+        ends.update(trigger_points(valid, c, e))
+    if not ends or n == 0:
+        return [(0, n)]
     cuts, lo = [], 0
-    for hi in ends:
+    for hi in sorted(ends):
         cuts.append((lo, hi))
         lo = hi
     if lo < n:
         cuts.append((lo, n))
     return cuts
+
+
+@dataclass
+class Reform:
+    """A re-forming in flight: the copy, its background job, the live changes to replay onto it."""
+
+    copy: Any
+    started_at: int  # log position of the copy
+    future: Future[float]
+    replay: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    t0: float = field(default_factory=time.perf_counter)
 
 
 class ModelHost:
@@ -145,10 +134,14 @@ class ModelHost:
         cache_size: int = 20000,
         refit_every: int | None = None,
         on_refit: Callable[[float], None] | None = None,
+        reform_every: int = 0,
+        on_reform: Callable[[float, float], None] | None = None,
     ) -> None:
         """``refit_every``: full refit after this many newly learned valid examples (0 disables; None
         takes the :class:`StreamSettings` default). ``on_refit(seconds)`` is called on the model thread
-        after each refit (e.g. ``ServiceMetrics.observe_refit``)."""
+        after each refit (e.g. ``ServiceMetrics.observe_refit``). ``reform_every``: re-form the subsets
+        in the background after this many valid examples (0 disables); ``on_reform(background_s,
+        swap_s)`` after each swap."""
         self.embedder = embedder
         self.expert_settings = expert_settings
         self.model: Classifier | None = None
@@ -167,6 +160,13 @@ class ModelHost:
         self.refit_seconds = 0.0  # time this host spent in them
         self.position = 0  # learning-log records the model includes
         self.generation = 0  # swaps to a re-formed model
+        if reform_every < 0:
+            raise ValueError(f"reform_every must be >= 0, got {reform_every}")
+        self.reform_every = reform_every
+        self.on_reform = on_reform
+        self.valid_since_reform = 0
+        self.reform: Reform | None = None
+        self._bg = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-reform")
 
     @property
     def version(self) -> int:
@@ -180,6 +180,7 @@ class ModelHost:
             "generation": self.generation,
             "valid_since_refit": self.valid_since_refit,
             "refits": self.refits,
+            "valid_since_reform": self.valid_since_reform,
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
@@ -189,12 +190,14 @@ class ModelHost:
         self.generation = int(st.get("generation", 0))
         self.valid_since_refit = int(st.get("valid_since_refit", 0))
         self.refits = int(st.get("refits", 0))
+        self.valid_since_reform = int(st.get("valid_since_reform", 0))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the model thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:
+        self._bg.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     @property
@@ -252,15 +255,113 @@ class ModelHost:
         texts = [r.text for r in records]
         X = self._embed_cached(texts)
         valid = np.array([r.valid for r in records], dtype=bool)
-        for lo, hi in refit_cuts(valid, self.valid_since_refit, self.refit_every):
-            part = records[lo:hi]
-            self.live.learn_embeddings(
-                X[lo:hi], texts[lo:hi], [r.label for r in part], valid=valid[lo:hi].tolist()
-            )
-            self.changes_since_checkpoint += len(part)
-            self.valid_since_refit += int(valid[lo:hi].sum())
+        cuts = refit_cuts(
+            valid, self.valid_since_refit, self.refit_every, (self.valid_since_reform, self.reform_every)
+        )
+        for lo, hi in cuts:
+            labels = [r.label for r in records[lo:hi]]
+            args = (X[lo:hi], texts[lo:hi], labels, valid[lo:hi].tolist())
+            self.live.learn_embeddings(*args)
+            self._remember("learn", args)
+            self.changes_since_checkpoint += hi - lo
+            n_valid = int(valid[lo:hi].sum())
+            self.valid_since_refit += n_valid
+            self.valid_since_reform += n_valid
             if self.refit_every and self.valid_since_refit >= self.refit_every:
                 self._refit()
+            if self.reform_every and self.valid_since_reform >= self.reform_every:
+                self._begin_reform()
+
+    def _remember(self, op: str, args: tuple[Any, ...]) -> None:
+        """A change of the live model, to be replayed onto a copy being re-formed."""
+        if self.reform is not None:
+            self.reform.replay.append((op, args))
+
+    # -- re-forming (background) -------------------------------------------------------------------------
+    @property
+    def reforming(self) -> bool:
+        return self.reform is not None
+
+    def copy_model(self) -> Classifier:
+        """An independent copy of the live model sharing the embedder (``RedClassifier.copy`` when it
+        has one)."""
+        model = self.live
+        if hasattr(model, "copy"):
+            return model.copy()
+        return copy.deepcopy(model, {id(self.embedder): self.embedder})
+
+    def _begin_reform(self) -> None:
+        """Model thread: copy the model as it is now and re-form the copy in the background."""
+        if self.reform is not None:  # the learner settles one before the next is due; be safe anyway
+            self._wait_reform(self.reform)
+            self._swap()
+        self.valid_since_reform = 0
+        clone = self.copy_model()
+
+        def job() -> float:
+            t0 = time.perf_counter()
+            clone.refit(resubset=True)
+            return time.perf_counter() - t0
+
+        self.reform = Reform(copy=clone, started_at=self.position, future=self._bg.submit(job))
+        log.info("re-forming the label subsets in the background (copy at log position %d)", self.position)
+
+    @staticmethod
+    def _wait_reform(reform: Reform) -> None:
+        reform.future.result()
+
+    def _swap(self) -> bool:
+        """Model thread: if the re-formed copy is done, replay the live changes onto it and swap it in."""
+        reform = self.reform
+        if reform is None or not reform.future.done():
+            return False
+        self.reform = None
+        background_s = reform.future.result()  # a failure in the background raises here
+        t0 = time.perf_counter()
+        new = reform.copy
+        for op, args in reform.replay:
+            if op == "learn":
+                new.learn_embeddings(*args)
+            elif op == "refit":
+                new.refit()
+            else:
+                self._apply_control(new, args[0])
+        swap_s = time.perf_counter() - t0
+        self.model = new
+        self.generation += 1
+        self.changes_since_checkpoint += 1
+        log.info(
+            "swapped in the re-formed model: %d subsets, %d changes replayed, v%d (background %.1fs, "
+            "swap %.2fs)", new.n_subsets, len(reform.replay), self.version, background_s, swap_s,
+        )  # fmt: skip
+        if self.on_reform is not None:
+            self.on_reform(background_s, swap_s)
+        return True
+
+    async def maybe_swap(self) -> bool:
+        """Swap in a finished re-forming (cheap when there is none)."""
+        if self.reform is None or not self.reform.future.done():
+            return False
+        return await self.run(self._swap)
+
+    async def settle_reform(self) -> None:
+        """Wait (off the model thread: labelling goes on) for the re-forming in flight, then swap it in."""
+        reform = self.reform
+        if reform is None:
+            return
+        await asyncio.wrap_future(reform.future)
+        await self.run(self._swap)
+
+    def reform_due(self, records: Sequence[TrainingMessage]) -> bool:
+        """Would learning ``records`` start a re-forming?"""
+        valid = np.array([r.valid for r in records], dtype=bool)
+        return bool(trigger_points(valid, self.valid_since_reform, self.reform_every))
+
+    async def request_reform(self) -> None:
+        """Re-form now (the caller must call this at a point of the log, e.g. on a control op, so that
+        every worker re-forms at the same record)."""
+        await self.settle_reform()
+        await self.run(self._begin_reform)
 
     def _refit(self) -> None:
         """Full refit of the experts from the stored examples (model thread; blocks predictions)."""
@@ -268,6 +369,7 @@ class ModelHost:
         t0 = time.perf_counter()
         model = self.live
         model.refit()
+        self._remember("refit", ())
         dt = time.perf_counter() - t0
         self.valid_since_refit = 0
         self.refits += 1
@@ -285,14 +387,18 @@ class ModelHost:
     def _control(self, msg: ControlMessage, position: int | None = None) -> None:
         if position is not None:
             self.position = position
-        model = self.live
+        self._apply_control(self.live, msg)
+        self._remember("control", (msg,))
+        self.changes_since_checkpoint += 1
+
+    @staticmethod
+    def _apply_control(model: Classifier, msg: ControlMessage) -> None:
         if msg.op == "add_class":
             model.add_class(msg.label, description=msg.description, examples=list(msg.examples or ()))
         elif msg.op == "remove_class":
             model.remove_class(msg.label)
         elif msg.op == "describe_class" and msg.description is not None:
             model.describe_class(msg.label, msg.description)
-        self.changes_since_checkpoint += 1
 
     def _candidates(
         self, X: np.ndarray, rows: list[int], cands: list[list[tuple[str, float]]], n: int, c: int

@@ -159,7 +159,7 @@ class Learner:
     async def follow(self) -> None:
         """Apply new records as they arrive, checkpointing now and then (runs until cancelled)."""
         while True:
-            await self.follow_once(timeout_ms=500)
+            await self.follow_once(timeout_ms=200 if self.host.reforming else 500)
             await self.flush_dead_letters()
             await self.maybe_checkpoint()
 
@@ -242,11 +242,16 @@ class Learner:
     async def follow_once(self, timeout_ms: int) -> int:
         """Apply the next records of the log; returns how many were read."""
         assert self.follower is not None
+        if await self.host.maybe_swap():
+            await self.update_model_metrics()
         records = await self.follower.poll(timeout_ms=timeout_ms, max_records=self.stream.learn_batch)
         if not records:
             return 0
         for step in plan_steps(records, self.seen, **self._limits()):
+            if self.host.reforming and step.training and self.host.reform_due(step.training):
+                await self.host.settle_reform()  # the next one is due: this one first (labelling goes on)
             await self.apply(step)
+        await self.host.maybe_swap()
         await self.update_model_metrics()
         return len(records)
 
@@ -300,6 +305,8 @@ class Learner:
         due = time.monotonic() - self._last_checkpoint >= self.stream.checkpoint_every_s
         if not self.host.ready or self.follower is None or not (force or due):
             return None
+        if self.host.reforming:  # a restart must re-form at the same record: checkpoint after the swap
+            return None
         if self.host.changes_since_checkpoint == 0:
             self._last_checkpoint = time.monotonic()
             return None
@@ -335,6 +342,9 @@ class Learner:
 
     async def final_checkpoint(self) -> None:
         """On shutdown: a last checkpoint if anything changed since the previous one."""
+        if self.host.reforming:
+            log.info("no final checkpoint: a re-forming is in flight (a restart replays from the last one)")
+            return
         if self.host.ready and self.follower is not None and self.host.changes_since_checkpoint:
             await self.checkpoint()
 

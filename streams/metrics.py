@@ -45,6 +45,8 @@ METRIC_NAMES = (
     "driftlabel_control_ops_total",
     "driftlabel_refits_total",
     "driftlabel_refit_seconds",
+    "driftlabel_reforms_total",
+    "driftlabel_reform_seconds",
     "driftlabel_duplicates_total",
     "driftlabel_log_repeats_total",
     "driftlabel_forwarded_total",
@@ -151,6 +153,19 @@ class ServiceMetrics:
             buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
             registry=r,
         )
+        self.reforms = Counter(
+            "driftlabel_reforms",
+            "Subset re-formings swapped in (built on a copy in the background)",
+            registry=r,
+        )
+        self.reform_seconds = Histogram(
+            "driftlabel_reform_seconds",
+            "Duration of one re-forming, by phase (background: labelling goes on; swap: on the model thread)",
+            ["phase"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=r,
+        )
+        self.model_swaps = Counter("driftlabel_model_swaps", "Models swapped in by the learner", registry=r)
         self.duplicates = Counter(
             "driftlabel_duplicates",
             "Outputs not written because the topic already had them (a final label, a dead letter)",
@@ -201,6 +216,12 @@ class ServiceMetrics:
         """One full refit took ``seconds`` (thread-safe: called from the model thread)."""
         self.refits.inc()
         self.refit_seconds.observe(seconds)
+
+    def observe_reform(self, background_s: float, swap_s: float) -> None:
+        """One re-forming was swapped in (thread-safe: called from the model thread)."""
+        self.reforms.inc()
+        self.reform_seconds.labels(phase="background").observe(background_s)
+        self.reform_seconds.labels(phase="swap").observe(swap_s)
 
     def set_model(self, n_classes: int, n_subsets: int, version: int) -> None:
         self.classes.set(n_classes)

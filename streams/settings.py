@@ -119,9 +119,16 @@ class StreamSettings(DriftlabelSettings):
     checkpoint_keep: int = Field(3, ge=1)
     learn_batch: int = Field(256, ge=1, description="training records learned in one step")
     refit_every: int = Field(
-        500,
+        0,
         ge=0,
-        description="full refit of the experts after this many newly learned valid examples (0: never)",
+        description="blocking full refit of the experts after this many newly learned valid examples "
+        "(0: never; the default, since an incremental update is exact)",
+    )
+    reform_every: int = Field(
+        2000,
+        ge=0,
+        description="re-form the label subsets on a copy in the background after this many newly learned "
+        "valid examples, then swap it in (0: never); labelling never pauses for it",
     )
     embedding_cache: int = Field(20000, ge=0, description="embeddings kept so learning need not re-embed")
     seed_wait_s: float = Field(600.0, gt=0, description="how long a fresh worker waits for seed examples")

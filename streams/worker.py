@@ -98,6 +98,8 @@ class WorkerService:
             cache_size=stream.embedding_cache,
             refit_every=stream.refit_every,
             on_refit=self.metrics.observe_refit,
+            reform_every=stream.reform_every,
+            on_reform=self.metrics.observe_reform,
         )
         self.judge = JudgeCaller(
             judge_settings,
