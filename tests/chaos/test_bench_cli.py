@@ -1,0 +1,51 @@
+"""``driftlabel bench``: the dispatcher lists every benchmark, runs an entry point's ``main(argv)`` in a
+child process with the quick or the given arguments, passes its exit code on, and says clearly what to do
+when a benchmark module is not there yet. (No benchmark is run here: they take minutes.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from driftlabel.bench import cli
+
+
+def test_list_names_every_benchmark() -> None:
+    out = subprocess.run([sys.executable, "-m", "driftlabel.streams.cli", "bench", "--list"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for name in ("models", "embedders", "judge", "stream", "reliability", "loop"):
+        assert name in out.stdout
+
+
+def test_a_missing_module_fails_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(cli.BENCHMARKS, "nothere", cli.Benchmark("driftlabel.bench.bench_nothere", "absent"))
+    assert cli.run_benchmark("nothere", quick=True, progress=False) == 2
+    err = capsys.readouterr().err
+    assert "bench/bench_nothere.py" in err and "main(argv)" in err
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_runs_main_with_the_mode_arguments_and_passes_the_exit_code_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], quick: bool
+) -> None:
+    (tmp_path / "fake_bench.py").write_text(
+        "import sys\n"
+        "def main(argv):\n"
+        "    print('ARGV', ' '.join(argv))\n"
+        "    return 3 if '--fail' in argv else 0\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(
+        cli.BENCHMARKS, "fake", cli.Benchmark("fake_bench", "a fake", quick=("--q",), full=("--f",))
+    )
+    assert cli.run_benchmark("fake", quick=quick, progress=False) == 0
+    assert ("ARGV --q" if quick else "ARGV --f") in capsys.readouterr().out
+    assert cli.run_benchmark("fake", quick=quick, extra=["--fail"], progress=False) == 3
+    assert "ARGV --fail" in capsys.readouterr().out
