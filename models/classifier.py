@@ -847,8 +847,47 @@ class RedClassifier:
     @_blas_limited
     def rank_embeddings(self, X: np.ndarray, top_k: int = 5) -> Ranking:
         """Ranked candidates, probabilities, entropy, margin and out-of-scope flag for each embedding."""
+        X = self._check_X(X)
         Z = self.log_odds(X)
-        return make_ranking(Z, self._labels, top_k, self.settings.temperature, self.settings.oos_threshold)
+        s = self.settings
+        flagged = None
+        if s.oos == "nearest" and len(X):
+            flagged = self.nearest_similarity(X) < self.oos_similarity_threshold()
+        threshold = s.oos_threshold if s.oos == "noise" else None
+        return make_ranking(Z, self._labels, top_k, s.temperature, threshold, flagged)
+
+    def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
+        """Cosine similarity of each embedding to its nearest stored known-good example (chunked matmul)."""
+        Xs, _, _ = self.store.arrays()
+        X = np.asarray(X, dtype=np.float32)
+        out = np.full(len(X), -1.0, dtype=np.float32)
+        if len(Xs) == 0:
+            return out
+        for lo in range(0, len(Xs), 8192):
+            np.maximum(out, (X @ Xs[lo : lo + 8192].T).max(axis=1), out=out)
+        return out
+
+    def oos_similarity_threshold(self) -> float:
+        """The ``oos_quantile`` quantile of the store's leave-one-out nearest-neighbour similarities.
+
+        Calibrated on the model's own examples (no held-out data needed), computed on a fixed-seed sample
+        of at most 512 stored rows and cached until the store changes size by 10 %.
+        """
+        Xs, _, _ = self.store.arrays()
+        n = len(Xs)
+        cached = getattr(self, "_oos_cal", None)
+        if cached is not None and abs(cached[0] - n) <= 0.1 * max(cached[0], 1):
+            return float(cached[1])
+        if n < 2:
+            thr = -1.0
+        else:
+            rng = np.random.default_rng(self.settings.seed)
+            rows = np.sort(rng.choice(n, size=min(n, 512), replace=False))
+            S = Xs[rows] @ Xs.T
+            S[np.arange(len(rows)), rows] = -1.0  # leave the row itself out
+            thr = float(np.quantile(S.max(axis=1), self.settings.oos_quantile))
+        self._oos_cal = (n, thr)
+        return thr
 
     def rank(self, texts: Sequence[str], top_k: int = 5) -> Ranking:
         self._require_fitted()

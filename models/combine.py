@@ -125,14 +125,28 @@ class CombinedExperts:
 
 
 def make_ranking(
-    Z: np.ndarray, labels: Sequence[str], top: int = 5, temperature: float = 1.0, oos_threshold: float = 0.0
+    Z: np.ndarray,
+    labels: Sequence[str],
+    top: int = 5,
+    temperature: float = 1.0,
+    oos_threshold: float | None = None,
+    out_of_scope: np.ndarray | None = None,
 ) -> Ranking:
-    """Turn log-odds into a :class:`Ranking` (probabilities, candidates, entropy, margin, out-of-scope)."""
+    """Turn log-odds into a :class:`Ranking` (probabilities, candidates, entropy, margin, out-of-scope).
+
+    Out of scope: the rows of ``out_of_scope`` when given, else every log-odds below ``oos_threshold``
+    ("every expert says noise"), else none.
+    """
     n = len(Z)
     P = softmax(np.asarray(Z, dtype=np.float64) / temperature) if n else np.zeros((0, len(labels)))
     k = max(1, min(top, len(labels)))
     idx, vals = top_k(P, max(k, 2) if len(labels) > 1 else 1)
-    oos = Z.max(axis=1) < oos_threshold if n else np.zeros(0, dtype=bool)
+    if out_of_scope is not None:
+        oos = np.asarray(out_of_scope, dtype=bool).reshape(n)
+    elif oos_threshold is not None and n:
+        oos = Z.max(axis=1) < oos_threshold
+    else:
+        oos = np.zeros(n, dtype=bool)
     lab_arr = np.asarray(labels, dtype=object)
     top1 = lab_arr[idx[:, 0]] if n else np.zeros(0, dtype=object)
     final = np.where(oos, OUT_OF_SCOPE, top1).tolist()

@@ -96,8 +96,19 @@ class ExpertSettings(DriftlabelSettings):
     replay: float = Field(1.0, ge=0.0, description="stored examples replayed per new example when learning")
     negative_weight: float = Field(1.0, ge=0.0, description="weight of hard negatives (complementary loss)")
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the combined scores")
+    oos: Literal["off", "nearest", "noise"] = Field(
+        "off",
+        description="out-of-scope detection, the same default for the CLI, the Python API and the stream. "
+        "off: never (no cost to in-scope accuracy); nearest: the text's cosine similarity to its nearest "
+        "stored example is below the oos_quantile quantile of the store's own leave-one-out similarities "
+        "(measured, CLINC150 10-shot: 75 % of out-of-scope texts caught, 5.0 % of in-scope flagged); noise: "
+        "every expert says noise (log-odds below oos_threshold; 10-shot: 96 % caught but 23 % flagged)",
+    )
+    oos_quantile: float = Field(
+        0.05, gt=0.0, lt=1.0, description="nearest mode: the in-scope share that may be flagged (calibrated)"
+    )
     oos_threshold: float = Field(
-        0.0, description="out_of_scope when every label's log-odds against its expert's noise is below this"
+        0.0, description="noise mode: out_of_scope when every label's log-odds against its noise is below this"
     )
     max_examples_per_label: int = Field(1000, ge=1, description="stored known-good examples per label (FIFO)")
     max_negatives_per_label: int = Field(200, ge=0, description="stored hard negatives per label (FIFO)")

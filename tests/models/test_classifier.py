@@ -67,7 +67,27 @@ def test_combination_is_the_product_of_experts(fitted: RedClassifier, blobs: Blo
             np.testing.assert_allclose(Z[:, fitted.labels.index(lab)], want, rtol=1e-4, atol=1e-4)
 
 
+def test_out_of_scope_is_off_by_default(fitted: RedClassifier) -> None:
+    far = -np.mean(fitted.store.arrays()[0], axis=0, keepdims=True)
+    far = np.repeat(far / np.linalg.norm(far), 2, axis=0)
+    assert fitted.settings.oos == "off"
+    assert not fitted.rank_embeddings(far).out_of_scope.any()
+
+
+def test_out_of_scope_nearest_flags_far_texts_and_few_known_ones(fitted: RedClassifier) -> None:
+    fitted.settings = fitted.settings.model_copy(update={"oos": "nearest", "oos_quantile": 0.05})
+    far = -np.mean(fitted.store.arrays()[0], axis=0, keepdims=True)
+    far = np.repeat(far / np.linalg.norm(far), 2, axis=0)
+    r = fitted.rank_embeddings(far)
+    assert r.out_of_scope.all() and r.labels == [OUT_OF_SCOPE, OUT_OF_SCOPE]
+    Xs = fitted.store.arrays()[0]
+    noisy = Xs + np.random.default_rng(0).normal(0, 0.02, Xs.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    assert fitted.rank_embeddings(noisy).out_of_scope.mean() <= 0.1  # calibrated: few in-scope flagged
+
+
 def test_out_of_scope_when_every_expert_says_noise(fitted: RedClassifier) -> None:
+    fitted.settings = fitted.settings.model_copy(update={"oos": "noise"})
     far = -np.mean(fitted.store.arrays()[0], axis=0, keepdims=True)  # opposite of all the data
     far = np.repeat(far / np.linalg.norm(far), 2, axis=0)
     Z = fitted.log_odds(far)
@@ -322,7 +342,7 @@ def test_real_minilm_on_a_clinc150_slice(embedder, data_dir, tmp_path: Path) -> 
     pick = [i for i, lab in enumerate(ds.train.labels) if lab in intents]
     tr = [i for n, i in enumerate(pick) if n % 10 < 1]  # 10 of 100 per intent
     te = [i for i, lab in enumerate(ds.test.labels) if lab in intents][::3]
-    clf = RedClassifier(embedder, ExpertSettings(subset_size=4)).fit(
+    clf = RedClassifier(embedder, ExpertSettings(subset_size=4, oos="nearest")).fit(
         [ds.train.texts[i] for i in tr], [ds.train.labels[i] for i in tr]
     )
     assert clf.n_subsets == 3
