@@ -524,10 +524,8 @@ class RedClassifier:
             p = self._position
             self._resolved_at = p
             swap_at = p + max(1, int(s.resolve_lag * trigger))
-            self._pending = start_resolve(
-                self, p, swap_at, background=s.resolve_background, seed=(s.seed, p)
-            )
-            if not s.resolve_background or s.resolve_lag == 0:
+            self._pending = start_resolve(self, p, swap_at, background=s.resolve_background, seed=(s.seed, p))
+            if s.resolve_lag == 0:
                 self._swap_resolve()
 
     def _swap_resolve(self) -> None:
@@ -948,6 +946,7 @@ class RedClassifier:
             "resolved_at": self._resolved_at,
             "resolves": self._resolves,
             "rng": self._rng.bit_generator.state,
+            "pending": self._pending,
             "embedder_name": self._embedder_name,
             "dim": self._dim,
         }

@@ -108,7 +108,7 @@ class ExpertSettings(DriftlabelSettings):
         0.05, gt=0.0, lt=1.0, description="nearest mode: the in-scope share that may be flagged (calibrated)"
     )
     oos_threshold: float = Field(
-        0.0, description="noise mode: out_of_scope when every label's log-odds against its noise is below this"
+        0.0, description="noise mode: out_of_scope when every label's log-odds against noise is below this"
     )
     max_examples_per_label: int = Field(1000, ge=1, description="stored known-good examples per label (FIFO)")
     max_negatives_per_label: int = Field(200, ge=0, description="stored hard negatives per label (FIFO)")
@@ -150,7 +150,8 @@ class ExpertSettings(DriftlabelSettings):
     resolve_background: bool = Field(
         True,
         description="run re-solves on a background thread (labelling goes on with the current weights); "
-        "False solves on the caller's thread at the trigger point (same result, with a pause)",
+        "False solves on the caller's thread at the trigger point (the same weights at every position, "
+        "with a pause)",
     )
     joint_updates: bool = Field(
         True, description="incremental steps of all softmax experts in one matmul (same result, faster)"

@@ -15,6 +15,7 @@ what is wrong and what to do. No code is ever executed from a model file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 
 from driftlabel.models.errors import ModelFileError
 from driftlabel.models.experts import ExpertSettings, SoftmaxExpert
+from driftlabel.models.resolve import ResolveJob
 from driftlabel.models.store import ExampleStore
 
 if TYPE_CHECKING:
@@ -55,7 +57,6 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     """Write ``clf`` to the directory ``path`` (created if needed; an older model there is replaced)."""
     from driftlabel import __version__
 
-    clf.settle()  # a pending re-solve is finished first: the file is a function of the log position
     st = clf._state()
     if not st["experts"]:
         raise ModelFileError("nothing to save: the model has no labels yet; fit() it first")
@@ -87,6 +88,29 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
                 "n_seen": expert.n_seen_,
             }
         )
+    pending_meta: dict[str, Any] | None = None
+    job = st["pending"]
+    if job is not None:
+        # saved as it stands: its result (waited for, not swapped in) and the batches to replay at the swap,
+        # so a restarted worker swaps at the same log position with the same weights as one that never stopped
+        result = job.future.result()
+        pending_meta = {"position": job.position, "swap_at": job.swap_at, "experts": [], "batches": []}
+        for i, expert in enumerate(result):
+            if not isinstance(expert, SoftmaxExpert) or expert.coef_ is None:
+                raise ModelFileError(f"pending re-solve: expert {i} cannot be saved")
+            arrays[f"pending{i}_coef"] = expert.coef_.astype(np.float64)
+            arrays[f"pending{i}_intercept"] = expert.intercept_.astype(np.float64)
+            pending_meta["experts"].append(
+                {
+                    "params": expert.get_params(),
+                    "classes": [str(c) for c in expert.classes_],
+                    "n_seen": expert.n_seen_,
+                }
+            )
+        for j, (bX, by, bv) in enumerate(job.batches):
+            arrays[f"batch{j}_X"] = np.asarray(bX, dtype=np.float32)
+            arrays[f"batch{j}_valid"] = np.asarray(bv, dtype=bool)
+            pending_meta["batches"].append([str(v) for v in np.asarray(by).tolist()])
     store: ExampleStore = st["store"]
     state = store.state()
     arrays["store_pos_X"] = np.asarray(state["pos_X"], dtype=np.float32)
@@ -127,6 +151,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             "resolved_at": st["resolved_at"],
             "resolves": st["resolves"],
             "rng": st["rng"],
+            "pending": pending_meta,
         },
         "experts": experts_meta,
         "store": {
@@ -141,6 +166,27 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     _write_atomic(p / ARRAYS, arrays_bytes)
     _write_atomic(p / TEXTS, texts_bytes)
     _write_atomic(manifest_path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+def _load_pending(meta: dict[str, Any], arrays: dict[str, np.ndarray], dim: int) -> ResolveJob:
+    """A saved pending re-solve: its finished result and the batches learned since its snapshot."""
+    experts = []
+    for i, em in enumerate(meta["experts"]):
+        e = SoftmaxExpert(**em["params"])
+        e.classes_ = np.array(em["classes"], dtype=object)
+        e.coef_ = arrays[f"pending{i}_coef"].astype(np.float64)
+        e.intercept_ = arrays[f"pending{i}_intercept"].astype(np.float64)
+        e.n_seen_ = float(em["n_seen"])
+        if e.coef_.shape != (dim, len(e.classes_)):
+            raise ModelFileError(f"pending re-solve: expert {i} weights do not match its classes")
+        experts.append(e)
+    future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+    future.set_result(experts)
+    batches = [
+        (arrays[f"batch{j}_X"], np.array(by, dtype=object), arrays[f"batch{j}_valid"].astype(bool))
+        for j, by in enumerate(meta["batches"])
+    ]
+    return ResolveJob(int(meta["position"]), int(meta["swap_at"]), future, batches)
 
 
 def _read_checked(p: Path, name: str, manifest: dict[str, Any]) -> bytes:
@@ -272,4 +318,6 @@ def _build(
         clf._resolves = int(sched.get("resolves", 0))
         if isinstance(sched.get("rng"), dict):
             clf._rng.bit_generator.state = sched["rng"]
+        if isinstance(sched.get("pending"), dict):
+            clf._pending = _load_pending(sched["pending"], arrays, dim)
     return clf

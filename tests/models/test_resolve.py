@@ -1,0 +1,136 @@
+"""Streamed learning equals a refit: background warm re-solves at log positions (models/resolve.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from driftlabel.models import ExpertSettings, RedClassifier
+
+from .conftest import make_blobs
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _problem() -> tuple[
+    RedClassifier, tuple[np.ndarray, list[str], np.ndarray], tuple[np.ndarray, np.ndarray]
+]:
+    blobs = make_blobs(n_labels=16, dim=24, noise=0.28, seed=7)
+    seeds = blobs.sample(3, seed=1)
+    stream = blobs.sample(40, seed=2)
+    X_te, _, y_te = blobs.sample(30, seed=3)
+    return seeds, stream, (X_te, y_te)
+
+
+def _stream(clf: RedClassifier, stream: tuple[np.ndarray, list[str], np.ndarray], batch: int = 16) -> None:
+    X, texts, y = stream
+    order = np.random.default_rng(0).permutation(len(X))
+    for lo in range(0, len(X), batch):
+        rows = order[lo : lo + batch]
+        clf.learn_embeddings(X[rows], [texts[i] for i in rows], y[rows])
+
+
+def _settings(**kw: object) -> ExpertSettings:
+    return ExpertSettings(**{"subset_size": 4, "resolve_every": 64, **kw})  # type: ignore[arg-type]
+
+
+def _weights(clf: RedClassifier) -> list[np.ndarray]:
+    return [np.concatenate([e.coef_.ravel(), e.intercept_]) for e in clf._experts]  # type: ignore[attr-defined]
+
+
+def test_streamed_batches_move_predictions_as_far_as_a_refit() -> None:
+    seeds, stream, (X_te, y_te) = _problem()
+    streamed = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    seeds_only = np.mean(np.array(streamed.predict_embeddings(X_te)) == y_te)
+    _stream(streamed, stream)
+    streamed.settle()
+    assert streamed.resolves >= 3
+    refit = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    refit._store.add(stream[0], stream[1], stream[2])  # type: ignore[union-attr]
+    refit.refit()
+    p_stream = np.array(streamed.predict_embeddings(X_te))
+    p_refit = np.array(refit.predict_embeddings(X_te))
+    acc_stream, acc_refit = np.mean(p_stream == y_te), np.mean(p_refit == y_te)
+    assert acc_refit > seeds_only + 0.05  # the problem is one where more data matters
+    assert acc_stream >= acc_refit - 0.02, (seeds_only, acc_stream, acc_refit)
+    assert np.mean(p_stream == p_refit) >= 0.9
+
+
+def test_gradient_steps_alone_fall_short_of_the_re_solve() -> None:
+    seeds, stream, (X_te, y_te) = _problem()
+    sgd = RedClassifier(settings=_settings(resolve_every=0)).fit_embeddings(*seeds)
+    _stream(sgd, stream)
+    assert sgd.resolves == 0 and not sgd.resolve_pending
+    resolved = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    _stream(resolved, stream)
+    resolved.settle()
+    acc = [np.mean(np.array(m.predict_embeddings(X_te)) == y_te) for m in (sgd, resolved)]
+    assert acc[1] >= acc[0]
+
+
+def test_background_and_inline_re_solves_give_the_same_weights() -> None:
+    """The swap point is a log position, so how fast the solve runs cannot change the result."""
+    seeds, stream, _ = _problem()
+    models = []
+    for background in (True, False):
+        clf = RedClassifier(settings=_settings(resolve_background=background)).fit_embeddings(*seeds)
+        _stream(clf, stream)
+        clf.settle()
+        models.append(clf)
+    a, b = models
+    assert a.resolves == b.resolves and a.model_version == b.model_version and a.position == b.position
+    for wa, wb in zip(_weights(a), _weights(b), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_labels_keep_coming_while_a_re_solve_runs() -> None:
+    """Between the snapshot and the swap the old weights answer; the swap bumps the version once."""
+    seeds, stream, (X_te, _) = _problem()
+    clf = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
+    X, texts, y = stream
+    clf.learn_embeddings(X[:64], texts[:64], y[:64])
+    assert clf.resolve_pending
+    before = _weights(clf)
+    assert len(clf.rank_embeddings(X_te)) == len(X_te)  # answers at once, from the current weights
+    for wa, wb in zip(before, _weights(clf), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    v = clf.model_version
+    clf.settle()
+    assert not clf.resolve_pending and clf.model_version == v + 1 and clf.resolves == 1
+
+
+def test_save_and_load_continue_the_schedule_bit_for_bit(tmp_path: Path) -> None:
+    seeds, stream, _ = _problem()
+    X, texts, y = stream
+    half = len(X) // 2
+    straight = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    _stream(straight, (X, texts, y))
+    straight.settle()
+
+    first = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    order = np.random.default_rng(0).permutation(len(X))
+    for lo in range(0, half, 16):
+        rows = order[lo : lo + 16]
+        first.learn_embeddings(X[rows], [texts[i] for i in rows], y[rows])
+    first.save(tmp_path / "m")
+    resumed = RedClassifier.load(tmp_path / "m")
+    for lo in range(half, len(X), 16):
+        rows = order[lo : lo + 16]
+        resumed.learn_embeddings(X[rows], [texts[i] for i in rows], y[rows])
+    resumed.settle()
+    assert resumed.position == straight.position and resumed.resolves == straight.resolves >= 1
+    assert resumed.model_version == straight.model_version
+    for wa, wb in zip(_weights(straight), _weights(resumed), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_copy_is_independent() -> None:
+    seeds, stream, (X_te, _) = _problem()
+    clf = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    twin = clf.copy()
+    _stream(clf, stream)
+    clf.settle()
+    assert twin.model_version < clf.model_version and twin.n_examples < clf.n_examples
+    assert len(twin.predict_embeddings(X_te)) == len(X_te)
