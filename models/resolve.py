@@ -94,7 +94,7 @@ def _solve(shadow: RedClassifier, iterations: int) -> list[Expert]:
     shadow._refit_experts(range(len(shadow._experts)), fresh=False)
     for e, it in zip(shadow._experts, saved, strict=True):
         if it is not None:
-            e.max_iter = it  # type: ignore[union-attr]
+            e.max_iter = it
     return shadow._experts
 
 
@@ -111,7 +111,7 @@ def start_resolve(
 
     shadow = RedClassifier.__new__(RedClassifier)
     shadow.settings = clf.settings
-    shadow._store = FrozenStore(clf.store)  # type: ignore[assignment]
+    shadow._store = FrozenStore(clf.store)
     shadow._subsets = [list(s) for s in clf._subsets]
     shadow._noise_group = dict(clf._noise_group)
     desc: Mapping[str, np.ndarray] = clf._desc_emb
