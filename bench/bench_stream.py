@@ -44,6 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from driftlabel.streams.broker import LocalBroker, free_port
 from driftlabel.streams.client import TopicReader, produce
+from driftlabel.streams.commands import EMBEDDER_KINDS
 from driftlabel.streams.demo import load_clinc150_file, resolve_clinc150, split_demo
 from driftlabel.streams.settings import KafkaSettings
 from driftlabel.streams.topics import TopicNames, ensure_topics
@@ -58,13 +59,13 @@ def load() -> str:
 _EMB: Any = None
 
 
-def embedder_speed(texts: list[str], batch: int) -> float:
+def embedder_speed(texts: list[str], batch: int, kind: str = "sentence-transformers") -> float:
     """texts/s of the embedder alone on ``texts`` in batches of ``batch`` (no cache: it really encodes)."""
     global _EMB
     if _EMB is None:
         from driftlabel.models import EmbedderSettings, load_embedder
 
-        _EMB = load_embedder(EmbedderSettings(cache_size=0))
+        _EMB = load_embedder(EmbedderSettings(cache_size=0, kind=kind))
         _EMB.warmup()
     emb = _EMB
 
@@ -174,6 +175,124 @@ async def reform_round(
     }
 
 
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            body = json.loads(r.read())
+            return bool(r.status == 200 and body.get("partitions", 0) > 0)
+    except (OSError, ValueError):
+        return False
+
+
+def scaling(args: argparse.Namespace, seeds: list[tuple[str, str]], texts: list[str]) -> int:
+    """Throughput with 1, 2, 4 ... workers of one group on ``--partitions`` partitions (a plot)."""
+    counts = [int(x) for x in args.workers.split(",")]
+    rows = []
+    load_before = load()
+    for n in counts:
+        work = Path(tempfile.mkdtemp(prefix="driftlabel-scale-"))
+        broker = LocalBroker(log_path=work / "broker.log").start()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            prefix = f"scale{n}."
+            kafka = KafkaSettings(
+                bootstrap_servers=broker.bootstrap, topic_prefix=prefix, group_id=f"{prefix}g",
+                partitions=args.partitions,
+            )  # fmt: skip
+            names = TopicNames.from_settings(kafka)
+            ensure_topics(kafka)
+            seed_values = [
+                {"id": f"s{i}", "text": t, "label": lab, "source": "seed"} for i, (t, lab) in enumerate(seeds)
+            ]
+            asyncio.run(produce(kafka, names.training, seed_values))
+            ports = []
+            for k in range(n):
+                port = free_port()
+                ports.append(port)
+                env = {
+                    **os.environ,
+                    "DRIFTLABEL_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+                    "DRIFTLABEL_KAFKA_TOPIC_PREFIX": prefix,
+                    "DRIFTLABEL_KAFKA_GROUP_ID": f"{prefix}g",
+                    "DRIFTLABEL_KAFKA_PARTITIONS": str(args.partitions),
+                    "DRIFTLABEL_METRICS_PORT": str(port),
+                    "DRIFTLABEL_STREAM_CHECKPOINT_DIR": str(work / "ckpt"),  # later ones load the first fit
+                    "DRIFTLABEL_STREAM_BATCH_SIZE": str(args.batch_size),
+                    "DRIFTLABEL_STREAM_JUDGE_TARGET_SHARE": "0",
+                    "DRIFTLABEL_STREAM_REFORM_EVERY": "0",
+                    "DRIFTLABEL_EMBEDDER_KIND": EMBEDDER_KINDS[args.embedder],
+                }
+                log = (work / f"worker{k}.log").open("ab")
+                procs.append(
+                    subprocess.Popen([sys.executable, "-m", "driftlabel.streams.cli", "worker"], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+                )  # fmt: skip
+                t0 = time.monotonic()
+                while ": ready (" not in (work / f"worker{k}.log").read_text(errors="replace"):
+                    if procs[-1].poll() is not None or time.monotonic() - t0 > 900:
+                        raise SystemExit((work / f"worker{k}.log").read_text(errors="replace")[-3000:])
+                    time.sleep(0.5)
+            t0 = time.monotonic()
+            while not all(_ready(p) for p in ports):  # every worker has partitions: the group settled
+                if time.monotonic() - t0 > 120:
+                    raise SystemExit("the group did not settle: some worker has no partition")
+                time.sleep(0.5)
+            asyncio.run(run_round(kafka, names, texts[:500], "warm", 0))
+            time.sleep(2.0)  # a rebalance triggered by the warm-up settles
+            r = asyncio.run(run_round(kafka, names, texts, f"n{n}", 0))
+            rows.append((n, r["rate"], r["p50_ms"], r["p99_ms"]))
+            print(
+                f"bench: {n} worker(s) on {args.partitions} partitions: {r['rate']:.0f} texts/s", flush=True
+            )
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            broker.stop()
+    load_after = load()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = args.out.with_name(args.out.stem + "_scaling.png")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-")
+    ax.set_xlabel("workers (one consumer group)")
+    ax.set_ylabel("texts/s end to end")
+    ax.set_xticks([r[0] for r in rows])
+    ax.set_title(f"{args.embedder} embedder, {args.partitions} partitions, {os.cpu_count()} CPUs")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    table = "\n".join(f"| {n} | {rate:.0f} | {p50:.0f} | {p99:.0f} |" for n, rate, p50, p99 in rows)
+    report = f"""# Streaming benchmark: scaling with workers (`bench/bench_stream.py --workers`)
+
+Command: `python bench/bench_stream.py {" ".join(sys.argv[1:])}`
+Date (UTC): {time.strftime("%Y-%m-%d %H:%M", time.gmtime())}; {platform.platform()}; {os.cpu_count()} CPUs;
+load average before / after: {load_before} / {load_after}. Every worker, the broker and this process share
+these CPUs, so more workers cannot add CPU here: the figures show the cost of the group, not a real
+cluster's scaling.
+
+Setup: local Tansu broker, {args.partitions} partitions, one consumer group, {len({lab for _, lab in seeds})}
+CLINC150 classes (10 seeds each), {len(texts)} texts sent at once, embedder {args.embedder}, judge off.
+
+| workers | texts/s | p50 first label (ms, includes queueing) | p99 (ms) |
+|---|---|---|---|
+{table}
+
+![throughput vs workers]({png.name})
+"""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report, encoding="utf-8")
+    print(f"bench: wrote {args.out} and {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, help="folder with clinc150/data_full.json (default: shared data)")
@@ -182,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--judge-share", type=float, default=0.0)
+    ap.add_argument("--embedder", choices=["minilm", "onnx", "static"], default="minilm")
     ap.add_argument("--latency-s", type=float, default=20.0, help="length of the half-rate latency run")
     ap.add_argument(
         "--reform",
@@ -190,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also measure latency while a subset re-forming runs (N valid training examples start one)",
     )
+    ap.add_argument("--workers", help="scaling mode: comma-separated worker counts, e.g. 1,2,4")
+    ap.add_argument("--partitions", type=int, default=8, help="partitions in the scaling mode")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup (broker, worker) on SIGTERM
@@ -204,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, (t, lab) in enumerate(stream[args.texts : args.texts + args.reform])
     ]
     print(f"bench: {len(texts)} texts, {len({lab for _, lab in seeds})} classes; load {load()}", flush=True)
+    if args.workers:
+        return scaling(args, seeds, texts)
 
     load_before = load()
 
@@ -226,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             "DRIFTLABEL_STREAM_BATCH_SIZE": str(args.batch_size),
             "DRIFTLABEL_EMBEDDER_CACHE_SIZE": "0",  # as for the embedder alone: repeated rounds re-encode
             "DRIFTLABEL_STREAM_JUDGE_TARGET_SHARE": str(args.judge_share),
+            "DRIFTLABEL_EMBEDDER_KIND": EMBEDDER_KINDS[args.embedder],
             # no re-forming except the measured one (the judge, if on, also adds examples)
             "DRIFTLABEL_STREAM_REFORM_EVERY": str(args.reform or 10**9),
         }
@@ -255,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.rounds):
             # the embedder alone right before each service round (the worker idles meanwhile), so both
             # see about the same load on a shared machine
-            alone = embedder_speed(texts, args.batch_size)
+            alone = embedder_speed(texts, args.batch_size, EMBEDDER_KINDS[args.embedder])
             e0 = embed_seconds(metrics_port)
             r = asyncio.run(run_round(kafka, names, texts, f"r{k}", 0))
             r["alone"] = alone
@@ -314,7 +439,7 @@ load average before / after: {load_before} / {load_after} (the machine is shared
 
 Setup: local Tansu broker, 1 worker process (`driftlabel worker`), {len({lab for _, lab in seeds})} CLINC150
 classes seeded with 10 examples each, {len(texts)} in-scope CLINC150 texts, micro-batch {args.batch_size},
-judge share {args.judge_share:.0%}.
+judge share {args.judge_share:.0%}, embedder {args.embedder}.
 
 | measure | value |
 |---|---|

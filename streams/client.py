@@ -199,7 +199,7 @@ class TopicReader:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
         )
         try:
             await c.start()

@@ -21,7 +21,11 @@ from typing import Any
 from driftlabel.config import load_settings
 from driftlabel.streams.settings import KafkaSettings, MetricsSettings, StreamSettings
 
-__all__ = ["kafka_from_args", "register"]
+__all__ = ["EMBEDDER_KINDS", "kafka_from_args", "register"]
+
+#: ``--embedder`` choices -> ``EmbedderSettings.kind`` (MiniLM = all-MiniLM-L6-v2 with torch; onnx = its
+#: int8 ONNX export; static = a distilled static embedder, ~100x faster and a few points less accurate)
+EMBEDDER_KINDS = {"minilm": "sentence-transformers", "onnx": "onnx", "static": "static"}
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +103,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.judge_url:
         judge_over["base_url"] = args.judge_url
     judge = load_settings(JudgeSettings, args.config, **judge_over)
-    emb_settings = load_settings(EmbedderSettings, args.config)
+    emb_over: dict[str, Any] = {}
+    if getattr(args, "embedder", None):
+        emb_over["kind"] = EMBEDDER_KINDS[args.embedder]
+    emb_settings = load_settings(EmbedderSettings, args.config, **emb_over)
     experts = load_settings(ExpertSettings, args.config)
     if args.print_config:
         _print_settings(kafka, stream, metrics, judge, emb_settings, experts)
         return 0
     if kafka.create_topics:
         ensure_topics(kafka)
-    print("driftlabel worker: loading the embedder...", flush=True)
+    print(f"driftlabel worker: loading the embedder ({emb_settings.kind})...", flush=True)
     embedder = load_embedder(emb_settings)
     embedder.warmup()
     service = WorkerService(
@@ -205,6 +212,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-dir", type=Path, help="where model checkpoints are written and loaded")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL of the judge (ends in /v1)")
     p.add_argument("--worker-id", help="name of this worker in logs and checkpoints")
+    p.add_argument(
+        "--embedder",
+        choices=sorted(EMBEDDER_KINDS),
+        help="embedder (else DRIFTLABEL_EMBEDDER_KIND / the config; default minilm): static is fastest",
+    )
     p.add_argument("--print-config", action="store_true", help="show the effective settings and exit")
     p.set_defaults(func=cmd_worker)
 

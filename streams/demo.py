@@ -284,6 +284,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "DRIFTLABEL_STREAM_JUDGE_TARGET_SHARE": str(args.judge_share),
             "DRIFTLABEL_METRICS_PORT": str(metrics_port),
         }
+        if args.embedder:
+            from driftlabel.streams.commands import EMBEDDER_KINDS
+
+            env["DRIFTLABEL_EMBEDDER_KIND"] = EMBEDDER_KINDS[args.embedder]
         if not args.oos and "DRIFTLABEL_EXPERTS_OOS_THRESHOLD" not in os.environ:
             # the demo streams in-scope texts only: out-of-scope calls could only be wrong here
             env["DRIFTLABEL_EXPERTS_OOS_THRESHOLD"] = "-1e9"
@@ -292,7 +296,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         log_path = workdir / "worker.log"
         print(
-            f"demo: starting a worker (log {log_path}); loading MiniLM and fitting the experts...", flush=True
+            f"demo: starting a worker (log {log_path}); loading the embedder ({args.embedder or 'minilm'}) "
+            "and fitting the experts...",
+            flush=True,
         )
         t_start = time.monotonic()
         worker = start_worker(env, log_path)
@@ -373,6 +379,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-error-rate", type=float, default=0.0, help="share of wrong simulated verdicts")
     p.add_argument("--rate", type=float, default=0.0, help="texts per second (0 = as fast as possible)")
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--embedder",
+        choices=["minilm", "onnx", "static"],
+        help="embedder of the worker (default minilm, or DRIFTLABEL_EMBEDDER_KIND): static is fastest",
+    )
     p.add_argument("--bootstrap", help="use this Kafka instead of starting a local broker")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="give up streaming after this many seconds")

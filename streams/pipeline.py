@@ -35,6 +35,7 @@ __all__ = [
     "judge_result_messages",
     "judgeable",
     "label_messages",
+    "label_values",
     "parse_text_batch",
 ]
 
@@ -168,6 +169,32 @@ def label_messages(
             model_version=int(model_version),
             ts=now,
         )
+        for i in range(len(ids))
+    ]
+
+
+def label_values(
+    ids: Sequence[str], ranking: RankingLike, routed: np.ndarray, model_version: int, now: float
+) -> list[dict[str, Any]]:
+    """:func:`label_messages` as plain dicts (the hot path: no faust Record per text; the worker
+    serialises them with orjson). Same fields, same rules."""
+    routed_l = np.asarray(routed, dtype=bool).tolist()
+    oos_l = np.asarray(ranking.out_of_scope, dtype=bool).tolist()
+    scores = np.asarray(ranking.scores, dtype=float).tolist()
+    entropy = np.asarray(ranking.entropy, dtype=float).tolist()
+    version = int(model_version)
+    return [
+        {
+            "id": ids[i],
+            "label": ranking.labels[i],
+            "score": scores[i],
+            "entropy": entropy[i],
+            "status": OUT_OF_SCOPE if oos_l[i] and not routed_l[i] else "predicted",
+            "final": not routed_l[i],
+            "candidates": [[str(lab), float(p)] for lab, p in ranking.candidates[i]],
+            "model_version": version,
+            "ts": now,
+        }
         for i in range(len(ids))
     ]
 

@@ -43,7 +43,9 @@ class KafkaSettings(DriftlabelSettings):
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1500, ge=100)
     request_timeout_ms: int = Field(30000, ge=1000)
-    fetch_max_wait_ms: int = Field(100, ge=1, description="longest a fetch waits for data (latency bound)")
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, description="longest a fetch waits for data (a latency bound on brokers that hold fetches)"
+    )
     create_topics: bool = Field(True, description="create missing topics at start (explicitly, never auto)")
     transactions: bool = Field(
         False,
@@ -99,7 +101,9 @@ class StreamSettings(DriftlabelSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTLABEL_STREAM_", frozen=True, extra="forbid")
 
     batch_size: int = Field(64, ge=1, description="micro-batch size for embedding")
-    batch_within_s: float = Field(0.05, gt=0, description="flush a partial micro-batch after this long")
+    batch_within_s: float = Field(
+        0.01, gt=0, description="close a partial micro-batch after this long (a latency bound)"
+    )
     max_message_bytes: int = Field(65536, ge=64, description="larger records go to dead-letter")
     max_text_chars: int = Field(4000, ge=1, description="longer texts go to dead-letter")
     top_k: int = Field(5, ge=1, description="candidates per label message")

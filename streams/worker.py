@@ -30,12 +30,13 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 import numpy as np
+import orjson
 
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import DriftMonitor, ExpertSettings, load_embedder
@@ -59,7 +60,7 @@ from driftlabel.streams.pipeline import (
     judge_request_messages,
     judge_result_messages,
     judgeable,
-    label_messages,
+    label_values,
     parse_text_batch,
 )
 from driftlabel.streams.ports import Embedder, JudgeClient
@@ -254,6 +255,16 @@ class WorkerService:
         except Exception:  # not started / rebalancing
             return False
 
+    async def send_raw(
+        self, channel: Any, topic: str, key: bytes, value: bytes, partition: int | None
+    ) -> Awaitable[Any]:
+        """Queue one serialised record; returns the future of its acknowledgement. Straight to the
+        producer (faust's per-message channel layer costs more than the rest of a label), except with
+        transactions, where faust's topic send joins the transaction."""
+        if self.kafka.transactions:
+            return await channel.send(key=key, value=value, partition=partition, value_serializer="raw")
+        return await self.app.producer.send(topic, key, value, partition, None, None)
+
     # -- dead letters ------------------------------------------------------------------------------------
     async def dead_letter(
         self, raw: bytes | None, error: InvalidMessageError | str, topic: str, partition: int, offset: int
@@ -355,13 +366,15 @@ class WorkerService:
         routed = self.router.route(u)  # out-of-scope calls are uncertain too: the judge may know better
         routed = judgeable(ranking, routed, self.stream.judge_depth_candidates)
         now = time.time()
-        labels = label_messages([it.id for it in items], ranking, routed, version, now)
+        labels = label_values([it.id for it in items], ranking, routed, version, now)
         sent = []
-        for msg, home in zip(labels, homes, strict=True):
-            sent.append(await self.t_labels.send(key=msg.id.encode(), value=msg, partition=home))
-            if msg.final:
-                self.finals.add(home, msg.id)
-        self.metrics.count_labels((m.status for m in labels), (m.final for m in labels))
+        topic = self.names.labels
+        for value, home in zip(labels, homes, strict=True):
+            key = value["id"]
+            sent.append(await self.send_raw(self.t_labels, topic, key.encode(), orjson.dumps(value), home))
+            if value["final"]:
+                self.finals.add(home, key)
+        self.metrics.count_labels((v["status"] for v in labels), (v["final"] for v in labels))
         self.metrics.observe_batch(np.asarray(ranking.entropy), routed, self.router.threshold)
         n_final = int((~routed).sum())
         for _ in range(n_final):

