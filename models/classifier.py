@@ -140,6 +140,7 @@ class RedClassifier:
         self._resolved_at = 0  # position of the last re-solve snapshot (or fit)
         self._resolves = 0  # re-solves swapped in so far
         self._pending: ResolveJob | None = None
+        self._synthetic: dict[str, list[str]] = {}  # label -> its generated examples, until real ones arrive
 
     # -- properties -----------------------------------------------------------------------------------
     @property
@@ -501,6 +502,8 @@ class RedClassifier:
         rest = ~np.isin(y, new_labels) if new_labels else np.ones(len(y), dtype=bool)
         self.store.add(X[rest], [t for t, r in zip(texts, rest.tolist(), strict=True) if r], y[rest], v[rest])
         self._learn_rows(X[rest], y[rest], v[rest])
+        if self._synthetic:
+            self._replace_synthetic(y[rest], v[rest])
         self._position += len(X)
         if self._pending is not None:
             self._pending.batches.append((X[rest], y[rest], v[rest]))
@@ -763,8 +766,13 @@ class RedClassifier:
         texts: Sequence[str],
         description: str | None = None,
         description_embedding: np.ndarray | None = None,
+        synthetic: bool = False,
     ) -> None:
-        """:meth:`add_class` with the example embeddings already computed."""
+        """:meth:`add_class` with the example embeddings already computed.
+
+        ``synthetic=True`` marks the examples as generated (e.g. by the judge endpoint from a description):
+        they are dropped once ``synthetic_replace_after`` real examples of the label have been learned.
+        """
         self._require_fitted()
         _check_labels([label], 1)
         texts = _check_texts(texts, "examples")
@@ -783,7 +791,23 @@ class RedClassifier:
         if len(X) == 0 and label not in self._desc_emb:
             raise InvalidDataError(f"new label {label!r} needs examples or a description to learn from")
         self._place_new_label(label, X, texts)
+        if synthetic and texts:
+            self._synthetic[label] = list(texts)
         self._bump()
+
+    @property
+    def synthetic_labels(self) -> list[str]:
+        """Labels still trained on generated examples (no or too few real ones yet)."""
+        return sorted(self._synthetic)
+
+    def _replace_synthetic(self, y: np.ndarray, v: np.ndarray) -> None:
+        """Drop a label's generated examples once enough real ones have been learned."""
+        for lab in sorted({str(t) for t in y[v].tolist()} & set(self._synthetic)):
+            fake = set(self._synthetic[lab])
+            real = self.store.count(lab) - sum(1 for t in self.store.label_examples(lab)[1] if t in fake)
+            if real >= self.settings.synthetic_replace_after:
+                self.store.remove_texts(lab, fake)
+                del self._synthetic[lab]
 
     def remove_class(self, label: str) -> None:
         """Forget a label: its expert column, its examples, its description. Other labels stay put."""
@@ -800,6 +824,7 @@ class RedClassifier:
             del self._subsets[si]
             del self._experts[si]
         self._labels.remove(label)
+        self._synthetic.pop(label, None)
         self._noise_group.pop(label, None)
         self._descriptions.pop(label, None)
         self._desc_emb.pop(label, None)
@@ -947,6 +972,7 @@ class RedClassifier:
             "resolves": self._resolves,
             "rng": self._rng.bit_generator.state,
             "pending": self._pending,
+            "synthetic": self._synthetic,
             "embedder_name": self._embedder_name,
             "dim": self._dim,
         }

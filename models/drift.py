@@ -12,7 +12,7 @@ compiled and costs well under a microsecond, so this is not on the hot path's bu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from driftlabel.models.errors import InvalidDataError
 
-__all__ = ["DriftEvent", "DriftMonitor"]
+__all__ = ["DriftEvent", "DriftMonitor", "JudgeRateController"]
 
 DetectorName = Literal["adwin", "page_hinkley", "kswin"]
 
@@ -111,3 +111,143 @@ class DriftMonitor:
         self._det = self._make()
         self.n = self.n_detections = self._count = 0
         self._sum = 0.0
+
+
+class JudgeRateController:
+    """How much of the stream goes to the judge: a learning rate, a maintenance rate, a drift boost.
+
+    R.E.D.'s recursion pays while the judge's answers still teach the experts; once the uncertain share has
+    stopped falling (``patience`` windows of ``window`` items without a relative drop of
+    ``min_improvement``), the rate falls to ``maintenance``. Drift raises it again: river detectors
+    (ADWIN) watch the entropy of every item, the share of judged items whose top-1 the judge rejected,
+    and the distance between the recent predicted-class mix and the one before; an upward change of any of
+    them is a :class:`DriftEvent` and puts the controller in ``drift`` for ``drift_items`` items at
+    ``drift_boost`` x the learning rate. Rates are *calls per item*: :attr:`target_share` divides by the
+    measured calls per judged item (recursive delegation asks about several candidates), so the judge
+    budget holds whatever the depth.
+    """
+
+    def __init__(
+        self,
+        calls_per_item: float = 0.10,
+        maintenance: float = 0.03,
+        window: int = 1000,
+        patience: int = 3,
+        min_improvement: float = 0.03,
+        drift_items: int = 1000,
+        drift_boost: float = 1.5,
+        delta: float = 0.002,
+    ) -> None:
+        if not 0.0 <= maintenance <= calls_per_item:
+            raise InvalidDataError("need 0 <= maintenance <= calls_per_item")
+        self.calls_per_item = calls_per_item
+        self.maintenance = maintenance
+        self.window = window
+        self.patience = patience
+        self.min_improvement = min_improvement
+        self.drift_items = drift_items
+        self.drift_boost = drift_boost
+        self.monitors = {
+            "entropy": DriftMonitor("entropy", delta=delta),
+            "rejection": DriftMonitor("rejection", delta=delta),
+            "class_mix": DriftMonitor("class_mix", delta=delta),
+        }
+        self.state: Literal["learning", "saturated", "drift"] = "learning"
+        self.n = 0
+        self.events: list[DriftEvent] = []
+        self._calls = 0
+        self._judged = 0
+        self._win_entropy: list[float] = []
+        self._best_entropy = np.inf
+        self._stale = 0
+        self._drift_left = 0
+        self._win_sum = 0.0
+        self._win_n = 0
+        self._mix_prev: np.ndarray | None = None
+        self._mix_prev_labels: list[str] = []
+        self._mix_prev_map: dict[str, float] = {}
+        self._mix_now: dict[str, int] = {}
+
+    @property
+    def rate(self) -> float:
+        """Judge calls per streamed item wanted now."""
+        if self.state == "drift":
+            return self.calls_per_item * self.drift_boost
+        return self.maintenance if self.state == "saturated" else self.calls_per_item
+
+    @property
+    def calls_per_judged(self) -> float:
+        """Measured judge calls per judged item (1.5 until there is data: depth-3 delegation)."""
+        return self._calls / self._judged if self._judged >= 20 else 1.5
+
+    @property
+    def target_share(self) -> float:
+        """Share of items to route so that :attr:`rate` calls per item are spent."""
+        return min(1.0, self.rate / max(self.calls_per_judged, 1.0))
+
+    def observe(
+        self,
+        entropy: np.ndarray,
+        predicted: Sequence[str],
+        judged_calls: Sequence[int] = (),
+        top1_rejected: Sequence[bool] = (),
+    ) -> list[DriftEvent]:
+        """Feed one micro-batch: every item's normalised entropy and top-1, and the judged items' outcome.
+
+        Returns the upward drift events it caused (also kept in :attr:`events`).
+        """
+        ent = np.asarray(entropy, dtype=np.float64).reshape(-1)
+        events = [e for e in self.monitors["entropy"].update_many(ent) if e.direction == "up"]
+        rej = np.asarray(list(top1_rejected), dtype=np.float64)
+        if len(rej):
+            events += [e for e in self.monitors["rejection"].update_many(rej) if e.direction == "up"]
+        calls = list(judged_calls)
+        self._calls += int(sum(calls))
+        self._judged += len(calls)
+        for lab in predicted:
+            self._mix_now[lab] = self._mix_now.get(lab, 0) + 1
+        self.n += len(ent)
+        self._win_sum += float(ent.sum())
+        self._win_n += len(ent)
+        if self._win_n >= self.window:
+            events += self._close_window()
+        if events:
+            self.events.extend(events)
+            self.state = "drift"
+            self._drift_left = self.drift_items
+            self._stale = 0
+            self._best_entropy = np.inf
+        elif self.state == "drift":
+            self._drift_left -= len(ent)
+            if self._drift_left <= 0:
+                self.state = "learning"
+        return events
+
+    def _close_window(self) -> list[DriftEvent]:
+        mean = self._win_sum / max(self._win_n, 1)
+        self._win_sum, self._win_n = 0.0, 0
+        if self.state != "drift":
+            if mean < self._best_entropy * (1.0 - self.min_improvement):
+                self._best_entropy = mean
+                self._stale = 0
+            else:
+                self._stale += 1
+            if self._stale >= self.patience:
+                self.state = "saturated"
+        labels = sorted(self._mix_now)
+        counts = np.array([self._mix_now[lab] for lab in labels], dtype=np.float64)
+        events: list[DriftEvent] = []
+        mix = dict(zip(labels, (counts / max(counts.sum(), 1.0)).tolist(), strict=True))
+        if self._mix_prev is not None:
+            keys = sorted(set(mix) | set(self._mix_prev_labels))
+            a = np.array([mix.get(k, 0.0) for k in keys])
+            b = np.array([self._mix_prev_map.get(k, 0.0) for k in keys])
+            tv = 0.5 * float(np.abs(a - b).sum())  # total-variation distance between consecutive windows
+            events = [e for e in self.monitors["class_mix"].update_many([tv]) if e.direction == "up"]
+            if tv > 0.5:  # half the mass moved: too few windows for ADWIN to see, but a change for sure
+                events.append(DriftEvent("class_mix", self.n, 0.0, tv, "total_variation", time.time()))
+        self._mix_prev = counts
+        self._mix_prev_labels = labels
+        self._mix_prev_map = mix
+        self._mix_now = {}
+        return events

@@ -110,6 +110,11 @@ class ExpertSettings(DriftlabelSettings):
     oos_threshold: float = Field(
         0.0, description="noise mode: out_of_scope when every label's log-odds against noise is below this"
     )
+    synthetic_replace_after: int = Field(
+        5,
+        ge=1,
+        description="a class added with generated examples drops them once it has this many real ones",
+    )
     max_examples_per_label: int = Field(1000, ge=1, description="stored known-good examples per label (FIFO)")
     max_negatives_per_label: int = Field(200, ge=0, description="stored hard negatives per label (FIFO)")
     description_weight: float = Field(

@@ -152,6 +152,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             "resolves": st["resolves"],
             "rng": st["rng"],
             "pending": pending_meta,
+            "synthetic": st["synthetic"],
         },
         "experts": experts_meta,
         "store": {
@@ -318,6 +319,8 @@ def _build(
         clf._resolves = int(sched.get("resolves", 0))
         if isinstance(sched.get("rng"), dict):
             clf._rng.bit_generator.state = sched["rng"]
+        if isinstance(sched.get("synthetic"), dict):
+            clf._synthetic = {str(k): [str(t) for t in v] for k, v in sched["synthetic"].items()}
         if isinstance(sched.get("pending"), dict):
             clf._pending = _load_pending(sched["pending"], arrays, dim)
     return clf

@@ -76,6 +76,21 @@ class ExampleStore:
                 buf.extend(X[rows], texts_arr[rows].tolist(), cap)
         self._cache.clear()
 
+    def remove_texts(self, label: str, texts: set[str]) -> int:
+        """Drop ``label``'s valid examples whose text is in ``texts`` (synthetic ones being replaced)."""
+        buf = self._pos.get(label)
+        if buf is None or not texts:
+            return 0
+        keep = np.array([t not in texts for t in buf.texts], dtype=bool)
+        removed = int((~keep).sum())
+        if removed:
+            buf.X = buf.X[keep].copy()
+            buf.texts = [t for t, k in zip(buf.texts, keep.tolist(), strict=True) if k]
+            if not buf.texts:
+                del self._pos[label]
+            self._cache.clear()
+        return removed
+
     def remove_label(self, label: str) -> None:
         if label not in self._pos and label not in self._neg:
             raise UnknownLabelError(f"no stored examples for label {label!r}")

@@ -1,0 +1,104 @@
+"""Emerging classes: texts no known class covers pile up; a dense group of them is proposed as a new class.
+
+The stream feeds this pool with the texts the model cannot place: those whose nearest known example is
+farther than the calibrated out-of-scope similarity (``RedClassifier.nearest_similarity`` below
+``oos_similarity_threshold``), and those the judge left ``unresolved``. Scattered misfits never form a group;
+a new intent does, because its texts are similar to each other. :meth:`NoveltyPool.find_group` looks for the
+pooled text with the most neighbours above ``similarity`` (one matmul over the pool, at most ``capacity``
+rows) and, when that neighbourhood holds ``min_size`` texts, takes it out of the pool as a
+:class:`Proposal` (its texts, centroid and density) for the judge to name and the service to publish on the
+``proposals`` topic. The pool is bounded (oldest first out) and deterministic for a given input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from driftlabel.models.errors import InvalidDataError
+
+__all__ = ["NoveltyPool", "Proposal"]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A dense group of texts that no known class covers."""
+
+    texts: list[str]
+    embeddings: np.ndarray = field(repr=False)
+    centroid: np.ndarray = field(repr=False)
+    density: float
+    """Mean cosine similarity of the group's texts to its centroid."""
+    ids: list[str] = field(default_factory=list)
+
+    def examples(self, n: int = 5) -> list[str]:
+        """The ``n`` texts nearest to the centroid (what a human or the judge is shown)."""
+        order = np.argsort(-(self.embeddings @ self.centroid), kind="stable")
+        return [self.texts[i] for i in order[:n].tolist()]
+
+
+class NoveltyPool:
+    """A bounded pool of unplaced texts and the search for a dense group among them."""
+
+    def __init__(self, min_size: int = 12, similarity: float = 0.6, capacity: int = 2000) -> None:
+        if min_size < 2 or not -1.0 < similarity < 1.0 or capacity < min_size:
+            raise InvalidDataError("need min_size >= 2, -1 < similarity < 1 and capacity >= min_size")
+        self.min_size = min_size
+        self.similarity = similarity
+        self.capacity = capacity
+        self._X: np.ndarray | None = None
+        self._texts: list[str] = []
+        self._ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def add(self, X: np.ndarray, texts: Sequence[str], ids: Sequence[str] | None = None) -> None:
+        """Add unplaced texts (unit-norm embeddings); the oldest leave when the pool is full."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or len(X) != len(texts):
+            raise InvalidDataError(f"{len(texts)} texts need {len(texts)} embeddings, got shape {X.shape}")
+        if not len(X):
+            return
+        ids = [str(i) for i in ids] if ids is not None else [""] * len(texts)
+        self._X = X.copy() if self._X is None else np.concatenate([self._X, X])
+        self._texts.extend(texts)
+        self._ids.extend(ids)
+        cut = len(self._texts) - self.capacity
+        if cut > 0:
+            self._X = self._X[cut:]
+            del self._texts[:cut]
+            del self._ids[:cut]
+
+    def find_group(self) -> Proposal | None:
+        """Take the densest neighbourhood out of the pool if it has ``min_size`` texts, else None."""
+        if self._X is None or len(self._texts) < self.min_size:
+            return None
+        near = (self._X @ self._X.T) >= self.similarity  # noqa: SIM300
+        counts = near.sum(axis=1)
+        best = int(np.argmax(counts))  # first of the densest: deterministic
+        if counts[best] < self.min_size:
+            return None
+        rows = np.flatnonzero(near[best])
+        centroid = self._X[rows].mean(axis=0)
+        centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+        # keep the rows that are near the group's centroid too (drops bridges to another group)
+        rows = rows[self._X[rows] @ centroid >= self.similarity]
+        if len(rows) < self.min_size:
+            return None
+        E = self._X[rows]
+        proposal = Proposal(
+            texts=[self._texts[i] for i in rows.tolist()],
+            embeddings=E.copy(),
+            centroid=centroid,
+            density=float(np.mean(E @ centroid)),
+            ids=[self._ids[i] for i in rows.tolist()],
+        )
+        keep = np.ones(len(self._texts), dtype=bool)
+        keep[rows] = False
+        self._X = self._X[keep]
+        self._texts = [t for t, k in zip(self._texts, keep.tolist(), strict=True) if k]
+        self._ids = [t for t, k in zip(self._ids, keep.tolist(), strict=True) if k]
+        return proposal

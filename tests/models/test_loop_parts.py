@@ -1,0 +1,110 @@
+"""The loop's model-side parts: judge-rate control with drift detection, emerging classes, synthetic examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from driftlabel.models import ExpertSettings, RedClassifier
+from driftlabel.models.drift import JudgeRateController
+from driftlabel.models.emerging import NoveltyPool
+
+from .conftest import make_blobs
+
+
+def _feed(ctrl: JudgeRateController, entropies: np.ndarray, labels: list[str], batch: int = 50) -> list[str]:
+    states = []
+    for lo in range(0, len(entropies), batch):
+        ctrl.observe(entropies[lo : lo + batch], labels[lo : lo + batch], [1] * 5, [False] * 5)
+        states.append(ctrl.state)
+    return states
+
+
+def test_rate_falls_to_maintenance_when_uncertainty_stops_falling() -> None:
+    rng = np.random.default_rng(0)
+    ctrl = JudgeRateController(calls_per_item=0.1, maintenance=0.02, window=500, patience=3)
+    ent = np.clip(0.3 + 0.05 * rng.normal(size=6000), 0, 1)  # flat: nothing more to learn
+    labels = [f"c{i}" for i in rng.integers(0, 20, size=6000).tolist()]
+    states = _feed(ctrl, ent, labels)
+    assert states[0] == "learning" and states[-1] == "saturated"
+    assert ctrl.rate == pytest.approx(0.02)
+    assert not ctrl.events  # a stationary stream raises no drift event
+    assert ctrl.target_share == pytest.approx(0.02)  # one call per judged item in this feed
+
+
+def test_a_shift_raises_a_drift_event_and_the_rate() -> None:
+    rng = np.random.default_rng(1)
+    ctrl = JudgeRateController(calls_per_item=0.1, maintenance=0.02, window=500, patience=2, drift_items=800)
+    n = 5000
+    ent = np.clip(np.r_[0.2 + 0.05 * rng.normal(size=n), 0.6 + 0.05 * rng.normal(size=1000)], 0, 1)
+    first = [f"a{i}" for i in rng.integers(0, 10, size=n).tolist()]
+    second = [f"b{i}" for i in rng.integers(0, 10, size=1000).tolist()]
+    states = _feed(ctrl, ent, first + second)
+    assert "saturated" in states[: n // 50]
+    assert ctrl.events and {e.signal for e in ctrl.events} & {"entropy", "class_mix"}
+    assert "drift" in states[n // 50 :]
+    assert max(e.position for e in ctrl.events) > n  # fired after the shift, not before
+
+
+def test_calls_per_judged_item_sets_the_routed_share() -> None:
+    ctrl = JudgeRateController(calls_per_item=0.1)
+    for _ in range(10):
+        ctrl.observe(np.full(100, 0.5), ["x"] * 100, judged_calls=[2, 2, 2, 2], top1_rejected=[True] * 4)
+    assert ctrl.calls_per_judged == pytest.approx(2.0)
+    assert ctrl.target_share == pytest.approx(0.05)
+
+
+def test_a_dense_group_of_unplaced_texts_makes_one_proposal() -> None:
+    rng = np.random.default_rng(2)
+    dim = 32
+    scattered = rng.normal(size=(200, dim))
+    center = rng.normal(size=dim)
+    group = center + 0.15 * rng.normal(size=(30, dim)) * np.linalg.norm(center) / np.sqrt(dim)
+    X = np.concatenate([scattered, group])
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    order = rng.permutation(len(X))
+    texts = [f"scattered {i}" if i < 200 else f"new intent {i}" for i in range(len(X))]
+    pool = NoveltyPool(min_size=12, similarity=0.6)
+    pool.add(X[order], [texts[i] for i in order], ids=[str(i) for i in order])
+    proposal = pool.find_group()
+    assert proposal is not None
+    assert len(proposal.texts) >= 25 and all(t.startswith("new intent") for t in proposal.texts)
+    assert len(proposal.examples(5)) == 5 and proposal.density > 0.6
+    assert pool.find_group() is None  # the scattered rest forms no group: exactly one proposal
+    assert len(pool) == len(X) - len(proposal.texts)
+
+
+def test_pool_is_bounded() -> None:
+    pool = NoveltyPool(min_size=3, capacity=10)
+    X = np.eye(20, dtype=np.float32)
+    pool.add(X, [str(i) for i in range(20)])
+    assert len(pool) == 10
+
+
+def test_description_only_class_with_synthetic_examples_is_predicted_then_replaced() -> None:
+    blobs = make_blobs(n_labels=12, dim=24, noise=0.1, seed=3)
+    X, texts, y = blobs.sample(8)
+    keep = y != "label_11"
+    clf = RedClassifier(settings=ExpertSettings(subset_size=4)).fit_embeddings(
+        X[keep], [t for t, k in zip(texts, keep, strict=True) if k], y[keep]
+    )
+    Xn, tn, _ = make_blobs(n_labels=12, dim=24, noise=0.1, seed=3).sample(20, seed=9)
+    new_rows = np.flatnonzero(np.repeat(np.arange(12), 20) == 11)
+    synth = new_rows[:4]
+    desc = blobs.centers[11] / np.linalg.norm(blobs.centers[11])
+    clf.add_class_embeddings(
+        "label_11",
+        Xn[synth],
+        [f"generated {i}" for i in range(4)],
+        description="the twelfth intent",
+        description_embedding=desc.astype(np.float32),
+        synthetic=True,
+    )
+    assert clf.synthetic_labels == ["label_11"]
+    test = new_rows[10:]
+    assert np.mean(np.array(clf.predict_embeddings(Xn[test])) == "label_11") >= 0.8
+    real = new_rows[4:10]
+    clf.learn_embeddings(Xn[real], [f"real {i}" for i in range(len(real))], ["label_11"] * len(real))
+    assert clf.synthetic_labels == []
+    assert not any(t.startswith("generated") for t in clf.store.label_examples("label_11")[1])
+    assert np.mean(np.array(clf.predict_embeddings(Xn[test])) == "label_11") >= 0.8
