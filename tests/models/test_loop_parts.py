@@ -1,4 +1,4 @@
-"""The loop's model-side parts: judge-rate control with drift detection, emerging classes, synthetic examples."""
+"""The loop's model-side parts: judge-rate control and drift, emerging classes, synthetic examples."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_description_only_class_with_synthetic_examples_is_predicted_then_replac
     clf = RedClassifier(settings=ExpertSettings(subset_size=4)).fit_embeddings(
         X[keep], [t for t, k in zip(texts, keep, strict=True) if k], y[keep]
     )
-    Xn, tn, _ = make_blobs(n_labels=12, dim=24, noise=0.1, seed=3).sample(20, seed=9)
+    Xn, _, _ = make_blobs(n_labels=12, dim=24, noise=0.1, seed=3).sample(20, seed=9)
     new_rows = np.flatnonzero(np.repeat(np.arange(12), 20) == 11)
     synth = new_rows[:4]
     desc = blobs.centers[11] / np.linalg.norm(blobs.centers[11])
