@@ -310,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also measure latency while a subset re-forming runs (N valid training examples start one)",
     )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the worker during the first round into this file (collapsed stacks)",
+    )
     ap.add_argument("--workers", help="scaling mode: comma-separated worker counts, e.g. 1,2,4")
     ap.add_argument("--partitions", type=int, default=8, help="partitions in the scaling mode")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -382,7 +387,16 @@ def main(argv: list[str] | None = None) -> int:
             # see about the same load on a shared machine
             alone = embedder_speed(texts, args.batch_size, EMBEDDER_KINDS[args.embedder])
             e0 = embed_seconds(metrics_port)
+            spy = None
+            if args.profile and k == 0:
+                cmd = ["py-spy", "record", "-p", str(worker.pid), "-r", "200", "-f", "raw"]
+                cmd += ["-o", str(args.profile), "--nonblocking", "-d", "600"]
+                spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
             r = asyncio.run(run_round(kafka, names, texts, f"r{k}", 0))
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(60)
             r["alone"] = alone
             r["embed_share"] = (embed_seconds(metrics_port) - e0) / r["seconds"]
             rounds.append(r)

@@ -191,7 +191,7 @@ def label_values(
             "entropy": entropy[i],
             "status": OUT_OF_SCOPE if oos_l[i] and not routed_l[i] else "predicted",
             "final": not routed_l[i],
-            "candidates": [[str(lab), float(p)] for lab, p in ranking.candidates[i]],
+            "candidates": ranking.candidates[i],  # (label, p) tuples: orjson writes them as arrays
             "model_version": version,
             "ts": now,
         }

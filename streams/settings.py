@@ -134,6 +134,9 @@ class StreamSettings(DriftlabelSettings):
         description="re-form the label subsets on a copy in the background after this many newly learned "
         "valid examples, then swap it in (0: never); labelling never pauses for it",
     )
+    reform_in: Literal["process", "thread"] = Field(
+        "process", description="where the re-forming runs: a child process (no GIL sharing) or a thread"
+    )
     embedding_cache: int = Field(20000, ge=0, description="embeddings kept so learning need not re-embed")
     seed_wait_s: float = Field(600.0, gt=0, description="how long a fresh worker waits for seed examples")
 

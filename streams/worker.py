@@ -101,6 +101,7 @@ class WorkerService:
             on_refit=self.metrics.observe_refit,
             reform_every=stream.reform_every,
             on_reform=self.metrics.observe_reform,
+            reform_in=stream.reform_in,
         )
         self.judge = JudgeCaller(
             judge_settings,

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,12 @@ def _records(start: int, n: int, valid: bool = True) -> list[TrainingMessage]:
     return out
 
 
-def _host(refit_every: int | None, metrics: ServiceMetrics | None = None, reform_every: int = 0) -> ModelHost:
+def _host(
+    refit_every: int | None,
+    metrics: ServiceMetrics | None = None,
+    reform_every: int = 0,
+    reform_in: str = "thread",
+) -> ModelHost:
     host = ModelHost(
         ClusterEmbedder(),
         ExpertSettings(subset_size=2),
@@ -76,6 +82,7 @@ def _host(refit_every: int | None, metrics: ServiceMetrics | None = None, reform
         on_refit=metrics.observe_refit if metrics is not None else None,
         reform_every=reform_every,
         on_reform=metrics.observe_reform if metrics is not None else None,
+        reform_in=reform_in,
     )
     seed = SeedSet()
     seed.add_training(_records(0, 12))
@@ -203,8 +210,12 @@ def test_reform_runs_on_a_copy_and_swaps_atomically(monkeypatch: pytest.MonkeyPa
     live = host.model
     host._learn(_records(100, 10), position=22)  # the 10th valid example: copy + background job
     assert host.reforming and host.version == 22 and host.generation == 0
+    deadline = time.monotonic() + 30
+    while not building:  # the background thread reaches the (slow) re-forming
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     probes = [f"{lab} {i}" for i in range(900, 905) for lab in LABELS]
-    for k in range(3):  # labelling goes on, from the live (whole) model
+    for k in range(3):  # labelling goes on, from the live (whole) model, while the copy is half built
         _, ranking, version, _ = host._predict(probes, 2)
         assert host.model is live and not getattr(host.model, "half_built", False)
         assert version == 22 + k and len(ranking.labels) == len(probes)
@@ -245,9 +256,11 @@ def _feed(host: ModelHost, records: list[TrainingMessage], size: int, eager: boo
     return versions
 
 
-def test_versions_increase_and_agree_across_two_hosts_fed_the_same_log() -> None:
+@pytest.mark.parametrize("where", ["thread", "process"])
+def test_versions_increase_and_agree_across_two_hosts_fed_the_same_log(where: str) -> None:
     recs = _records(100, 30) + _records(200, 8, valid=False) + _records(300, 30)
-    a, b = _host(refit_every=0, reform_every=12), _host(refit_every=0, reform_every=12)
+    a = _host(refit_every=0, reform_every=12, reform_in=where)
+    b = _host(refit_every=0, reform_every=12, reform_in=where)
     va = _feed(a, recs, 7, eager=True)
     vb = _feed(b, recs, 5, eager=False)
     assert va == sorted(va) and vb == sorted(vb)  # versions only grow

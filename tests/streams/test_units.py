@@ -250,3 +250,13 @@ def test_worker_print_config_masks_secrets(
     assert "hunter2" not in out and "sk-very-secret" not in out
     assert "[kafka]" in out and "[judge]" in out and "bootstrap_servers = k:9092" in out
     assert "sasl_password = **********" in out
+
+
+def test_worker_embedder_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    from driftlabel.streams.cli import main
+
+    assert main(["worker", "--print-config", "--bootstrap", "k:9092", "--embedder", "static"]) == 0
+    out = capsys.readouterr().out
+    assert "[embedder]\nkind = static" in out
+    assert main(["worker", "--print-config", "--bootstrap", "k:9092", "--embedder", "minilm"]) == 0
+    assert "kind = sentence-transformers" in capsys.readouterr().out
