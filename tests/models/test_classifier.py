@@ -99,6 +99,8 @@ def test_out_of_scope_when_every_expert_says_noise(fitted: RedClassifier) -> Non
 
 def test_learn_adapts_to_drift_and_bumps_the_version(blobs: Blobs, settings: ExpertSettings) -> None:
     X, texts, y = blobs.sample(15)
+    # the drift is learnt by re-solves (every 16 rows here); gradient steps alone are deliberately small
+    settings = settings.model_copy(update={"resolve_every": 16})
     clf = RedClassifier(settings=settings).fit_embeddings(X, texts, y)
     # label_00 drifts: its texts now sit next to a fresh direction
     drift = make_blobs(n_labels=1, dim=32, noise=0.08, seed=50)
@@ -108,7 +110,8 @@ def test_learn_adapts_to_drift_and_bumps_the_version(blobs: Blobs, settings: Exp
     v0 = clf.model_version
     for start in range(0, 40, 8):
         clf.learn_embeddings(Xd[start : start + 8], [f"drift {i}" for i in range(8)], yd[start : start + 8])
-    assert clf.model_version == v0 + 5
+    clf.settle()
+    assert clf.model_version >= v0 + 5 and clf.resolves >= 1
     after = np.mean(np.array(clf.predict_embeddings(Xd[40:])) == "label_00")
     assert after > max(before, 0.8)
     Xt, _, yt = blobs.sample(5, seed=9)

@@ -1,0 +1,428 @@
+"""The learning loop on real data: seeded with 10 examples per class, the rest of the train split streamed.
+
+Each run replays R.E.D.'s recursion with the service's own parts, in process, on cached MiniLM embeddings:
+``RedClassifier`` (background warm re-solves), ``streams.routing.AdaptiveRouter`` (which texts go to the
+judge), ``models.drift.JudgeRateController`` (learning / maintenance / drift rates, calls per item) and
+``models.emerging.NoveltyPool`` (new classes nobody declared). The judge is the simulated expert's rule
+(the true label, each (text, label) answer flipped with probability ``error``, deterministically), asked
+recursively about the ranked candidates up to depth 3; every call is counted. The held-out test split is
+scored every ``--eval-every`` items. Scenarios:
+
+- ``stationary``: the rest of the train split, shuffled;
+- ``incremental``: a third of the classes are absent from the seeds and from the first half of the stream;
+  at half-way half of them are added through ``add_class`` with a description and 5 generated examples
+  (what ``Judge.generate_examples`` returns from the simulated expert: real texts of the class, each from
+  another class with probability ``error``), the other half must be discovered (dense groups of unplaced
+  texts -> proposal -> the judge names it -> added);
+- ``shift``: the class mix flips half-way (75 % / 25 % of each class's items before / after, for half the
+  classes, and the reverse for the other half).
+
+Baselines on the same stream: ``seeds`` (no judge), ``random`` routing, ``flat`` (one expert over all
+classes), ``every`` item judged (the cost of asking an LLM about everything), and full-data
+LogisticRegression(C=10) as the ceiling. What this does not include is the broker and the worker: the
+service path is measured by ``driftlabel demo`` / ``bench_stream``; this isolates what the loop learns.
+
+    python bench/bench_loop.py --quick          # CLINC150, 3 scenarios, 5 % error, 6,000 items (< 5 min)
+    python bench/bench_loop.py                  # CLINC150 + BANKING77, 0/5/15 % error, baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    CachedArrayEmbedder,
+    dataset_embeddings,
+    k_shot_indices,
+    markdown_table,
+    write_report,
+)
+from driftlabel.models import ExpertSettings, RedClassifier  # noqa: E402
+from driftlabel.models.drift import JudgeRateController  # noqa: E402
+from driftlabel.models.emerging import NoveltyPool  # noqa: E402
+from driftlabel.streams.routing import AdaptiveRouter, uncertainty  # noqa: E402
+
+EMBEDDER = CachedArrayEmbedder("all-MiniLM-L6-v2", 384)
+BATCH = 64
+
+
+def _flip(text: str, label: str, error: float) -> bool:
+    """Deterministic per (text, label), like the simulated expert: True = this answer is wrong."""
+    if error <= 0:
+        return False
+    h = hashlib.blake2b(f"{text}\x1f{label}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64 < error
+
+
+@dataclass
+class Run:
+    dataset: str
+    scenario: str
+    method: str
+    error: float
+    items: int = 0
+    calls: int = 0
+    judged: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (items, test accuracy)
+    preq: list[int] = field(default_factory=list)  # 1 per item whose emitted top-1 was right
+    final_right: int = 0
+    added: list[str] = field(default_factory=list)
+    proposals: int = 0
+    drift_events: list[tuple[int, str]] = field(default_factory=list)
+    worst_learn_s: float = 0.0
+    seconds: float = 0.0
+    states: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def final_acc(self) -> float:
+        return self.curve[-1][1] if self.curve else float("nan")
+
+    @property
+    def calls_per_item(self) -> float:
+        return self.calls / max(self.items, 1)
+
+
+def _stream_order(
+    y: np.ndarray, seeds: np.ndarray, scenario: str, rng: np.random.Generator, late: set[str]
+) -> tuple[np.ndarray, int]:
+    """Indices of the streamed rows in order, and the index where the second phase starts."""
+    rest = np.setdiff1d(np.arange(len(y)), seeds)
+    if scenario == "stationary":
+        return rng.permutation(rest), len(rest) // 2
+    if scenario == "incremental":
+        is_late = np.array([lab in late for lab in y[rest].tolist()])
+        early = rng.permutation(rest[~is_late])
+        half = len(early) // 2
+        second = rng.permutation(np.concatenate([early[half:], rest[is_late]]))
+        return np.concatenate([early[:half], second]), half
+    if scenario == "shift":
+        labels = sorted(set(y.tolist()))
+        group_a = set(rng.permutation(labels)[: len(labels) // 2].tolist())
+        first, second = [], []
+        for lab in labels:
+            rows = rng.permutation(rest[y[rest] == lab])
+            cut = int(round(len(rows) * (0.75 if lab in group_a else 0.25)))
+            first.append(rows[:cut])
+            second.append(rows[cut:])
+        a, b = rng.permutation(np.concatenate(first)), rng.permutation(np.concatenate(second))
+        return np.concatenate([a, b]), len(a)
+    raise ValueError(f"unknown scenario {scenario!r}")
+
+
+def run_loop(
+    data: dict[str, Any],
+    dataset: str,
+    scenario: str,
+    method: str,
+    error: float,
+    *,
+    budget: float,
+    limit: int | None,
+    eval_every: int,
+    seed: int = 0,
+) -> Run:
+    """One stream through the loop; see the module docstring."""
+    t_start = time.perf_counter()
+    tr, te = data["train"], data["test"]
+    X, texts, y = tr.X, tr.texts, np.asarray(tr.labels, dtype=object).astype(str)
+    Xt, yt = te.X, np.asarray(te.labels, dtype=object).astype(str)
+    rng = np.random.default_rng(seed)
+    labels = sorted(set(y.tolist()))
+    late: set[str] = set()
+    if scenario == "incremental":
+        late = set(rng.permutation(labels)[: len(labels) // 3].tolist())
+    described = set(sorted(late)[: len(late) // 2])
+    seeds = k_shot_indices(y, 10, seed=seed)
+    seeds = seeds[np.array([lab not in late for lab in y[seeds].tolist()], dtype=bool)]
+    order, phase2 = _stream_order(y, seeds, scenario, rng, late)
+    # generated examples for the described classes come out of the stream (the judge's data file)
+    synthetic: dict[str, np.ndarray] = {}
+    if described:
+        for lab in sorted(described):
+            rows = order[y[order] == lab][:5]
+            synthetic[lab] = rows
+        drop = np.concatenate(list(synthetic.values()))
+        phase2 -= int(np.isin(order[:phase2], drop).sum())
+        order = order[~np.isin(order, drop)]
+    if limit is not None and len(order) > limit:
+        scale = limit / len(order)
+        keep = np.sort(rng.choice(len(order), size=limit, replace=False))
+        phase2 = int(np.searchsorted(keep, phase2))
+        order = order[keep]
+        del scale
+    settings = ExpertSettings(subset_size=10_000 if method == "flat" else 8)
+    clf = RedClassifier(embedder=EMBEDDER, settings=settings)
+    clf.fit_embeddings(X[seeds], [texts[i] for i in seeds], y[seeds])
+    run = Run(dataset, scenario, method, error)
+
+    def evaluate(at: int) -> None:
+        clf.settle()
+        pred = np.array(clf.predict_embeddings(Xt))
+        run.curve.append((at, float(np.mean(pred == yt))))
+
+    evaluate(0)
+    if method == "seeds":
+        run.items = len(order)
+        run.seconds = time.perf_counter() - t_start
+        return run
+    ctrl = JudgeRateController(calls_per_item=budget)
+    router = AdaptiveRouter(target=ctrl.target_share)
+    pool = NoveltyPool(min_size=10, similarity=0.55)
+    next_eval = eval_every
+    for lo in range(0, len(order), BATCH):
+        if scenario == "incremental" and lo <= phase2 < lo + BATCH and described:
+            for lab in sorted(described):  # the user adds them through `control` with a description
+                rows = synthetic[lab]
+                ex_rows = np.array(
+                    [r if not _flip(texts[r], lab, error) else rng.choice(seeds) for r in rows.tolist()]
+                )
+                clf.add_class_embeddings(
+                    lab,
+                    X[ex_rows],
+                    [f"generated {lab} {i}" for i in range(len(ex_rows))],
+                    description=lab.replace("_", " "),
+                    description_embedding=X[rows].mean(axis=0) / np.linalg.norm(X[rows].mean(axis=0)),
+                    synthetic=True,
+                )
+                run.added.append(lab)
+                run.calls += 1  # one generate_examples call
+        rows = order[lo : lo + BATCH]
+        Xb, yb = X[rows], y[rows]
+        r = clf.rank_embeddings(Xb, top_k=3)
+        top1 = np.array([c[0][0] for c in r.candidates], dtype=object)
+        run.preq.extend((top1 == yb).astype(int).tolist())
+        if method == "every":
+            routed = np.ones(len(rows), dtype=bool)
+        else:
+            router.target = ctrl.target_share
+            u = uncertainty(r.entropy, r.margin, "margin", len(clf.labels))
+            routed = router.route(u)
+            if method == "random":
+                k = int(routed.sum())
+                routed = np.zeros(len(rows), dtype=bool)
+                routed[rng.choice(len(rows), size=k, replace=False)] = True
+        learn_X, learn_t, learn_y, learn_v = [], [], [], []
+        calls_each, rejected_top1 = [], []
+        final = top1.copy()
+        for i in np.flatnonzero(routed).tolist():
+            t, truth = texts[rows[i]], yb[i]
+            n_calls = 0
+            accepted = None
+            for lab, _p in r.candidates[i][:3]:
+                n_calls += 1
+                valid = (lab == truth) != _flip(t, lab, error)
+                learn_X.append(Xb[i])
+                learn_t.append(t)
+                learn_y.append(lab)
+                learn_v.append(bool(valid))
+                if valid:
+                    accepted = lab
+                    break
+            calls_each.append(n_calls)
+            rejected_top1.append(accepted != r.candidates[i][0][0])
+            run.calls += n_calls
+            run.judged += 1
+            if accepted is not None:
+                final[i] = accepted
+            elif scenario == "incremental":
+                pool.add(Xb[i : i + 1], [t], [str(rows[i])])
+        run.final_right += int(np.sum(final == yb))
+        if scenario == "incremental":
+            far = clf.nearest_similarity(Xb) < clf.oos_similarity_threshold()
+            far &= ~routed
+            if far.any():
+                pool.add(Xb[far], [texts[j] for j in rows[far].tolist()], [str(j) for j in rows[far]])
+            proposal = pool.find_group() if lo // BATCH % 5 == 0 else None
+            if proposal is not None:
+                run.proposals += 1
+                run.calls += 1  # one propose_class call
+                truths = [y[int(i)] for i in proposal.ids]
+                name, count = max(((lab, truths.count(lab)) for lab in set(truths)), key=lambda p: p[1])
+                if count / len(truths) >= 0.6 and name not in clf.labels:  # the judge names it
+                    clf.add_class_embeddings(name, proposal.embeddings, proposal.texts)
+                    run.added.append(name)
+        if learn_X:
+            t0 = time.perf_counter()
+            clf.learn_embeddings(np.stack(learn_X), learn_t, learn_y, learn_v)
+            run.worst_learn_s = max(run.worst_learn_s, time.perf_counter() - t0)
+        ent = r.entropy / np.log(max(len(clf.labels), 2))
+        events = ctrl.observe(ent, top1.tolist(), calls_each, rejected_top1)
+        run.drift_events += [(lo + BATCH, e.signal) for e in events]
+        run.states.append((lo, ctrl.state))
+        run.items = min(lo + BATCH, len(order))
+        if run.items >= next_eval or run.items == len(order):
+            evaluate(run.items)
+            next_eval += eval_every
+    run.seconds = time.perf_counter() - t_start
+    return run
+
+
+def recovery_items(run: Run, phase2: int, window: int = 500, tolerance: float = 0.02) -> int | None:
+    """Items after the drift until the rolling prequential accuracy is back within ``tolerance``."""
+    p = np.asarray(run.preq, dtype=np.float64)
+    if phase2 <= window or len(p) <= phase2:
+        return None
+    before = p[phase2 - window : phase2].mean()
+    csum = np.r_[0.0, np.cumsum(p)]
+    for end in range(phase2 + window, len(p) + 1, 50):
+        if (csum[end] - csum[end - window]) / window >= before - tolerance:
+            return end - phase2
+    return None
+
+
+def logreg_ceiling(data: dict[str, Any]) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    tr, te = data["train"], data["test"]
+    lr = LogisticRegression(C=10, max_iter=1000).fit(tr.X, np.asarray(tr.labels).astype(str))
+    return float(np.mean(lr.predict(te.X) == np.asarray(te.labels).astype(str)))
+
+
+def _plot(runs: Sequence[Run], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        xs, ys = zip(*run.curve, strict=True)
+        ax.plot(xs, [100 * v for v in ys], marker=".", label=f"{run.method} ({run.error:.0%} err)")
+    ax.set_xlabel("items streamed")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="CLINC150, 5 %% error, 6,000 items a stream")
+    parser.add_argument("--datasets", nargs="*", default=None)
+    parser.add_argument("--scenarios", nargs="*", default=["stationary", "incremental", "shift"])
+    parser.add_argument("--errors", nargs="*", type=float, default=None)
+    parser.add_argument("--methods", nargs="*", default=None, help="red seeds random flat every")
+    parser.add_argument("--budget", type=float, default=0.10, help="judge calls per streamed item")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--name", default="loop", help="report name under bench/results/")
+    args = parser.parse_args(argv)
+    datasets = args.datasets or (["clinc150"] if args.quick else ["clinc150", "banking77"])
+    errors = args.errors or ([0.05] if args.quick else [0.0, 0.05, 0.15])
+    methods = args.methods or (["red", "seeds"] if args.quick else ["red", "seeds", "random", "flat"])
+    limit = args.limit or (6000 if args.quick else None)
+    plan = [
+        (ds, sc, m, e)
+        for ds in datasets
+        for sc in args.scenarios
+        for e in errors
+        for m in methods
+        if m == "red" or (e == 0.05 and (sc == "stationary" or m == "seeds"))
+    ]
+    results: list[Run] = []
+    ceilings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for n, (ds, sc, m, e) in enumerate(plan, 1):
+        data = dataset_embeddings(EMBEDDER, ds, ["train", "test"], progress=False)
+        if ds not in ceilings:
+            ceilings[ds] = logreg_ceiling(data)
+        run = run_loop(data, ds, sc, m, e, budget=args.budget, limit=limit, eval_every=args.eval_every)
+        results.append(run)
+        elapsed = time.perf_counter() - t0
+        print(
+            f"[{n}/{len(plan)} {elapsed:6.0f}s] {ds} {sc:<11} {m:<6} err {e:.2f}: final test acc "
+            f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} added {len(run.added)} "
+            f"({run.seconds:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    body = [
+        f"Command: `python bench/bench_loop.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        f"Judge budget {args.budget} calls per streamed item (every recursive call counted, plus one per "
+        "generated-example or proposal-naming request); seeds: 10 per class; test split held out.",
+        "",
+    ]
+    rows = []
+    for run in results:
+        rec = recovery_items(run, len(run.preq) // 2) if run.scenario == "shift" else None
+        rows.append(
+            [
+                run.dataset,
+                run.scenario,
+                run.method,
+                f"{run.error:.0%}",
+                run.items,
+                f"{100 * run.curve[0][1]:.1f}",
+                f"{100 * run.final_acc:.2f}",
+                f"{100 * ceilings[run.dataset]:.1f}",
+                f"{run.calls_per_item:.3f}",
+                f"{100 * run.final_right / max(run.items, 1):.1f}" if run.method != "seeds" else "-",
+                len(run.added),
+                "-" if rec is None else rec,
+                len(run.drift_events),
+                f"{run.worst_learn_s:.2f}",
+                f"{run.seconds:.0f}",
+            ]
+        )
+    body.append(
+        markdown_table(
+            [
+                "dataset",
+                "scenario",
+                "method",
+                "judge error",
+                "items",
+                "seed acc %",
+                "final test acc %",
+                "full-data LR %",
+                "judge calls/item",
+                "final labels right %",
+                "classes added",
+                "recovery items",
+                "drift events",
+                "worst learn call s",
+                "run s",
+            ],
+            rows,
+        )
+    )
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    for ds in datasets:
+        for sc in args.scenarios:
+            sel = [r for r in results if r.dataset == ds and r.scenario == sc and r.method != "seeds"]
+            if sel:
+                png = out_dir / f"{args.name}_{ds}_{sc}.png"
+                _plot(sel, png, f"{ds}, {sc}: test accuracy over the stream")
+                body += ["", f"![{ds} {sc}]({png.name})"]
+    body += [
+        "",
+        "Columns: *final test acc* is the held-out test split after the stream (every class, also the late "
+        "ones); *final labels right* is the share of streamed items whose final label (the judge's where "
+        "asked) was right; *recovery items* (shift) counts items after the flip until the rolling 500-item "
+        "prequential accuracy of the experts' top-1 is back within 2 points of its value before; *worst "
+        "learn call* is the longest `learn_embeddings` call (a swap waiting for its re-solve shows here).",
+    ]
+    path = write_report(args.name, "The learning loop on real data (bench/bench_loop.py)", "\n".join(body))
+    print(f"report: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
