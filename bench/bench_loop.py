@@ -42,17 +42,17 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     CachedArrayEmbedder,
     dataset_embeddings,
     k_shot_indices,
     markdown_table,
     write_report,
 )
-from driftlabel.models import ExpertSettings, RedClassifier  # noqa: E402
-from driftlabel.models.drift import JudgeRateController  # noqa: E402
-from driftlabel.models.emerging import NoveltyPool  # noqa: E402
-from driftlabel.streams.routing import AdaptiveRouter, uncertainty  # noqa: E402
+from driftlabel.models import ExpertSettings, RedClassifier
+from driftlabel.models.drift import JudgeRateController
+from driftlabel.models.emerging import NoveltyPool
+from driftlabel.streams.routing import AdaptiveRouter, uncertainty
 
 EMBEDDER = CachedArrayEmbedder("all-MiniLM-L6-v2", 384)
 BATCH = 64
@@ -113,7 +113,7 @@ def _stream_order(
         first, second = [], []
         for lab in labels:
             rows = rng.permutation(rest[y[rest] == lab])
-            cut = int(round(len(rows) * (0.75 if lab in group_a else 0.25)))
+            cut = round(len(rows) * (0.75 if lab in group_a else 0.25))
             first.append(rows[:cut])
             second.append(rows[cut:])
         a, b = rng.permutation(np.concatenate(first)), rng.permutation(np.concatenate(second))
