@@ -198,12 +198,7 @@ class JudgeRateController:
         """
         ent = np.asarray(entropy, dtype=np.float64).reshape(-1)
         events = [e for e in self.monitors["entropy"].update_many(ent) if e.direction == "up"]
-        rej = np.asarray(list(top1_rejected), dtype=np.float64)
-        if len(rej):
-            events += [e for e in self.monitors["rejection"].update_many(rej) if e.direction == "up"]
-        calls = list(judged_calls)
-        self._calls += int(sum(calls))
-        self._judged += len(calls)
+        events += self._judged_events(judged_calls, top1_rejected)
         for lab in predicted:
             self._mix_now[lab] = self._mix_now.get(lab, 0) + 1
         self.n += len(ent)
@@ -222,6 +217,26 @@ class JudgeRateController:
             if self._drift_left <= 0:
                 self.state = "learning"
         return events
+
+    def observe_judged(self, judged_calls: Sequence[int], top1_rejected: Sequence[bool]) -> list[DriftEvent]:
+        """Feed judged items' outcomes alone (the stream learns them later than it labels the batch)."""
+        events = self._judged_events(judged_calls, top1_rejected)
+        if events:
+            self.events.extend(events)
+            self.state = "drift"
+            self._drift_left = self.drift_items
+            self._stale = 0
+            self._best_entropy = np.inf
+        return events
+
+    def _judged_events(self, judged_calls: Sequence[int], top1_rejected: Sequence[bool]) -> list[DriftEvent]:
+        calls = list(judged_calls)
+        self._calls += int(sum(calls))
+        self._judged += len(calls)
+        rej = np.asarray(list(top1_rejected), dtype=np.float64)
+        if not len(rej):
+            return []
+        return [e for e in self.monitors["rejection"].update_many(rej) if e.direction == "up"]
 
     def _close_window(self) -> list[DriftEvent]:
         mean = self._win_sum / max(self._win_n, 1)
