@@ -24,6 +24,7 @@ METRIC_NAMES = (
     "driftlabel_prediction_entropy",
     "driftlabel_uncertain_share",
     "driftlabel_routing_threshold",
+    "driftlabel_judge_target_share",
     "driftlabel_judge_requests_total",
     "driftlabel_judge_outcomes_total",
     "driftlabel_judge_latency_seconds",
@@ -112,7 +113,15 @@ class ServiceMetrics:
             "driftlabel_model_version", "Model version (increments on every change)", registry=r
         )
         self.drift_events = Counter(
-            "driftlabel_drift_events", "Detected shifts of the uncertainty level", registry=r
+            "driftlabel_drift_events",
+            "Detected upward shifts, by signal (entropy, rejection, class_mix)",
+            ["signal"],
+            registry=r,
+        )
+        self.judge_target = Gauge(
+            "driftlabel_judge_target_share",
+            "Share of texts the router aims to send to the judge now (rate control)",
+            registry=r,
         )
         self.e2e_latency = Histogram(
             "driftlabel_end_to_end_latency_seconds",

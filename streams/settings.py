@@ -108,6 +108,15 @@ class StreamSettings(DriftlabelSettings):
     max_text_chars: int = Field(4000, ge=1, description="longer texts go to dead-letter")
     top_k: int = Field(5, ge=1, description="candidates per label message")
     judge_target_share: float = Field(0.10, ge=0.0, le=1.0, description="share of texts sent to the judge")
+    judge_rate_control: bool = Field(
+        True,
+        description="let models.drift.JudgeRateController steer the judged share: judge_target_share while "
+        "the experts learn, judge_maintenance_share once the uncertainty stopped falling, back up on drift "
+        "(river ADWIN on entropy, judge rejections and the class mix); off: a fixed judge_target_share",
+    )
+    judge_maintenance_share: float = Field(
+        0.03, ge=0.0, le=1.0, description="judged share once the loop has saturated (rate control on)"
+    )
     judge_max_burst: float = Field(20.0, ge=1.0, description="routing credit that may pile up in quiet times")
     routing_window: int = Field(2000, ge=10, description="recent uncertainties the threshold is taken from")
     uncertainty: Literal["margin", "entropy"] = "margin"

@@ -39,7 +39,8 @@ import numpy as np
 import orjson
 
 from driftlabel.judge import JudgeSettings
-from driftlabel.models import DriftMonitor, ExpertSettings, load_embedder
+from driftlabel.models import ExpertSettings, load_embedder
+from driftlabel.models.drift import JudgeRateController
 from driftlabel.streams.errors import InvalidMessageError, TopicError
 from driftlabel.streams.faust_app import DriftlabelApp, faust_broker_options
 from driftlabel.streams.health import Heartbeat
@@ -121,7 +122,11 @@ class WorkerService:
             has_role=self.has_log_role,
         )
         self.router = AdaptiveRouter(stream.judge_target_share, stream.routing_window, stream.judge_max_burst)
-        self.drift = DriftMonitor(signal="uncertainty")
+        # learning / maintenance / drift: the judged share (here a share of texts, as judge_target_share)
+        self.rate = JudgeRateController(
+            calls_per_item=stream.judge_target_share,
+            maintenance=min(stream.judge_maintenance_share, stream.judge_target_share),
+        )
         self.ready = asyncio.Event()
         self.finals = TopicLedger(kafka, self.names.labels, final_label_key)
         self.dead_letters = TopicLedger(kafka, self.names.dead_letter, dead_letter_key)
@@ -364,6 +369,9 @@ class WorkerService:
         X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
         self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
         u = uncertainty(ranking.entropy, ranking.margin, self.stream.uncertainty, n_classes)
+        if self.stream.judge_rate_control and 0.0 < self.stream.judge_target_share < 1.0:
+            self.router.target = self.rate.rate
+        self.metrics.judge_target.set(self.router.target)
         routed = self.router.route(u)  # out-of-scope calls are uncertain too: the judge may know better
         routed = judgeable(ranking, routed, self.stream.judge_depth_candidates)
         now = time.time()
@@ -380,9 +388,16 @@ class WorkerService:
         n_final = int((~routed).sum())
         for _ in range(n_final):
             self.metrics.e2e_latency.labels(path="direct").observe(now - received)
-        for _event in self.drift.update_many(u):
-            self.metrics.drift_events.inc()
-            log.warning("drift: the uncertainty level shifted (now %.3f); the judge share adapts", u.mean())
+        entropy = np.asarray(ranking.entropy, dtype=np.float64) / np.log(max(n_classes, 2))
+        top1 = [c[0][0] if c else "" for c in ranking.candidates]
+        for event in self.rate.observe(entropy, top1):
+            self.metrics.drift_events.labels(signal=event.signal).inc()
+            log.warning(
+                "drift on %s (%.3f -> %.3f); the judge goes back to its full rate",
+                event.signal,
+                event.before,
+                event.after,
+            )
         rows = np.flatnonzero(routed).tolist()
         if rows:
             cands = await self.host.judge_candidates(
@@ -427,6 +442,10 @@ class WorkerService:
         learning first and the final label last (a crash in between judges again; the learner skips the
         repeated pairs)."""
         outcome = await self.judge(req)
+        top1 = req.candidates[0].get("label") if req.candidates else None
+        for event in self.rate.observe_judged([len(outcome.verdicts)], [outcome.label != top1]):
+            self.metrics.drift_events.labels(signal=event.signal).inc()
+            log.warning("drift on %s: the judge rejects more top-1 labels; full judge rate", event.signal)
         now = time.time()
         result = judge_result_messages(req, outcome, req.model_version, now)
         key = req.id.encode()

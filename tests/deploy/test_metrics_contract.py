@@ -18,9 +18,9 @@ from .conftest import exported_samples, grouping_labels, metrics_in
 _SCRAPE_LABELS = {"instance", "job", "service", "pod", "namespace", "le"}
 #: metrics Prometheus itself makes
 _PROMETHEUS_MADE = {"up"}
-#: (metric, label) the dashboard may use before the service exports it. The lead adds the ``signal``
-#: label to ``driftlabel_drift_events_total`` with river's detectors (issue 9, section 2).
-PENDING_LABELS = {("driftlabel_drift_events_total", "signal")}
+#: (metric, label) the dashboard may use before the service exports it (none now: the ``signal`` label
+#: of ``driftlabel_drift_events_total`` is exported since the judge-rate controller, issue 9 section 2).
+PENDING_LABELS: set[tuple[str, str]] = set()
 
 
 def _dashboard_exprs(node: Any) -> list[str]:
