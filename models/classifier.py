@@ -731,7 +731,13 @@ class RedClassifier:
         return si
 
     @_blas_limited
-    def add_class(self, label: str, description: str | None = None, examples: Sequence[str] = ()) -> None:
+    def add_class(
+        self,
+        label: str,
+        description: str | None = None,
+        examples: Sequence[str] = (),
+        synthetic: bool = False,
+    ) -> None:
         """Add a label (placed without moving any other); an existing label gets the description/examples.
 
         A new label needs examples or a description (a description alone trains the expert on its embedding).
@@ -756,6 +762,8 @@ class RedClassifier:
             self._descriptions[label] = description
             self._desc_emb[label] = self._encode([description], "description")[0]
         self._place_new_label(label, X, texts)
+        if synthetic and texts:
+            self._synthetic[label] = list(texts)
         self._bump()
 
     @_blas_limited

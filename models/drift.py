@@ -122,10 +122,10 @@ class JudgeRateController:
     (ADWIN) watch the entropy of every item, the share of judged items whose top-1 the judge rejected,
     and the distance between the recent predicted-class mix and the one before; an upward change of any of
     them is a :class:`DriftEvent` and puts the controller in ``drift`` for ``drift_items`` items at
-    ``drift_boost`` x the learning rate (1.0 by default: back from maintenance to the full budget, which
-    keeps the calls per item within it; measured in ``bench/bench_loop.py``, a 1.5 boost overspent it). Rates are *calls per item*: :attr:`target_share` divides by the
-    measured calls per judged item (recursive delegation asks about several candidates), so the judge
-    budget holds whatever the depth.
+    ``drift_boost`` x the learning rate (1.0 by default: back from maintenance to the full budget,
+    which keeps the calls per item within it; a 1.5 boost overspent it in ``bench/bench_loop.py``).
+    Rates are *calls per item*: :attr:`target_share` divides by the measured calls per judged item
+    (recursive delegation asks several candidates), so the judge budget holds whatever the depth.
     """
 
     def __init__(

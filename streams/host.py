@@ -445,7 +445,12 @@ class ModelHost:
     @staticmethod
     def _apply_control(model: Classifier, msg: ControlMessage) -> None:
         if msg.op == "add_class":
-            model.add_class(msg.label, description=msg.description, examples=list(msg.examples or ()))
+            model.add_class(
+                msg.label,
+                description=msg.description,
+                examples=list(msg.examples or ()),
+                synthetic=bool(getattr(msg, "synthetic", False)),
+            )
         elif msg.op == "remove_class":
             model.remove_class(msg.label)
         elif msg.op == "describe_class" and msg.description is not None:

@@ -113,6 +113,7 @@ class ControlMessage(faust.Record, serializer="json", include_metadata=False):
     label: str
     description: str | None = None
     examples: list[str] | None = None
+    synthetic: bool = False
 
 
 class ReviewMessage(faust.Record, serializer="json", include_metadata=False):
@@ -319,6 +320,8 @@ def sequenced_control(msg: ControlMessage, source: str) -> dict[str, Any]:
         value["description"] = msg.description
     if msg.examples:
         value["examples"] = list(msg.examples)
+    if getattr(msg, "synthetic", False):
+        value["synthetic"] = True  # the examples were generated (judge endpoint), not given by a user
     return value
 
 

@@ -59,7 +59,13 @@ class Classifier(Protocol):
         self, X: np.ndarray, texts: Sequence[str], labels: Sequence[str], valid: Sequence[bool] | None = None
     ) -> None: ...
 
-    def add_class(self, label: str, description: str | None = None, examples: Sequence[str] = ()) -> None: ...
+    def add_class(
+        self,
+        label: str,
+        description: str | None = None,
+        examples: Sequence[str] = (),
+        synthetic: bool = False,
+    ) -> None: ...
 
     def remove_class(self, label: str) -> None: ...
 

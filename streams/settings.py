@@ -114,6 +114,10 @@ class StreamSettings(DriftlabelSettings):
         "the experts learn, judge_maintenance_share once the uncertainty stopped falling, back up on drift "
         "(river ADWIN on entropy, judge rejections and the class mix); off: a fixed judge_target_share",
     )
+    generate_examples: bool = Field(
+        True, description="add_class with only a description asks the judge endpoint for synthetic examples"
+    )
+    generated_examples: int = Field(5, ge=1, le=50, description="how many synthetic examples to ask for")
     judge_maintenance_share: float = Field(
         0.03, ge=0.0, le=1.0, description="judged share once the loop has saturated (rate control on)"
     )

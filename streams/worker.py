@@ -299,6 +299,8 @@ class WorkerService:
             await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
             return
         source = position_id(m.topic, m.partition, m.offset)
+        if msg.op == "add_class" and not msg.examples and msg.description and self.stream.generate_examples:
+            msg = await self.with_generated_examples(msg)
         fut = await self.t_training.send(
             key=msg.label.encode(), value=sequenced_control(msg, source), partition=0
         )
@@ -306,6 +308,26 @@ class WorkerService:
         self.metrics.forwarded.labels(what="control").inc()
 
     # -- texts -------------------------------------------------------------------------------------------
+    async def with_generated_examples(self, msg: Any) -> Any:
+        """A description-only class gets a few synthetic examples from the judge endpoint, once, here on
+        the sequencer, so that every worker learns the same ones from the log. They are marked synthetic:
+        the model drops them once real accepted examples of the class arrive. Without a usable answer the
+        class is added from its description alone."""
+        try:
+            gen = getattr(self.judge.judge, "generate_examples", None)
+            if gen is None:
+                return msg
+            examples = await gen(msg.label, msg.description, self.stream.generated_examples)
+        except Exception as exc:  # the endpoint is down or answered garbage: the description still works
+            log.warning(
+                "add_class %s: no generated examples (%s); learning from the description", msg.label, exc
+            )
+            return msg
+        self.metrics.training.labels(source="synthetic", valid="true").inc(len(examples))
+        return type(msg)(
+            op=msg.op, label=msg.label, description=msg.description, examples=list(examples), synthetic=True
+        )
+
     async def on_texts(self, records: Sequence[Any]) -> None:
         """Validate a micro-batch of raw ``texts`` records and label the good ones. Never raises."""
         received = time.time()

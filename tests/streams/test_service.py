@@ -145,6 +145,39 @@ def test_add_class_at_run_time_is_learned(service: Any, h: Any) -> None:
     assert "pizza_party" in [c[0] for c in first["candidates"]]
 
 
+def test_description_only_class_gets_synthetic_examples_from_the_judge(service: Any, h: Any) -> None:
+    """add_class with only a description: the sequencer asks the judge endpoint for examples (the
+    simulated expert answers with real CLINC150 texts of that label), puts them on the learning log marked
+    synthetic, and every worker learns the class from them."""
+    op = {"op": "add_class", "label": "pay_bill", "description": "paying a bill, e.g. the electricity bill"}
+    h.send(service.kafka, service.names.control, [op])
+
+    def sequenced(records: list[tuple[str, Any]]) -> bool:
+        return any(
+            isinstance(v, dict) and v.get("kind") == "control" and v.get("label") == "pay_bill"
+            for _, v in records
+        )
+
+    recs = h.read_until(service.kafka, [service.names.training], sequenced, timeout=60)
+    op = next(v for _, v in recs if isinstance(v, dict) and v.get("label") == "pay_bill")
+    assert op["synthetic"] is True and op.get("description")
+    assert 1 <= len(op["examples"]) <= 5 and all(isinstance(t, str) and t for t in op["examples"])
+    deadline = time.monotonic() + 60
+    attempt = 0
+    while True:
+        attempt += 1
+        pid = f"paybill-{attempt}"
+        h.send(
+            service.kafka, service.names.texts, [{"id": pid, "text": "i need to pay my electric bill now"}]
+        )
+        got = h.read_until(service.kafka, [service.names.labels], _finals_for({pid}), timeout=60)
+        first = next(v for _, v in got if v.get("id") == pid)
+        if "pay_bill" in [c[0] for c in first["candidates"]]:
+            break
+        assert time.monotonic() < deadline, f"description-only class not learned: {first['candidates']}"
+        time.sleep(2)
+
+
 def test_bad_messages_go_to_dead_letter_and_the_worker_carries_on(service: Any, h: Any) -> None:
     names = service.names
     bad: list[Any] = [
