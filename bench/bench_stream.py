@@ -259,7 +259,7 @@ def scaling(args: argparse.Namespace, seeds: list[tuple[str, str]], texts: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    png = args.out.with_name(args.out.stem + "_scaling.png")
+    png = args.out.with_suffix(".png")
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-")
     ax.set_xlabel("workers (one consumer group)")
@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"bench: {len(texts)} texts, {len({lab for _, lab in seeds})} classes; load {load()}", flush=True)
     if args.workers:
+        if args.out == RESULTS:
+            args.out = RESULTS.with_name("stream_scaling.md")
         return scaling(args, seeds, texts)
 
     load_before = load()

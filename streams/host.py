@@ -500,6 +500,14 @@ class ModelHost:
         """The model includes the log up to ``position`` without a change (bad or repeated records)."""
         await self.run(self._learn, [], position)
 
+    async def labels(self) -> list[str]:
+        """The live model's labels."""
+        return await self.run(lambda: list(self.live.labels))
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts`` on the model thread (cached ones are not computed again)."""
+        return await self.run(self._embed_cached, texts)
+
     async def judge_candidates(
         self, X: np.ndarray, rows: list[int], cands: list[list[tuple[str, float]]], n: int, c: int
     ) -> list[list[dict[str, Any]]]:

@@ -25,6 +25,7 @@ METRIC_NAMES = (
     "driftlabel_uncertain_share",
     "driftlabel_routing_threshold",
     "driftlabel_judge_target_share",
+    "driftlabel_proposals_total",
     "driftlabel_judge_requests_total",
     "driftlabel_judge_outcomes_total",
     "driftlabel_judge_latency_seconds",
@@ -116,6 +117,12 @@ class ServiceMetrics:
             "driftlabel_drift_events",
             "Detected upward shifts, by signal (entropy, rejection, class_mix)",
             ["signal"],
+            registry=r,
+        )
+        self.proposals = Counter(
+            "driftlabel_proposals",
+            "Emerging classes proposed (dense groups of unresolved texts), by outcome",
+            ["outcome"],
             registry=r,
         )
         self.judge_target = Gauge(

@@ -114,6 +114,16 @@ class StreamSettings(DriftlabelSettings):
         "the experts learn, judge_maintenance_share once the uncertainty stopped falling, back up on drift "
         "(river ADWIN on entropy, judge rejections and the class mix); off: a fixed judge_target_share",
     )
+    proposals: bool = Field(
+        True,
+        description="texts the judge leaves unresolved gather in a pool; a dense group of them is proposed "
+        "as a new class on the proposals topic (named by the judge endpoint when it can)",
+    )
+    proposal_min_size: int = Field(8, ge=2, description="texts a group needs to be proposed")
+    proposal_similarity: float = Field(0.55, gt=-1.0, lt=1.0, description="cosine similarity within a group")
+    auto_add_proposals: bool = Field(
+        False, description="add a named proposal as a class at once (a control add_class with its texts)"
+    )
     generate_examples: bool = Field(
         True, description="add_class with only a description asks the judge endpoint for synthetic examples"
     )

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TopicNames:
-    """Full names of the eight topics of PRODUCT.md."""
+    """Full names of the eight topics of PRODUCT.md, plus ``proposals`` (emerging classes, issue 9)."""
 
     texts: str
     labels: str
@@ -40,6 +40,7 @@ class TopicNames:
     control: str
     review: str
     dead_letter: str
+    proposals: str
 
     @classmethod
     def from_prefix(cls, prefix: str = "driftlabel.") -> TopicNames:

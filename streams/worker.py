@@ -41,6 +41,7 @@ import orjson
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import ExpertSettings, load_embedder
 from driftlabel.models.drift import JudgeRateController
+from driftlabel.models.emerging import NoveltyPool, Proposal
 from driftlabel.streams.errors import InvalidMessageError, TopicError
 from driftlabel.streams.faust_app import DriftlabelApp, faust_broker_options
 from driftlabel.streams.health import Heartbeat
@@ -127,6 +128,8 @@ class WorkerService:
             calls_per_item=stream.judge_target_share,
             maintenance=min(stream.judge_maintenance_share, stream.judge_target_share),
         )
+        self.novelty = NoveltyPool(stream.proposal_min_size, stream.proposal_similarity)
+        self.n_proposals = 0
         self.ready = asyncio.Event()
         self.finals = TopicLedger(kafka, self.names.labels, final_label_key)
         self.dead_letters = TopicLedger(kafka, self.names.dead_letter, dead_letter_key)
@@ -169,6 +172,7 @@ class WorkerService:
         self.t_training = app.topic(n.training, key_serializer="raw")
         self.t_review = app.topic(n.review, key_serializer="raw")
         self.t_dead = app.topic(n.dead_letter, key_serializer="raw")
+        self.t_proposals = app.topic(n.proposals, **raw)
 
         async def texts(stream: faust.StreamT) -> None:
             await self.ready.wait()
@@ -486,8 +490,51 @@ class WorkerService:
         await fut
         self.finals.add(home, req.id)
         self.metrics.judge_outcomes.labels(status=outcome.status).inc()
+        if outcome.status == "unresolved" and self.stream.proposals:
+            await self.gather_unresolved(req)
         self.metrics.count_labels([result.label.status], [True])
         self.metrics.e2e_latency.labels(path="judge").observe(now - req.received_ts)
+
+    # -- emerging classes --------------------------------------------------------------------------------
+    async def gather_unresolved(self, req: JudgeRequestMessage) -> None:
+        """Pool an unresolved text; when the pool holds a dense group, propose it as a new class."""
+        X = await self.host.embed([req.text])
+        self.novelty.add(X, [req.text], [req.id])
+        group = self.novelty.find_group()
+        if group is not None:
+            await self.propose(group)
+
+    async def propose(self, group: Proposal) -> None:
+        """Publish a proposal on ``proposals`` (named by the judge endpoint if it can); maybe add it."""
+        self.n_proposals += 1
+        examples = group.examples(10)
+        name: str | None = None
+        description: str | None = None
+        known = await self.host.labels()
+        try:
+            propose = getattr(self.judge.judge, "propose_class", None)
+            if propose is not None:
+                name, description = await propose(examples, known_labels=known)
+        except Exception as exc:  # unnamed is still worth a human's look
+            log.warning("proposal %d: the judge endpoint did not name it (%s)", self.n_proposals, exc)
+        value = {
+            "id": f"{self.worker_id}-{self.n_proposals}",
+            "name": name,
+            "description": description,
+            "examples": examples,
+            "size": len(group.texts),
+            "density": round(group.density, 4),
+            "ids": group.ids[:50],
+            "ts": time.time(),
+        }
+        fut = await self.t_proposals.send(key=str(value["id"]).encode(), value=orjson.dumps(value))
+        await fut
+        added = bool(name and self.stream.auto_add_proposals)
+        if added:
+            op = {"op": "add_class", "label": name, "description": description, "examples": group.texts[:50]}
+            await (await self.t_control.send(key=str(name).encode(), value=orjson.dumps(op)))
+        self.metrics.proposals.labels(outcome="added" if added else ("named" if name else "unnamed")).inc()
+        log.warning("proposed class %r from %d unresolved texts (%s)", name, len(group.texts), value["id"])
 
     # -- learning ----------------------------------------------------------------------------------------
     async def run_learner(self) -> None:

@@ -178,6 +178,27 @@ def test_description_only_class_gets_synthetic_examples_from_the_judge(service: 
         time.sleep(2)
 
 
+def test_a_dense_group_of_unresolved_texts_is_proposed_as_a_class(
+    service: Any, h: Any, data_dir: Path
+) -> None:
+    """Texts of an intent the model does not know are all rejected by the judge (unresolved); once enough
+    of them gather, the worker publishes one proposal, named by the judge endpoint (the simulated expert
+    names a group by the majority label of its texts in its data file)."""
+    from driftlabel.streams.demo import load_clinc150_file
+
+    rows = load_clinc150_file(data_dir / "clinc150" / "data_full.json")["train"]
+    texts = [t for t, lab in rows if lab == "pto_request"][:24]
+    h.send(service.kafka, service.names.texts, [{"id": f"pto-{i}", "text": t} for i, t in enumerate(texts)])
+
+    def proposed(records: list[tuple[str, Any]]) -> bool:
+        return any(isinstance(v, dict) and v.get("name") == "pto_request" for _, v in records)
+
+    recs = h.read_until(service.kafka, [service.names.proposals], proposed, timeout=120)
+    prop = next(v for _, v in recs if isinstance(v, dict) and v.get("name") == "pto_request")
+    assert prop["size"] >= 8 and len(prop["examples"]) >= 5
+    assert set(prop["examples"]) <= set(texts) and all(i.startswith("pto-") for i in prop["ids"])
+
+
 def test_bad_messages_go_to_dead_letter_and_the_worker_carries_on(service: Any, h: Any) -> None:
     names = service.names
     bad: list[Any] = [
