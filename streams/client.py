@@ -48,7 +48,7 @@ async def produce(
 
     ``on_sent(i, value, ts)`` is called after each send is queued (used for latency measurements).
     """
-    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=kafka.linger_ms)
     try:
         await producer.start()
     except (KafkaError, OSError) as exc:

@@ -46,6 +46,9 @@ class KafkaSettings(DriftlabelSettings):
     fetch_max_wait_ms: int = Field(
         20, ge=1, description="longest a fetch waits for data (a latency bound on brokers that hold fetches)"
     )
+    linger_ms: int = Field(
+        1, ge=0, description="producer linger: how long a send waits to share a request (latency vs requests)"
+    )
     create_topics: bool = Field(True, description="create missing topics at start (explicitly, never auto)")
     transactions: bool = Field(
         False,

@@ -25,6 +25,7 @@ The rules live in the pure functions and the classes named above; this module on
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -159,7 +160,7 @@ class WorkerService:
             consumer_auto_offset_reset="earliest",
             stream_wait_empty=False,
             broker_commit_interval=self.stream.commit_interval_s,
-            producer_linger_ms=5,
+            producer_linger_ms=self.kafka.linger_ms,
             processing_guarantee="exactly_once" if self.kafka.transactions else "at_least_once",
         )
         n = self.names
@@ -542,6 +543,8 @@ class WorkerService:
         try:
             await self.topology()
             await self.learner.start()
+            gc.collect()
+            gc.freeze()  # the model, torch and faust stay: later full collections skip them (fewer pauses)
             self.ready.set()
             n, s, v = await self.host.describe()
             print(
