@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiokafka.conn logs every request at DEBUG, SaslAuthenticate's PLAIN bytes (the password) included
+    logging.getLogger("aiokafka.conn").setLevel(max(level, logging.INFO))
     try:
         return int(args.func(args) or 0)
     except DriftlabelError as exc:
