@@ -39,8 +39,7 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.common`, however this is run
 
 from bench.common import (
     CachedArrayEmbedder,
