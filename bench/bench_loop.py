@@ -19,8 +19,10 @@ scored every ``--eval-every`` items. Scenarios:
 
 Baselines on the same stream: ``seeds`` (no judge), ``random`` routing, ``flat`` (one expert over all
 classes), ``every`` item judged (the cost of asking an LLM about everything), and full-data
-LogisticRegression(C=10) as the ceiling. What this does not include is the broker and the worker: the
-service path is measured by ``driftlabel demo`` / ``bench_stream``; this isolates what the loop learns.
+LogisticRegression(C=10) as the ceiling; ``pseudo`` adds the confident unjudged predictions (top-1
+probability >= 0.5) as training data, the self-training variant. What this does not include is the
+broker and the worker: the service path is measured by ``driftlabel demo`` / ``bench_stream``; this
+isolates what the loop learns.
 
     python bench/bench_loop.py --quick          # CLINC150, 3 scenarios, 5 % error, 6,000 items (< 5 min)
     python bench/bench_loop.py                  # CLINC150 + BANKING77, 0/5/15 % error, baselines
@@ -238,6 +240,13 @@ def run_loop(
             elif scenario == "incremental":
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
         run.final_right += int(np.sum(final == yb))
+        if method == "pseudo":  # confident, unjudged predictions as training data (confirmation-bias risk)
+            sure = ~routed & (np.asarray(r.scores) >= 0.5)
+            for i in np.flatnonzero(sure).tolist():
+                learn_X.append(Xb[i])
+                learn_t.append(texts[rows[i]])
+                learn_y.append(str(top1[i]))
+                learn_v.append(True)
         if scenario == "incremental":
             far = clf.nearest_similarity(Xb) < clf.oos_similarity_threshold()
             far &= ~routed
@@ -315,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="*", default=None)
     parser.add_argument("--scenarios", nargs="*", default=["stationary", "incremental", "shift"])
     parser.add_argument("--errors", nargs="*", type=float, default=None)
-    parser.add_argument("--methods", nargs="*", default=None, help="red seeds random flat every")
+    parser.add_argument("--methods", nargs="*", default=None, help="red seeds random flat every pseudo")
     parser.add_argument("--budget", type=float, default=0.10, help="judge calls per streamed item")
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
