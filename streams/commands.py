@@ -49,6 +49,8 @@ def _print_settings(*settings: Any) -> None:
     for s in settings:
         print(f"[{s.section}]")
         for k, v in s.model_dump().items():  # SecretStr dumps as '**********'
+            if k == "base_url" and hasattr(s, "endpoint"):
+                v = s.endpoint  # a password inside the URL (https://user:pw@host) is masked too
             print(f"{k} = {v!s}")
         print()
 
