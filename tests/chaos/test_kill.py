@@ -95,12 +95,12 @@ def test_final_model_equals_a_replay_without_kills(killed: Any) -> None:
     cluster, worker, _, rows = killed
     cluster.fault("down")  # the reference re-reads old texts: it must not add judged pairs of its own
     try:
-        time.sleep(2)
+        live = _settled_version(worker)
         assert worker.stop() is not None
         ref = cluster.worker("ref")
         ref.env["DRIFTLABEL_KAFKA_GROUP_ID"] = f"{cluster.prefix}ref"
         ref.start()
-        time.sleep(5)  # it replays the whole training + control log at start; then it labels old texts
+        replayed = _settled_version(ref)  # it replays the whole training + control log
         ref.stop()
     finally:
         cluster.fault(None)
@@ -113,9 +113,24 @@ def test_final_model_equals_a_replay_without_kills(killed: Any) -> None:
     differ = sum(x != y for x, y in zip(pa, pb, strict=True))
     truth = [lab for _, lab in rows["val"]]
     acc = [float(np.mean([p == t for p, t in zip(pp, truth, strict=True)])) for pp in (pa, pb)]
-    assert (ma.n_examples, ma.labels) == (mb.n_examples, mb.labels)
+    assert live == replayed, f"live model_version {live} (killed worker) vs {replayed} (replay)"
+    assert (ma.n_examples, ma.labels) == (mb.n_examples, mb.labels), (ma.n_examples, mb.n_examples)
     assert differ == 0, (
         f"{differ} of {len(probes)} predictions differ; versions {ma.model_version} (killed) vs "
         f"{mb.model_version} (replay); accuracy {acc[0]:.3f} vs {acc[1]:.3f}"
     )
     assert ma.model_version == mb.model_version
+
+
+def _settled_version(w: chaos.Worker, quiet_s: float = 4.0, timeout_s: float = 60.0) -> float:
+    """The worker's ``driftlabel_model_version`` once it has not changed for ``quiet_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    last, since = w.metric("driftlabel_model_version"), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        v = w.metric("driftlabel_model_version")
+        if v != last:
+            last, since = v, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return v
+    return last
