@@ -154,6 +154,8 @@ async def reform_round(
     window: dict[str, float] = {}
 
     async def trigger() -> None:
+        # the examples are labelled first, as accepted items are, so the worker has their embeddings
+        await produce(kafka, names.texts, [{"id": f"pre-{v['id']}", "text": v["text"]} for v in training])
         await asyncio.sleep(3.0)
         window["start"] = time.time()
         await produce(kafka, names.training, training)

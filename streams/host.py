@@ -272,6 +272,21 @@ class ModelHost:
                 rows[i] = X_new[j]
         return np.stack([r for r in rows if r is not None]).astype(np.float32, copy=False)
 
+    def _cache_missing(self, texts: Sequence[str]) -> int:
+        """Embed the texts not in the cache yet and keep them there; returns how many."""
+        missing = list(dict.fromkeys(t for t in texts if self.cache.get(t) is None))
+        if missing:
+            self.cache.put_many(missing, np.asarray(self.embedder.encode(missing), dtype=np.float32))
+        return len(missing)
+
+    async def prepare(self, records: Sequence[TrainingMessage], chunk: int = 8) -> None:
+        """Embed the training texts this worker has not seen, a few per model-thread job, so that
+        predictions queued meanwhile run between them (a batch of human records would otherwise hold
+        the model thread for one long embedding)."""
+        texts = [r.text for r in records if self.cache.get(r.text) is None]
+        for i in range(0, len(texts), chunk):
+            await self.run(self._cache_missing, texts[i : i + chunk])
+
     def _learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:
         """Learn a batch of training records (the model adds new labels of valid rows, drops "not L" for
         unknown L); ``position``: the log position the model includes afterwards."""

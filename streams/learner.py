@@ -264,6 +264,8 @@ class Learner:
         if step.control is not None:
             await self._apply_control(step.records[-1], step.control, position)
         else:
+            if not self.replaying:  # live: keep the model thread free for predictions between chunks
+                await self.host.prepare(step.training)
             await self.host.learn(step.training, position)
             for t in step.training:
                 self.metrics.training.labels(source=t.source, valid=str(t.valid).lower()).inc()

@@ -254,7 +254,7 @@ def test_streams_imports_models_and_judge_at_module_level_only() -> None:
 def test_no_streams_file_is_a_grab_bag() -> None:
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in STREAMS.glob("*.py")}
     assert "service.py" not in sizes
-    assert max(sizes.values()) < 560, sizes
+    assert max(sizes.values()) < 800, sizes  # past that, a file has more than one job: split it
 
 
 def test_label_values_equal_the_label_messages() -> None:
