@@ -39,6 +39,9 @@ class Benchmark:
     full: tuple[str, ...] = ()
     quick_s: float = 240.0  # expected wall time on 2 quiet cores: the progress bar's total
     full_s: float = 1800.0
+    #: for a benchmark that can only write its full report: the quick run's output (markdown) is saved
+    #: here instead (under bench/results/), so a quick run never overwrites the full figures
+    quick_report: str | None = None
 
     def argv(self, quick: bool, extra: Sequence[str]) -> list[str]:
         """Extra arguments replace the mode's defaults, so a user can narrow a run exactly."""
@@ -55,7 +58,21 @@ BENCHMARKS: dict[str, Benchmark] = {
     "models": Benchmark(
         "driftlabel.bench.bench_models",
         "R.E.D. experts vs LogisticRegression: accuracy by k, out-of-scope, speed (bench/results/models.md)",
-        quick=("--datasets", "clinc150", "--k", "10", "all", "--repeats", "1"),
+        quick=(
+            "--datasets",
+            "clinc150",
+            "--k",
+            "10",
+            "--variants",
+            "red",
+            "sklearn",
+            "--repeats",
+            "1",
+            "--skip",
+            "speed",
+            "--no-report",
+        ),
+        quick_report="models_quick.md",
         quick_s=180,
         full_s=1500,
     ),
@@ -219,10 +236,14 @@ def run_benchmark(name: str, *, quick: bool, extra: Sequence[str] = (), progress
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         text=True, errors="replace", bufsize=1,
     )  # fmt: skip
+    captured: list[str] = []
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a killed dispatcher stops its child too
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            bar.line(raw.rstrip("\n"))
+            line = raw.rstrip("\n")
+            captured.append(line)
+            bar.line(line)
         code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGTERM)  # the benchmarks clean up (broker, workers) on SIGTERM
@@ -233,8 +254,18 @@ def run_benchmark(name: str, *, quick: bool, extra: Sequence[str] = (), progress
             proc.wait()
         code = 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         bar.close()
     took = time.time() - started
+    if quick and bench.quick_report and code == 0 and not extra:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        (RESULTS_DIR / bench.quick_report).write_text(
+            f"# {name} (quick)\n\n_`driftlabel bench {name} --quick` = `{bench.module} {' '.join(argv)}`; "
+            f"{stamp}; {took:.0f} s; load average {load} (machine shared)_\n\n" + "\n".join(captured) + "\n",
+            encoding="utf-8",
+        )
     written = sorted(
         p for p in RESULTS_DIR.glob("*") if p.is_file() and p.stat().st_mtime >= started - 1
     ) if RESULTS_DIR.is_dir() else []  # fmt: skip
@@ -243,6 +274,10 @@ def run_benchmark(name: str, *, quick: bool, extra: Sequence[str] = (), progress
     for p in written:
         print(f"  wrote {p}", flush=True)
     return code
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
