@@ -516,6 +516,11 @@ def render(state: dict[str, Any]) -> str:
             "",
             f"![kill run]({NAME}_kill.png)" if f"{NAME}_kill.png" in plots else "",
             "",
+            "Reading it: a drain after the last send of more than a few seconds means the worker fell behind "
+            "the send rate (a backlog), so the worst publish -> first label figures include queueing behind "
+            "that backlog, not only the restart; `kill -> next final label` and `start to ready` are the "
+            "restart itself.",
+            "",
         ]
     if lo:
         lines += [
