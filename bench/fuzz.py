@@ -30,9 +30,9 @@ _PRINTABLE_AND_MORE: list[Any] = [*_PRINTABLE, "Zl", "Zp", "Cc"]
 _ids = st.text(st.characters(codec="utf-8", categories=_PRINTABLE_AND_MORE), min_size=1, max_size=12).filter(
     lambda s: s.strip() != ""
 )
-_words = st.text(
-    st.characters(codec="utf-8", categories=_PRINTABLE), min_size=1, max_size=40
-).filter(lambda s: s.strip() != "")
+_words = st.text(st.characters(codec="utf-8", categories=_PRINTABLE), min_size=1, max_size=40).filter(
+    lambda s: s.strip() != ""
+)
 _blank = st.text(st.sampled_from(" \t\n\r"), min_size=0, max_size=5)
 _not_str = st.one_of(
     st.integers(-(10**6), 10**6),
