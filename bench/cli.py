@@ -266,9 +266,13 @@ def run_benchmark(name: str, *, quick: bool, extra: Sequence[str] = (), progress
             f"{stamp}; {took:.0f} s; load average {load} (machine shared)_\n\n" + "\n".join(captured) + "\n",
             encoding="utf-8",
         )
+    # reports are named after their benchmark (models.md, stream_quick.md, reliability_kill.png, ...);
+    # other files touched meanwhile belong to other runs on this shared checkout
     written = sorted(
-        p for p in RESULTS_DIR.glob("*") if p.is_file() and p.stat().st_mtime >= started - 1
-    ) if RESULTS_DIR.is_dir() else []  # fmt: skip
+        p
+        for p in (RESULTS_DIR.glob(f"{name}*") if RESULTS_DIR.is_dir() else [])
+        if p.is_file() and p.stat().st_mtime >= started - 1
+    )
     status = "ok" if code == 0 else f"failed (exit {code})"
     print(f"driftlabel bench {name}: {status} in {took:.0f}s", flush=True)
     for p in written:
