@@ -141,6 +141,9 @@ class RedClassifier:
         self._resolves = 0  # re-solves swapped in so far
         self._pending: ResolveJob | None = None
         self._synthetic: dict[str, list[str]] = {}  # label -> its generated examples, until real ones arrive
+        self._buffer: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []  # the partial chunk
+        self._buffered = 0
+        self._boundary: tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]] | None = None
 
     # -- properties -----------------------------------------------------------------------------------
     @property
@@ -304,6 +307,7 @@ class RedClassifier:
             )
         s = self.settings
         self._pending = None  # a re-solve of the old model is void
+        self._buffer, self._buffered, self._boundary = [], 0, None
         self._resolved_at = self._position
         self._dim = X.shape[1]
         self._store = ExampleStore(self._dim, s.max_examples_per_label, s.max_negatives_per_label)
@@ -445,6 +449,7 @@ class RedClassifier:
             self._noise_group = dict(zip(self._labels, groups, strict=True))
         self._experts = [make_expert(self.settings) for _ in self._subsets]
         self._refit_experts(range(len(self._subsets)), fresh=True)
+        self._boundary = None
         self._bump()
 
     # -- incremental learning -------------------------------------------------------------------------
@@ -480,34 +485,153 @@ class RedClassifier:
 
     @_blas_limited
     def _learn(self, X: np.ndarray, texts: list[str], y: np.ndarray, v: np.ndarray) -> None:
+        """Learn rows in log order, in chunks of ``learn_chunk`` that do not depend on how they were batched.
+
+        A complete chunk gets its gradient step from the weights at the chunk's start; the rows of a chunk
+        not yet complete get a *provisional* step from the same start (so they take effect at once) that is
+        redone when the chunk completes. Chunk starts are positions in the log (every ``learn_chunk`` rows,
+        and at a row with a new label), so a replay from a checkpoint, which batches the log differently,
+        reaches every chunk start with the same weights.
+        """
         self._require_fitted()
         if len(X) == 0:
             return
         known = set(self._labels)
-        new_labels = sorted({lab for lab in y[v].tolist() if lab not in known})
-        if new_labels:
-            self.settle()  # a new expert column changes the structure a pending re-solve was built on
         unknown_neg = ~v & ~_member(y, known)
         if unknown_neg.any():  # "not label L" says nothing when L is not known: keep nothing of it
             keep = ~unknown_neg
-            X, y, v, texts = (
-                X[keep],
-                y[keep],
-                v[keep],
-                [t for t, k in zip(texts, keep.tolist(), strict=True) if k],
-            )
+            X, y, v = X[keep], y[keep], v[keep]
+            texts = [t for t, k in zip(texts, keep.tolist(), strict=True) if k]
+        if not len(X):
+            return
+        new = v & ~_member(y, known)
+        if new.any():  # a new label starts a chunk of its own: flush, place it, go on
+            i0 = int(np.argmax(new))
+            if i0:
+                self._learn(X[:i0], texts[:i0], y[:i0], v[:i0])
+            self.flush()
+            self._learn_chunk(X[i0 : i0 + 1], texts[i0 : i0 + 1], y[i0 : i0 + 1], v[i0 : i0 + 1])
+            if i0 + 1 < len(X):
+                self._learn(X[i0 + 1 :], texts[i0 + 1 :], y[i0 + 1 :], v[i0 + 1 :])
+            return
+        chunk = self.settings.learn_chunk
+        self._buffer.append((X, list(texts), y, v))
+        self._buffered += len(X)
+        stored = self._buffered - len(X)  # buffered rows already in the store (provisional ones)
+        while self._buffered >= chunk:
+            rows = self._take(chunk)
+            self._restore_boundary()
+            self._learn_chunk(*rows, already_stored=min(stored, chunk))
+            stored = max(0, stored - chunk)
+        if self._buffered:
+            rows = self._take(self._buffered)
+            self._restore_boundary()
+            if len(rows[0]) > stored:
+                lo = stored
+                self.store.add(rows[0][lo:], rows[1][lo:], rows[2][lo:], rows[3][lo:])
+            if self._synthetic:
+                self._replace_synthetic(rows[2], rows[3])
+            self._learn_rows(rows[0], rows[2], rows[3])  # provisional: redone when the chunk completes
+            self._refit_young(rows[2], rows[3])
+            self._buffer, self._buffered = [rows], len(rows[0])
+            self._bump()
+
+    def _refit_young(self, y: np.ndarray, v: np.ndarray) -> None:
+        """Re-solve (warm, at once) the experts of labels that have few examples yet: a new class learns
+        from its first examples as a refit would, rather than from small gradient steps."""
+        young = self.settings.young_examples
+        if young <= 0 or not len(y):
+            return
+        index = self._label_subset_index()
+        which = sorted(
+            {
+                index[lab]
+                for lab in {str(t) for t in y[v].tolist()}
+                if lab in index and self.store.count(lab) < young
+            }
+        )
+        if which:
+            self._refit_experts(which, fresh=False)
+
+    def _boundary_state(self) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]]:
+        ws = [(e.coef_.copy(), e.intercept_.copy(), e.n_seen_) for e in self._experts]
+        return ws, copy.deepcopy(dict(self._rng.bit_generator.state))
+
+    def _restore_boundary(self) -> None:
+        """Back to the weights and RNG of the last chunk start (undoes a provisional step)."""
+        b = self._boundary
+        if b is None or len(b[0]) != len(self._experts):
+            self._boundary = self._boundary_state()
+            return
+        for e, (W, _c, _n) in zip(self._experts, b[0], strict=True):
+            if getattr(e, "coef_", None) is None or e.coef_.shape != W.shape:
+                self._boundary = self._boundary_state()
+                return
+        for e, (W, c, n) in zip(self._experts, b[0], strict=True):
+            e.coef_, e.intercept_, e.n_seen_ = W.copy(), c.copy(), n
+        self._rng.bit_generator.state = copy.deepcopy(b[1])
+
+    def _take(self, n: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """The first ``n`` buffered rows, removed from the buffer."""
+        parts: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []
+        need = n
+        while need > 0 and self._buffer:
+            X, t, y, v = self._buffer[0]
+            if len(X) <= need:
+                parts.append(self._buffer.pop(0))
+                need -= len(X)
+            else:
+                parts.append((X[:need], t[:need], y[:need], v[:need]))
+                self._buffer[0] = (X[need:], t[need:], y[need:], v[need:])
+                need = 0
+        self._buffered -= n - need
+        return (
+            np.concatenate([p[0] for p in parts]),
+            [t for p in parts for t in p[1]],
+            np.concatenate([p[2] for p in parts]),
+            np.concatenate([p[3] for p in parts]),
+        )
+
+    def flush(self) -> None:
+        """Complete the current partial chunk now (before structural changes): a chunk start in the log."""
+        if self._buffered:
+            n = self._buffered
+            rows = self._take(n)
+            self._restore_boundary()
+            self._learn_chunk(*rows, already_stored=n)
+
+    @property
+    def buffered(self) -> int:
+        """Rows of the current partial chunk (learned provisionally)."""
+        return self._buffered
+
+    def _learn_chunk(
+        self, X: np.ndarray, texts: list[str], y: np.ndarray, v: np.ndarray, already_stored: int = 0
+    ) -> None:
+        """One complete chunk: store, gradient step, re-solve schedule; then a new chunk start."""
+        known = set(self._labels)
+        new_labels = sorted({lab for lab in y[v].tolist() if lab not in known})
+        if new_labels:
+            self._settle_resolve()  # a new expert column changes the structure a re-solve was built on
         for lab in new_labels:
             rows = (y == lab) & v
             self._place_new_label(lab, X[rows], [t for t, r in zip(texts, rows.tolist(), strict=True) if r])
         rest = ~np.isin(y, new_labels) if new_labels else np.ones(len(y), dtype=bool)
-        self.store.add(X[rest], [t for t, r in zip(texts, rest.tolist(), strict=True) if r], y[rest], v[rest])
-        self._learn_rows(X[rest], y[rest], v[rest])
-        if self._synthetic:
+        lo = already_stored
+        fresh = rest.copy()
+        fresh[:lo] = False
+        if fresh.any():
+            kept = [t for t, r in zip(texts, fresh.tolist(), strict=True) if r]
+            self.store.add(X[fresh], kept, y[fresh], v[fresh])
+        if self._synthetic:  # before the step: the store it samples from is then the same in any batching
             self._replace_synthetic(y[rest], v[rest])
+        self._learn_rows(X[rest], y[rest], v[rest])
+        self._refit_young(y[rest], v[rest])
         self._position += len(X)
         if self._pending is not None:
             self._pending.batches.append((X[rest], y[rest], v[rest]))
         self._schedule_resolve()
+        self._boundary = self._boundary_state()
         self._bump()
 
     # -- re-solves (models/resolve.py) ----------------------------------------------------------------
@@ -537,6 +661,7 @@ class RedClassifier:
         if job is None:
             return
         self._pending = None
+        self._boundary = None  # new weights: the next chunk starts from them
         experts = job.future.result()  # re-raises a failed solve: the caller sees why
         self._experts = copy.deepcopy(experts)
         for X, y, v in job.batches:
@@ -549,6 +674,10 @@ class RedClassifier:
 
         Settling at the same log position on two workers gives the same weights.
         """
+        self.flush()
+        self._settle_resolve()
+
+    def _settle_resolve(self) -> None:
         if self._pending is not None:
             self._swap_resolve()
 
@@ -707,7 +836,7 @@ class RedClassifier:
 
     def _place_new_label(self, label: str, X: np.ndarray, texts: list[str]) -> int:
         """Put a new label into the least similar subset with room (or a new one) and train that expert."""
-        self.settle()
+        self._settle_resolve()
         s = self.settings
         desc = {label: self._desc_emb[label]} if label in self._desc_emb else None
         e = label_embeddings(X, np.full(len(X), label, dtype=object), [label], desc, s.description_weight)[0]
@@ -728,6 +857,7 @@ class RedClassifier:
         # the other experts see the new examples as noise
         if len(X):
             self._learn_rows(X, np.full(len(X), label, dtype=object), np.ones(len(X), dtype=bool), skip=si)
+        self._boundary = None  # the placed label's expert was refit: chunks start from these weights
         return si
 
     @_blas_limited
@@ -744,6 +874,8 @@ class RedClassifier:
         """
         _check_labels([label], 1)
         texts = _check_texts(examples, "examples")
+        if self._experts:
+            self.settle()
         if not self._experts:
             if not texts:
                 raise ModelError("the model is empty: fit() it first, or give examples for the first label")
@@ -782,6 +914,7 @@ class RedClassifier:
         they are dropped once ``synthetic_replace_after`` real examples of the label have been learned.
         """
         self._require_fitted()
+        self.settle()
         _check_labels([label], 1)
         texts = _check_texts(texts, "examples")
         X = self._check_X(X, len(texts))
@@ -838,6 +971,7 @@ class RedClassifier:
         self._desc_emb.pop(label, None)
         if self.store.count(label) or label in {str(v) for v in self.store.arrays(False)[1].tolist()}:
             self.store.remove_label(label)
+        self._boundary = None
         self._bump()
 
     @_blas_limited
@@ -852,6 +986,7 @@ class RedClassifier:
         self._desc_emb[label] = e
         # the description is one training row of its label's expert: refit that expert (small, warm-started)
         self._refit_experts([self._label_subset_index()[label]])
+        self._boundary = None
         self._bump()
 
     def nearest_examples(self, label: str, embedding: np.ndarray, c: int = 6) -> list[str]:
@@ -981,6 +1116,7 @@ class RedClassifier:
             "rng": self._rng.bit_generator.state,
             "pending": self._pending,
             "synthetic": self._synthetic,
+            "buffer": self._buffer,
             "embedder_name": self._embedder_name,
             "dim": self._dim,
         }

@@ -139,6 +139,18 @@ class ExpertSettings(DriftlabelSettings):
         24, ge=4, description="below this many labels subsets use cosine space, no UMAP"
     )
     batch_size: int = Field(256, ge=1, description="micro-batch size for embedding and learning")
+    young_examples: int = Field(
+        20,
+        ge=0,
+        description="a label with fewer stored examples than this gets its expert re-solved (warm) whenever "
+        "it learns, so a new class learns from its first examples as a refit would (0: off)",
+    )
+    learn_chunk: int = Field(
+        16,
+        ge=1,
+        description="rows are learned in chunks of this many, in log order (a partial chunk waits, or is "
+        "flushed by a structural change): the same rows give the same model however they were batched",
+    )
     resolve_every: int = Field(
         100,
         ge=0,

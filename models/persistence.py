@@ -111,6 +111,11 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             arrays[f"batch{j}_X"] = np.asarray(bX, dtype=np.float32)
             arrays[f"batch{j}_valid"] = np.asarray(bv, dtype=bool)
             pending_meta["batches"].append([str(v) for v in np.asarray(by).tolist()])
+    buffer_meta = []  # rows given to learn() that wait for their chunk: saved, so a restart continues exactly
+    for j, (bX, bt, by, bv) in enumerate(st["buffer"]):
+        arrays[f"buffer{j}_X"] = np.asarray(bX, dtype=np.float32)
+        arrays[f"buffer{j}_valid"] = np.asarray(bv, dtype=bool)
+        buffer_meta.append({"texts": list(bt), "labels": [str(v) for v in np.asarray(by).tolist()]})
     store: ExampleStore = st["store"]
     state = store.state()
     arrays["store_pos_X"] = np.asarray(state["pos_X"], dtype=np.float32)
@@ -153,6 +158,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             "rng": st["rng"],
             "pending": pending_meta,
             "synthetic": st["synthetic"],
+            "buffer": buffer_meta,
         },
         "experts": experts_meta,
         "store": {
@@ -319,6 +325,17 @@ def _build(
         clf._resolves = int(sched.get("resolves", 0))
         if isinstance(sched.get("rng"), dict):
             clf._rng.bit_generator.state = sched["rng"]
+        if isinstance(sched.get("buffer"), list):
+            clf._buffer = [
+                (
+                    arrays[f"buffer{j}_X"],
+                    [str(t) for t in b["texts"]],
+                    np.array(b["labels"], dtype=object),
+                    arrays[f"buffer{j}_valid"].astype(bool),
+                )
+                for j, b in enumerate(sched["buffer"])
+            ]
+            clf._buffered = sum(len(b[0]) for b in clf._buffer)
         if isinstance(sched.get("synthetic"), dict):
             clf._synthetic = {str(k): [str(t) for t in v] for k, v in sched["synthetic"].items()}
         if isinstance(sched.get("pending"), dict):

@@ -134,3 +134,34 @@ def test_copy_is_independent() -> None:
     clf.settle()
     assert twin.model_version < clf.model_version and twin.n_examples < clf.n_examples
     assert len(twin.predict_embeddings(X_te)) == len(X_te)
+
+
+@pytest.mark.parametrize("sizes", [(1,), (7,), (16,), (5, 31, 2, 64)])
+def test_the_same_rows_give_the_same_model_however_they_are_batched(sizes: tuple[int, ...]) -> None:
+    """A replay from a checkpoint batches the log differently: chunk starts are log positions."""
+    seeds, (X, texts, y), _ = _problem()
+    reference = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    _stream(reference, (X, texts, y), batch=32)
+    reference.settle()
+    other = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    order = np.random.default_rng(0).permutation(len(X))
+    lo, k = 0, 0
+    while lo < len(X):
+        n = sizes[k % len(sizes)]
+        rows = order[lo : lo + n]
+        other.learn_embeddings(X[rows], [texts[i] for i in rows], y[rows])
+        lo += n
+        k += 1
+    other.settle()
+    assert other.position == reference.position and other.resolves == reference.resolves
+    for wa, wb in zip(_weights(reference), _weights(other), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_a_single_learned_row_takes_effect_at_once() -> None:
+    seeds, (X, texts, y), _ = _problem()
+    clf = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+    before = _weights(clf)
+    clf.learn_embeddings(X[:1], texts[:1], y[:1])
+    assert clf.buffered == 1 and clf.n_examples == len(seeds[0]) + 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(clf), strict=True))
