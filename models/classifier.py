@@ -463,6 +463,7 @@ class RedClassifier:
         v = self._check_valid(valid, len(texts))
         X = self._encode(texts)
         self._learn(X, texts, y, v)
+        self._model_version += len(texts)  # by rows: a log position has one version, however batched
 
     def learn_embeddings(
         self, X: np.ndarray, texts: Sequence[str], labels: Sequence[str], valid: Sequence[bool] | None = None
@@ -473,6 +474,7 @@ class RedClassifier:
         v = self._check_valid(valid, len(texts))
         X = self._check_X(X, len(texts))
         self._learn(X, texts, y, v)
+        self._model_version += len(texts)  # by rows: a log position has one version, however batched
 
     @staticmethod
     def _check_valid(valid: Sequence[bool] | None, n: int) -> np.ndarray:
@@ -534,7 +536,6 @@ class RedClassifier:
             self._learn_rows(rows[0], rows[2], rows[3])  # provisional: redone when the chunk completes
             self._refit_young(rows[2], rows[3])
             self._buffer, self._buffered = [rows], len(rows[0])
-            self._bump()
 
     def _refit_young(self, y: np.ndarray, v: np.ndarray) -> None:
         """Re-solve (warm, at once) the experts of labels that have few examples yet: a new class learns
@@ -599,6 +600,7 @@ class RedClassifier:
             rows = self._take(n)
             self._restore_boundary()
             self._learn_chunk(*rows, already_stored=n)
+            self._bump()
 
     @property
     def buffered(self) -> int:
@@ -632,7 +634,6 @@ class RedClassifier:
             self._pending.batches.append((X[rest], y[rest], v[rest]))
         self._schedule_resolve()
         self._boundary = self._boundary_state()
-        self._bump()
 
     # -- re-solves (models/resolve.py) ----------------------------------------------------------------
     def _resolve_trigger(self) -> int:
@@ -1117,6 +1118,7 @@ class RedClassifier:
             "pending": self._pending,
             "synthetic": self._synthetic,
             "buffer": self._buffer,
+            "boundary": self._boundary,
             "embedder_name": self._embedder_name,
             "dim": self._dim,
         }

@@ -116,6 +116,13 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
         arrays[f"buffer{j}_X"] = np.asarray(bX, dtype=np.float32)
         arrays[f"buffer{j}_valid"] = np.asarray(bv, dtype=bool)
         buffer_meta.append({"texts": list(bt), "labels": [str(v) for v in np.asarray(by).tolist()]})
+    boundary_meta = None  # the weights the partial chunk's provisional step started from (redone at its end)
+    if st["buffer"] and st["boundary"] is not None:
+        ws, rng_state = st["boundary"]
+        for i, (W, c, _n) in enumerate(ws):
+            arrays[f"boundary{i}_coef"] = np.asarray(W, dtype=np.float64)
+            arrays[f"boundary{i}_intercept"] = np.asarray(c, dtype=np.float64)
+        boundary_meta = {"n_seen": [float(n) for _, _, n in ws], "rng": rng_state}
     store: ExampleStore = st["store"]
     state = store.state()
     arrays["store_pos_X"] = np.asarray(state["pos_X"], dtype=np.float32)
@@ -159,6 +166,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             "pending": pending_meta,
             "synthetic": st["synthetic"],
             "buffer": buffer_meta,
+            "boundary": boundary_meta,
         },
         "experts": experts_meta,
         "store": {
@@ -336,6 +344,15 @@ def _build(
                 for j, b in enumerate(sched["buffer"])
             ]
             clf._buffered = sum(len(b[0]) for b in clf._buffer)
+        bm = sched.get("boundary")
+        if isinstance(bm, dict):
+            clf._boundary = (
+                [
+                    (arrays[f"boundary{i}_coef"], arrays[f"boundary{i}_intercept"], float(n))
+                    for i, n in enumerate(bm["n_seen"])
+                ],
+                bm["rng"],
+            )
         if isinstance(sched.get("synthetic"), dict):
             clf._synthetic = {str(k): [str(t) for t in v] for k, v in sched["synthetic"].items()}
         if isinstance(sched.get("pending"), dict):
