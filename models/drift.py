@@ -208,11 +208,7 @@ class JudgeRateController:
         if self._win_n >= self.window:
             events += self._close_window()
         if events:
-            self.events.extend(events)
-            self.state = "drift"
-            self._drift_left = self.drift_items
-            self._stale = 0
-            self._best_entropy = np.inf
+            self._enter_drift(events)
         elif self.state == "drift":
             self._drift_left -= len(ent)
             if self._drift_left <= 0:
@@ -223,12 +219,16 @@ class JudgeRateController:
         """Feed judged items' outcomes alone (the stream learns them later than it labels the batch)."""
         events = self._judged_events(judged_calls, top1_rejected)
         if events:
-            self.events.extend(events)
-            self.state = "drift"
-            self._drift_left = self.drift_items
-            self._stale = 0
-            self._best_entropy = np.inf
+            self._enter_drift(events)
         return events
+
+    def _enter_drift(self, events: list[DriftEvent]) -> None:
+        """Full judge rate for ``drift_items`` items; saturation is judged afresh after it."""
+        self.events.extend(events)
+        self.state = "drift"
+        self._drift_left = self.drift_items
+        self._stale = 0
+        self._best_entropy = np.inf
 
     def _judged_events(self, judged_calls: Sequence[int], top1_rejected: Sequence[bool]) -> list[DriftEvent]:
         calls = list(judged_calls)
