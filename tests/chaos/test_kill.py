@@ -53,20 +53,11 @@ def test_every_id_gets_a_final_label(killed: Any) -> None:
     assert not run.delivery.lost, f"{len(run.delivery.lost)} of {N_TEXTS} ids never got a final label"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="at-least-once today: a replay after kill -9 can repeat a final label "
-    "(issue 7, effectively-once dedupe in progress)",
-)
 def test_no_id_gets_two_final_labels(killed: Any) -> None:
     _, _, run, _ = killed
     assert not run.delivery.duplicated, f"{len(run.delivery.duplicated)} ids have >1 final label"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="at-least-once today: a re-judged item after kill -9 can write its training pair again (issue 7)",
-)
 def test_no_training_record_twice(killed: Any) -> None:
     _, _, run, _ = killed
     assert not run.duplicated_training, list(run.duplicated_training.items())[:5]
@@ -84,8 +75,9 @@ def test_service_recovers_after_each_kill(killed: Any) -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="model state is not yet a deterministic function of the training + "
-    "control log (replay order by timestamp, refit counter not checkpointed; issue 7)",
+    reason="same examples and classes, but 28-41 of 600 predictions still differ from a from-scratch "
+    "replay (the model layer is batch- and restart-invariant: tests/models/test_resolve.py; the cause in "
+    "the service run is not found yet; issue 7)",
 )
 def test_final_model_equals_a_replay_without_kills(killed: Any) -> None:
     """Stop the killed worker (final checkpoint); a never-killed worker in another group replays the same

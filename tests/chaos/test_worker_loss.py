@@ -64,21 +64,11 @@ def test_survivor_takes_over_and_nothing_is_lost(lost_worker: Any) -> None:
     assert all(x < 120 for x in run.worst_latency_after_kill_s), run.worst_latency_after_kill_s
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="at-least-once today: texts in flight on the killed worker can be "
-    "labelled again by the survivor (issue 7)",
-)
 def test_no_duplicate_after_takeover(lost_worker: Any) -> None:
     run = lost_worker[3]
     assert not run.delivery.duplicated, f"{len(run.delivery.duplicated)} ids got 2 final labels"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="each worker reads all of training/control, so each dead-letters a bad "
-    "record: one dead letter per live worker today (issue 7)",
-)
 def test_bad_shared_records_are_dead_lettered_once_with_two_workers(lost_worker: Any) -> None:
     cluster, _, _, _, _, bad_pos = lost_worker
     seen: Counter[tuple[str, int, int]] = Counter()
