@@ -158,11 +158,9 @@ def run_loop(
         phase2 -= int(np.isin(order[:phase2], drop).sum())
         order = order[~np.isin(order, drop)]
     if limit is not None and len(order) > limit:
-        scale = limit / len(order)
         keep = np.sort(rng.choice(len(order), size=limit, replace=False))
         phase2 = int(np.searchsorted(keep, phase2))
         order = order[keep]
-        del scale
     settings = ExpertSettings(subset_size=10_000 if method == "flat" else 8)
     clf = RedClassifier(embedder=EMBEDDER, settings=settings)
     clf.fit_embeddings(X[seeds], [texts[i] for i in seeds], y[seeds])

@@ -415,7 +415,9 @@ class RedClassifier:
                 ys = np.concatenate([ys, np.array(keys, dtype=object)])
         return Xs, ys, self._rows_subset(ys)
 
-    def _refit_experts(self, which: Iterable[int], fresh: bool = False) -> None:
+    def _refit_experts(self, which: Iterable[int], fresh: bool = False, max_iter: int | None = None) -> None:
+        """Refit experts ``which`` from the store (warm unless ``fresh``); ``max_iter`` caps L-BFGS iterations
+        for warm re-solves, which converge in a few tens (models/resolve.py)."""
         Xs, ys, rs = self._training_arrays()
         Xn, yn, _ = self.store.arrays(valid=False)
         rn = self._rows_subset(yn)
@@ -431,7 +433,14 @@ class RedClassifier:
             expert = make_expert(self.settings) if fresh else self._experts[si]
             for lab in [*self._subsets[si], *self._noise_classes()]:  # fixed order: labels, then noise
                 expert.add_class(lab)
-            expert.fit_many(Xe, ye, we, ve)
+            saved = getattr(expert, "max_iter", None)
+            if max_iter is not None and saved is not None:
+                expert.max_iter = max_iter
+            try:
+                expert.fit_many(Xe, ye, we, ve)
+            finally:
+                if max_iter is not None and saved is not None:
+                    expert.max_iter = saved
             self._experts[si] = expert
 
     @_blas_limited
@@ -551,8 +560,8 @@ class RedClassifier:
                 if lab in index and self.store.count(lab) < young
             }
         )
-        if which:
-            self._refit_experts(which, fresh=False)
+        if which:  # on the model thread: a warm re-solve's few iterations, not a full refit's 300
+            self._refit_experts(which, fresh=False, max_iter=self.settings.resolve_iter)
 
     def _boundary_state(self) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]]:
         ws = [(e.coef_.copy(), e.intercept_.copy(), e.n_seen_) for e in self._experts]
@@ -1015,7 +1024,7 @@ class RedClassifier:
     def rank_embeddings(self, X: np.ndarray, top_k: int = 5) -> Ranking:
         """Ranked candidates, probabilities, entropy, margin and out-of-scope flag for each embedding."""
         X = self._check_X(X)
-        Z = self.log_odds(X)
+        Z = self._combiner().log_odds(X)  # X is checked once, here
         s = self.settings
         flagged = None
         if s.oos == "nearest" and len(X):

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,52 +71,20 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     p.mkdir(parents=True, exist_ok=True)
 
     arrays: dict[str, np.ndarray] = {}
-    experts_meta: list[dict[str, Any]] = []
-    for i, expert in enumerate(st["experts"]):
-        if not isinstance(expert, SoftmaxExpert):
-            raise ModelFileError(
-                f"expert {i} is a {type(expert).__name__}; only softmax experts can be saved"
-            )
-        if expert.coef_ is None:
-            raise ModelFileError(f"expert {i} was never trained; call refit() before saving")
-        arrays[f"expert{i}_coef"] = expert.coef_.astype(np.float64)  # exact: a restart continues bit for bit
-        arrays[f"expert{i}_intercept"] = expert.intercept_.astype(np.float64)
-        experts_meta.append(
-            {
-                "kind": "softmax",
-                "params": expert.get_params(),
-                "classes": [str(c) for c in expert.classes_.tolist()],
-                "n_seen": expert.n_seen_,
-            }
-        )
+    experts_meta = _put_experts(arrays, "expert", st["experts"])
     pending_meta: dict[str, Any] | None = None
     job = st["pending"]
     if job is not None:
         # saved as it stands: its result (waited for, not swapped in) and the batches to replay at the swap,
         # so a restarted worker swaps at the same log position with the same weights as one that never stopped
         result = job.future.result()
-        pending_meta = {"position": job.position, "swap_at": job.swap_at, "experts": [], "batches": []}
-        for i, expert in enumerate(result):
-            if not isinstance(expert, SoftmaxExpert) or expert.coef_ is None:
-                raise ModelFileError(f"pending re-solve: expert {i} cannot be saved")
-            arrays[f"pending{i}_coef"] = expert.coef_.astype(np.float64)
-            arrays[f"pending{i}_intercept"] = expert.intercept_.astype(np.float64)
-            pending_meta["experts"].append(
-                {
-                    "params": expert.get_params(),
-                    "classes": [str(c) for c in expert.classes_],
-                    "n_seen": expert.n_seen_,
-                }
-            )
-        for j, (bX, by, bv) in enumerate(job.batches):
-            arrays[f"batch{j}_X"] = np.asarray(bX, dtype=np.float32)
-            arrays[f"batch{j}_valid"] = np.asarray(bv, dtype=bool)
-            pending_meta["batches"].append([str(v) for v in np.asarray(by).tolist()])
-    buffer_meta = []  # rows given to learn() that wait for their chunk: saved, so a restart continues exactly
-    for j, (bX, bt, by, bv) in enumerate(st["buffer"]):
-        arrays[f"buffer{j}_X"] = np.asarray(bX, dtype=np.float32)
-        arrays[f"buffer{j}_valid"] = np.asarray(bv, dtype=bool)
-        buffer_meta.append({"texts": list(bt), "labels": [str(v) for v in np.asarray(by).tolist()]})
+        pending_meta = {
+            "position": job.position,
+            "swap_at": job.swap_at,
+            "experts": _put_experts(arrays, "pending", result),
+            "batches": _put_rows(arrays, "batch", [(bX, None, by, bv) for bX, by, bv in job.batches]),
+        }
+    buffer_meta = _put_rows(arrays, "buffer", st["buffer"])  # the partial chunk: a restart continues exactly
     boundary_meta = None  # the weights the partial chunk's provisional step started from (redone at its end)
     if st["buffer"] and st["boundary"] is not None:
         ws, rng_state = st["boundary"]
@@ -183,24 +152,85 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     _write_atomic(manifest_path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
+def _put_experts(arrays: dict[str, np.ndarray], prefix: str, experts: Sequence[Any]) -> list[dict[str, Any]]:
+    """Experts' weights into ``arrays`` (float64: a restart continues bit for bit), their metadata back."""
+    meta: list[dict[str, Any]] = []
+    for i, expert in enumerate(experts):
+        if not isinstance(expert, SoftmaxExpert):
+            raise ModelFileError(
+                f"{prefix} {i} is a {type(expert).__name__}; only softmax experts can be saved"
+            )
+        if expert.coef_ is None:
+            raise ModelFileError(f"{prefix} {i} was never trained; call refit() before saving")
+        arrays[f"{prefix}{i}_coef"] = expert.coef_.astype(np.float64)
+        arrays[f"{prefix}{i}_intercept"] = expert.intercept_.astype(np.float64)
+        meta.append(
+            {
+                "kind": "softmax",
+                "params": expert.get_params(),
+                "classes": [str(c) for c in expert.classes_.tolist()],
+                "n_seen": expert.n_seen_,
+            }
+        )
+    return meta
+
+
+def _get_experts(
+    arrays: dict[str, np.ndarray], prefix: str, metas: Sequence[dict[str, Any]], dim: int
+) -> list[SoftmaxExpert]:
+    experts = []
+    for i, meta in enumerate(metas):
+        if meta.get("kind", "softmax") != "softmax":
+            raise ModelFileError(f"{prefix} {i} has unknown kind {meta.get('kind')!r}")
+        e = SoftmaxExpert(**meta["params"])
+        e.classes_ = np.array(meta["classes"], dtype=object)
+        e.coef_ = arrays[f"{prefix}{i}_coef"].astype(np.float64)
+        e.intercept_ = arrays[f"{prefix}{i}_intercept"].astype(np.float64)
+        e.n_seen_ = float(meta["n_seen"])
+        if e.coef_.shape != (dim, len(e.classes_)) or e.intercept_.shape != (len(e.classes_),):
+            raise ModelFileError(
+                f"{prefix} {i}: weight shapes {e.coef_.shape}/{e.intercept_.shape} do not match its classes"
+            )
+        experts.append(e)
+    return experts
+
+
+Rows = tuple[np.ndarray, "list[str] | None", np.ndarray, np.ndarray]
+
+
+def _put_rows(arrays: dict[str, np.ndarray], prefix: str, rows: Sequence[Rows]) -> list[dict[str, Any]]:
+    """Micro-batches of (X, texts or None, labels, valid) into ``arrays``; their labels/texts back."""
+    meta: list[dict[str, Any]] = []
+    for j, (X, texts, y, v) in enumerate(rows):
+        arrays[f"{prefix}{j}_X"] = np.asarray(X, dtype=np.float32)
+        arrays[f"{prefix}{j}_valid"] = np.asarray(v, dtype=bool)
+        meta.append(
+            {
+                "labels": [str(t) for t in np.asarray(y).tolist()],
+                "texts": None if texts is None else list(texts),
+            }
+        )
+    return meta
+
+
+def _get_rows(arrays: dict[str, np.ndarray], prefix: str, metas: Sequence[Any]) -> list[Rows]:
+    out: list[Rows] = []
+    for j, m in enumerate(metas):
+        labels, texts = (
+            (m, None) if isinstance(m, list) else (m["labels"], m.get("texts"))
+        )  # list: older files
+        y = np.array([str(t) for t in labels], dtype=object)
+        out.append((arrays[f"{prefix}{j}_X"], None if texts is None else [str(t) for t in texts], y,
+                    arrays[f"{prefix}{j}_valid"].astype(bool)))  # fmt: skip
+    return out
+
+
 def _load_pending(meta: dict[str, Any], arrays: dict[str, np.ndarray], dim: int) -> ResolveJob:
     """A saved pending re-solve: its finished result and the batches learned since its snapshot."""
-    experts = []
-    for i, em in enumerate(meta["experts"]):
-        e = SoftmaxExpert(**em["params"])
-        e.classes_ = np.array(em["classes"], dtype=object)
-        e.coef_ = arrays[f"pending{i}_coef"].astype(np.float64)
-        e.intercept_ = arrays[f"pending{i}_intercept"].astype(np.float64)
-        e.n_seen_ = float(em["n_seen"])
-        if e.coef_.shape != (dim, len(e.classes_)):
-            raise ModelFileError(f"pending re-solve: expert {i} weights do not match its classes")
-        experts.append(e)
+    experts = _get_experts(arrays, "pending", meta["experts"], dim)
     future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
     future.set_result(experts)
-    batches = [
-        (arrays[f"batch{j}_X"], np.array(by, dtype=object), arrays[f"batch{j}_valid"].astype(bool))
-        for j, by in enumerate(meta["batches"])
-    ]
+    batches = [(X, y, v) for X, _, y, v in _get_rows(arrays, "batch", meta["batches"])]
     return ResolveJob(int(meta["position"]), int(meta["swap_at"]), future, batches)
 
 
@@ -277,20 +307,10 @@ def _build(
     subsets = [[str(x) for x in s] for s in manifest["subsets"]]
     if sorted(lab for s in subsets for lab in s) != sorted(labels) or len(set(labels)) != len(labels):
         raise ModelFileError("manifest subsets do not partition the labels; the model file is inconsistent")
-    experts = []
     for i, meta in enumerate(manifest["experts"]):
         if meta.get("kind") != "softmax":
             raise ModelFileError(f"expert {i} has unknown kind {meta.get('kind')!r}")
-        e = SoftmaxExpert(**meta["params"])
-        e.classes_ = np.array(meta["classes"], dtype=object)
-        e.coef_ = arrays[f"expert{i}_coef"].astype(np.float64)
-        e.intercept_ = arrays[f"expert{i}_intercept"].astype(np.float64)
-        e.n_seen_ = float(meta["n_seen"])
-        if e.coef_.shape != (dim, len(e.classes_)) or e.intercept_.shape != (len(e.classes_),):
-            raise ModelFileError(
-                f"expert {i}: weight shapes {e.coef_.shape}/{e.intercept_.shape} do not match its classes"
-            )
-        experts.append(e)
+    experts = _get_experts(arrays, "expert", manifest["experts"], dim)
     if len(experts) != len(subsets):
         raise ModelFileError(
             f"{len(experts)} experts for {len(subsets)} subsets; the model file is inconsistent"
@@ -334,15 +354,7 @@ def _build(
         if isinstance(sched.get("rng"), dict):
             clf._rng.bit_generator.state = sched["rng"]
         if isinstance(sched.get("buffer"), list):
-            clf._buffer = [
-                (
-                    arrays[f"buffer{j}_X"],
-                    [str(t) for t in b["texts"]],
-                    np.array(b["labels"], dtype=object),
-                    arrays[f"buffer{j}_valid"].astype(bool),
-                )
-                for j, b in enumerate(sched["buffer"])
-            ]
+            clf._buffer = [(X, t or [], y, v) for X, t, y, v in _get_rows(arrays, "buffer", sched["buffer"])]
             clf._buffered = sum(len(b[0]) for b in clf._buffer)
         bm = sched.get("boundary")
         if isinstance(bm, dict):

@@ -87,14 +87,7 @@ class ResolveJob:
 
 
 def _solve(shadow: RedClassifier, iterations: int) -> list[Expert]:
-    saved = [getattr(e, "max_iter", None) for e in shadow._experts]
-    for e in shadow._experts:
-        if hasattr(e, "max_iter"):
-            e.max_iter = iterations
-    shadow._refit_experts(range(len(shadow._experts)), fresh=False)
-    for e, it in zip(shadow._experts, saved, strict=True):
-        if it is not None:
-            e.max_iter = it
+    shadow._refit_experts(range(len(shadow._experts)), fresh=False, max_iter=iterations)
     return shadow._experts
 
 
