@@ -143,6 +143,7 @@ class RedClassifier:
         self._synthetic: dict[str, list[str]] = {}  # label -> its generated examples, until real ones arrive
         self._buffer: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []  # the partial chunk
         self._buffered = 0
+        self._oos_cal: tuple[int, float] | None = None  # (store size, calibrated threshold)
         self._boundary: tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]] | None = None
 
     # -- properties -----------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ class RedClassifier:
             )
         s = self.settings
         self._pending = None  # a re-solve of the old model is void
-        self._buffer, self._buffered, self._boundary = [], 0, None
+        self._buffer, self._buffered, self._boundary, self._oos_cal = [], 0, None, None
         self._resolved_at = self._position
         self._dim = X.shape[1]
         self._store = ExampleStore(self._dim, s.max_examples_per_label, s.max_negatives_per_label)
@@ -1051,7 +1052,7 @@ class RedClassifier:
         """
         Xs, _, _ = self.store.arrays()
         n = len(Xs)
-        cached = getattr(self, "_oos_cal", None)
+        cached = self._oos_cal
         if cached is not None and abs(cached[0] - n) <= 0.1 * max(cached[0], 1):
             return float(cached[1])
         if n < 2:
