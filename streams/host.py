@@ -180,6 +180,9 @@ class ModelHost:
         self.refits = 0  # refits in this model's history (checkpointed)
         self.refit_seconds = 0.0  # time this host spent in them
         self.position = 0  # learning-log records the model includes
+        #: True while the model is a fit on the log's leading run of seed records (no judge or human yet):
+        #: a seed record that extends the run refits, so the model is the same however the run arrived
+        self.seed_run = False
         self.generation = 0  # swaps to a re-formed model
         if reform_every < 0:
             raise ValueError(f"reform_every must be >= 0, got {reform_every}")
@@ -206,6 +209,7 @@ class ModelHost:
             "valid_since_refit": self.valid_since_refit,
             "refits": self.refits,
             "valid_since_reform": self.valid_since_reform,
+            "seed_run": self.seed_run,
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
@@ -216,6 +220,7 @@ class ModelHost:
         self.valid_since_refit = int(st.get("valid_since_refit", 0))
         self.refits = int(st.get("refits", 0))
         self.valid_since_reform = int(st.get("valid_since_reform", 0))
+        self.seed_run = bool(st.get("seed_run", False))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the model thread."""
@@ -244,7 +249,7 @@ class ModelHost:
         model = RedClassifier(embedder=self.embedder, settings=self.expert_settings)
         model.fit(texts, labels, descriptions=descriptions or None)
         self.model = model
-        self.restore({"position": position or 0})
+        self.restore({"position": position or 0, "seed_run": True})
         if seed.negatives:
             self._learn(seed.negatives)
         self.valid_since_refit = 0

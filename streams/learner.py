@@ -9,8 +9,10 @@ Repeats (a writer that crashed and retried, a control op forwarded twice) are re
 :func:`~driftlabel.streams.messages.log_digest` and learned once; the digests are in the checkpoint.
 
 Start-up: load the newest usable checkpoint (model, offsets, the host's counters, the digests), or
-gather seed examples from the log and fit; then replay the log from the checkpoint's offsets to its end;
-only then is the worker ready to label. Afterwards: apply every new record as it arrives and checkpoint
+fit on the log's leading seed run (seed records and control ops before the first judge or human record,
+:func:`seed_run_length`; seed records that extend the run later refit, so a late worker's fit is the
+same as an early one's); then replay the log from the checkpoint's offsets to its end; only then is the
+worker ready to label. Afterwards: apply every new record as it arrives and checkpoint
 now and then. Bad records are dead-lettered by ONE worker, the one that owns ``control`` partition 0
 (``has_role``), through the worker's deduplicated dead letters; others keep them pending in case they
 take that role before the owner wrote them. Which record does what is decided by the pure
@@ -38,7 +40,7 @@ from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.settings import KafkaSettings, StreamSettings
 from driftlabel.streams.topics import TopicNames
 
-__all__ = ["Learner", "Step", "plan_steps"]
+__all__ = ["Learner", "Step", "plan_steps", "seed_run_length"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,23 @@ def plan_steps(
     return steps
 
 
+def seed_run_length(records: Sequence[ConsumerRecord], *, max_bytes: int, max_chars: int) -> int:
+    """How many of ``records`` belong to the seed run: those before the first training record whose
+    source is not ``seed`` (all of them if there is none).
+
+    The log's leading run of seed records and control ops is what the first fit covers; judge and human
+    records exist only once some worker labels (a human answers the review of a labelled text).
+    """
+    for i, rec in enumerate(records):
+        try:
+            msg, _ = parse_log_record(rec.value, max_bytes=max_bytes, max_chars=max_chars)
+        except InvalidMessageError:
+            continue
+        if isinstance(msg, TrainingMessage) and msg.source != "seed":
+            return i
+    return len(records)
+
+
 class Learner:
     """Bootstraps the model, replays the log, then follows it; writes checkpoints."""
 
@@ -128,6 +147,7 @@ class Learner:
         self.follower: Follower | None = None
         self.replaying = True
         self.seen: set[int] = set()  # digests of the records the model includes
+        self.seed: SeedSet | None = None  # the seed run, while the model is a fit on it (host.seed_run)
         self.pending: deque[tuple[ConsumerRecord, InvalidMessageError]] = deque(maxlen=pending_limit)
         self._last_checkpoint = time.monotonic()
 
@@ -183,20 +203,29 @@ class Learner:
         return None
 
     async def _bootstrap_from_topics(self) -> None:
-        """No checkpoint: gather seed records from the log until there are at least two classes."""
+        """No checkpoint: gather the log's leading seed run (seed records and control ops, up to the first
+        judge or human record) until there are at least two classes, and fit on it.
+
+        The fit stops at the end of the seed run, wherever this worker's reading happens to be, so that a
+        worker started on a long log fits the same seed run as one that was there from the start, and
+        learns what follows record by record as that one did: the model is a function of the log.
+        """
         assert self.follower is not None
         seed = SeedSet()
         waited = time.monotonic()
         warned = False
+        leftover: list[ConsumerRecord] = []
         while True:
             records = await self.follower.poll(timeout_ms=500, max_records=5000)
-            for step in plan_steps(records, self.seen, **self._limits()):
-                self.seen.update(step.digests)
-                self.pending.extend(step.bad)
-                seed.add_training(step.training)
-                if step.control is not None:
-                    seed.add_control(step.control)
-            self.follower.mark(records)
+            cut = seed_run_length(records, **self._limits())
+            self._gather(seed, records[:cut])
+            if cut < len(records):
+                if seed.n_labels >= 2:
+                    leftover = records[cut:]
+                    break
+                # judge/human records before two seed classes: there is no seed run to fit on;
+                # fit on those records too
+                self._gather(seed, records[cut:])
             if not records and self.follower.caught_up() and seed.n_labels >= 2:
                 break
             if not records and not warned and time.monotonic() - waited > 10:
@@ -219,8 +248,75 @@ class Learner:
             flush=True,
         )
         await self.host.fit(seed, self.position())
+        self.seed = seed
         log.info("fitted in %.1fs", time.monotonic() - t0)
         self.metrics.training.labels(source="seed", valid="true").inc(len(texts))
+        if leftover:
+            await self._apply_records(leftover)
+
+    def _gather(self, seed: SeedSet, records: Sequence[ConsumerRecord], seen: set[int] | None = None) -> None:
+        """Add seed-run records to ``seed`` (repeats once, bad ones to the dead letters); mark them read."""
+        seen = self.seen if seen is None else seen
+        for step in plan_steps(records, seen, **self._limits()):
+            seen.update(step.digests)
+            if seen is self.seen:
+                self.pending.extend(step.bad)
+            seed.add_training(step.training)
+            if step.control is not None:
+                seed.add_control(step.control)
+        if seen is self.seen:
+            assert self.follower is not None
+            self.follower.mark(records)
+
+    async def _extend_seed_run(self, records: Sequence[ConsumerRecord]) -> None:
+        """Seed records (or control ops) that extend the seed run: refit on the whole run.
+
+        A worker that replays the log later fits the run in one go; refitting here, instead of learning
+        the new seeds incrementally, keeps the two models identical. Refits are rare (seeds are usually
+        published before the stream starts) and each one covers every record read in one poll.
+        """
+        assert self.follower is not None
+        if not any(s.training or s.control for s in plan_steps(records, self.seen, **self._limits())):
+            self._gather(SeedSet(), records)  # only repeats or bad records: nothing to refit
+            await self.host.advance(self.position())
+            return
+        if self.seed is None:  # restarted from a checkpoint inside the seed run
+            self.seed = await self._read_seed_run()
+        if self.seed is None:
+            log.warning("could not re-read the seed run; learning the new seed records incrementally")
+            self.host.seed_run = False
+            for step in plan_steps(records, self.seen, **self._limits()):
+                await self.apply(step)
+            return
+        before = len(self.seed.texts)
+        self._gather(self.seed, records)
+        await self.host.fit(self.seed, self.position())
+        self.metrics.training.labels(source="seed", valid="true").inc(len(self.seed.texts) - before)
+        n = len(self.seed.texts)
+        v = self.host.version
+        print(f"driftlabel worker: seed run grew to {n} examples: refitted (model v{v})", flush=True)
+
+    async def _read_seed_run(self, timeout_s: float = 120.0) -> SeedSet | None:
+        """Re-read the log from its start to the current position (all of it seed run) into a SeedSet."""
+        assert self.follower is not None
+        target = self.follower.snapshot()
+        reader = Follower(self.kafka, [self.names.training])
+        await reader.start()
+        seed, seen = SeedSet(), set[int]()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while any(
+                reader.offsets[t].get(p, 0) < off for t, parts in target.items() for p, off in parts.items()
+            ):
+                if time.monotonic() > deadline:
+                    return None
+                records = await reader.poll(timeout_ms=500, max_records=5000)
+                records = [r for r in records if r.offset < target[r.topic].get(r.partition, 0)]
+                self._gather(seed, records, seen)
+                reader.mark(records)
+        finally:
+            await reader.stop()
+        return seed
 
     def _limits(self) -> dict[str, int]:
         return {"max_bytes": self.stream.max_message_bytes, "max_chars": self.stream.max_text_chars}
@@ -247,13 +343,26 @@ class Learner:
         records = await self.follower.poll(timeout_ms=timeout_ms, max_records=self.stream.learn_batch)
         if not records:
             return 0
+        await self._apply_records(records)
+        await self.host.maybe_swap()
+        await self.update_model_metrics()
+        return len(records)
+
+    async def _apply_records(self, records: Sequence[ConsumerRecord]) -> None:
+        """Apply log records in order: seed-run records refit, the first judge/human record ends the run."""
+        if self.host.seed_run:
+            cut = seed_run_length(records, **self._limits())
+            if cut:
+                await self._extend_seed_run(records[:cut])
+            if cut == len(records):
+                return
+            self.host.seed_run = False  # judge or human: from here on the model learns record by record
+            self.seed = None
+            records = records[cut:]
         for step in plan_steps(records, self.seen, **self._limits()):
             if self.host.reforming and step.training and self.host.reform_due(step.training):
                 await self.host.settle_reform()  # the next one is due: this one first (labelling goes on)
             await self.apply(step)
-        await self.host.maybe_swap()
-        await self.update_model_metrics()
-        return len(records)
 
     async def apply(self, step: Step) -> None:
         """Apply one step to the model and advance the position past its records."""

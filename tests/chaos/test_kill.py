@@ -73,12 +73,6 @@ def test_service_recovers_after_each_kill(killed: Any) -> None:
     assert len(run.recovery_s) == 2 and all(np.isfinite(run.recovery_s)), run.recovery_s
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="same examples and classes, but 28-41 of 600 predictions still differ from a from-scratch "
-    "replay (the model layer is batch- and restart-invariant: tests/models/test_resolve.py; the cause in "
-    "the service run is not found yet; issue 7)",
-)
 def test_final_model_equals_a_replay_without_kills(killed: Any) -> None:
     """Stop the killed worker (final checkpoint); a never-killed worker in another group replays the same
     log from scratch; both checkpoints must hold the same model: same version, same predictions."""

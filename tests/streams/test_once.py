@@ -200,3 +200,58 @@ def test_the_model_is_a_function_of_the_log(
     # on the batch it was encoded in, and each worker batches differently). Measured: max 2e-4.
     assert agree == 1.0, agree
     assert float(diff.max()) < 1e-2 and float(diff.mean()) < 1e-3
+
+
+def test_a_late_worker_fits_the_same_seed_run(
+    broker: Any, judge_server: Any, clinc: Any, h: Any, tmp_path: Path, embedder: Any
+) -> None:
+    """Seeds that arrive after a worker's first fit (and before any judge or human record) extend the
+    seed run: the worker refits on the whole run, so a worker started later, which fits the run in one
+    go and learns the human records after it one by one, ends with the same model."""
+    from driftlabel.models import RedClassifier
+    from driftlabel.streams.checkpoint import read_checkpoint
+
+    prefix = f"late{int(time.time() * 1000) % 10**8}."
+    common = {"judge_target_share": "0", "checkpoint_every_s": "1"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = h.make_worker(broker, prefix, tmp_path / "a", judge_server.base_url, **common)
+    names = a.names
+    seeds = h.seed_records(clinc, per_class=5)
+    classes = sorted({s["label"] for s in seeds})
+    early = [s for s in seeds if s["label"] in classes[:4]]
+    late = [s for s in seeds if s["label"] not in classes[:4]]
+    humans = [
+        {"id": f"hu-{i}", "text": t, "label": lab, "source": "human", "valid": True}
+        for i, (t, lab) in enumerate(clinc["train"][300:340])
+    ]
+    h.send(a.kafka, names.training, early)
+    a.start()
+    try:
+        h.send(a.kafka, names.training, late)
+        _wait(lambda: _log_position(a) >= len(seeds), 120, "worker a to read the late seeds")
+        h.send(a.kafka, names.training, humans)
+        total = len(seeds) + len(humans)
+        _wait(lambda: _log_position(a) == total, 120, "worker a to learn the human answers")
+        time.sleep(1.5)  # a checkpoint now includes them
+        assert "seed run grew" in a.log(), a.log()[-3000:]
+        b = h.make_worker(broker, prefix, tmp_path / "b", judge_server.base_url, **common)
+        b.start()
+        try:
+            _wait(lambda: _log_position(b) == total, 120, "worker b to replay the log")
+            time.sleep(1.5)
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+    ca = read_checkpoint(_newest_checkpoint(tmp_path / "a" / "checkpoints"))
+    cb = read_checkpoint(_newest_checkpoint(tmp_path / "b" / "checkpoints"))
+    assert ca.state == cb.state and ca.state is not None and ca.state["seed_run"] is False
+    assert ca.model_version == cb.model_version == total
+    ma = RedClassifier.load(ca.model_dir, embedder=embedder)
+    mb = RedClassifier.load(cb.model_dir, embedder=embedder)
+    assert ma.labels == mb.labels and len(ma.labels) == len(classes)
+    X = embedder.encode([t for t, _ in clinc["test"][:200]])
+    ra, rb = ma.rank_embeddings(X), mb.rank_embeddings(X)
+    assert list(ra.labels) == list(rb.labels)
+    assert float(np.abs(np.asarray(ra.scores) - np.asarray(rb.scores)).max()) < 1e-2
