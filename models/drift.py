@@ -125,7 +125,9 @@ class JudgeRateController:
     ``drift_boost`` x the learning rate (1.0 by default: back from maintenance to the full budget,
     which keeps the calls per item within it; a 1.5 boost overspent it in ``bench/bench_loop.py``).
     Rates are *calls per item*: :attr:`target_share` divides by the measured calls per judged item
-    (recursive delegation asks several candidates), so the judge budget holds whatever the depth.
+    (recursive delegation asks several candidates), so the judge budget holds whatever the depth; calls
+    spent beyond the budget so far (texts of a class the experts do not know yet exhaust every candidate
+    before the calls-per-judged estimate catches up) are paid back over the next ``window`` items.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class JudgeRateController:
         self.events: list[DriftEvent] = []
         self._calls = 0
         self._judged = 0
+        self._allowed = 0.0  # calls the budget allowed so far: the rate in force times the items seen
         self._win_entropy: list[float] = []
         self._best_entropy = np.inf
         self._stale = 0
@@ -182,9 +185,16 @@ class JudgeRateController:
         return self._calls / self._judged if self._judged >= 20 else 1.5
 
     @property
+    def overspent(self) -> float:
+        """Judge calls spent beyond the budget so far (0 when within it)."""
+        return max(0.0, self._calls - self._allowed)
+
+    @property
     def target_share(self) -> float:
-        """Share of items to route so that :attr:`rate` calls per item are spent."""
-        return min(1.0, self.rate / max(self.calls_per_judged, 1.0))
+        """Share of items to route so that :attr:`rate` calls per item are spent (less while paying back
+        an overspend)."""
+        rate = max(0.0, self.rate - self.overspent / max(self.window, 1))
+        return min(1.0, rate / max(self.calls_per_judged, 1.0))
 
     def observe(
         self,
@@ -203,6 +213,7 @@ class JudgeRateController:
         for lab in predicted:
             self._mix_now[lab] = self._mix_now.get(lab, 0) + 1
         self.n += len(ent)
+        self._allowed += self.rate * len(ent)
         self._win_sum += float(ent.sum())
         self._win_n += len(ent)
         if self._win_n >= self.window:
