@@ -607,9 +607,14 @@ def render(state: dict[str, Any]) -> str:
             f"Valid traffic alongside: {fz['valid_texts_final']}/{fz['valid_texts']} texts got a final "
             "label, "
             f"{_f(fz['human_learned'], '.0f')}/{fz['human_sent']} human training records learned, "
-            f"{_f(fz['classes_added'], '.0f')}/{fz['classes_sent']} add_class ops applied; worker alive: "
-            f"{fz['worker_alive']}. The worker does not consume `judge-verdicts` (it only writes it), so bad "
-            "records there are ignored rather than dead-lettered.",
+            f"{_f(fz['classes_added'], '.0f')}/{fz['classes_sent']} add_class ops applied, "
+            + (
+                f"{_f(fz['verdicts_audited'], '.0f')}/{fz['verdicts_sent']} valid verdicts counted by the "
+                "verdict-log audit (`driftlabel_verdict_log_total`); "
+                if "verdicts_sent" in fz
+                else "valid verdicts not checked (a run from before the worker consumed `judge-verdicts`); "
+            )
+            + f"worker alive: {fz['worker_alive']}.",
             "",
         ]
     if so:

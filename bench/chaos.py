@@ -743,8 +743,15 @@ class FuzzRun:
     human_sent: int
     classes_added: float  # delta of driftlabel_classes
     classes_sent: int
+    #: driftlabel_verdict_log_total{judge_model=AUDIT_MODEL}: the valid verdicts sent, as the audit counted
+    verdicts_audited: float
+    verdicts_sent: int
     worker_alive: bool
     seconds: float
+
+
+#: the judge_model of the valid verdicts fuzz_run sends: the audit's count of it is theirs alone
+AUDIT_MODEL = "fuzz-audit-model"
 
 
 def fuzz_run(
@@ -785,7 +792,19 @@ def fuzz_run(
         }
         for i in range(3)
     ]
-    valid = {"texts": texts, "training": human, "control": new_classes, "judge_verdicts": []}
+    verdicts = [
+        {
+            "id": f"fzv{seed}-{i}",
+            "label": labels[i % len(labels)],
+            "valid": i % 3 != 0,
+            "depth": 1 + i % 3,
+            "judge_model": AUDIT_MODEL,
+            "latency_ms": 10.0 * i,
+            "tokens": 40 + i,
+        }
+        for i in range(30)
+    ]
+    valid = {"texts": texts, "training": human, "control": new_classes, "judge_verdicts": verdicts}
     plan: dict[str, list[tuple[Any, str | None]]] = {}
     for key in topics:
         bad = draw_bad(key, n_bad, seed=seed)
@@ -811,12 +830,17 @@ def fuzz_run(
                 if reason is not None:
                     expect[(topics[key], p, o)] = (key, reason)
     ids = [v["id"] for v in texts]
-    watched = {topics[k] for k in ("texts", "training", "control")}
+    watched = set(topics.values())
     n_watched = sum(1 for t, _, _ in expect if t in watched)
+    audited = f'judge_model="{AUDIT_MODEL}"'
 
     def done(f: Follower) -> bool:
         dead = sum(1 for r in f.snapshot(n.dead_letter) if (v := r.json()) and v.get("topic") in watched)
-        return dead >= n_watched and set(ids) <= set(finals(f.snapshot(n.labels)))
+        if dead < n_watched or not set(ids) <= set(finals(f.snapshot(n.labels))):
+            return False
+        with contextlib.suppress(OSError):
+            return worker.metric("driftlabel_verdict_log_total", audited) >= len(verdicts)
+        return False
 
     with contextlib.suppress(TimeoutError):
         cluster.follower.wait(done, timeout_s, "every bad record dead-lettered and every text labelled")
@@ -843,6 +867,8 @@ def fuzz_run(
         human_sent=len(human),
         classes_added=worker.metric("driftlabel_classes") - c0 if worker.alive else float("nan"),
         classes_sent=len(new_classes),
+        verdicts_audited=worker.metric("driftlabel_verdict_log_total", audited) if worker.alive else math.nan,
+        verdicts_sent=len(verdicts),
         worker_alive=worker.alive,
         seconds=time.monotonic() - t0,
     )

@@ -154,16 +154,80 @@ def _control_record(draw: st.DrawFn) -> tuple[bytes, str]:
     return draw(_not_object).encode(), "wrong_type"
 
 
+VERDICT_FIELDS = ("id", "label", "valid", "depth", "judge_model", "latency_ms", "tokens")
+VERDICT_MAX_CHARS = 1000  # the service's limit on id, label and judge_model (streams.messages)
+VERDICT_MAX_BYTES = 16384
+
+_non_int = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    _words,
+    st.lists(st.integers(0, 9), max_size=2),
+)
+_non_number = st.one_of(st.booleans(), _words, st.lists(st.integers(0, 9), max_size=2), st.just({"ms": 1}))
+_WRONG_TYPE = {
+    "id": _not_str,
+    "label": _not_str,
+    "judge_model": _not_str,
+    "valid": st.one_of(st.integers(0, 1), st.sampled_from(["yes", "true", "1"]), st.just([True])),
+    "depth": _non_int,
+    "tokens": _non_int,
+    "latency_ms": _non_number,
+}
+_OUT_OF_RANGE = {
+    "depth": st.one_of(st.integers(-(10**6), 0), st.integers(101, 10**9)),
+    "tokens": st.one_of(st.integers(-(10**6), -1), st.integers(10**7 + 1, 10**12)),
+    "latency_ms": st.one_of(
+        st.floats(max_value=-1e-3, allow_infinity=False, allow_nan=False),
+        st.floats(min_value=86_400_001.0, allow_infinity=False, allow_nan=False),
+        st.sampled_from([float("nan"), float("inf"), float("-inf")]),  # json.dumps writes NaN/Infinity
+    ),
+}
+
+
 @st.composite
 def _verdict_record(draw: st.DrawFn) -> tuple[bytes, str]:
-    """``judge-verdicts`` is written by the service; a forged or broken record must not be trusted."""
-    kind = draw(st.sampled_from(["missing", "valid_type", "not_object"]))
-    if kind == "missing":
-        return _j({"id": draw(_ids), "valid": True}), "missing_field"
-    if kind == "valid_type":
-        return _j(
-            {"id": draw(_ids), "label": draw(_words), "valid": draw(st.sampled_from(["yes", 1]))}
-        ), "wrong_type"
+    """``judge-verdicts`` is the service's audit log; a forged or broken record must not be counted.
+
+    A complete, valid verdict with exactly one defect: a field missing, of the wrong type, empty, out of
+    range or too long, an oversized record, or not an object at all."""
+    base: dict[str, Any] = {
+        "id": draw(_ids),
+        "label": draw(_words),
+        "valid": draw(st.booleans()),
+        "depth": draw(st.integers(1, 3)),
+        "judge_model": draw(_words),
+        "latency_ms": draw(st.floats(0.0, 5000.0)),
+        "tokens": draw(st.integers(0, 500)),
+    }
+    kind = draw(
+        st.sampled_from(["missing", "null", "wrong_type", "empty", "range", "long", "huge", "not_object"])
+    )
+    if kind in ("missing", "null"):
+        key = draw(st.sampled_from(VERDICT_FIELDS))
+        if kind == "missing":
+            base.pop(key)
+        else:
+            base[key] = None
+        return _j(base), "missing_field"
+    if kind == "wrong_type":
+        key = draw(st.sampled_from(sorted(_WRONG_TYPE)))
+        base[key] = draw(_WRONG_TYPE[key])
+        return _j(base), "wrong_type"
+    if kind == "empty":
+        base[draw(st.sampled_from(["id", "label", "judge_model"]))] = draw(_blank)
+        return _j(base), "invalid_value"
+    if kind == "range":
+        key = draw(st.sampled_from(sorted(_OUT_OF_RANGE)))
+        base[key] = draw(_OUT_OF_RANGE[key])
+        return _j(base), "invalid_value"
+    if kind == "long":
+        key = draw(st.sampled_from(["id", "label", "judge_model"]))
+        base[key] = "v" * draw(st.integers(VERDICT_MAX_CHARS + 1, 3 * VERDICT_MAX_CHARS))
+        return _j(base), "too_large"
+    if kind == "huge":
+        base["note"] = "n" * draw(st.integers(VERDICT_MAX_BYTES, VERDICT_MAX_BYTES + 4000))
+        return _j(base), "too_large"
     return draw(_not_object).encode(), "wrong_type"
 
 

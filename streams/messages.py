@@ -1,9 +1,10 @@
 """Typed faust ``Record`` messages for every topic of PRODUCT.md, and the validation of raw input.
 
-Input topics (``texts``, ``training``, ``control``) are read as raw bytes and parsed here by pure
-functions, so that every way a record can be bad (not UTF-8, not JSON, wrong types, missing or empty
-text, too large, unknown op) becomes an :class:`InvalidMessageError` with a reason code and ends up in
-``dead-letter`` with its position, instead of crashing the agent or being dropped silently.
+Input topics (``texts``, ``training``, ``control``, ``judge-verdicts``) are read as raw bytes and parsed
+here by pure functions, so that every way a record can be bad (not UTF-8, not JSON, wrong types, missing
+or empty text, too large, out of range, unknown op) becomes an :class:`InvalidMessageError` with a reason
+code and ends up in ``dead-letter`` with its position, instead of crashing the agent or being dropped
+silently.
 
 (No ``from __future__ import annotations`` here: faust introspects the field annotations at runtime.)
 """
@@ -36,6 +37,7 @@ __all__ = [
     "parse_log_record",
     "parse_text",
     "parse_training",
+    "parse_verdict",
     "position_id",
 ]
 
@@ -162,6 +164,8 @@ def _load_object(s: str, what: str) -> dict[str, Any]:
         raise InvalidMessageError(
             "invalid_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits, nesting deeper than ~1000
+        raise InvalidMessageError("invalid_json", f"unreadable JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise InvalidMessageError("wrong_type", f"a {what} must be a JSON object, got {type(obj).__name__}")
     return obj
@@ -279,6 +283,68 @@ def parse_control(raw: bytes | None, *, max_bytes: int = 1 << 20, max_chars: int
             raise InvalidMessageError("wrong_type", "field 'examples' must be a list of strings")
         examples = [_check_len(e, max_chars) for e in examples if e.strip()]
     return ControlMessage(op=op, label=label, description=description, examples=examples)
+
+
+#: limits of a ``judge-verdicts`` record: the service writes far smaller values; anything beyond is not
+#: one of its verdicts (a forged or corrupted record), so it is dead-lettered instead of counted
+VERDICT_MAX_BYTES = 16384
+VERDICT_MAX_CHARS = 1000  # id, label and judge_model each
+VERDICT_MAX_DEPTH = 100  # the judge asks at most max_depth (default 3) candidates per item
+VERDICT_MAX_LATENCY_MS = 86_400_000.0  # a day: the judge's timeout and retries end long before
+VERDICT_MAX_TOKENS = 10_000_000
+
+
+def _bounded_string(obj: dict[str, Any], key: str, max_chars: int) -> str:
+    value = _string(obj, key)
+    assert value is not None
+    if len(value) > max_chars:
+        raise InvalidMessageError("too_large", f"field {key!r} has {len(value)} characters > {max_chars}")
+    return value
+
+
+def _number(obj: dict[str, Any], key: str, *, integer: bool, high: float) -> float:
+    """A required JSON number in ``[0, high]`` (``integer``: no fraction); bools are not numbers here."""
+    if key not in obj or obj[key] is None:
+        raise InvalidMessageError("missing_field", f"field {key!r} is missing")
+    value: Any = obj[key]
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    is_number = isinstance(value, kinds) and not isinstance(value, bool)
+    if not is_number:
+        want = "an integer" if integer else "a number"
+        raise InvalidMessageError("wrong_type", f"field {key!r} must be {want}, got {type(value).__name__}")
+    if not (0 <= value <= high):  # NaN fails this too (Python's json reads NaN/Infinity); ints stay exact
+        shown = repr(value) if len(str(value)) < 40 else f"{str(value)[:20]}..."
+        raise InvalidMessageError("invalid_value", f"field {key!r} = {shown} is outside [0, {high:g}]")
+    return float(value)
+
+
+def parse_verdict(raw: bytes | None, *, max_bytes: int = VERDICT_MAX_BYTES) -> VerdictMessage:
+    """Parse one ``judge-verdicts`` record ``{id, label, valid, depth, judge_model, latency_ms, tokens}``.
+
+    The topic is the service's audit log of what the judge said; checking every field (types, ranges,
+    sizes) keeps a forged or broken record out of the audit metrics. Fields are checked in the order of
+    PRODUCT.md, so a record gets the reason of its first bad field. Raises :class:`InvalidMessageError`.
+    """
+    obj = _load_object(_decode(raw, max_bytes), "verdict record")
+    item_id = _bounded_string(obj, "id", VERDICT_MAX_CHARS)
+    label = _bounded_string(obj, "label", VERDICT_MAX_CHARS)
+    valid = obj.get("valid")
+    if valid is None:
+        raise InvalidMessageError("missing_field", "field 'valid' is missing")
+    if not isinstance(valid, bool):
+        raise InvalidMessageError(
+            "wrong_type", f"field 'valid' must be true/false, got {type(valid).__name__}"
+        )
+    depth = int(_number(obj, "depth", integer=True, high=VERDICT_MAX_DEPTH))
+    if depth < 1:
+        raise InvalidMessageError("invalid_value", f"field 'depth' = {depth} (the top candidate is depth 1)")
+    judge_model = _bounded_string(obj, "judge_model", VERDICT_MAX_CHARS)
+    latency_ms = float(_number(obj, "latency_ms", integer=False, high=VERDICT_MAX_LATENCY_MS))
+    tokens = int(_number(obj, "tokens", integer=True, high=VERDICT_MAX_TOKENS))
+    return VerdictMessage(
+        id=item_id, label=label, valid=valid, depth=depth, judge_model=judge_model,
+        latency_ms=latency_ms, tokens=tokens,
+    )  # fmt: skip
 
 
 def dead_letter_for(

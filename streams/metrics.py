@@ -52,6 +52,9 @@ METRIC_NAMES = (
     "driftlabel_duplicates_total",
     "driftlabel_log_repeats_total",
     "driftlabel_forwarded_total",
+    "driftlabel_verdict_log_total",
+    "driftlabel_verdict_log_latency_seconds",
+    "driftlabel_verdict_log_tokens_total",
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -199,6 +202,28 @@ class ServiceMetrics:
             ["what"],
             registry=r,
         )
+        # the audit of the judge-verdicts log: each worker counts the verdicts of the partitions it
+        # consumes, so the sum over workers is every verdict in the log, whichever worker called the judge
+        self.verdict_log = Counter(
+            "driftlabel_verdict_log",
+            "Verdicts read from the judge-verdicts log, by judge model, answer and depth (sum over workers: "
+            "every verdict once)",
+            ["judge_model", "valid", "depth"],
+            registry=r,
+        )
+        self.verdict_log_latency = Histogram(
+            "driftlabel_verdict_log_latency_seconds",
+            "Judge latency as recorded in the judge-verdicts log, by judge model",
+            ["judge_model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.verdict_log_tokens = Counter(
+            "driftlabel_verdict_log_tokens",
+            "Tokens recorded in the judge-verdicts log, by judge model (0 for cached verdicts)",
+            ["judge_model"],
+            registry=r,
+        )
         self._ring = np.zeros(self.settings.share_window, dtype=bool)
         self._ring_pos = 0
         self._ring_filled = 0
@@ -227,6 +252,12 @@ class ServiceMetrics:
             pairs[key] = pairs.get(key, 0) + 1
         for (status, fin), c in pairs.items():
             self.items.labels(status=status, final=fin).inc(c)
+
+    def observe_verdict_log(self, model: str, valid: bool, depth: str, latency_s: float, tokens: int) -> None:
+        """One record of the judge-verdicts log (labels already bounded by ``pipeline.VerdictAudit``)."""
+        self.verdict_log.labels(judge_model=model, valid="true" if valid else "false", depth=depth).inc()
+        self.verdict_log_latency.labels(judge_model=model).observe(latency_s)
+        self.verdict_log_tokens.labels(judge_model=model).inc(tokens)
 
     def observe_refit(self, seconds: float) -> None:
         """One full refit took ``seconds`` (thread-safe: called from the model thread)."""

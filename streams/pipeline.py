@@ -31,6 +31,7 @@ __all__ = [
     "ParsedBatch",
     "RankingLike",
     "RawRecord",
+    "VerdictAudit",
     "judge_request_messages",
     "judge_result_messages",
     "judgeable",
@@ -197,6 +198,44 @@ def label_values(
         }
         for i in range(len(ids))
     ]
+
+
+class VerdictAudit:
+    """Metric labels for the records of the ``judge-verdicts`` log, with bounded cardinality.
+
+    ``judge_model`` and ``depth`` come from the topic, so a misconfigured producer (or a forged record
+    that passed validation) could create any number of Prometheus series. The first ``max_models``
+    model names seen keep their own label, later ones share ``other``; depths above ``max_depth`` share
+    ``"<max_depth>+"``. Deterministic for a given input order; memory is bounded by ``max_models``.
+    """
+
+    OTHER = "other"
+
+    def __init__(self, max_models: int = 16, max_depth: int = 5) -> None:
+        self.max_models = max_models
+        self.max_depth = max_depth
+        self._models: set[str] = set()
+
+    def model_label(self, judge_model: str) -> str:
+        if judge_model in self._models:
+            return judge_model
+        if len(self._models) < self.max_models and judge_model != self.OTHER:
+            self._models.add(judge_model)
+            return judge_model
+        return self.OTHER
+
+    def depth_label(self, depth: int) -> str:
+        return str(depth) if depth < self.max_depth else f"{self.max_depth}+"
+
+    def labels(self, verdict: VerdictMessage) -> tuple[str, bool, str, float, int]:
+        """``(judge_model, valid, depth, latency_s, tokens)`` for ``ServiceMetrics.observe_verdict_log``."""
+        return (
+            self.model_label(verdict.judge_model),
+            bool(verdict.valid),
+            self.depth_label(int(verdict.depth)),
+            float(verdict.latency_ms) / 1000.0,
+            int(verdict.tokens),
+        )
 
 
 @dataclass

@@ -8,6 +8,9 @@
   :func:`pipeline.judge_result_messages` -> verdicts, training pairs, review item, the final label.
 - ``control`` -> the sequencer: validate, append to the learning log (``training``, one partition), so
   every worker applies control ops in one order with the training records.
+- ``judge-verdicts`` -> the audit: :func:`messages.parse_verdict` (bad ones to ``dead-letter``, once) ->
+  the ``driftlabel_verdict_log_*`` metrics per judge model (:class:`pipeline.VerdictAudit`); each
+  partition is read by one worker of the group, so the sum over workers counts every verdict once.
 - a task runs the :class:`~driftlabel.streams.learner.Learner` (bootstrap, replay, follow, checkpoints);
   the texts agent waits until it is ready.
 
@@ -29,6 +32,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Sequence
@@ -55,11 +59,13 @@ from driftlabel.streams.messages import (
     TextMessage,
     dead_letter_for,
     parse_control,
+    parse_verdict,
     position_id,
     sequenced_control,
 )
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.pipeline import (
+    VerdictAudit,
     judge_request_messages,
     judge_result_messages,
     judgeable,
@@ -74,6 +80,11 @@ from driftlabel.streams.topics import TopicNames, partitions_of
 __all__ = ["WorkerService", "faust_broker_options"]
 
 log = logging.getLogger(__name__)
+
+#: glibc's ``struct mallinfo2``, for the memory probe
+MALLINFO2_FIELDS = (
+    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+)  # fmt: skip
 
 
 class WorkerService:
@@ -129,6 +140,7 @@ class WorkerService:
             calls_per_item=stream.judge_target_share,
             maintenance=min(stream.judge_maintenance_share, stream.judge_target_share),
         )
+        self.audit = VerdictAudit()
         self.novelty = NoveltyPool(stream.proposal_min_size, stream.proposal_similarity)
         self.n_proposals = 0
         self.ready = asyncio.Event()
@@ -170,6 +182,7 @@ class WorkerService:
         self.t_control = app.topic(n.control, **raw)
         self.t_labels = app.topic(n.labels, key_serializer="raw")
         self.t_verdicts = app.topic(n.judge_verdicts, key_serializer="raw")
+        self.t_verdicts_in = app.topic(n.judge_verdicts, **raw)  # the same topic, read raw (audit)
         self.t_training = app.topic(n.training, key_serializer="raw")
         self.t_review = app.topic(n.review, key_serializer="raw")
         self.t_dead = app.topic(n.dead_letter, key_serializer="raw")
@@ -189,7 +202,12 @@ class WorkerService:
             async for event in stream.events():
                 await self.on_control(event.message)
 
+        async def audit(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                await self.on_verdict(event.message)
+
         app.agent(self.t_texts, name="driftlabel.texts")(texts)
+        app.agent(self.t_verdicts_in, name="driftlabel.verdicts")(audit)
         app.agent(self.t_control, name="driftlabel.sequencer")(sequence)
         if self.stream.judge_target_share > 0:
             app.agent(
@@ -209,6 +227,15 @@ class WorkerService:
 
         app.task(learn)
         app.task(beat)
+        probe_path = os.environ.get("DRIFTLABEL_DEBUG_MEMORY")
+        if probe_path:  # a diagnostic, off unless asked for: tracemalloc slows the worker down
+
+            async def probe() -> None:
+                await self.memory_probe(
+                    Path(probe_path), float(os.environ.get("DRIFTLABEL_DEBUG_MEMORY_EVERY_S", "60"))
+                )
+
+            app.task(probe)
         app.timer(2.0)(refresh)
 
         async def before_shutdown(sender: Any, **kwargs: Any) -> None:
@@ -311,6 +338,21 @@ class WorkerService:
         )
         await fut  # acknowledged before this offset can be committed
         self.metrics.forwarded.labels(what="control").inc()
+
+    # -- judge-verdicts -> the audit ---------------------------------------------------------------------
+    async def on_verdict(self, m: Any) -> None:
+        """Validate one ``judge-verdicts`` record and count it in the audit metrics (or dead-letter it)."""
+        self._positions[(m.topic, m.partition)] = m.offset
+        try:
+            verdict = parse_verdict(m.value)
+        except InvalidMessageError as exc:
+            await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
+            return
+        except Exception as exc:  # a parser bug must not stop the agent: the record is kept, with why
+            log.exception("could not read the verdict at %s:%d:%d", m.topic, m.partition, m.offset)
+            await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
+            return
+        self.metrics.observe_verdict_log(*self.audit.labels(verdict))
 
     # -- texts -------------------------------------------------------------------------------------------
     async def with_generated_examples(self, msg: Any) -> Any:
@@ -562,6 +604,99 @@ class WorkerService:
             await self.app.crash(exc)
 
     # -- housekeeping ------------------------------------------------------------------------------------
+    def memory_sizes(self) -> dict[str, int]:
+        """Entries of this worker's long-lived structures (what a memory leak would show in)."""
+        judge = self.judge._judge
+        cache = getattr(judge, "cache", None)
+        model = self.host.model
+        return {
+            "ledger_final_keys": len(self.finals),
+            "ledger_dead_letter_keys": len(self.dead_letters),
+            "learner_seen_digests": len(self.learner.seen),
+            "learner_pending": len(self.learner.pending),
+            "embedding_cache": len(self.host.cache),
+            "embedder_cache": len(getattr(self.host.embedder, "_cache", ())),
+            "judge_verdict_cache": len(cache) if cache is not None else 0,
+            "model_examples": int(getattr(model, "n_examples", 0) or 0),
+            "novelty_pool": len(self.novelty),
+            "drift_events": len(self.rate.events),
+            "judging": len(self._judging),
+        }
+
+    async def memory_probe(self, path: Path, every_s: float) -> None:
+        """Debug hook (``DRIFTLABEL_DEBUG_MEMORY=FILE``): every ``every_s`` append one JSON line to FILE
+        with RSS, glibc's heap figures, object counts by type and the sizes of :meth:`memory_sizes`, so a
+        slope in a soak can be attributed. ``DRIFTLABEL_DEBUG_MEMORY_FRAMES=N`` (> 0) adds tracemalloc's
+        growth since the worker became ready (top sites by line and by traceback; slows the worker a
+        lot); ``DRIFTLABEL_DEBUG_MEMORY_TRIM=1`` calls ``malloc_trim(0)`` before each sample (freed heap
+        memory that RSS still counts then goes back to the OS: what is left is in use)."""
+        import ctypes
+        import tracemalloc
+        from collections import Counter
+
+        frames = int(os.environ.get("DRIFTLABEL_DEBUG_MEMORY_FRAMES", "0"))
+        trim = os.environ.get("DRIFTLABEL_DEBUG_MEMORY_TRIM") == "1"
+        try:
+            libc: Any = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = None
+        if frames > 0:
+            tracemalloc.start(frames)
+        await self.ready.wait()
+        await asyncio.sleep(every_s)
+        skip = (tracemalloc.Filter(False, tracemalloc.__file__),)
+        base = tracemalloc.take_snapshot().filter_traces(skip) if frames > 0 else None
+        base_types = Counter(type(o).__name__ for o in gc.get_objects())
+        t0 = time.monotonic()
+        while True:
+            if trim and libc is not None:
+                libc.malloc_trim(0)
+            rss = 0
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) // 1024
+            types = Counter(type(o).__name__ for o in gc.get_objects())
+            rec: dict[str, Any] = {
+                "t": round(time.monotonic() - t0, 1),
+                "rss_mb": rss,
+                "py_blocks": sys.getallocatedblocks(),
+                "sizes": self.memory_sizes(),
+                "types": {
+                    k: types[k] - base_types.get(k, 0) for k, _ in (types - base_types).most_common(15)
+                },
+            }
+            if libc is not None and hasattr(libc, "mallinfo2"):
+
+                class MallInfo2(ctypes.Structure):
+                    _fields_ = [(n, ctypes.c_size_t) for n in MALLINFO2_FIELDS]
+
+                libc.mallinfo2.restype = MallInfo2
+                mi = libc.mallinfo2()
+                rec["heap_mb"] = {  # arena: heap from brk/arenas; in use; free inside it; mmapped blocks
+                    k: round(getattr(mi, f) / 2**20, 1)
+                    for k, f in (
+                        ("arena", "arena"),
+                        ("in_use", "uordblks"),
+                        ("free", "fordblks"),
+                        ("mmap", "hblkhd"),
+                    )
+                }
+            if base is not None:
+                snap = tracemalloc.take_snapshot().filter_traces(skip)
+                rec["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 2)
+                rec["by_line"] = [
+                    (str(d.traceback), d.size_diff, d.count_diff)
+                    for d in snap.compare_to(base, "lineno")[:25]
+                ]
+                rec["by_traceback"] = [
+                    (d.traceback.format()[-12:], d.size_diff, d.count_diff)
+                    for d in snap.compare_to(base, "traceback")[:8]
+                ]
+            with path.open("a") as f:
+                f.write(orjson.dumps(rec).decode() + "\n")
+            await asyncio.sleep(every_s)
+
     def refresh_lag(self) -> None:
         """Consumer lag from the fetch high-water marks (group topics and the learner's follower)."""
         try:

@@ -1,10 +1,11 @@
 """Fuzzed bad records (hypothesis) mixed into a valid stream on every input topic.
 
 First the parsers alone (no broker): every generated bad record gets the dead-letter reason its
-strategy promises. Then the live worker: each bad record of ``texts``, ``training`` and ``control``
-lands in ``dead-letter`` exactly once with that reason (matched by topic/partition/offset), every valid
-text gets a final label, every valid human training record is learned, every valid ``add_class`` is
-applied, and the worker stays up. 10,000 records are ``driftlabel bench reliability``; here 150 per topic.
+strategy promises. Then the live worker: each bad record of ``texts``, ``training``, ``control`` and
+``judge-verdicts`` lands in ``dead-letter`` exactly once with that reason (matched by
+topic/partition/offset), every valid text gets a final label, every valid human training record is
+learned, every valid ``add_class`` is applied, every valid verdict is counted in the verdict-log audit,
+and the worker stays up. 10,000 records are ``driftlabel bench reliability``; here 150 per topic.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypothesis import given, settings
 from driftlabel.bench import chaos
 from driftlabel.bench.fuzz import bad_records
 from driftlabel.streams.errors import InvalidMessageError
-from driftlabel.streams.messages import parse_control, parse_text, parse_training
+from driftlabel.streams.messages import parse_control, parse_text, parse_training, parse_verdict
 
 N_BAD = 150
 
@@ -27,6 +28,7 @@ PARSERS = {
     "texts": lambda raw: parse_text(raw, topic="t", partition=0, offset=0),
     "training": parse_training,
     "control": parse_control,
+    "judge_verdicts": parse_verdict,
 }
 
 
@@ -63,7 +65,7 @@ def fuzzed(chaos_broker: Any, clinc_file: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("topic", ["texts", "training", "control"])
+@pytest.mark.parametrize("topic", ["texts", "training", "control", "judge_verdicts"])
 def test_each_bad_record_is_dead_lettered_once_with_its_reason(fuzzed: Any, topic: str) -> None:
     r = fuzzed
     assert r.sent_bad[topic] == N_BAD
@@ -80,14 +82,10 @@ def test_valid_messages_get_their_effect_and_the_worker_stays_up(fuzzed: Any) ->
     assert r.valid_texts_final == r.valid_texts
     assert r.human_learned >= r.human_sent, (r.human_learned, r.human_sent)
     assert r.classes_added == r.classes_sent
+    assert r.verdicts_audited == r.verdicts_sent, (r.verdicts_audited, r.verdicts_sent)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="the worker does not consume judge-verdicts (it only writes them), so "
-    "bad records there are never dead-lettered; issue 7 lists it as an input topic",
-)
 def test_bad_judge_verdicts_are_dead_lettered(fuzzed: Any) -> None:
     r = fuzzed
     assert r.dead_once["judge_verdicts"] == r.sent_bad["judge_verdicts"] == N_BAD
