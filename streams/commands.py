@@ -228,7 +228,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "file", nargs="?", help="input file (JSONL, CSV with a 'text' column, or one text per line)"
     )
     p.add_argument("--training", action="store_true", help="send labelled examples to the training topic")
-    p.add_argument("--source", default="human", choices=["seed", "human", "judge"], help="training source")
+    p.add_argument(
+        "--source", default="seed", choices=["seed", "human", "judge"],
+        help="training source of records that name none (seed: the first fit covers the seed records "
+        "published before any judge or human record; human: a reviewer's answers)",
+    )  # fmt: skip
     p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "text"])
     p.add_argument("--rate", type=float, default=0.0, help="records per second (0 = as fast as possible)")
     p.set_defaults(func=cmd_produce)
