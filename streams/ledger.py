@@ -18,8 +18,16 @@ transactions. A worker that crashed mid-write is gone before the group moves its
 session must time out first), so its last write is either in the topic or never will be.
 
 What it does not cover: a *zombie* (a worker alive but expelled from the group, still writing) needs
-fencing, which only transactions give. Memory: one Python string per key written (about 100 bytes; a
-million final labels ~ 100 MB per worker for the partitions it has owned).
+fencing, which only transactions give.
+
+Memory: one Python string per key written, in a set: measured 101 bytes per key for ids like
+``soak-12345`` (10 characters; about 1 byte more per character), so a million final labels cost ~100 MB
+per worker for the partitions it has owned. It is bounded by the topic's retention: a key is kept only
+while its record can still be in the topic (:func:`~driftlabel.streams.topics.deletion_horizon_ms` of the
+topic's ``retention.ms`` and ``segment.ms``: time buckets past it are dropped whole), which is also all a
+worker that restarts now would read back. A topic that keeps records for ever (no retention, or a
+broker that does not report its configuration, like the local Tansu) keeps every key: the topic still
+holds every final label then, and a repeated id must still be recognised.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from driftlabel.streams.settings import KafkaSettings
+from driftlabel.streams.topics import deletion_horizon_ms, topic_configs
 
 __all__ = ["TopicLedger", "dead_letter_key", "final_label_key", "home_partition"]
 
@@ -65,8 +74,17 @@ def dead_letter_key(rec: ConsumerRecord) -> str | None:
     return rec.key.decode("utf-8", errors="replace") if rec.key is not None else None
 
 
+#: the horizon is read from the broker on the first catch-up (``horizon_ms`` not given)
+_FROM_BROKER = -1
+#: time buckets per horizon: keys leave at most one bucket width (a 16th of the horizon) late
+BUCKETS_PER_HORIZON = 16
+
+
 class TopicLedger:
-    """Which keys each partition of ``topic`` already holds, kept up to date from the topic itself."""
+    """Which keys each partition of ``topic`` already holds, kept up to date from the topic itself.
+
+    ``horizon_ms``: how long after its timestamp a record is surely gone from the topic (None: never,
+    default: asked from the broker's topic configuration)."""
 
     def __init__(
         self,
@@ -75,12 +93,17 @@ class TopicLedger:
         key_of: Callable[[ConsumerRecord], str | None],
         *,
         timeout_s: float = 60.0,
+        horizon_ms: int | None = _FROM_BROKER,
+        clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.kafka = kafka
         self.topic = topic
         self.key_of = key_of
         self.timeout_s = timeout_s
-        self._keys: dict[int, set[str]] = {}
+        self._horizon_ms = horizon_ms
+        self.clock_ms = clock_ms
+        #: partition -> time bucket (record timestamp // width; 0 without a horizon) -> keys
+        self._keys: dict[int, dict[int, set[str]]] = {}
         self._next: dict[int, int] = {}  # next offset to read, per partition
         self._fresh: dict[int, int] = {}  # generation each partition was last caught up in
         self._generation = 0
@@ -92,15 +115,52 @@ class TopicLedger:
         """Another worker may have written since: catch up again before the next check (on rebalance)."""
         self._generation += 1
 
-    def has(self, partition: int, key: str) -> bool:
-        return key in self._keys.get(partition, ())
+    @property
+    def horizon_ms(self) -> int | None:
+        """Keys older than this (by record timestamp) are forgotten; None: kept for ever."""
+        return None if self._horizon_ms == _FROM_BROKER else self._horizon_ms
 
-    def add(self, partition: int, key: str) -> None:
-        """Record a write this worker just made (the topic will show it too)."""
-        self._keys.setdefault(partition, set()).add(key)
+    def _bucket(self, ts_ms: float) -> int:
+        h = self.horizon_ms
+        return 0 if h is None else int(ts_ms) // max(1, h // BUCKETS_PER_HORIZON)
+
+    def has(self, partition: int, key: str) -> bool:
+        return any(key in keys for keys in self._keys.get(partition, {}).values())
+
+    def add(self, partition: int, key: str, ts_ms: float | None = None) -> None:
+        """Record a write this worker just made (the topic will show it too); ``ts_ms``: the record's
+        timestamp (default now)."""
+        if ts_ms is None or ts_ms < 0:
+            ts_ms = self.clock_ms()
+        buckets = self._keys.setdefault(partition, {})
+        b = self._bucket(ts_ms)
+        if b not in buckets:
+            self.prune()
+            if self._past(b, self.clock_ms()):  # its record is due for deletion already
+                return
+            buckets[b] = set()
+        buckets[b].add(key)
+
+    def _past(self, bucket: int, now_ms: float) -> bool:
+        """Is every record of ``bucket`` past the horizon (so surely gone from the topic)?"""
+        h = self.horizon_ms
+        return h is not None and (bucket + 1) * max(1, h // BUCKETS_PER_HORIZON) + h <= now_ms
+
+    def prune(self, now_ms: float | None = None) -> int:
+        """Forget the keys whose records are past the horizon (whole time buckets); returns how many."""
+        if self.horizon_ms is None:
+            return 0
+        now_ms = self.clock_ms() if now_ms is None else now_ms
+        dropped = 0
+        for buckets in self._keys.values():
+            for b in [b for b in buckets if self._past(b, now_ms)]:
+                dropped += len(buckets.pop(b))
+        if dropped:
+            log.info("ledger %s: forgot %d keys older than the topic's retention", self.topic, dropped)
+        return dropped
 
     def __len__(self) -> int:
-        return sum(len(k) for k in self._keys.values())
+        return sum(len(k) for buckets in self._keys.values() for k in buckets.values())
 
     async def ensure(self, partitions: Iterable[int]) -> None:
         """Catch the given partitions up to their high-water marks, if not done since the last rebalance."""
@@ -108,11 +168,23 @@ class TopicLedger:
         if not todo:
             return
         async with self._lock:
+            if self._horizon_ms == _FROM_BROKER:
+                await self._read_horizon()
             gen = self._generation
             todo = [p for p in todo if self._fresh.get(p) != gen]
             for p in todo:
                 await self._catch_up(p)
                 self._fresh[p] = gen
+
+    async def _read_horizon(self) -> None:
+        """The horizon from the topic's configuration; keys added before it was known count as new."""
+        self._horizon_ms = deletion_horizon_ms(await topic_configs(self.kafka, self.topic))
+        h = self._horizon_ms
+        log.info("ledger %s: keys kept %s", self.topic, "for ever" if h is None else f"{h / 3.6e6:.1f} h")
+        if h is not None:
+            now = self._bucket(self.clock_ms())
+            for p, buckets in self._keys.items():
+                self._keys[p] = {now: set().union(*buckets.values())}
 
     async def _start(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -139,14 +211,13 @@ class TopicLedger:
             c.seek(tp, start)
         t0 = time.monotonic()
         since_ms = time.time() * 1000.0
-        keys = self._keys.setdefault(partition, set())
         n = 0
         while True:
             got = await c.getmany(tp, timeout_ms=200, max_records=5000)
             for rec in got.get(tp, ()):
                 k = self.key_of(rec)
                 if k is not None:
-                    keys.add(k)
+                    self.add(partition, k, rec.timestamp)
                 n += 1
             pos = await c.position(tp)
             self._next[partition] = pos
@@ -160,8 +231,10 @@ class TopicLedger:
                     "is the broker reachable?"
                 )
         self.records_read += n
+        self.prune()
         if n:
-            log.info("ledger %s[%d]: read %d records, %d keys", self.topic, partition, n, len(keys))
+            held = sum(len(k) for k in self._keys.get(partition, {}).values())
+            log.info("ledger %s[%d]: read %d records, %d keys", self.topic, partition, n, held)
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -20,7 +20,15 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from driftlabel.streams.errors import TopicError
 from driftlabel.streams.settings import KafkaSettings
 
-__all__ = ["SINGLE_PARTITION", "TopicNames", "create_topics", "ensure_topics", "partitions_of"]
+__all__ = [
+    "SINGLE_PARTITION",
+    "TopicNames",
+    "create_topics",
+    "deletion_horizon_ms",
+    "ensure_topics",
+    "partitions_of",
+    "topic_configs",
+]
 
 #: topics (field names of :class:`TopicNames`) created with one partition: the learning log
 SINGLE_PARTITION = ("training",)
@@ -112,3 +120,49 @@ async def partitions_of(kafka: KafkaSettings, topics: list[str], timeout: float 
         raise TopicError(f"could not read topic metadata from {kafka.bootstrap_servers}: {exc!r}") from exc
     finally:
         await c.stop()
+
+
+async def topic_configs(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -> dict[str, str] | None:
+    """The broker's configuration entries of ``topic`` (DescribeConfigs), or None if it cannot say
+    (the broker does not implement it, or the request fails)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        responses = await asyncio.wait_for(
+            admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]), timeout
+        )
+        out: dict[str, str] = {}
+        for resp in responses:
+            for res in resp.resources:
+                if res[0] != 0:  # error code
+                    return None
+                for entry in res[4]:
+                    if entry[1] is not None:
+                        out[str(entry[0])] = str(entry[1])
+        return out or None
+    except Exception as exc:  # not every Kafka-protocol broker answers DescribeConfigs
+        log.info("no topic configuration for %s (%r)", topic, exc)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def deletion_horizon_ms(configs: dict[str, str] | None, margin_ms: int = 3_600_000) -> int | None:
+    """How long after its timestamp a record is surely gone from a topic with these configs, or None
+    when records are kept for ever (no ``delete`` cleanup policy, ``retention.ms`` -1 or unknown).
+
+    Kafka deletes whole segments once their newest record is older than ``retention.ms``, and a segment
+    spans up to ``segment.ms``; the check runs every few minutes (``margin_ms`` covers it)."""
+    if not configs or "delete" not in configs.get("cleanup.policy", "delete"):
+        return None
+    try:
+        retention = int(configs.get("retention.ms", "-1"))
+        segment = int(configs.get("segment.ms", str(7 * 24 * 3_600_000)))
+    except ValueError:
+        return None
+    if retention < 0:
+        return None
+    return retention + max(segment, 0) + margin_ms

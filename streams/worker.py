@@ -640,6 +640,12 @@ class WorkerService:
             libc: Any = ctypes.CDLL("libc.so.6")
         except OSError:
             libc = None
+        if libc is not None and hasattr(libc, "mallinfo2"):
+
+            class MallInfo2(ctypes.Structure):
+                _fields_ = [(n, ctypes.c_size_t) for n in MALLINFO2_FIELDS]
+
+            libc.mallinfo2.restype = MallInfo2
         if frames > 0:
             tracemalloc.start(frames)
         await self.ready.wait()
@@ -649,8 +655,11 @@ class WorkerService:
         base_types = Counter(type(o).__name__ for o in gc.get_objects())
         t0 = time.monotonic()
         while True:
+            trim_ms = None
             if trim and libc is not None:
+                t_trim = time.perf_counter()
                 libc.malloc_trim(0)
+                trim_ms = round(1000 * (time.perf_counter() - t_trim), 2)
             rss = 0
             with open("/proc/self/status") as f:
                 for line in f:
@@ -661,17 +670,13 @@ class WorkerService:
                 "t": round(time.monotonic() - t0, 1),
                 "rss_mb": rss,
                 "py_blocks": sys.getallocatedblocks(),
+                "trim_ms": trim_ms,
                 "sizes": self.memory_sizes(),
                 "types": {
                     k: types[k] - base_types.get(k, 0) for k, _ in (types - base_types).most_common(15)
                 },
             }
             if libc is not None and hasattr(libc, "mallinfo2"):
-
-                class MallInfo2(ctypes.Structure):
-                    _fields_ = [(n, ctypes.c_size_t) for n in MALLINFO2_FIELDS]
-
-                libc.mallinfo2.restype = MallInfo2
                 mi = libc.mallinfo2()
                 rec["heap_mb"] = {  # arena: heap from brk/arenas; in use; free inside it; mmapped blocks
                     k: round(getattr(mi, f) / 2**20, 1)
