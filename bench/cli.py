@@ -129,6 +129,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         quick_s=280,
         full_s=3600,
     ),
+    "service": Benchmark(
+        "driftlabel.bench.bench_service",
+        "the learning loop through the real service: broker, worker, simulated judge (results/service*)",
+        quick_s=270,
+        full_s=5400,
+    ),
 }
 
 # run in the child: import the module and call its main(argv); a missing main is a clear error

@@ -1,0 +1,691 @@
+"""The learning loop through the real service: broker, ``driftlabel worker``, simulated expert over HTTP.
+
+``bench/bench_loop.py`` replays R.E.D.'s recursion in process with the service's model parts; this runs
+the same scenarios end to end, treating the service as a black box (the harness of ``bench/chaos.py``):
+a Tansu broker on loopback, the simulated expert (``SimulatedExpert``, its own ``error_rate``: wrong
+verdicts deterministic per (text, label), off-class generated examples) and one ``driftlabel worker``
+child process per run. Per run:
+
+1. 10 seed examples per class (the same draw as bench_loop: ``k_shot_indices(y, 10, seed=0)``) go to
+   ``training``, then the worker starts and fits on them;
+2. the rest of the train split (the same order as bench_loop's ``_stream_order`` for the scenario) is
+   sent to ``texts`` at a fixed rate (``--rate`` texts/s);
+3. every ``--eval-every`` sent items the worker's newest checkpoint (``DRIFTLABEL_STREAM_CHECKPOINT_EVERY_S``
+   is 2 s here) is loaded with ``RedClassifier.load`` and the held-out test split is predicted in this
+   process, on the same embedder's vectors: no test text ever goes through the service (never judged,
+   never learned). The point is plotted at the number of streamed items that had their final label when
+   that checkpoint was written;
+4. at the end, once every item has its final label and the worker has checkpointed every ``training``
+   record, the last checkpoint gives the final test accuracy.
+
+Read from the topics: accuracy of the streamed final labels, judge calls per streamed item (every
+``judge-verdicts`` record, i.e. every recursive call, plus one call per description-only ``add_class``
+(generated examples) and one per proposal (naming), as bench_loop counts them), the uncertain share (items
+whose first label was not final, i.e. routed to the judge), the experts' own first labels (the
+prequential accuracy, for the recovery after the shift), the classes added.
+
+Scenarios (as bench_loop): ``stationary``; ``incremental`` (a third of the classes absent from the seeds
+and the first half; at half-way half of them are added through ``control`` with a description only, the
+worker asks the judge endpoint for examples; the other half must be discovered: the worker runs with
+``auto_add_proposals``); ``shift`` (the class mix flips half-way). Methods: ``red`` (the service as
+configured: ``judge_target_share`` ``--judge-share``, rate control on) and ``seeds`` (no judge:
+``judge_target_share`` 0, the seed model labels everything). The worker has no setting for random
+routing or an every-item judge at share < 1, so random routing stays a bench_loop figure.
+
+    python bench/bench_service.py --quick       # static embedder, CLINC150, 3 scenarios, 5 % error
+    python bench/bench_service.py               # CLINC150 + BANKING77, 0/5/15 % error, seeds baseline
+    python bench/bench_service.py --embedder sentence-transformers --datasets clinc150 \\
+        --scenarios stationary --errors 0.05 --rate 40 --name service_minilm
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from driftlabel.bench import chaos
+from driftlabel.bench.bench_loop import Run as LoopRun
+from driftlabel.bench.bench_loop import _stream_order, recovery_items
+from driftlabel.bench.common import RESULTS_DIR, cached_embeddings, machine_info, markdown_table
+from driftlabel.models import RedClassifier
+from driftlabel.models.datasets import Dataset, default_data_dir, k_shot_indices, load_dataset
+from driftlabel.models.embeddings import Embedder, EmbedderSettings, load_embedder
+from driftlabel.streams.broker import LocalBroker
+
+__all__ = ["ServiceRun", "Spec", "StreamPlan", "main", "plan_stream", "run_service"]
+
+#: bench_loop's in-process figures for the same setting (bench/results/loop_*.md), for the comparison
+LOOP_FIGURES: dict[tuple[str, str, str, float], tuple[float, str]] = {
+    ("clinc150", "stationary", "red", 0.05): (92.6, "loop_final_clinc.md (final code); 92.8 loop_stationary"),
+    ("clinc150", "stationary", "red", 0.0): (93.3, "loop_stationary_clinc.md"),
+    ("clinc150", "stationary", "red", 0.15): (92.5, "loop_stationary_clinc.md"),
+    ("clinc150", "stationary", "seeds", 0.05): (90.4, "loop_stationary_clinc.md"),
+    ("clinc150", "incremental", "red", 0.05): (82.9, "loop_final_clinc.md"),
+    ("clinc150", "shift", "red", 0.05): (92.6, "loop_final_clinc.md"),
+    ("banking77", "stationary", "red", 0.05): (87.8, "loop_stationary_banking.md"),
+    ("banking77", "stationary", "seeds", 0.05): (84.4, "loop_stationary_banking.md"),
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One run: which data, which scenario, which judge error, which method."""
+
+    dataset: str
+    scenario: str
+    error: float
+    method: str = "red"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.dataset} {self.scenario} {self.method} err {self.error:.0%}"
+
+
+@dataclass
+class StreamPlan:
+    """What is seeded and what is streamed, in which order (indices into the train split)."""
+
+    seeds: np.ndarray
+    order: np.ndarray
+    phase2: int  # index in ``order`` where the second half (new classes, flipped mix) starts
+    late: set[str]  # incremental: classes absent at the start
+    described: list[str]  # incremental: the late classes added through control with a description
+
+
+@dataclass
+class ServiceRun:
+    spec: Spec
+    items: int = 0
+    seconds: float = 0.0
+    stream_s: float = 0.0
+    drain_s: float = 0.0
+    ready_s: float = 0.0
+    #: (items with a final label when the checkpoint was written, items sent then, test acc, model version)
+    curve: list[tuple[int, int, float, int]] = field(default_factory=list)
+    verdicts: int = 0
+    generate_calls: int = 0
+    proposals: int = 0
+    routed: int = 0
+    finals: int = 0
+    final_right: int = 0
+    preq: list[int] = field(default_factory=list)
+    phase2: int = 0
+    added_described: list[str] = field(default_factory=list)
+    added_discovered: list[str] = field(default_factory=list)
+    late: int = 0
+    sim_counts: dict[str, int] = field(default_factory=dict)
+    worker_alive: bool = True
+
+    @property
+    def final_acc(self) -> float:
+        return self.curve[-1][2] if self.curve else float("nan")
+
+    @property
+    def calls(self) -> int:
+        return self.verdicts + self.generate_calls + self.proposals
+
+    @property
+    def calls_per_item(self) -> float:
+        return self.calls / max(self.items, 1)
+
+    @property
+    def uncertain_share(self) -> float:
+        return self.routed / max(self.items, 1)
+
+    @property
+    def final_labels_acc(self) -> float:
+        return self.final_right / max(self.items, 1)
+
+    def recovery(self) -> int | None:
+        """Items after the flip until the rolling 500-item prequential accuracy is back within 2 points."""
+        if self.spec.scenario != "shift":
+            return None
+        run = LoopRun(self.spec.dataset, self.spec.scenario, self.spec.method, self.spec.error)
+        run.preq = self.preq
+        return recovery_items(run, self.phase2)
+
+
+# ---- data
+
+
+def judge_file(dataset: str, data_dir: Path) -> Path:
+    """The labelled file the simulated expert answers from (the streamed train texts are all in it)."""
+    if dataset == "clinc150":
+        return data_dir / "clinc150" / "data_full.json"  # test/oos_test splits: never generated examples
+    if dataset == "banking77":
+        return data_dir / "banking77" / "train.csv"  # the train split only: test texts are not in it
+    raise ValueError(f"unknown dataset {dataset!r} (clinc150, banking77)")
+
+
+def load_data(dataset: str, data_dir: Path, classes: int = 0) -> Dataset:
+    """The dataset, cut to its first ``classes`` labels (sorted) when ``classes`` > 0."""
+    ds = load_dataset(dataset, data_dir)
+    if not classes:
+        return ds
+    keep = set(ds.labels[:classes])
+    tr = [i for i, lab in enumerate(ds.train.labels) if lab in keep]
+    te = [i for i, lab in enumerate(ds.test.labels) if lab in keep]
+    return Dataset(ds.name, ds.train.take(tr), ds.test.take(te))
+
+
+def plan_stream(y: np.ndarray, scenario: str, limit: int | None, seed: int = 0) -> StreamPlan:
+    """bench_loop's draw for the scenario: the same seeds, late classes, order and --limit subsample.
+
+    (bench_loop also takes the described classes' 5 generated examples out of its stream; here the
+    simulated expert hands out its own, so the stream keeps every text.)
+    """
+    rng = np.random.default_rng(seed)
+    labels = sorted(set(y.tolist()))
+    late: set[str] = set()
+    if scenario == "incremental":
+        late = set(rng.permutation(labels)[: len(labels) // 3].tolist())
+    described = sorted(late)[: len(late) // 2]
+    seeds = k_shot_indices(y, 10, seed=seed)
+    seeds = seeds[np.array([lab not in late for lab in y[seeds].tolist()], dtype=bool)]
+    order, phase2 = _stream_order(y, seeds, scenario, rng, late)
+    if limit is not None and len(order) > limit:
+        keep = np.sort(rng.choice(len(order), size=limit, replace=False))
+        phase2 = int(np.searchsorted(keep, phase2))
+        order = order[keep]
+    return StreamPlan(seeds, order, phase2, late, described)
+
+
+def test_embeddings(embedder: Embedder, dataset: str, texts: Sequence[str]) -> np.ndarray:
+    """The test split's vectors in this process (bench/common's cache, keyed by the texts' hash)."""
+    return cached_embeddings(embedder, list(texts), f"{dataset}-test", progress=False)
+
+
+# ---- one run through the service
+
+
+def _checkpoint_meta(model_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((model_dir.parent / "checkpoint.json").read_text(encoding="utf-8")))
+
+
+def _score(model_dir: Path, embedder: Embedder, Xt: np.ndarray, yt: np.ndarray) -> float:
+    """Test accuracy of the model saved in ``model_dir`` (as saved: a pending re-solve is not forced)."""
+    clf = RedClassifier.load(model_dir, embedder=embedder)
+    pred = np.asarray(clf.predict_embeddings(Xt), dtype=object)
+    return float(np.mean(pred == yt))
+
+
+def _labels(model_dir: Path) -> set[str]:
+    manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    return {str(lab) for lab in manifest.get("labels", [])}
+
+
+def _finals_by_time(label_recs: Sequence[chaos.Rec], ids: set[str]) -> list[float]:
+    """Arrival times (monotonic) of the first final label of each streamed id, sorted."""
+    first: dict[str, float] = {}
+    for r in label_recs:
+        v = r.json()
+        if isinstance(v, dict) and v.get("final") is True and v.get("id") in ids:
+            first.setdefault(v["id"], r.t)
+    return sorted(first.values())
+
+
+def run_service(
+    spec: Spec,
+    ds: Dataset,
+    plan: StreamPlan,
+    *,
+    broker: LocalBroker,
+    work: Path,
+    data_file: Path,
+    embedder_kind: str,
+    embedder: Embedder,
+    Xt: np.ndarray,
+    rate: float,
+    eval_every: int,
+    judge_share: float,
+    drain_timeout_s: float = 300.0,
+    progress: Callable[[str], None] = print,
+) -> ServiceRun:
+    """Stream ``plan`` through a fresh worker (own topics, own checkpoints) and measure it."""
+    t_start = time.monotonic()
+    texts, y = ds.train.texts, np.asarray(ds.train.labels, dtype=object)
+    yt = np.asarray(ds.test.labels, dtype=object)
+    run = ServiceRun(spec, late=len(plan.late))
+    holdout = ds.test.texts if spec.dataset != "clinc150" else ()
+    stream_env = {
+        "checkpoint_every_s": "2",
+        "checkpoint_keep": "8",
+        "judge_target_share": str(0.0 if spec.method == "seeds" else judge_share),
+        "auto_add_proposals": "true" if spec.scenario == "incremental" else "false",
+    }
+    cluster = chaos.Cluster(
+        work,
+        data_file,
+        broker=broker,
+        judge_kwargs={"error_rate": spec.error, "holdout": holdout},
+        stream_env=stream_env,
+        # a benchmark, not a fault test: the judge's ordinary retries and timeouts
+        judge_env={"max_retries": "3", "breaker_failures": "5", "breaker_reset_s": "2", "timeout_s": "30"},
+        embedder=embedder_kind,
+    )
+    cluster.start()
+    proposals: chaos.Follower | None = None
+    try:
+        names = cluster.names
+        proposals = chaos.Follower(broker.bootstrap, [names.proposals]).start()
+        seed_rows = [(texts[i], str(y[i])) for i in plan.seeds.tolist()]
+        cluster.send(names.training, chaos.seed_training(seed_rows, per_class=10**6))
+        worker = cluster.worker("w0")
+        run.ready_s = worker.start(timeout=600)
+        ckpt_dir = work / "ckpt-w0"
+        ids = [f"s{k}" for k in range(len(plan.order))]
+        truth = {vid: str(y[i]) for vid, i in zip(ids, plan.order.tolist(), strict=True)}
+        values = [{"id": vid, "text": texts[i]} for vid, i in zip(ids, plan.order.tolist(), strict=True)]
+        idset = set(ids)
+        assert cluster.follower is not None
+        follower = cluster.follower
+        # time.time() (checkpoint stamps) -> time.monotonic() (the follower's arrival times)
+        wall_to_mono = time.monotonic() - time.time()
+        last_scored: list[str] = []
+
+        def evaluate(sent: int, final: bool = False) -> None:
+            model_dir = None
+            for _ in range(50):  # a checkpoint may be pruned while it is read: take the next one
+                model_dir = chaos.newest_model(ckpt_dir)
+                if model_dir is None:
+                    time.sleep(0.2)
+                    continue
+                try:
+                    meta = _checkpoint_meta(model_dir)
+                    acc = _score(model_dir, embedder, Xt, yt)
+                    version = int(meta["model_version"])
+                    break
+                except Exception:
+                    time.sleep(0.2)
+            else:
+                raise RuntimeError(f"no readable checkpoint under {ckpt_dir}")
+            assert model_dir is not None
+            last_scored[:] = [str(model_dir)]
+            created = float(meta["created"]) + wall_to_mono
+            done_at = _finals_by_time(follower.snapshot(names.labels), idset)
+            labelled = int(np.searchsorted(np.asarray(done_at), created, side="right"))
+            run.curve.append((labelled, sent, acc, version))
+            n_ver = sum(1 for r in follower.snapshot(names.judge_verdicts))
+            progress(
+                f"  {spec.tag}: {'final ' if final else ''}{labelled}/{len(ids)} labelled "
+                f"({sent} sent), test acc {100 * acc:.1f} %, model v{version}, "
+                f"judge calls/item so far {n_ver / max(labelled, 1):.3f}"
+            )
+
+        evaluate(0)
+        next_eval = [eval_every]
+        control_sent = [False]
+        sent_n = [0]
+        per = max(1, round(rate * 0.5))
+
+        def on_tick(elapsed: float) -> None:
+            sent_n[0] = min(len(values), sent_n[0] + per)
+            if plan.described and not control_sent[0] and sent_n[0] >= plan.phase2:
+                ops = [
+                    {"op": "add_class", "label": lab, "description": lab.replace("_", " ")}
+                    for lab in plan.described
+                ]
+                cluster.send(names.control, ops)
+                control_sent[0] = True
+                progress(f"  {spec.tag}: add_class for {len(ops)} classes (description only)")
+            if sent_n[0] >= next_eval[0] and sent_n[0] < len(values):
+                evaluate(sent_n[0])
+                next_eval[0] += eval_every
+
+        t0 = time.monotonic()
+        chaos.paced_send(cluster, values, rate, on_tick, chunk_s=0.5)
+        run.stream_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        everything_final = chaos.all_final(ids, names.labels)
+        with contextlib.suppress(TimeoutError):  # a dead worker ends the wait: it is reported, not hidden
+            follower.wait(
+                lambda f: not worker.alive or everything_final(f), drain_timeout_s, "every item final"
+            )
+
+        def learned_all(f: chaos.Follower) -> bool:
+            """The newest checkpoint includes every training and control record written so far."""
+            if not worker.alive:
+                return True
+            model_dir = chaos.newest_model(ckpt_dir)
+            if model_dir is None:
+                return False
+            try:
+                offsets = _checkpoint_meta(model_dir)["offsets"]
+            except (OSError, ValueError, KeyError):
+                return False
+            for topic in (names.training, names.control):
+                recs = f.snapshot(topic)
+                end = 1 + max((r.offset for r in recs if r.partition == 0), default=-1)
+                if topic == names.training and int(offsets.get(topic, {}).get("0", 0)) < end:
+                    return False
+                if topic == names.control and recs:
+                    got = sum(int(o) for o in offsets.get(topic, {}).values())
+                    if got < len(recs):
+                        return False
+            return True
+
+        with contextlib.suppress(TimeoutError):
+            time.sleep(1.0)  # late training records of the last verdicts
+            follower.wait(learned_all, 120, "a checkpoint with every training record learned")
+        run.drain_s = time.monotonic() - t1
+        evaluate(len(values), final=True)
+        run.items = len(values)
+        run.worker_alive = worker.alive
+        # ---- what the topics say
+        first = chaos.first_labels(follower.snapshot(names.labels), ids)
+        run.preq = [int(first.get(i, {}).get("label") == truth[i]) for i in ids]
+        run.routed = sum(1 for i in ids if i in first and first[i].get("final") is not True)
+        fin: dict[str, dict[str, Any]] = {}
+        for r in follower.snapshot(names.labels):
+            v = r.json()
+            if isinstance(v, dict) and v.get("final") is True and v.get("id") in idset:
+                fin.setdefault(v["id"], v)
+        run.finals = len(fin)
+        run.final_right = sum(1 for i, v in fin.items() if v.get("label") == truth[i])
+        run.verdicts = sum(
+            1
+            for r in follower.snapshot(names.judge_verdicts)
+            if isinstance(v := r.json(), dict) and v.get("id")
+        )
+        run.generate_calls = len(plan.described) if control_sent[0] else 0
+        run.proposals = len(proposals.snapshot(names.proposals))
+        run.phase2 = plan.phase2
+        if plan.late and last_scored:
+            final_labels = _labels(Path(last_scored[0]))
+            run.added_described = sorted(final_labels & set(plan.described))
+            run.added_discovered = sorted(final_labels & (plan.late - set(plan.described)))
+        if cluster.judge is not None:
+            run.sim_counts = {k: int(v) for k, v in cluster.judge.counts.items()}
+    finally:
+        if proposals is not None:
+            proposals.stop()
+        cluster.stop()
+    run.seconds = time.monotonic() - t_start
+    return run
+
+
+# ---- report
+
+
+def _plot(runs: Sequence[ServiceRun], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        xs = [c[0] for c in run.curve]
+        ys = [100 * c[2] for c in run.curve]
+        ax.plot(xs, ys, marker=".", label=f"{run.spec.method} ({run.spec.error:.0%} err)")
+        if run.spec.scenario != "stationary" and run.phase2:
+            ax.axvline(run.phase2, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("streamed items with a final label (when the checkpoint was written)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_service_report(
+    name: str,
+    runs: Sequence[ServiceRun],
+    *,
+    command: str,
+    settings: str,
+    loads: Sequence[tuple[float, float, float]],
+    out_dir: Path = RESULTS_DIR,
+    compare: bool = True,
+    note: str = "",
+) -> Path:
+    """``<out_dir>/<name>.md`` with a table per run, the comparison with bench_loop, and PNGs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in runs:
+        rec = run.recovery()
+        key = (run.spec.dataset, run.spec.scenario, run.spec.method, run.spec.error)
+        loop = LOOP_FIGURES.get(key) if compare else None
+        late = f"{len(run.added_described)}+{len(run.added_discovered)} of {run.late}" if run.late else "-"
+        rows.append(
+            [
+                run.spec.dataset,
+                run.spec.scenario,
+                run.spec.method,
+                f"{run.spec.error:.0%}",
+                run.items,
+                f"{100 * run.curve[0][2]:.1f}" if run.curve else "-",
+                f"{100 * run.final_acc:.2f}",
+                "-" if loop is None else f"{loop[0]:.1f}",
+                f"{run.calls_per_item:.3f}",
+                f"{100 * run.uncertain_share:.1f}",
+                f"{100 * run.final_labels_acc:.1f}",
+                f"{run.finals}/{run.items}" + ("" if run.worker_alive else " (worker died)"),
+                late,
+                "-" if rec is None else rec,
+                f"{run.ready_s:.0f}",
+                f"{run.stream_s:.0f}+{run.drain_s:.0f}",
+            ]
+        )
+    load_txt = ", ".join(f"{a:.1f}/{b:.1f}/{c:.1f}" for a, b, c in loads)
+    body = [
+        f"Command: `{command}`",
+        "",
+        settings,
+        "",
+        f"Load average (1/5/15 min) after each run: {load_txt}.",
+        "",
+        *([note, ""] if note else []),
+        markdown_table(
+            [
+                "dataset",
+                "scenario",
+                "method",
+                "judge error",
+                "items",
+                "seed acc %",
+                "final test acc %",
+                "bench_loop %",
+                "judge calls/item",
+                "uncertain %",
+                "final labels right %",
+                "finals",
+                "classes added (described+discovered)",
+                "recovery items",
+                "ready s",
+                "stream+drain s",
+            ],
+            rows,
+        ),
+    ]
+    combos = sorted({(r.spec.dataset, r.spec.scenario) for r in runs})
+    for ds, sc in combos:
+        sel = [r for r in runs if r.spec.dataset == ds and r.spec.scenario == sc and len(r.curve) > 1]
+        if sel:
+            png = out_dir / f"{name}_{ds}_{sc}.png"
+            _plot(sel, png, f"{ds}, {sc}, through the service: test accuracy over the stream")
+            body += ["", f"![{ds} {sc}]({png.name})"]
+    body += [
+        "",
+        "Columns: *final test acc* is the held-out test split scored with the worker's last checkpoint "
+        "(every class, the late ones too), after every item had its final label and the worker had "
+        "learned every `training` record; *bench_loop* is the in-process figure for the same setting "
+        "(full stream, MiniLM; `bench/results/loop_*.md`); *judge calls/item*: `judge-verdicts` records "
+        "(every recursive call) plus one call per description-only `add_class` and per proposal, over the "
+        "streamed items; *uncertain*: items whose first label was not final (routed to the judge); *final "
+        "labels right*: streamed items whose final label (the judge's where asked) is the true one; "
+        "*recovery items* (shift): items after the flip until the rolling 500-item accuracy of the "
+        "experts' first labels is back within 2 points of its value before (bench_loop's rule); *ready*: "
+        "worker start to ready (fit on the seeds, UMAP's compilation included).",
+    ]
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    path = out_dir / f"{name}.md"
+    path.write_text(
+        f"# The learning loop through the real service (bench/bench_service.py)\n\n_{stamp}; "
+        f"{machine_info()}_\n\n" + "\n".join(body).rstrip() + "\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+# ---- entry point
+
+
+def build_plan(args: argparse.Namespace) -> list[Spec]:
+    plan = []
+    for ds in args.datasets:
+        for sc in args.scenarios:
+            for e in args.errors:
+                for m in args.methods:
+                    # baselines once per dataset (stationary, 5 %): they do not depend on the judge error
+                    if m == "red" or (sc == "stationary" and (e == 0.05 or len(args.errors) == 1)):
+                        plan.append(Spec(ds, sc, e, m))
+    return plan
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--quick", action="store_true", help="CLINC150, 3 scenarios, 5 %% error, short streams"
+    )
+    parser.add_argument("--datasets", nargs="*", default=None, choices=["clinc150", "banking77"])
+    parser.add_argument(
+        "--scenarios", nargs="*", default=None, choices=["stationary", "incremental", "shift"]
+    )
+    parser.add_argument("--errors", nargs="*", type=float, default=None)
+    parser.add_argument("--methods", nargs="*", default=None, choices=["red", "seeds"])
+    parser.add_argument("--embedder", default="static", choices=["static", "sentence-transformers", "onnx"])
+    parser.add_argument("--rate", type=float, default=None, help="texts/s sent to the service")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most this many streamed items (bench_loop's)"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="score the test split every N sent items"
+    )
+    parser.add_argument("--judge-share", type=float, default=0.10, help="stream.judge_target_share")
+    parser.add_argument("--classes", type=int, default=0, help="only the first N classes (sorted); 0: all")
+    parser.add_argument("--test-limit", type=int, default=0, help="score at most N test texts (0: all)")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--name", default=None, help="report name under --out-dir (service*)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--note", default="", help="a paragraph added to the report (markdown)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args(argv)
+    args.datasets = args.datasets or (["clinc150"] if args.quick else ["clinc150", "banking77"])
+    args.scenarios = args.scenarios or ["stationary", "incremental", "shift"]
+    args.errors = args.errors if args.errors is not None else ([0.05] if args.quick else [0.0, 0.05, 0.15])
+    args.methods = args.methods or (["red"] if args.quick else ["red", "seeds"])
+    rate = args.rate or (60.0 if args.embedder == "sentence-transformers" else 100.0)
+    limit = args.limit if args.limit is not None else (1500 if args.quick else None)
+    eval_every = args.eval_every or (500 if args.quick else 1500)
+    name = args.name or ("service_quick" if args.quick else "service")
+    data_dir = args.data_dir or default_data_dir()
+    plan = build_plan(args)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # lazy: the model is loaded only if the test split is not cached yet
+    embedder = load_embedder(EmbedderSettings(kind=args.embedder))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-service-"))
+    work.mkdir(parents=True, exist_ok=True)
+    broker = LocalBroker(log_path=work / "broker.log")
+    broker.start()
+    runs: list[ServiceRun] = []
+    loads: list[tuple[float, float, float]] = []
+    t0 = time.monotonic()
+    print(f"bench service: {len(plan)} runs, embedder {args.embedder}, rate {rate:g}/s, limit {limit}; "
+          f"{machine_info()}", flush=True)  # fmt: skip
+    code = 0
+    try:
+        cache: dict[str, tuple[Dataset, np.ndarray]] = {}
+        for n, spec in enumerate(plan, 1):
+            if spec.dataset not in cache:
+                ds = load_data(spec.dataset, data_dir, args.classes)
+                if args.test_limit and len(ds.test) > args.test_limit:
+                    pick = np.random.default_rng(0).choice(len(ds.test), args.test_limit, replace=False)
+                    ds = Dataset(ds.name, ds.train, ds.test.take(np.sort(pick).tolist()))
+                Xt = test_embeddings(embedder, spec.dataset, ds.test.texts)
+                cache[spec.dataset] = (ds, Xt)
+            ds, Xt = cache[spec.dataset]
+            sp = plan_stream(np.asarray(ds.train.labels, dtype=object), spec.scenario, limit)
+            print(f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: {len(sp.order)} items "
+                  f"at {rate:g}/s, {len(sp.seeds)} seeds", flush=True)  # fmt: skip
+            run = run_service(
+                spec,
+                ds,
+                sp,
+                broker=broker,
+                work=work / f"run{n}",
+                data_file=judge_file(spec.dataset, data_dir),
+                embedder_kind=args.embedder,
+                embedder=embedder,
+                Xt=Xt,
+                rate=rate * (4 if spec.method == "seeds" else 1),
+                eval_every=eval_every,
+                judge_share=args.judge_share,
+                progress=lambda s: print(s, flush=True),
+            )
+            runs.append(run)
+            loads.append(os.getloadavg())
+            rec = run.recovery()
+            print(
+                f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: final test acc "
+                f"{100 * run.final_acc:.2f} % (seeds {100 * run.curve[0][2]:.1f}), calls/item "
+                f"{run.calls_per_item:.3f}, uncertain {100 * run.uncertain_share:.1f} %, final labels "
+                f"{100 * run.final_labels_acc:.1f} % right ({run.finals}/{run.items} final)"
+                + (f", recovery {rec} items" if spec.scenario == "shift" else "")
+                + (
+                    f", added {len(run.added_described)} described + {len(run.added_discovered)} "
+                    f"discovered of {run.late}"
+                    if run.late
+                    else ""
+                ),
+                flush=True,
+            )
+            shutil.rmtree(work / f"run{n}" / "ckpt-w0", ignore_errors=True)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        broker.stop()
+    if runs:
+        settings = (
+            f"Embedder `{args.embedder}` in the worker and for the test split; {rate:g} texts/s sent"
+            f"{' (seeds baseline: 4x)' if 'seeds' in args.methods else ''}; stream limit {limit} "
+            f"(bench_loop's subsample); judge_target_share {args.judge_share} with rate control (the "
+            "worker's defaults otherwise); 10 seeds per class; test split held out "
+            f"({len(cache[runs[0].spec.dataset][0].test)} texts"
+            f"{', first ' + str(args.classes) + ' classes' if args.classes else ''}); scored every "
+            f"{eval_every} sent items from the newest checkpoint (every 2 s)."
+        )
+        command = "python bench/bench_service.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        path = write_service_report(
+            name,
+            runs,
+            command=command.strip(),
+            settings=settings,
+            loads=loads,
+            out_dir=args.out_dir,
+            compare=not args.classes and not args.test_limit,
+            note=args.note,
+        )
+        print(f"report: {path}", flush=True)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""``bench/bench_service.py`` on a tiny configuration: 30 CLINC150 classes, a few hundred streamed texts,
+the static embedder, the class-incremental scenario (the one with the most moving parts).
+
+Behaviour, not timing: the test split is scored at several points of the stream from the worker's own
+checkpoints, every streamed item ends with one final label, judge calls are counted from
+``judge-verdicts`` (plus the generated-examples calls of the described classes), the classes added
+through ``control`` with only a description end up in the worker's model, and the report and its plot
+are written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from driftlabel.bench import bench_service as bs
+from driftlabel.models import load_embedder
+from driftlabel.models.datasets import Dataset
+from driftlabel.models.embeddings import EmbedderSettings
+
+pytestmark = pytest.mark.slow
+
+
+def test_incremental_through_the_service(chaos_broker: Any, data_dir: Path, tmp_path: Path) -> None:
+    ds = bs.load_data("clinc150", data_dir, classes=30)
+    ds = Dataset(ds.name, ds.train, ds.test.take(list(range(0, len(ds.test), 3))))  # 300 test texts
+    plan = bs.plan_stream(np.asarray(ds.train.labels, dtype=object), "incremental", limit=400)
+    assert len(plan.order) == 400 and len(plan.late) == 10 and len(plan.described) == 5
+    assert not plan.late & {ds.train.labels[i] for i in plan.seeds.tolist()}, "late classes were seeded"
+    first_half = {ds.train.labels[i] for i in plan.order[: plan.phase2].tolist()}
+    assert not plan.late & first_half, "late classes streamed before half-way"
+    embedder = load_embedder(EmbedderSettings(kind="static"))
+    Xt = embedder.encode(ds.test.texts)
+    spec = bs.Spec("clinc150", "incremental", 0.05)
+    lines: list[str] = []
+    run = bs.run_service(
+        spec,
+        ds,
+        plan,
+        broker=chaos_broker,
+        work=tmp_path / "run",
+        data_file=bs.judge_file("clinc150", data_dir),
+        embedder_kind="static",
+        embedder=embedder,
+        Xt=Xt,
+        rate=80.0,
+        eval_every=100,
+        judge_share=0.2,
+        drain_timeout_s=180.0,
+        progress=lines.append,
+    )
+    assert run.worker_alive, "the worker died during the run"
+    assert run.items == 400 and run.finals == 400, f"{run.finals} of 400 items have a final label"
+    # scored at the start, during the stream and at the end, from the worker's checkpoints
+    assert len(run.curve) >= 4, run.curve
+    assert all(0.0 < acc <= 1.0 for _, _, acc, _ in run.curve)
+    assert [v for *_, v in run.curve] == sorted(v for *_, v in run.curve), "model versions went backwards"
+    assert run.curve[-1][3] > run.curve[0][3], "the worker learned nothing from the judge"
+    assert run.curve[-1][0] == 400
+    # judge calls: every verdict record, plus one generated-examples call per described class
+    assert run.verdicts >= run.routed > 0
+    assert run.generate_calls == len(plan.described)
+    assert run.calls == run.verdicts + run.generate_calls + run.proposals
+    assert 0.0 < run.uncertain_share < 1.0
+    assert len(run.preq) == 400 and 0 < sum(run.preq) < 400
+    assert 0.5 < run.final_labels_acc <= 1.0
+    # the described classes were added (examples from the judge endpoint) and are in the final model
+    assert run.added_described == plan.described
+    assert any("add_class" in line for line in lines)
+    path = bs.write_service_report(
+        "service_test",
+        [run],
+        command="test",
+        settings="tiny",
+        loads=[(0.0, 0.0, 0.0)],
+        out_dir=tmp_path / "results",
+        compare=False,
+    )
+    text = path.read_text()
+    assert "| clinc150 | incremental | red | 5% | 400 |" in text
+    assert "5+" in text and "of 10" in text
+    assert (tmp_path / "results" / "service_test_clinc150_incremental.png").stat().st_size > 1000
