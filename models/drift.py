@@ -12,6 +12,7 @@ compiled and costs well under a microsecond, so this is not on the hot path's bu
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -157,7 +158,8 @@ class JudgeRateController:
         }
         self.state: Literal["learning", "saturated", "drift"] = "learning"
         self.n = 0
-        self.events: list[DriftEvent] = []
+        #: the latest drift events (bounded: a service runs for months; the metrics count them all)
+        self.events: deque[DriftEvent] = deque(maxlen=1000)
         self._calls = 0
         self._judged = 0
         self._allowed = 0.0  # calls the budget allowed so far: the rate in force times the items seen
