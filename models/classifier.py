@@ -31,6 +31,7 @@ from driftlabel.models.experts import (
     Expert,
     ExpertSettings,
     SoftmaxExpert,
+    fit_joint,
     is_noise,
     make_expert,
     noise_class,
@@ -145,6 +146,7 @@ class RedClassifier:
         self._buffered = 0
         self._oos_cal: tuple[int, float] | None = None  # (store size, calibrated threshold)
         self._boundary: tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]] | None = None
+        self._fit_iterations: int | None = None  # L-BFGS iterations of the last joint solve (diagnostics)
 
     # -- properties -----------------------------------------------------------------------------------
     @property
@@ -418,31 +420,147 @@ class RedClassifier:
 
     def _refit_experts(self, which: Iterable[int], fresh: bool = False, max_iter: int | None = None) -> None:
         """Refit experts ``which`` from the store (warm unless ``fresh``); ``max_iter`` caps L-BFGS iterations
-        for warm re-solves, which converge in a few tens (models/resolve.py)."""
+        for warm re-solves, which converge in a few tens (models/resolve.py).
+
+        Softmax experts with stratified noise are solved together (``joint_fit``, :func:`fit_joint`): one
+        L-BFGS over all their weights on one shared noise sample; otherwise one expert at a time.
+        """
+        which = list(which)
+        if not which:
+            return
         Xs, ys, rs = self._training_arrays()
         Xn, yn, _ = self.store.arrays(valid=False)
         rn = self._rows_subset(yn)
         counts = self.store.counts()
         self._total_count = sum(counts.values())
+        experts: list[Expert] = []
         for si in which:
-            idx, target, weights = self._expert_data(si, ys, rs, counts, full=True)
-            negs = np.flatnonzero(rn == si)
-            Xe = np.concatenate([Xs[idx], Xn[negs]])
-            ye = np.concatenate([target, yn[negs]])
-            we = np.concatenate([weights, np.ones(len(negs))])
-            ve = np.concatenate([np.ones(len(idx), dtype=bool), np.zeros(len(negs), dtype=bool)])
             expert = make_expert(self.settings) if fresh else self._experts[si]
             for lab in [*self._subsets[si], *self._noise_classes()]:  # fixed order: labels, then noise
                 expert.add_class(lab)
-            saved = getattr(expert, "max_iter", None)
-            if max_iter is not None and saved is not None:
-                expert.max_iter = max_iter
-            try:
-                expert.fit_many(Xe, ye, we, ve)
-            finally:
+            experts.append(expert)
+        s = self.settings
+        softmax_experts = [e for e in experts if isinstance(e, SoftmaxExpert)]
+        if s.joint_fit and s.noise_mode == "stratified" and len(softmax_experts) == len(experts):
+            self._refit_joint(which, softmax_experts, (Xs, ys, rs), (Xn, yn, rn), counts, max_iter)
+        else:
+            for si, expert in zip(which, experts, strict=True):
+                idx, target, weights = self._expert_data(si, ys, rs, counts, full=True)
+                negs = np.flatnonzero(rn == si)
+                Xe = np.concatenate([Xs[idx], Xn[negs]])
+                ye = np.concatenate([target, yn[negs]])
+                we = np.concatenate([weights, np.ones(len(negs))])
+                ve = np.concatenate([np.ones(len(idx), dtype=bool), np.zeros(len(negs), dtype=bool)])
+                saved = getattr(expert, "max_iter", None)
                 if max_iter is not None and saved is not None:
-                    expert.max_iter = saved
+                    expert.max_iter = max_iter
+                try:
+                    expert.fit_many(Xe, ye, we, ve)
+                finally:
+                    if max_iter is not None and saved is not None:
+                        expert.max_iter = saved
+        for si, expert in zip(which, experts, strict=True):
             self._experts[si] = expert
+
+    def _noise_sample(self, y: np.ndarray, rs: np.ndarray, counts: Mapping[str, int]) -> np.ndarray:
+        """Rows of the shared stratified noise sample: up to ``per_label`` random rows of every label.
+
+        Every other label must be represented in an expert's noise (docs/models.md), with more rows per
+        label as labels grow (a third of the mean label size, at least ``noise_per_label``), capped so
+        the sample stays near ``max_noise_rows``; one sample serves every expert of a joint solve.
+        """
+        s = self.settings
+        rows = np.flatnonzero(rs >= 0)
+        if not len(rows):
+            return rows
+        perm = self._rng.permutation(rows)
+        _, codes = np.unique(y[perm].astype(str), return_inverse=True)
+        codes = codes.reshape(-1)
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        n_labels = len(starts)
+        sizes = [max(counts.get(lab, 0), 1) for sub in self._subsets for lab in sub]
+        mean_size = float(np.mean(sizes)) if sizes else 1.0
+        wanted = max(s.noise_per_label, int(np.ceil(mean_size / 3)))
+        per_label = max(1, min(wanted, s.max_noise_rows // n_labels))
+        return np.sort(perm[order[rank < per_label]])
+
+    def _refit_joint(
+        self,
+        which: list[int],
+        experts: list[SoftmaxExpert],
+        valid_rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+        negative_rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+        counts: Mapping[str, int],
+        max_iter: int | None,
+    ) -> None:
+        """Build the joint problem of experts ``which`` (see :func:`fit_joint`) and solve it.
+
+        Shared rows: one stratified noise sample of every label; row i trains expert s as its own label
+        (weight 1) when s owns the label, else as the noise class of the label's group at weight
+        ``noise_ratio`` x the subset's mean label size / the expert's noise rows in the sample. Private
+        rows: the experts' own-label rows outside the sample, and their hard negatives.
+        """
+        s = self.settings
+        Xs, ys, rs = valid_rows
+        Xn, yn, rn = negative_rows
+        S = len(which)
+        slot = np.full(len(self._subsets) + 1, -1, dtype=np.intp)  # subset index -> position in which
+        slot[np.asarray(which, dtype=np.intp)] = np.arange(S)
+        names = self._noise_classes()
+        col: list[dict[str, int]] = [{c: j for j, c in enumerate(e.classes_.tolist())} for e in experts]
+        noise_col = np.array([[cm[name] for name in names] for cm in col], dtype=np.intp)  # (S, groups)
+
+        def own_cols(y: np.ndarray, r: np.ndarray) -> np.ndarray:
+            """Column of each row's label in its owning (solved) expert; -1 where not solved."""
+            out = np.full(len(y), -1, dtype=np.intp)
+            if not len(y):
+                return out
+            uniq, inv = np.unique(y.astype(str), return_inverse=True)
+            first = np.zeros(len(uniq), dtype=np.intp)
+            first[inv.reshape(-1)] = np.arange(len(y))
+            owners = slot[r[first]].tolist()
+            pairs = zip(uniq.tolist(), owners, strict=True)
+            lookup = np.array([col[k].get(u, -1) if k >= 0 else -1 for u, k in pairs], dtype=np.intp)
+            return lookup[inv.reshape(-1)]
+
+        pool = self._noise_sample(ys, rs, counts)
+        in_pool = np.zeros(len(ys), dtype=bool)
+        in_pool[pool] = True
+        yp, rp, gp = ys[pool], rs[pool], self._row_groups(ys[pool])
+        own_p = own_cols(yp, rp)
+        mine = slot[rp] >= 0  # the row's label is one of a solved expert's own
+        n_noise = len(pool) - np.bincount(slot[rp][mine], minlength=S)  # noise rows per expert
+        w_noise = np.empty(S)
+        for k, si in enumerate(which):
+            mean_size = float(np.mean([max(counts.get(lab, 0), 1) for lab in self._subsets[si]]))
+            w_noise[k] = s.noise_ratio * mean_size / max(int(n_noise[k]), 1)
+        T = noise_col[:, gp].T.copy()  # (rows, S)
+        Wt = np.broadcast_to(w_noise, (len(pool), S)).copy()
+        hit = np.flatnonzero(mine)
+        T[hit, slot[rp[hit]]] = own_p[hit]
+        Wt[hit, slot[rp[hit]]] = 1.0
+        priv = np.flatnonzero(~in_pool & (slot[rs] >= 0))
+        negs = np.flatnonzero(slot[rn] >= 0)
+        X_priv = np.concatenate([Xs[priv], Xn[negs]])
+        owner = np.concatenate([slot[rs[priv]], slot[rn[negs]]])
+        t_priv = np.concatenate([own_cols(ys[priv], rs[priv]), own_cols(yn[negs], rn[negs])])
+        v_priv = np.r_[np.ones(len(priv), dtype=bool), np.zeros(len(negs), dtype=bool)]
+        self._fit_iterations = fit_joint(
+            experts,
+            Xs[pool],
+            T,
+            Wt,
+            X_priv,
+            owner,
+            t_priv,
+            np.ones(len(owner)),
+            v_priv,
+            max_iter=max_iter if max_iter is not None else s.max_iter,
+            tol=experts[0].tol,
+        )
 
     @_blas_limited
     def refit(self, resubset: bool = False) -> None:

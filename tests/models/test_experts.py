@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import numpy as np
 import pytest
 
 from driftlabel.models import Expert, InvalidDataError, RiverExpert, SoftmaxExpert, UnknownLabelError
+from driftlabel.models.experts import fit_joint
 
 from .conftest import make_blobs
 
@@ -120,3 +122,63 @@ def test_new_labels_appear_as_new_classes_without_losing_old_ones(data) -> None:
 def test_unfitted_expert_refuses_to_predict() -> None:
     with pytest.raises(InvalidDataError, match="no classes"):
         SoftmaxExpert().predict_proba_many(np.zeros((1, 4)))
+
+
+def _joint_problem() -> tuple[list[SoftmaxExpert], dict[str, np.ndarray]]:
+    """Three experts over 3, 2 and 3 classes; shared rows (weights differ per expert) and private rows."""
+    b = make_blobs(n_labels=6, dim=12, noise=0.3, seed=4)
+    X, _, _ = b.sample(12, seed=5)
+    rng = np.random.default_rng(6)
+    experts = [SoftmaxExpert(l2=0.5, max_iter=500, tol=1e-8) for _ in range(3)]
+    for e, classes in zip(experts, [["a", "b", "c"], ["d", "e"], ["f", "g", "h"]], strict=True):
+        for c in classes:
+            e.add_class(c)
+    n_sh = 40
+    t_sh = np.stack([rng.integers(0, len(e.classes_), n_sh) for e in experts], axis=1)
+    w_sh = rng.uniform(0.0, 2.0, (n_sh, 3)) * (rng.random((n_sh, 3)) > 0.2)
+    m = len(X) - n_sh
+    owner = rng.integers(0, 3, m)
+    t_pr = np.array([rng.integers(0, len(experts[o].classes_)) for o in owner.tolist()])
+    v_pr = rng.random(m) > 0.15  # some hard negatives
+    arrays = {
+        "X_shared": X[:n_sh], "t_shared": t_sh, "w_shared": w_sh, "X_private": X[n_sh:], "owner": owner,
+        "t_private": t_pr, "w_private": rng.uniform(0.5, 1.5, m), "v_private": v_pr,
+    }  # fmt: skip
+    return experts, arrays
+
+
+def test_joint_fit_solves_every_expert_as_it_would_alone() -> None:
+    """The joint objective is the sum of the experts' own: each ends at its own optimum (float32 matmuls)."""
+    experts, a = _joint_problem()
+    fit_joint(experts, **a, max_iter=1000, tol=1e-7)
+    for s, e in enumerate(experts):
+        alone = SoftmaxExpert(l2=0.5, max_iter=1000, tol=1e-10)
+        for c in e.classes_.tolist():
+            alone.add_class(c)
+        priv = a["owner"] == s
+        names = alone.classes_
+        X = np.concatenate([a["X_shared"], a["X_private"][priv]])
+        y = np.concatenate([names[a["t_shared"][:, s]], names[a["t_private"][priv]]])
+        w = np.concatenate([a["w_shared"][:, s], a["w_private"][priv]])
+        v = np.concatenate([np.ones(len(a["X_shared"]), bool), a["v_private"][priv]])
+        alone.fit_many(X, y, w, v)
+        assert e.coef_ is not None and alone.coef_ is not None
+        np.testing.assert_allclose(e.predict_proba_many(X), alone.predict_proba_many(X), atol=2e-3)
+        assert e.n_seen_ == pytest.approx(float(w.sum()))
+
+
+def test_joint_fit_is_deterministic_and_warm_starts() -> None:
+    experts, a = _joint_problem()
+    twin = copy.deepcopy(experts)
+    fit_joint(experts, **a, max_iter=60)
+    fit_joint(twin, **a, max_iter=60)
+    for e, t in zip(experts, twin, strict=True):
+        assert e.coef_ is not None and t.coef_ is not None
+        assert e.coef_.tobytes() == t.coef_.tobytes() and e.intercept_.tobytes() == t.intercept_.tobytes()
+    # from its own optimum, a warm re-solve stops at once and stays there
+    fit_joint(experts, **a, max_iter=2000, tol=1e-7)
+    before = [e.coef_.copy() for e in experts if e.coef_ is not None]
+    iterations = fit_joint(experts, **a, max_iter=50, tol=1e-4)
+    assert iterations <= 5
+    for e, W in zip(experts, before, strict=True):
+        np.testing.assert_allclose(e.coef_, W, atol=1e-3)
