@@ -35,7 +35,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,38 +87,6 @@ MALLINFO2_FIELDS = (
 )  # fmt: skip
 
 
-#: glibc ``mallopt`` parameters (malloc.h)
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-#: what :func:`tune_allocator` sets unless the environment already says (glibc's own variables)
-ALLOCATOR = {"MALLOC_ARENA_MAX": (M_ARENA_MAX, 2), "MALLOC_MMAP_THRESHOLD_": (M_MMAP_THRESHOLD, 128 << 10)}
-
-
-def tune_allocator(env: Mapping[str, str] | None = None) -> dict[str, int]:
-    """Keep glibc from hoarding freed heap in a long-running worker; returns what was set.
-
-    The model's re-solves and re-formings allocate large temporary arrays that grow with the example
-    store, on several threads; with glibc's defaults (up to 8 arenas per core, an mmap threshold that
-    rises to the largest block freed) each of those lands in fresh heap that is freed but never given
-    back, so the worker's RSS climbed while the memory in use stayed flat (docs/reliability.md, Memory).
-    Two arenas and the mmap threshold fixed at its initial 128 KiB (larger blocks are mmapped, and
-    returned to the system when freed) stop that.
-    A variable already in the environment wins (glibc reads it at start-up); not glibc: nothing."""
-    import ctypes
-
-    environ: Mapping[str, str] = os.environ if env is None else env
-    try:
-        libc: Any = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return {}
-    done: dict[str, int] = {}
-    for var, (param, value) in ALLOCATOR.items():
-        if var not in environ and mallopt(param, value) == 1:
-            done[var] = value
-    return done
-
-
 class WorkerService:
     """One worker: the faust app and its agents over the model host, the learner, the judge caller."""
 
@@ -134,9 +102,6 @@ class WorkerService:
         worker_id: str | None = None,
         judge: JudgeClient | None = None,
     ) -> None:
-        tuned = tune_allocator()  # before the model's threads make their arenas
-        if tuned:
-            log.info("allocator: %s", tuned)
         self.kafka = kafka
         self.stream = stream
         self.names = TopicNames.from_settings(kafka)
