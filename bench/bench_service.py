@@ -35,7 +35,7 @@ routing or an every-item judge at share < 1, so random routing stays a bench_loo
     python bench/bench_service.py --quick       # static embedder, CLINC150, 3 scenarios, 5 % error
     python bench/bench_service.py               # CLINC150 + BANKING77, 0/5/15 % error, seeds baseline
     python bench/bench_service.py --embedder sentence-transformers --datasets clinc150 \\
-        --scenarios stationary --errors 0.05 --rate 40 --name service_minilm
+        --scenarios stationary --errors 0.05 --methods red --rate 40 --name service_minilm
 """
 
 from __future__ import annotations
@@ -155,6 +155,17 @@ class ServiceRun:
         run = LoopRun(self.spec.dataset, self.spec.scenario, self.spec.method, self.spec.error)
         run.preq = self.preq
         return recovery_items(run, self.phase2)
+
+    def recovery_text(self) -> str:
+        """The recovery for the report: items, ``> N`` when not back by the end, ``n/a`` when too short."""
+        if self.spec.scenario != "shift":
+            return "-"
+        rec = self.recovery()
+        if rec is not None:
+            return str(rec)
+        if self.phase2 <= 500 or len(self.preq) < self.phase2 + 500:
+            return "n/a (stream too short)"
+        return f"> {len(self.preq) - self.phase2}"
 
 
 # ---- data
@@ -295,6 +306,8 @@ def run_service(
         wall_to_mono = time.monotonic() - time.time()
         last_scored: list[str] = []
 
+        last_error: list[str] = []
+
         def evaluate(sent: int, final: bool = False) -> None:
             model_dir = None
             for _ in range(50):  # a checkpoint may be pruned while it is read: take the next one
@@ -307,10 +320,11 @@ def run_service(
                     acc = _score(model_dir, embedder, Xt, yt)
                     version = int(meta["model_version"])
                     break
-                except Exception:
+                except Exception as exc:  # pruned while read, or written by another model format
+                    last_error[:] = [repr(exc)]
                     time.sleep(0.2)
             else:
-                raise RuntimeError(f"no readable checkpoint under {ckpt_dir}")
+                raise RuntimeError(f"no readable checkpoint under {ckpt_dir}: {last_error}")
             assert model_dir is not None
             last_scored[:] = [str(model_dir)]
             created = float(meta["created"]) + wall_to_mono
@@ -321,7 +335,7 @@ def run_service(
             progress(
                 f"  {spec.tag}: {'final ' if final else ''}{labelled}/{len(ids)} labelled "
                 f"({sent} sent), test acc {100 * acc:.1f} %, model v{version}, "
-                f"judge calls/item so far {n_ver / max(labelled, 1):.3f}"
+                f"judge calls/sent item so far {n_ver / max(sent, 1):.3f}"
             )
 
         evaluate(0)
@@ -348,11 +362,19 @@ def run_service(
         chaos.paced_send(cluster, values, rate, on_tick, chunk_s=0.5)
         run.stream_s = time.monotonic() - t0
         t1 = time.monotonic()
-        everything_final = chaos.all_final(ids, names.labels)
-        with contextlib.suppress(TimeoutError):  # a dead worker ends the wait: it is reported, not hidden
-            follower.wait(
-                lambda f: not worker.alive or everything_final(f), drain_timeout_s, "every item final"
-            )
+        # the drain: the worker may lag behind the rate; keep scoring every eval_every labelled items.
+        # A dead worker ends the wait (it is reported, not hidden), so does drain_timeout_s.
+        deadline = time.monotonic() + drain_timeout_s
+        next_drain_eval = run.curve[-1][0] + eval_every
+        while worker.alive and time.monotonic() < deadline:
+            done = chaos.finals(follower.snapshot(names.labels))
+            n_final = sum(1 for i in ids if done[i])
+            if n_final >= len(ids):
+                break
+            if n_final >= next_drain_eval:
+                evaluate(len(values))
+                next_drain_eval = n_final + eval_every
+            time.sleep(0.5)
 
         def learned_all(f: chaos.Follower) -> bool:
             """The newest checkpoint includes every training and control record written so far."""
@@ -457,7 +479,6 @@ def write_service_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for run in runs:
-        rec = run.recovery()
         key = (run.spec.dataset, run.spec.scenario, run.spec.method, run.spec.error)
         loop = LOOP_FIGURES.get(key) if compare else None
         late = f"{len(run.added_described)}+{len(run.added_discovered)} of {run.late}" if run.late else "-"
@@ -476,7 +497,7 @@ def write_service_report(
                 f"{100 * run.final_labels_acc:.1f}",
                 f"{run.finals}/{run.items}" + ("" if run.worker_alive else " (worker died)"),
                 late,
-                "-" if rec is None else rec,
+                run.recovery_text(),
                 f"{run.ready_s:.0f}",
                 f"{run.stream_s:.0f}+{run.drain_s:.0f}",
             ]
@@ -546,10 +567,15 @@ def write_service_report(
 
 
 def build_plan(args: argparse.Namespace) -> list[Spec]:
+    """Every dataset x scenario x error x method; scenarios outside ``--error-scenarios`` run at 5 % only,
+    the seeds baseline once per dataset (stationary)."""
     plan = []
     for ds in args.datasets:
         for sc in args.scenarios:
-            for e in args.errors:
+            errors = args.errors
+            if args.error_scenarios is not None and sc not in args.error_scenarios:
+                errors = [e for e in errors if e == 0.05] or errors[:1]
+            for e in errors:
                 for m in args.methods:
                     # baselines once per dataset (stationary, 5 %): they do not depend on the judge error
                     if m == "red" or (sc == "stationary" and (e == 0.05 or len(args.errors) == 1)):
@@ -567,6 +593,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scenarios", nargs="*", default=None, choices=["stationary", "incremental", "shift"]
     )
     parser.add_argument("--errors", nargs="*", type=float, default=None)
+    parser.add_argument(
+        "--error-scenarios",
+        nargs="*",
+        default=None,
+        help="scenarios run at every --errors value; the others at 5 %% only (default: all at every one)",
+    )
     parser.add_argument("--methods", nargs="*", default=None, choices=["red", "seeds"])
     parser.add_argument("--embedder", default="static", choices=["static", "sentence-transformers", "onnx"])
     parser.add_argument("--rate", type=float, default=None, help="texts/s sent to the service")
@@ -576,7 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--eval-every", type=int, default=None, help="score the test split every N sent items"
     )
-    parser.add_argument("--judge-share", type=float, default=0.10, help="stream.judge_target_share")
+    parser.add_argument(
+        "--judge-share",
+        type=float,
+        default=0.05,
+        help="stream.judge_target_share (a share of texts; 0.05 lands near bench_loop's 0.10 calls/item)",
+    )
     parser.add_argument("--classes", type=int, default=0, help="only the first N classes (sorted); 0: all")
     parser.add_argument("--test-limit", type=int, default=0, help="score at most N test texts (0: all)")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -609,58 +646,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bench service: {len(plan)} runs, embedder {args.embedder}, rate {rate:g}/s, limit {limit}; "
           f"{machine_info()}", flush=True)  # fmt: skip
     code = 0
-    try:
-        cache: dict[str, tuple[Dataset, np.ndarray]] = {}
-        for n, spec in enumerate(plan, 1):
-            if spec.dataset not in cache:
-                ds = load_data(spec.dataset, data_dir, args.classes)
-                if args.test_limit and len(ds.test) > args.test_limit:
-                    pick = np.random.default_rng(0).choice(len(ds.test), args.test_limit, replace=False)
-                    ds = Dataset(ds.name, ds.train, ds.test.take(np.sort(pick).tolist()))
-                Xt = test_embeddings(embedder, spec.dataset, ds.test.texts)
-                cache[spec.dataset] = (ds, Xt)
-            ds, Xt = cache[spec.dataset]
-            sp = plan_stream(np.asarray(ds.train.labels, dtype=object), spec.scenario, limit)
-            print(f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: {len(sp.order)} items "
-                  f"at {rate:g}/s, {len(sp.seeds)} seeds", flush=True)  # fmt: skip
-            run = run_service(
-                spec,
-                ds,
-                sp,
-                broker=broker,
-                work=work / f"run{n}",
-                data_file=judge_file(spec.dataset, data_dir),
-                embedder_kind=args.embedder,
-                embedder=embedder,
-                Xt=Xt,
-                rate=rate * (4 if spec.method == "seeds" else 1),
-                eval_every=eval_every,
-                judge_share=args.judge_share,
-                progress=lambda s: print(s, flush=True),
-            )
-            runs.append(run)
-            loads.append(os.getloadavg())
-            rec = run.recovery()
-            print(
-                f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: final test acc "
-                f"{100 * run.final_acc:.2f} % (seeds {100 * run.curve[0][2]:.1f}), calls/item "
-                f"{run.calls_per_item:.3f}, uncertain {100 * run.uncertain_share:.1f} %, final labels "
-                f"{100 * run.final_labels_acc:.1f} % right ({run.finals}/{run.items} final)"
-                + (f", recovery {rec} items" if spec.scenario == "shift" else "")
-                + (
-                    f", added {len(run.added_described)} described + {len(run.added_discovered)} "
-                    f"discovered of {run.late}"
-                    if run.late
-                    else ""
-                ),
-                flush=True,
-            )
-            shutil.rmtree(work / f"run{n}" / "ckpt-w0", ignore_errors=True)
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        broker.stop()
-    if runs:
+    failed: list[str] = []
+
+    def report() -> None:
+        """(Re)write the report with the runs so far: an interrupted benchmark keeps what it measured."""
+        if not runs:
+            return
         settings = (
             f"Embedder `{args.embedder}` in the worker and for the test split; {rate:g} texts/s sent"
             f"{' (seeds baseline: 4x)' if 'seeds' in args.methods else ''}; stream limit {limit} "
@@ -679,9 +670,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             loads=loads,
             out_dir=args.out_dir,
             compare=not args.classes and not args.test_limit,
-            note=args.note,
+            note="\n\n".join([args.note, *(f"FAILED: {f}" for f in failed)]).strip(),
         )
         print(f"report: {path}", flush=True)
+
+    cache: dict[str, tuple[Dataset, np.ndarray]] = {}
+    try:
+        for n, spec in enumerate(plan, 1):
+            if spec.dataset not in cache:
+                ds = load_data(spec.dataset, data_dir, args.classes)
+                if args.test_limit and len(ds.test) > args.test_limit:
+                    pick = np.random.default_rng(0).choice(len(ds.test), args.test_limit, replace=False)
+                    ds = Dataset(ds.name, ds.train, ds.test.take(np.sort(pick).tolist()))
+                Xt = test_embeddings(embedder, spec.dataset, ds.test.texts)
+                cache[spec.dataset] = (ds, Xt)
+            ds, Xt = cache[spec.dataset]
+            sp = plan_stream(np.asarray(ds.train.labels, dtype=object), spec.scenario, limit)
+            print(f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: {len(sp.order)} items "
+                  f"at {rate:g}/s, {len(sp.seeds)} seeds", flush=True)  # fmt: skip
+            try:
+                run = run_service(
+                    spec,
+                    ds,
+                    sp,
+                    broker=broker,
+                    work=work / f"run{n}",
+                    data_file=judge_file(spec.dataset, data_dir),
+                    embedder_kind=args.embedder,
+                    embedder=embedder,
+                    Xt=Xt,
+                    rate=rate * (4 if spec.method == "seeds" else 1),
+                    eval_every=eval_every,
+                    judge_share=args.judge_share,
+                    progress=lambda s: print(s, flush=True),
+                )
+            except Exception as exc:  # one broken run must not lose the others
+                failed.append(f"{spec.tag}: {type(exc).__name__}: {exc}")
+                print(f"[{n}/{len(plan)}] {spec.tag}: FAILED ({exc!r}); going on", flush=True)
+                code = 1
+                continue
+            runs.append(run)
+            loads.append(os.getloadavg())
+            print(
+                f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: final test acc "
+                f"{100 * run.final_acc:.2f} % (seeds {100 * run.curve[0][2]:.1f}), calls/item "
+                f"{run.calls_per_item:.3f}, uncertain {100 * run.uncertain_share:.1f} %, final labels "
+                f"{100 * run.final_labels_acc:.1f} % right ({run.finals}/{run.items} final)"
+                + (f", recovery {run.recovery_text()} items" if spec.scenario == "shift" else "")
+                + (
+                    f", added {len(run.added_described)} described + {len(run.added_discovered)} "
+                    f"discovered of {run.late}"
+                    if run.late
+                    else ""
+                ),
+                flush=True,
+            )
+            shutil.rmtree(work / f"run{n}" / "ckpt-w0", ignore_errors=True)
+            report()
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        broker.stop()
+    report()
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return code
