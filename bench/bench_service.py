@@ -45,6 +45,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -377,7 +378,7 @@ def run_service(
             time.sleep(0.5)
 
         def learned_all(f: chaos.Follower) -> bool:
-            """The newest checkpoint includes every training and control record written so far."""
+            """The newest checkpoint includes every training record written so far (control ops too)."""
             if not worker.alive:
                 return True
             model_dir = chaos.newest_model(ckpt_dir)
@@ -387,16 +388,10 @@ def run_service(
                 offsets = _checkpoint_meta(model_dir)["offsets"]
             except (OSError, ValueError, KeyError):
                 return False
-            for topic in (names.training, names.control):
-                recs = f.snapshot(topic)
-                end = 1 + max((r.offset for r in recs if r.partition == 0), default=-1)
-                if topic == names.training and int(offsets.get(topic, {}).get("0", 0)) < end:
-                    return False
-                if topic == names.control and recs:
-                    got = sum(int(o) for o in offsets.get(topic, {}).values())
-                    if got < len(recs):
-                        return False
-            return True
+            # control ops are sequenced into the training log by the worker: training covers them too
+            recs = f.snapshot(names.training)
+            end = 1 + max((r.offset for r in recs if r.partition == 0), default=-1)
+            return int(offsets.get(names.training, {}).get("0", 0)) >= end
 
         with contextlib.suppress(TimeoutError):
             time.sleep(1.0)  # late training records of the last verdicts
@@ -566,6 +561,10 @@ def write_service_report(
 # ---- entry point
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def build_plan(args: argparse.Namespace) -> list[Spec]:
     """Every dataset x scenario x error x method; scenarios outside ``--error-scenarios`` run at 5 % only,
     the seeds baseline once per dataset (stationary)."""
@@ -622,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a paragraph added to the report (markdown)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `driftlabel bench` stops its child with SIGTERM: clean up
     args.datasets = args.datasets or (["clinc150"] if args.quick else ["clinc150", "banking77"])
     args.scenarios = args.scenarios or ["stationary", "incremental", "shift"]
     args.errors = args.errors if args.errors is not None else ([0.05] if args.quick else [0.0, 0.05, 0.15])
@@ -669,7 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings=settings,
             loads=loads,
             out_dir=args.out_dir,
-            compare=not args.classes and not args.test_limit,
+            # bench_loop's figures are MiniLM on the whole stream: only such a run is the same setting
+            compare=args.embedder == "sentence-transformers" and limit is None and not args.classes,
             note="\n\n".join([args.note, *(f"FAILED: {f}" for f in failed)]).strip(),
         )
         print(f"report: {path}", flush=True)
