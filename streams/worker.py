@@ -443,18 +443,31 @@ class WorkerService:
         self.metrics.judge_target.set(self.router.target)
         routed = self.router.route(u)  # out-of-scope calls are uncertain too: the judge may know better
         routed = judgeable(ranking, routed, self.stream.judge_depth_candidates)
+        # The judge agent may have finalised one of these ids while the batch was embedded (after a
+        # restart both agents re-read it): check and claim every id here, with no await in between, so
+        # only one of the two writes a final label.
+        done = np.array([self.finals.has(h, it.id) for it, h in zip(items, homes, strict=True)], dtype=bool)
+        if done.any():
+            self.metrics.duplicates.labels(what="final_label").inc(int(done.sum()))
+            routed = routed & ~done
         now = time.time()
         labels = label_values([it.id for it in items], ranking, routed, version, now)
+        out = []
+        for value, home, skip in zip(labels, homes, done.tolist(), strict=True):
+            if skip:
+                continue
+            if value["final"]:
+                self.finals.add(home, value["id"])
+            out.append((value, home))
         sent = []
         topic = self.names.labels
-        for value, home in zip(labels, homes, strict=True):
+        for value, home in out:
             key = value["id"]
             sent.append(await self.send_raw(self.t_labels, topic, key.encode(), orjson.dumps(value), home))
-            if value["final"]:
-                self.finals.add(home, key)
+        labels = [v for v, _ in out]
         self.metrics.count_labels((v["status"] for v in labels), (v["final"] for v in labels))
         self.metrics.observe_batch(np.asarray(ranking.entropy), routed, self.router.threshold)
-        n_final = int((~routed).sum())
+        n_final = int((~routed & ~done).sum())
         for _ in range(n_final):
             self.metrics.e2e_latency.labels(path="direct").observe(now - received)
         entropy = np.asarray(ranking.entropy, dtype=np.float64) / np.log(max(n_classes, 2))
@@ -529,9 +542,12 @@ class WorkerService:
         if result.review is not None:
             sent.append(await self.t_review.send(key=key, value=result.review))
         await asyncio.gather(*sent)
+        if self.finals.has(home, req.id):  # the texts agent finalised it while the judge was asked
+            self.metrics.duplicates.labels(what="final_label").inc()
+            return
+        self.finals.add(home, req.id)  # claimed before the await: no other agent can write it now
         fut = await self.t_labels.send(key=key, value=result.label, partition=home)
         await fut
-        self.finals.add(home, req.id)
         self.metrics.judge_outcomes.labels(status=outcome.status).inc()
         if outcome.status == "unresolved" and self.stream.proposals:
             await self.gather_unresolved(req)
