@@ -127,6 +127,15 @@ class TopicLedger:
     def has(self, partition: int, key: str) -> bool:
         return any(key in keys for keys in self._keys.get(partition, {}).values())
 
+    def claim(self, partition: int, key: str) -> bool:
+        """Record ``key`` unless it is there already; True if this caller got it. Synchronous, so two
+        agents of one worker that both mean to write the key's record cannot both win (check it and
+        write nothing else in between: no await between the claim and the decision)."""
+        if self.has(partition, key):
+            return False
+        self.add(partition, key)
+        return True
+
     def add(self, partition: int, key: str, ts_ms: float | None = None) -> None:
         """Record a write this worker just made (the topic will show it too); ``ts_ms``: the record's
         timestamp (default now)."""

@@ -444,26 +444,24 @@ class WorkerService:
         routed = self.router.route(u)  # out-of-scope calls are uncertain too: the judge may know better
         routed = judgeable(ranking, routed, self.stream.judge_depth_candidates)
         # The judge agent may have finalised one of these ids while the batch was embedded (after a
-        # restart both agents re-read it): check and claim every id here, with no await in between, so
-        # only one of the two writes a final label.
+        # restart both agents re-read it): a final label is written only by the agent that claims it.
         done = np.array([self.finals.has(h, it.id) for it, h in zip(items, homes, strict=True)], dtype=bool)
         if done.any():
             self.metrics.duplicates.labels(what="final_label").inc(int(done.sum()))
             routed = routed & ~done
         now = time.time()
-        labels = label_values([it.id for it in items], ranking, routed, version, now)
-        out = []
-        for value, home, skip in zip(labels, homes, done.tolist(), strict=True):
-            if skip:
-                continue
-            if value["final"]:
-                self.finals.add(home, value["id"])
-            out.append((value, home))
+        batch = label_values([it.id for it in items], ranking, routed, version, now)
+        # every claim before the first await below, so the judge agent cannot slip in between
+        out = [
+            (v, h)
+            for v, h, d in zip(batch, homes, done.tolist(), strict=True)
+            if not d and (not v["final"] or self.finals.claim(h, v["id"]))
+        ]
         sent = []
         topic = self.names.labels
         for value, home in out:
-            key = value["id"]
-            sent.append(await self.send_raw(self.t_labels, topic, key.encode(), orjson.dumps(value), home))
+            key = value["id"].encode()
+            sent.append(await self.send_raw(self.t_labels, topic, key, orjson.dumps(value), home))
         labels = [v for v, _ in out]
         self.metrics.count_labels((v["status"] for v in labels), (v["final"] for v in labels))
         self.metrics.observe_batch(np.asarray(ranking.entropy), routed, self.router.threshold)
@@ -542,10 +540,9 @@ class WorkerService:
         if result.review is not None:
             sent.append(await self.t_review.send(key=key, value=result.review))
         await asyncio.gather(*sent)
-        if self.finals.has(home, req.id):  # the texts agent finalised it while the judge was asked
+        if not self.finals.claim(home, req.id):  # the texts agent finalised it while the judge was asked
             self.metrics.duplicates.labels(what="final_label").inc()
             return
-        self.finals.add(home, req.id)  # claimed before the await: no other agent can write it now
         fut = await self.t_labels.send(key=key, value=result.label, partition=home)
         await fut
         self.metrics.judge_outcomes.labels(status=outcome.status).inc()

@@ -73,3 +73,13 @@ def test_the_horizon_from_the_topic_configuration() -> None:
     assert deletion_horizon_ms(
         {"cleanup.policy": "compact,delete", "retention.ms": "1000", "segment.ms": "10"}
     ) == (1010 + 3_600_000)
+
+
+def test_a_key_is_claimed_once_per_partition() -> None:
+    """Two agents of one worker about to write the same final label: only the first claim wins."""
+    led = _ledger(None)
+    assert led.claim(0, "id-1") and led.has(0, "id-1")
+    assert not led.claim(0, "id-1")
+    assert led.claim(1, "id-1")  # another partition is another key space
+    led.add(0, "id-2")
+    assert not led.claim(0, "id-2")
