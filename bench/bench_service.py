@@ -262,6 +262,7 @@ def run_service(
     rate: float,
     eval_every: int,
     judge_share: float,
+    judge_calls: float = 0.0,
     drain_timeout_s: float = 300.0,
     progress: Callable[[str], None] = print,
 ) -> ServiceRun:
@@ -275,6 +276,7 @@ def run_service(
         "checkpoint_every_s": "2",
         "checkpoint_keep": "8",
         "judge_target_share": str(0.0 if spec.method == "seeds" else judge_share),
+        "judge_calls_per_text": str(0.0 if spec.method == "seeds" else judge_calls),
         "auto_add_proposals": "true" if spec.scenario == "incremental" else "false",
     }
     cluster = chaos.Cluster(
@@ -613,6 +615,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.05,
         help="stream.judge_target_share (a share of texts; 0.05 lands near bench_loop's 0.10 calls/item)",
     )
+    parser.add_argument(
+        "--judge-calls",
+        type=float,
+        default=0.0,
+        help="stream.judge_calls_per_text: a budget in judge calls per text (0: off; the share caps it)",
+    )
     parser.add_argument("--classes", type=int, default=0, help="only the first N classes (sorted); 0: all")
     parser.add_argument("--test-limit", type=int, default=0, help="score at most N test texts (0: all)")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -655,7 +663,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = (
             f"Embedder `{args.embedder}` in the worker and for the test split; {rate:g} texts/s sent"
             f"{' (seeds baseline: 4x)' if 'seeds' in args.methods else ''}; stream limit {limit} "
-            f"(bench_loop's subsample); judge_target_share {args.judge_share} with rate control (the "
+            f"(bench_loop's subsample); judge_target_share {args.judge_share}"
+            f"{f', judge_calls_per_text {args.judge_calls}' if args.judge_calls else ''}"
+            " with rate control (the "
             "worker's defaults otherwise); 10 seeds per class; test split held out "
             f"({len(cache[runs[0].spec.dataset][0].test)} texts"
             f"{', first ' + str(args.classes) + ' classes' if args.classes else ''}); scored every "
@@ -703,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rate=rate * (4 if spec.method == "seeds" else 1),
                     eval_every=eval_every,
                     judge_share=args.judge_share,
+                    judge_calls=args.judge_calls,
                     progress=lambda s: print(s, flush=True),
                 )
             except Exception as exc:  # one broken run must not lose the others

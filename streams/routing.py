@@ -10,9 +10,44 @@ credit, the most uncertain go first. All of it is vectorised over the micro-batc
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-__all__ = ["AdaptiveRouter", "uncertainty"]
+__all__ = ["AdaptiveRouter", "RateSource", "judged_share", "uncertainty"]
+
+
+class RateSource(Protocol):
+    """What :func:`judged_share` needs of ``models.drift.JudgeRateController``."""
+
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def target_share(self) -> float: ...
+
+    @property
+    def calls_per_judged(self) -> float: ...
+
+
+def judged_share(
+    target_share: float, calls_per_text: float, rate_control: bool, controller: RateSource
+) -> float:
+    """The share of texts to route now.
+
+    With a calls budget (``calls_per_text > 0``) the controller's rate is in judge calls per text and its
+    ``target_share`` divides it by the measured calls per judged text (recursive delegation asks several
+    candidates, ~1.9 calls a text here), capped by ``target_share`` (with rate control off the budget is
+    fixed: no maintenance level, no drift boost, no pay-back); without one, the controller's rate is the
+    share itself, or ``target_share`` alone when rate control is off.
+    """
+    if calls_per_text > 0:
+        if not rate_control:
+            return min(target_share, calls_per_text / max(controller.calls_per_judged, 1.0))
+        return min(target_share, controller.target_share)
+    if rate_control and 0.0 < target_share < 1.0:
+        return min(1.0, controller.rate)
+    return target_share
 
 
 def uncertainty(

@@ -111,6 +111,14 @@ class StreamSettings(DriftlabelSettings):
     max_text_chars: int = Field(4000, ge=1, description="longer texts go to dead-letter")
     top_k: int = Field(5, ge=1, description="candidates per label message")
     judge_target_share: float = Field(0.10, ge=0.0, le=1.0, description="share of texts sent to the judge")
+    judge_calls_per_text: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="judge budget in endpoint calls per streamed text, every recursive delegation call "
+        "counted (0: off, judge_target_share alone rules). When set, the routed share follows the measured "
+        "calls per judged text so the calls stay within this budget; judge_target_share caps the share",
+    )
     judge_rate_control: bool = Field(
         True,
         description="let models.drift.JudgeRateController steer the judged share: judge_target_share while "

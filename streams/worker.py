@@ -73,7 +73,7 @@ from driftlabel.streams.pipeline import (
     parse_text_batch,
 )
 from driftlabel.streams.ports import Embedder, JudgeClient
-from driftlabel.streams.routing import AdaptiveRouter, uncertainty
+from driftlabel.streams.routing import AdaptiveRouter, judged_share, uncertainty
 from driftlabel.streams.settings import KafkaSettings, MetricsSettings, StreamSettings
 from driftlabel.streams.topics import TopicNames, partitions_of
 
@@ -135,10 +135,11 @@ class WorkerService:
             has_role=self.has_log_role,
         )
         self.router = AdaptiveRouter(stream.judge_target_share, stream.routing_window, stream.judge_max_burst)
-        # learning / maintenance / drift: the judged share (here a share of texts, as judge_target_share)
+        # learning / maintenance / drift. With a calls budget the controller's rates are judge calls per
+        # text and its target_share turns them into a routed share; without one they are shares of texts.
+        budget = stream.judge_calls_per_text or stream.judge_target_share
         self.rate = JudgeRateController(
-            calls_per_item=stream.judge_target_share,
-            maintenance=min(stream.judge_maintenance_share, stream.judge_target_share),
+            calls_per_item=budget, maintenance=min(stream.judge_maintenance_share, budget)
         )
         self.audit = VerdictAudit()
         self.novelty = NoveltyPool(stream.proposal_min_size, stream.proposal_similarity)
@@ -438,8 +439,10 @@ class WorkerService:
         X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
         self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
         u = uncertainty(ranking.entropy, ranking.margin, self.stream.uncertainty, n_classes)
-        if self.stream.judge_rate_control and 0.0 < self.stream.judge_target_share < 1.0:
-            self.router.target = self.rate.rate
+        st = self.stream
+        self.router.target = judged_share(
+            st.judge_target_share, st.judge_calls_per_text, st.judge_rate_control, self.rate
+        )
         self.metrics.judge_target.set(self.router.target)
         routed = self.router.route(u)  # out-of-scope calls are uncertain too: the judge may know better
         routed = judgeable(ranking, routed, self.stream.judge_depth_candidates)

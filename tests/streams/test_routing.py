@@ -48,3 +48,32 @@ def test_uncertainty_kinds() -> None:
     assert uncertainty(np.array([np.log(4)]), np.array([0.0]), "entropy", n_classes=4).tolist() == [1.0]
     with pytest.raises(ValueError):
         uncertainty(np.zeros(1), np.zeros(1), "weird")
+
+
+class _Rate:
+    def __init__(self, rate: float, per_judged: float) -> None:
+        self.rate = rate
+        self.calls_per_judged = per_judged
+
+    @property
+    def target_share(self) -> float:
+        return min(1.0, self.rate / max(self.calls_per_judged, 1.0))
+
+
+def test_judged_share_turns_a_calls_budget_into_a_share() -> None:
+    from driftlabel.models.drift import JudgeRateController
+    from driftlabel.streams.routing import judged_share
+
+    # a calls budget: 0.10 calls a text at 2 calls per judged text is a 5 % share, capped by the share
+    assert judged_share(1.0, 0.10, True, _Rate(0.10, 2.0)) == pytest.approx(0.05)
+    assert judged_share(0.03, 0.10, True, _Rate(0.10, 2.0)) == pytest.approx(0.03)
+    assert judged_share(1.0, 0.10, False, _Rate(0.03, 2.0)) == pytest.approx(0.05)  # fixed: no maintenance
+    # no calls budget: the share itself, steered by the controller only with rate control on
+    assert judged_share(0.10, 0.0, True, _Rate(0.03, 2.0)) == pytest.approx(0.03)
+    assert judged_share(0.10, 0.0, False, _Rate(0.03, 2.0)) == pytest.approx(0.10)
+    assert judged_share(1.0, 0.0, True, _Rate(0.03, 2.0)) == pytest.approx(1.0)
+    # the real controller: calls measured per judged text set the share
+    ctl = JudgeRateController(calls_per_item=0.10, maintenance=0.03)
+    ctl.observe_judged([2] * 40, [False] * 40)
+    ctl.observe(np.full(400, 0.5), ["a"] * 400)
+    assert judged_share(1.0, 0.10, True, ctl) == pytest.approx(0.05, abs=0.02)
