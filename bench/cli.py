@@ -135,6 +135,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         quick_s=270,
         full_s=5400,
     ),
+    "scale": Benchmark(
+        "driftlabel.bench.bench_scale",
+        "scale in classes: O*NET vs LogisticRegression, synthetic 150..5,000 labels (results/scale.md)",
+        quick_s=280,
+        full_s=2400,
+    ),
 }
 
 # run in the child: import the module and call its main(argv); a missing main is a clear error
