@@ -195,6 +195,8 @@ def plot(rows: list[dict[str, Any]], name: str) -> Path:
     for ax, (key, title) in zip(axes, panels, strict=True):
         ax.plot(xs, [r[key] for r in rows], marker="o")
         ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:,}" for x in xs], fontsize=8)
+        ax.minorticks_off()
         ax.set_xlabel("classes")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -214,11 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sizes", nargs="*", type=int, help="synthetic label counts")
     ap.add_argument("--skip", nargs="*", default=[], choices=["onet", "synthetic"])
     ap.add_argument("--note", default="", help="a line added to the report")
+    ap.add_argument("--name", default=None, help="report name under bench/results (default scale[_quick])")
     args = ap.parse_args(argv)
     ks_arg = args.k or (["10"] if args.quick else ["10", "all"])
     ks = [None if k == "all" else int(k) for k in ks_arg]
     sizes = args.sizes or ([150, 500, 1000] if args.quick else [150, 500, 1000, 2000, 5000])
-    name = "scale_quick" if args.quick else "scale"
+    name = args.name or ("scale_quick" if args.quick else "scale")
     command = "python bench/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     parts = [f"Command: `{command}`"]
     if args.note:
