@@ -91,7 +91,12 @@ class ExpertSettings(DriftlabelSettings):
     seed: int = 0
     learner: Literal["softmax", "river"] = "softmax"
     l2: float = Field(0.1, ge=0.0, description="L2 penalty on the summed loss (= 1/C of scikit-learn)")
-    max_iter: int = Field(300, ge=1, description="L-BFGS iterations of a full refit")
+    max_iter: int = Field(
+        100,
+        ge=1,
+        description="L-BFGS iterations of a full refit (measured, full data: 100 give the same test accuracy "
+        "as 300 on CLINC150 94.67 %, BANKING77 92.21 % and O*NET 23.54 %; O*NET's fit 76.5 -> 33.9 s)",
+    )
     learning_rate: float = Field(
         0.1,
         gt=0.0,
