@@ -593,7 +593,14 @@ class WorkerService:
             op = {"op": "add_class", "label": name, "description": description, "examples": group.texts[:50]}
             await (await self.t_control.send(key=str(name).encode(), value=orjson.dumps(op)))
         self.metrics.proposals.labels(outcome="added" if added else ("named" if name else "unnamed")).inc()
-        log.warning("proposed class %r from %d unresolved texts (%s)", name, len(group.texts), value["id"])
+        what = f"class {name!r}" if name else "an unnamed class (a human can name it from the examples)"
+        log.info(
+            "proposal %s: %s from %d unresolved texts%s",
+            value["id"],
+            what,
+            len(group.texts),
+            ", added through control" if added else "",
+        )
 
     # -- learning ----------------------------------------------------------------------------------------
     async def run_learner(self) -> None:
