@@ -7,7 +7,9 @@ a new intent does, because its texts are similar to each other. :meth:`NoveltyPo
 pooled text with the most neighbours above ``similarity`` (one matmul over the pool, at most ``capacity``
 rows) and, when that neighbourhood holds ``min_size`` texts, takes it out of the pool as a
 :class:`Proposal` (its texts, centroid and density) for the judge to name and the service to publish on the
-``proposals`` topic. The pool is bounded (oldest first out) and deterministic for a given input order.
+``proposals`` topic. The pool is bounded (oldest first out) and deterministic for a given input order. A
+text already in the pool is not added again: a text that recurs (retries, a repeated query, a replayed
+stream) would otherwise make a "dense group" of one distinct text.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class NoveltyPool:
         self._X: np.ndarray | None = None
         self._texts: list[str] = []
         self._ids: list[str] = []
+        self._present: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -63,12 +66,24 @@ class NoveltyPool:
         if not len(X):
             return
         ids = [str(i) for i in ids] if ids is not None else [""] * len(texts)
+        new: list[int] = []
+        for i, t in enumerate(texts):  # one row per distinct text (the first of a batch's repeats)
+            if t not in self._present:
+                self._present.add(t)
+                new.append(i)
+        if not new:
+            return
+        if len(new) < len(texts):
+            X = X[new]
+            texts = [texts[i] for i in new]
+            ids = [ids[i] for i in new]
         self._X = X.copy() if self._X is None else np.concatenate([self._X, X])
         self._texts.extend(texts)
         self._ids.extend(ids)
         cut = len(self._texts) - self.capacity
         if cut > 0:
             self._X = self._X[cut:]
+            self._present.difference_update(self._texts[:cut])
             del self._texts[:cut]
             del self._ids[:cut]
 
@@ -98,6 +113,7 @@ class NoveltyPool:
         )
         keep = np.ones(len(self._texts), dtype=bool)
         keep[rows] = False
+        self._present.difference_update(proposal.texts)
         self._X = self._X[keep]
         self._texts = [t for t, k in zip(self._texts, keep.tolist(), strict=True) if k]
         self._ids = [t for t, k in zip(self._ids, keep.tolist(), strict=True) if k]

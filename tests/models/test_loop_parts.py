@@ -97,6 +97,23 @@ def test_a_dense_group_of_unplaced_texts_makes_one_proposal() -> None:
     assert len(pool) == len(X) - len(proposal.texts)
 
 
+def test_a_recurring_text_is_not_a_dense_group() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1, 16)).astype(np.float32)
+    x /= np.linalg.norm(x)
+    pool = NoveltyPool(min_size=3)
+    for i in range(10):  # the same unresolved text, ten times (retries, a replayed stream)
+        pool.add(x, ["where is my card"], ids=[f"id-{i}"])
+    assert len(pool) == 1 and pool.find_group() is None
+    near = x + 0.01 * rng.normal(size=(2, 16)).astype(np.float32)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    pool.add(near, ["where's my card", "my card has not come"], ids=["a", "b"])
+    proposal = pool.find_group()  # three distinct similar texts do form one
+    assert proposal is not None and sorted(proposal.ids) == ["a", "b", "id-0"]
+    pool.add(x, ["where is my card"], ids=["later"])  # proposed texts may come back into the pool
+    assert len(pool) == 1
+
+
 def test_pool_is_bounded() -> None:
     pool = NoveltyPool(min_size=3, capacity=10)
     X = np.eye(20, dtype=np.float32)
