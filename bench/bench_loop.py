@@ -20,7 +20,10 @@ scored every ``--eval-every`` items. Scenarios:
 Baselines on the same stream: ``seeds`` (no judge), ``random`` routing, ``flat`` (one expert over all
 classes), ``every`` item judged (the cost of asking an LLM about everything), and full-data
 LogisticRegression(C=10) as the ceiling; ``pseudo`` adds the confident unjudged predictions (top-1
-probability >= 0.5) as training data, the self-training variant. What this does not include is the
+probability >= 0.5) as training data, the self-training variant; ``entropy`` routes by normalised entropy
+instead of the margin; ``diverse`` spends the same budget on the most uncertain items that are not near
+duplicates (cosine >= 0.9) of the last 500 judged ones; ``nohardneg`` learns only the accepted pairs (no
+hard negatives from rejected candidates). What this does not include is the
 broker and the worker: the service path is measured by ``driftlabel demo`` / ``bench_stream``; this
 isolates what the loop learns.
 
@@ -57,6 +60,8 @@ from driftlabel.streams.routing import AdaptiveRouter, uncertainty
 
 EMBEDDER = CachedArrayEmbedder("all-MiniLM-L6-v2", 384)
 BATCH = 64
+DIVERSE_MEMORY = 500  # judged embeddings the "diverse" method compares with
+DIVERSE_SIMILARITY = 0.9
 
 
 def _flip(text: str, label: str, error: float) -> bool:
@@ -179,6 +184,7 @@ def run_loop(
     ctrl = JudgeRateController(calls_per_item=budget)
     router = AdaptiveRouter(target=ctrl.target_share)
     pool = NoveltyPool(min_size=10, similarity=0.55)
+    recent = np.zeros((0, X.shape[1]), dtype=X.dtype)  # the latest judged embeddings ("diverse")
     next_eval = eval_every
     for lo in range(0, len(order), BATCH):
         if scenario == "incremental" and lo <= phase2 < lo + BATCH and described:
@@ -206,12 +212,17 @@ def run_loop(
             routed = np.ones(len(rows), dtype=bool)
         else:
             router.target = ctrl.target_share
-            u = uncertainty(r.entropy, r.margin, "margin", len(clf.labels))
+            kind = "entropy" if method == "entropy" else "margin"
+            u = uncertainty(r.entropy, r.margin, kind, len(clf.labels))
             routed = router.route(u)
             if method == "random":
                 k = int(routed.sum())
                 routed = np.zeros(len(rows), dtype=bool)
                 routed[rng.choice(len(rows), size=k, replace=False)] = True
+            elif method == "diverse" and routed.any():
+                routed = _diverse(u, routed, Xb, recent)
+        if method == "diverse" and routed.any():
+            recent = np.concatenate([recent, Xb[routed]])[-DIVERSE_MEMORY:]
         learn_X, learn_t, learn_y, learn_v = [], [], [], []
         calls_each, rejected_top1 = [], []
         final = top1.copy()
@@ -259,6 +270,12 @@ def run_loop(
                 if count / len(truths) >= 0.6 and name not in clf.labels:  # the judge names it
                     clf.add_class_embeddings(name, proposal.embeddings, proposal.texts)
                     run.added.append(name)
+        if method == "nohardneg" and learn_X:  # ablation: learn only the accepted pairs
+            keep_v = [i for i, v in enumerate(learn_v) if v]
+            learn_X = [learn_X[i] for i in keep_v]
+            learn_t = [learn_t[i] for i in keep_v]
+            learn_y = [learn_y[i] for i in keep_v]
+            learn_v = [True] * len(keep_v)
         if learn_X:
             t0 = time.perf_counter()
             clf.learn_embeddings(np.stack(learn_X), learn_t, learn_y, learn_v)
@@ -273,6 +290,23 @@ def run_loop(
             next_eval += eval_every
     run.seconds = time.perf_counter() - t_start
     return run
+
+
+def _diverse(u: np.ndarray, routed: np.ndarray, Xb: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """As many items as the router chose, most uncertain first, skipping near-duplicates of what was
+    judged lately or earlier in this batch (cosine >= DIVERSE_SIMILARITY): the budget goes further."""
+    k = int(routed.sum())
+    out = np.zeros(len(u), dtype=bool)
+    chosen: list[np.ndarray] = []
+    for i in np.argsort(-u, kind="stable").tolist():
+        ref = np.concatenate([recent, np.stack(chosen)]) if chosen else recent
+        if len(ref) and float((ref @ Xb[i]).max()) >= DIVERSE_SIMILARITY:
+            continue
+        out[i] = True
+        chosen.append(Xb[i])
+        if len(chosen) == k:
+            break
+    return out
 
 
 def recovery_items(run: Run, phase2: int, window: int = 500, tolerance: float = 0.02) -> int | None:
@@ -322,10 +356,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="*", default=None)
     parser.add_argument("--scenarios", nargs="*", default=["stationary", "incremental", "shift"])
     parser.add_argument("--errors", nargs="*", type=float, default=None)
-    parser.add_argument("--methods", nargs="*", default=None, help="red seeds random flat every pseudo")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="red seeds random flat every pseudo entropy diverse nohardneg",
+    )
     parser.add_argument("--budget", type=float, default=0.10, help="judge calls per streamed item")
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed examples and stream order (judge flips: by text and label)"
+    )
     parser.add_argument("--name", default="loop", help="report name under bench/results/")
     args = parser.parse_args(argv)
     datasets = args.datasets or (["clinc150"] if args.quick else ["clinc150", "banking77"])
@@ -347,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = dataset_embeddings(EMBEDDER, ds, ["train", "test"], progress=False)
         if ds not in ceilings:
             ceilings[ds] = logreg_ceiling(data)
-        run = run_loop(data, ds, sc, m, e, budget=args.budget, limit=limit, eval_every=args.eval_every)
+        run = run_loop(
+            data, ds, sc, m, e, budget=args.budget, limit=limit, eval_every=args.eval_every, seed=args.seed
+        )
         results.append(run)
         elapsed = time.perf_counter() - t0
         print(
