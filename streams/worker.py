@@ -594,7 +594,7 @@ class WorkerService:
             await (await self.t_control.send(key=str(name).encode(), value=orjson.dumps(op)))
         self.metrics.proposals.labels(outcome="added" if added else ("named" if name else "unnamed")).inc()
         what = f"class {name!r}" if name else "an unnamed class (a human can name it from the examples)"
-        log.info(
+        log.warning(  # the default log level shows it: a proposed class wants a human's look
             "proposal %s: %s from %d unresolved texts%s",
             value["id"],
             what,
