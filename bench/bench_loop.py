@@ -296,16 +296,14 @@ def _diverse(u: np.ndarray, routed: np.ndarray, Xb: np.ndarray, recent: np.ndarr
     """As many items as the router chose, most uncertain first, skipping near-duplicates of what was
     judged lately or earlier in this batch (cosine >= DIVERSE_SIMILARITY): the budget goes further."""
     k = int(routed.sum())
+    near_recent = (Xb @ recent.T).max(axis=1) >= DIVERSE_SIMILARITY if len(recent) else np.zeros(len(u), bool)
+    near = Xb @ Xb.T >= DIVERSE_SIMILARITY
     out = np.zeros(len(u), dtype=bool)
-    chosen: list[np.ndarray] = []
     for i in np.argsort(-u, kind="stable").tolist():
-        ref = np.concatenate([recent, np.stack(chosen)]) if chosen else recent
-        if len(ref) and float((ref @ Xb[i]).max()) >= DIVERSE_SIMILARITY:
-            continue
-        out[i] = True
-        chosen.append(Xb[i])
-        if len(chosen) == k:
-            break
+        if not near_recent[i] and not (near[i] & out).any():
+            out[i] = True
+            if out.sum() == k:
+                break
     return out
 
 
