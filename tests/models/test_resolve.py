@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +167,31 @@ def test_a_single_learned_row_takes_effect_at_once() -> None:
     clf.learn_embeddings(X[:1], texts[:1], y[:1])
     assert clf.buffered == 1 and clf.n_examples == len(seeds[0]) + 1
     assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(clf), strict=True))
+
+
+def test_the_blas_thread_count_stays_pinned_between_calls() -> None:
+    """A limit entered and left around each call flips the process-wide BLAS thread count under a
+    background re-solve (its sums, so its weights, then differ run to run); it must stay pinned."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from threadpoolctl import threadpool_info
+        from driftlabel.models import ExpertSettings, RedClassifier
+
+        def blas():  # numpy's and scipy's OpenBLAS (L-BFGS) alike
+            return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+
+        before = blas()
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(40, 8)).astype(np.float32)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        y = np.repeat(["a", "b", "c", "d"], 10)
+        clf = RedClassifier(settings=ExpertSettings(subset_size=2, blas_threads=1))
+        clf.fit_embeddings(X, [f"t{i}" for i in range(40)], y)
+        print(before == [2], blas())
+        """
+    )
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")  # a default above 1, whatever the machine
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "True [1]", out.stdout
