@@ -17,6 +17,7 @@ examples each. Results are read from the raw topics. Each section's figures are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -80,6 +81,29 @@ def _final_times(c: chaos.Cluster, t0: float) -> list[float]:
     )
 
 
+def _replay_rows(r: dict[str, Any] | None) -> list[list[Any]]:
+    """The kill section's "final model equals a replay without kills" rows (absent in older runs)."""
+    if not r:
+        return []
+    return [
+        [
+            "final model equals a from-scratch replay of the log (fresh worker, never killed)",
+            "**yes**" if r["equal"] else "**no**",
+        ],
+        [
+            "  model_version killed / replay; examples killed / replay",
+            f"{r['live_version']:.0f} / {r['replay_version']:.0f}; "
+            f"{r['live_examples']:,} / {r['replay_examples']:,}",
+        ],
+        [
+            "  predictions that differ (validation texts); accuracy killed / replay",
+            f"{r['differ']} of {r['probes']}; "
+            f"{100 * r['live_accuracy']:.1f} / {100 * r['replay_accuracy']:.1f} %",
+        ],
+        ["  replay: fresh worker start -> settled model", f"{_f(r['replay_s'])} s"],
+    ]
+
+
 # ---- sections
 
 
@@ -98,6 +122,9 @@ def run_kill(path: Path, broker: LocalBroker, work: Path, rows: Any, a: argparse
         run = chaos.kill_run(c, [w], values, a.rate, kill_at, timeout_s=a.drain_timeout_s, progress=_say)
         finals = _final_times(c, t0)
         kills_rel = [k - t0 for k in run.kill_moments]
+        _say("kill: stopping the killed worker; a fresh worker replays the whole log for comparison")
+        rc = chaos.replay_check(c, w, rows["val"], replay_timeout_s=a.drain_timeout_s)
+        replay = dataclasses.asdict(rc) | {"equal": rc.equal}
         out = {
             "texts": a.texts,
             "rate": a.rate,
@@ -114,13 +141,15 @@ def run_kill(path: Path, broker: LocalBroker, work: Path, rows: Any, a: argparse
             "drain_s": run.drain_s,
             "final_times": finals,
             "kill_times": kills_rel,
+            "replay": replay,
         }
         _say(
             f"kill: {run.kills} kills; lost {out['lost']}, duplicated {out['duplicated']}, training twice "
             f"{out['dup_training']}, accepted w/o verdict {out['accepted_without_verdict']}; max recovery "
             f"{_max(run.recovery_s):.1f}s (worst latency after a kill "
             f"{_max(run.worst_latency_after_kill_s):.1f}s); "
-            f"drain {run.drain_s:.1f}s"
+            f"drain {run.drain_s:.1f}s; final model equals a replay: {rc.equal} (versions "
+            f"{rc.live_version:.0f} / {rc.replay_version:.0f}, {rc.differ} of {rc.probes} predictions differ)"
         )
         return out
     finally:
@@ -541,6 +570,7 @@ def render(state: dict[str, Any]) -> str:
                     ],
                     ["worker start to ready (s)", ", ".join(_f(x) for x in k["ready_s"])],
                     ["drain after the last send", f"{_f(k['drain_s'])} s"],
+                    *_replay_rows(k.get("replay")),
                 ],
             ),
             "",

@@ -42,13 +42,16 @@ __all__ = [
     "Delivery",
     "Follower",
     "Rec",
+    "ReplayCheck",
     "Worker",
     "accepted_without_verdict",
     "clinc_rows",
     "delivery",
     "duplicated_training",
     "recovery_gaps",
+    "replay_check",
     "seed_training",
+    "settled_version",
 ]
 
 #: the worker's settings in every chaos run: static embedder (the embedder's speed is not under test),
@@ -726,6 +729,103 @@ def newest_model(checkpoint_dir: Path) -> Path | None:
         p for p in Path(checkpoint_dir).glob("*/model") if p.is_dir() and not p.parent.name.startswith(".")
     ]
     return max(models, key=lambda p: p.parent.stat().st_mtime, default=None)
+
+
+@dataclass
+class ReplayCheck:
+    """The killed worker's final model against a from-scratch replay of the same log by a fresh worker."""
+
+    live_version: float  # the killed worker's settled ``driftlabel_model_version``
+    replay_version: float  # the replaying worker's
+    live_examples: int
+    replay_examples: int
+    same_labels: bool  # same label list, same order
+    probes: int
+    differ: int  # probe texts whose predicted label differs between the two models
+    live_accuracy: float  # on the probes' true labels
+    replay_accuracy: float
+    replay_s: float  # the fresh worker's start -> settled version
+
+    @property
+    def equal(self) -> bool:
+        return (
+            self.live_version == self.replay_version
+            and self.live_examples == self.replay_examples
+            and self.same_labels
+            and self.differ == 0
+        )
+
+
+def settled_version(w: Worker, quiet_s: float = 4.0, timeout_s: float = 60.0) -> float:
+    """The worker's ``driftlabel_model_version`` once it has not changed for ``quiet_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    last, since = w.metric("driftlabel_model_version"), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        v = w.metric("driftlabel_model_version")
+        if v != last:
+            last, since = v, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return v
+    return last
+
+
+def replay_check(
+    cluster: Cluster,
+    worker: Worker,
+    probes: Sequence[tuple[str, str]],
+    *,
+    settle_timeout_s: float = 60.0,
+    replay_timeout_s: float = 300.0,
+) -> ReplayCheck:
+    """Stop ``worker`` (it writes a final checkpoint), replay the whole log in a fresh worker, compare.
+
+    The fresh worker (``ref``, its own consumer group and checkpoint folder) starts from nothing and reads
+    every ``training`` and ``control`` record, and every old text. The judge is down meanwhile, so its
+    re-reading of old texts cannot add judged pairs of its own: both models must then come from the same
+    log alone, with the same version, the same examples and the same predictions on ``probes``.
+    """
+    from driftlabel.models import EmbedderSettings, RedClassifier, load_embedder
+
+    cluster.fault("down")
+    try:
+        live = settled_version(worker, timeout_s=settle_timeout_s)
+        if worker.stop() is None:
+            raise RuntimeError(f"worker {worker.name} did not stop; see {worker.log_path}")
+        ref = cluster.worker("ref")
+        ref.env["DRIFTLABEL_KAFKA_GROUP_ID"] = f"{cluster.prefix}ref"
+        t0 = time.monotonic()
+        ref.start()
+        replayed = settled_version(ref, timeout_s=replay_timeout_s)
+        replay_s = time.monotonic() - t0
+        ref.stop()
+    finally:
+        cluster.fault(None)
+    a = newest_model(cluster.work / f"ckpt-{worker.name}")
+    b = newest_model(cluster.work / "ckpt-ref")
+    if a is None or b is None:
+        raise RuntimeError(f"a worker left no checkpoint ({worker.name}: {a}, ref: {b})")
+    emb = load_embedder(EmbedderSettings(kind=cluster.embedder))
+    ma, mb = RedClassifier.load(a, embedder=emb), RedClassifier.load(b, embedder=emb)
+    texts = [t for t, _ in probes]
+    truth = [lab for _, lab in probes]
+    pa, pb = ma.predict(texts), mb.predict(texts)
+
+    def acc(pred: Sequence[str]) -> float:
+        return sum(p == t for p, t in zip(pred, truth, strict=True)) / max(len(truth), 1)
+
+    return ReplayCheck(
+        live_version=live,
+        replay_version=replayed,
+        live_examples=ma.n_examples,
+        replay_examples=mb.n_examples,
+        same_labels=ma.labels == mb.labels,
+        probes=len(texts),
+        differ=sum(x != y for x, y in zip(pa, pb, strict=True)),
+        live_accuracy=acc(pa),
+        replay_accuracy=acc(pb),
+        replay_s=replay_s,
+    )
 
 
 @dataclass

@@ -11,7 +11,6 @@ The full size (20,000 texts, a kill every ~30 s) is ``driftlabel bench reliabili
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,47 +75,12 @@ def test_service_recovers_after_each_kill(killed: Any) -> None:
 def test_final_model_equals_a_replay_without_kills(killed: Any) -> None:
     """Stop the killed worker (final checkpoint); a never-killed worker in another group replays the same
     log from scratch; both checkpoints must hold the same model: same version, same predictions."""
-    from driftlabel.models import EmbedderSettings, RedClassifier, load_embedder
-
     cluster, worker, _, rows = killed
-    cluster.fault("down")  # the reference re-reads old texts: it must not add judged pairs of its own
-    try:
-        live = _settled_version(worker)
-        assert worker.stop() is not None
-        ref = cluster.worker("ref")
-        ref.env["DRIFTLABEL_KAFKA_GROUP_ID"] = f"{cluster.prefix}ref"
-        ref.start()
-        replayed = _settled_version(ref)  # it replays the whole training + control log
-        ref.stop()
-    finally:
-        cluster.fault(None)
-    a, b = chaos.newest_model(cluster.work / "ckpt-w0"), chaos.newest_model(cluster.work / "ckpt-ref")
-    assert a is not None and b is not None, "a worker left no checkpoint"
-    emb = load_embedder(EmbedderSettings(kind="static"))
-    ma, mb = RedClassifier.load(a, embedder=emb), RedClassifier.load(b, embedder=emb)
-    probes = [t for t, _ in rows["val"]]
-    pa, pb = ma.predict(probes), mb.predict(probes)
-    differ = sum(x != y for x, y in zip(pa, pb, strict=True))
-    truth = [lab for _, lab in rows["val"]]
-    acc = [float(np.mean([p == t for p, t in zip(pp, truth, strict=True)])) for pp in (pa, pb)]
-    assert live == replayed, f"live model_version {live} (killed worker) vs {replayed} (replay)"
-    assert (ma.n_examples, ma.labels) == (mb.n_examples, mb.labels), (ma.n_examples, mb.n_examples)
-    assert differ == 0, (
-        f"{differ} of {len(probes)} predictions differ; versions {ma.model_version} (killed) vs "
-        f"{mb.model_version} (replay); accuracy {acc[0]:.3f} vs {acc[1]:.3f}"
+    r = chaos.replay_check(cluster, worker, rows["val"])
+    assert r.live_version == r.replay_version, f"live model_version {r.live_version} vs {r.replay_version}"
+    assert r.same_labels and r.live_examples == r.replay_examples, (r.live_examples, r.replay_examples)
+    assert r.differ == 0, (
+        f"{r.differ} of {r.probes} predictions differ; accuracy {r.live_accuracy:.3f} (killed) vs "
+        f"{r.replay_accuracy:.3f} (replay)"
     )
-    assert ma.model_version == mb.model_version
-
-
-def _settled_version(w: chaos.Worker, quiet_s: float = 4.0, timeout_s: float = 60.0) -> float:
-    """The worker's ``driftlabel_model_version`` once it has not changed for ``quiet_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    last, since = w.metric("driftlabel_model_version"), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        v = w.metric("driftlabel_model_version")
-        if v != last:
-            last, since = v, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return v
-    return last
+    assert r.equal
