@@ -78,39 +78,52 @@ def _predict_rate(clf: RedClassifier, X: np.ndarray, batch: int = 256, repeats: 
     return len(X) / best
 
 
-def onet_rows(ks: Sequence[int | None], progress: bool = True) -> list[dict[str, Any]]:
-    """O*NET at each k: R.E.D. and LogisticRegression on the same cached embeddings."""
+def onet_rows(
+    ks: Sequence[int | None], subset_sizes: Sequence[int | None] = (8,), progress: bool = True
+) -> list[dict[str, Any]]:
+    """O*NET at each k and subset size (None: one expert over every label), and LogisticRegression, all on
+    the same cached embeddings."""
     from sklearn.linear_model import LogisticRegression
 
     data = dataset_embeddings(EMBEDDER, "onet", ["train", "test"], progress=False)
     train, test = data["train"], data["test"]
+    n_labels = len(set(train.y.tolist()))
     rows: list[dict[str, Any]] = []
     for k in ks:
         sub = train.take(k_shot_indices(train.y, k, seed=0))
-        row: dict[str, Any] = {"k": "all" if k is None else str(k), "n_train": len(sub)}
-        t0 = time.perf_counter()
-        clf = RedClassifier(settings=ExpertSettings()).fit_embeddings(sub.X, sub.texts, sub.y)
-        row["red_fit_s"] = time.perf_counter() - t0
-        row["red_acc"] = float(np.mean(_top1(clf, test.X) == test.y))
-        row["experts"] = len(clf._experts)
-        row["predict_per_s"] = _predict_rate(clf, test.X)
-        t0 = time.perf_counter()  # a second fit in the same process: UMAP's numba code is compiled now
-        RedClassifier(settings=ExpertSettings()).fit_embeddings(sub.X, sub.texts, sub.y)
-        row["red_fit2_s"] = time.perf_counter() - t0
+        lr: dict[str, float] = {}
         for C in (10.0, 1.0):
             t0 = time.perf_counter()
-            lr = LogisticRegression(C=C, max_iter=3000).fit(sub.X, sub.y)
-            row[f"lr{C:g}_fit_s"] = time.perf_counter() - t0
-            row[f"lr{C:g}_acc"] = float(np.mean(lr.predict(test.X) == test.y))
-        rows.append(row)
-        if progress:
-            print(
-                f"onet k={row['k']:>3s}: red {100 * row['red_acc']:.1f} % fit {row['red_fit_s']:.1f} s "
-                f"(again {row['red_fit2_s']:.1f} s), {row['predict_per_s']:,.0f} texts/s; "
-                f"LR C=10 {100 * row['lr10_acc']:.1f} % fit {row['lr10_fit_s']:.1f} s, "
-                f"C=1 {100 * row['lr1_acc']:.1f} %",
-                flush=True,
-            )
+            model = LogisticRegression(C=C, max_iter=3000).fit(sub.X, sub.y)
+            lr[f"lr{C:g}_fit_s"] = time.perf_counter() - t0
+            lr[f"lr{C:g}_acc"] = float(np.mean(model.predict(test.X) == test.y))
+        for size in subset_sizes:
+            settings = ExpertSettings(subset_size=size or n_labels)
+            row: dict[str, Any] = {
+                "k": "all" if k is None else str(k),
+                "n_train": len(sub),
+                "subset_size": "all" if size is None else str(size),
+                **lr,
+            }
+            t0 = time.perf_counter()
+            clf = RedClassifier(settings=settings).fit_embeddings(sub.X, sub.texts, sub.y)
+            row["red_fit_s"] = time.perf_counter() - t0
+            row["red_acc"] = float(np.mean(_top1(clf, test.X) == test.y))
+            row["experts"] = len(clf._experts)
+            row["predict_per_s"] = _predict_rate(clf, test.X)
+            t0 = time.perf_counter()  # a second fit in the same process: UMAP's numba code is compiled now
+            RedClassifier(settings=settings).fit_embeddings(sub.X, sub.texts, sub.y)
+            row["red_fit2_s"] = time.perf_counter() - t0
+            rows.append(row)
+            if progress:
+                print(
+                    f"onet k={row['k']:>3s} subsets of {row['subset_size']}: "
+                    f"red {100 * row['red_acc']:.1f} % "
+                    f"fit {row['red_fit_s']:.1f} s (again {row['red_fit2_s']:.1f} s), "
+                    f"{row['predict_per_s']:,.0f} texts/s; LR C=10 {100 * row['lr10_acc']:.1f} % fit "
+                    f"{row['lr10_fit_s']:.1f} s, C=1 {100 * row['lr1_acc']:.1f} %",
+                    flush=True,
+                )
     return rows
 
 
@@ -214,6 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="O*NET k=10 and synthetic up to 1,000 classes")
     ap.add_argument("--k", nargs="*", help="O*NET seed examples per label (numbers or 'all')")
     ap.add_argument("--sizes", nargs="*", type=int, help="synthetic label counts")
+    ap.add_argument(
+        "--subset-sizes",
+        nargs="*",
+        default=["8"],
+        help="O*NET: labels per expert to compare (numbers, or 'all' for one expert over every label)",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["onet", "synthetic"])
     ap.add_argument("--note", default="", help="a line added to the report")
     ap.add_argument("--name", default=None, help="report name under bench/results (default scale[_quick])")
@@ -227,16 +246,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.note:
         parts.append(args.note)
     if "onet" not in args.skip:
-        rows = onet_rows(ks)
+        sizes_o = [None if x == "all" else int(x) for x in args.subset_sizes]
+        rows = onet_rows(ks, sizes_o)
         table = markdown_table(
             [
-                "k", "train", "experts", "R.E.D. %", "LR C=10 %", "LR C=1 %", "R.E.D. - LR C=10",
+                "k", "train", "labels per expert", "experts", "R.E.D. %", "LR C=10 %", "LR C=1 %",
+                "R.E.D. - LR C=10",
                 "R.E.D. fit s (first in process)", "R.E.D. fit s (again)", "LR C=10 fit s",
                 "R.E.D. predict texts/s",
             ],
             [
                 [
-                    r["k"], r["n_train"], r["experts"], f"{100 * r['red_acc']:.1f}",
+                    r["k"], r["n_train"], r["subset_size"], r["experts"], f"{100 * r['red_acc']:.1f}",
                     f"{100 * r['lr10_acc']:.1f}", f"{100 * r['lr1_acc']:.1f}",
                     f"{100 * (r['red_acc'] - r['lr10_acc']):+.1f}", f"{r['red_fit_s']:.1f}",
                     f"{r['red_fit2_s']:.1f}", f"{r['lr10_fit_s']:.1f}", f"{r['predict_per_s']:,.0f}",
@@ -247,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts.append(
             "## O*NET (923 labels), MiniLM embeddings\n\nBars (issue 9): fit ≤ 60 s, predict ≥ 20,000 "
             "texts/s, accuracy ≥ LogisticRegression. The first fit in a process includes UMAP's numba "
-            "compilation (label subsets); a worker pays it once at start-up.\n\n" + table
+            "compilation (label subsets); a worker pays it once at start-up. *labels per expert* `all`: "
+            "one expert over every label (`DRIFTLABEL_EXPERTS_SUBSET_SIZE` ≥ the label count).\n\n" + table
         )
     if "synthetic" not in args.skip:
         rows = synthetic_rows(sizes)

@@ -333,14 +333,21 @@ class RedClassifier:
         }
         Xs, ys, _ = self._store.arrays()
         E = label_embeddings(Xs, ys, labels, self._desc_emb, s.description_weight)
-        Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
-        groups = greedy_subsets(Z, s.subset_size)
-        self._subsets = [[labels[i] for i in g] for g in groups]
+        self._subsets = [[labels[i] for i in g] for g in self._form_subsets(E)]
         self._noise_group = dict(zip(labels, cluster_labels(E, s.noise_groups, s.seed).tolist(), strict=True))
         self._experts = [make_expert(s) for _ in self._subsets]
         self._refit_experts(range(len(self._experts)), fresh=True)
         self._bump()
         return self
+
+    def _form_subsets(self, E: np.ndarray) -> list[list[int]]:
+        """Label indices per expert: UMAP + greedy subsets of at most ``subset_size`` labels; one subset of
+        every label, without UMAP, when they all fit in one."""
+        s = self.settings
+        if len(E) <= s.subset_size:
+            return [list(range(len(E)))] if len(E) else []
+        Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
+        return greedy_subsets(Z, s.subset_size)
 
     def _label_subset_index(self) -> dict[str, int]:
         return {lab: si for si, sub in enumerate(self._subsets) for lab in sub}
@@ -582,8 +589,7 @@ class RedClassifier:
         if resubset:
             s = self.settings
             E = self._label_matrix(self._labels)
-            Z = reduce_labels(E, s.umap_components, s.umap_neighbors, s.seed, s.umap_min_labels)
-            self._subsets = [[self._labels[i] for i in g] for g in greedy_subsets(Z, s.subset_size)]
+            self._subsets = [[self._labels[i] for i in g] for g in self._form_subsets(E)]
             groups = cluster_labels(E, s.noise_groups, s.seed).tolist()
             self._noise_group = dict(zip(self._labels, groups, strict=True))
         self._experts = [make_expert(self.settings) for _ in self._subsets]
