@@ -697,7 +697,7 @@ class RedClassifier:
             }
         )
         if which:  # on the model thread: a warm re-solve's few iterations, not a full refit's 300
-            self._refit_experts(which, fresh=False, max_iter=self.settings.resolve_iter)
+            self._refit_experts(which, fresh=False, max_iter=self.settings.young_iter)
 
     def _boundary_state(self) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]]:
         ws = [(e.coef_.copy(), e.intercept_.copy(), e.n_seen_) for e in self._experts]
