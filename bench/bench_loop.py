@@ -24,7 +24,10 @@ full-data LogisticRegression(C=10) as the ceiling; ``pseudo`` adds the confident
 probability >= 0.5) as training data, the self-training variant; ``entropy`` routes by normalised entropy
 instead of the margin; ``diverse`` spends the same budget on the most uncertain items that are not near
 duplicates (cosine >= 0.9) of the last 500 judged ones; ``nohardneg`` learns only the accepted pairs (no
-hard negatives from rejected candidates). What this does not include is the broker and the worker: the
+hard negatives from rejected candidates); ``selftrain`` keeps every unjudged item for self-training
+(``RedClassifier.observe_embeddings``: each background re-solve learns them, at weight
+``ExpertSettings.self_training``, as the labels its starting weights give them; the service does the same
+with ``stream.unlabelled_share`` > 0). What this does not include is the broker and the worker: the
 service path is measured by ``driftlabel demo`` / ``bench_stream``; this isolates what the loop learns.
 
     python bench/bench_loop.py --quick          # CLINC150, 3 scenarios, 5 % error, 6,000 items (< 5 min)
@@ -281,6 +284,8 @@ def run_loop(
             t0 = time.perf_counter()
             clf.learn_embeddings(np.stack(learn_X), learn_t, learn_y, learn_v)
             run.worst_learn_s = max(run.worst_learn_s, time.perf_counter() - t0)
+        if method == "selftrain" and not routed.all():  # the service with stream.unlabelled_share = 1
+            clf.observe_embeddings(Xb[~routed])
         ent = r.entropy / np.log(max(len(clf.labels), 2))
         events = ctrl.observe(ent, top1.tolist(), calls_each, rejected_top1)
         run.drift_events += [(lo + BATCH, e.signal) for e in events]
@@ -359,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--methods",
         nargs="*",
         default=None,
-        help="red seeds random subsets flat every pseudo entropy diverse nohardneg",
+        help="red seeds random subsets flat every pseudo entropy diverse nohardneg selftrain",
     )
     parser.add_argument("--budget", type=float, default=0.10, help="judge calls per streamed item")
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")

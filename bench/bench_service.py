@@ -278,6 +278,8 @@ def run_service(
         "judge_target_share": str(0.0 if spec.method == "seeds" else judge_share),
         "judge_calls_per_text": str(0.0 if spec.method == "seeds" else judge_calls),
         "auto_add_proposals": "true" if spec.scenario == "incremental" else "false",
+        # selftrain: every text labelled without the judge goes to `training` as a `stream` record
+        "unlabelled_share": "1.0" if spec.method == "selftrain" else "0.0",
     }
     cluster = chaos.Cluster(
         work,
@@ -600,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="scenarios run at every --errors value; the others at 5 %% only (default: all at every one)",
     )
-    parser.add_argument("--methods", nargs="*", default=None, choices=["red", "seeds"])
+    parser.add_argument("--methods", nargs="*", default=None, choices=["red", "seeds", "selftrain"])
     parser.add_argument("--embedder", default="static", choices=["static", "sentence-transformers", "onnx"])
     parser.add_argument("--rate", type=float, default=None, help="texts/s sent to the service")
     parser.add_argument(

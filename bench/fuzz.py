@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisDeprecationWarning
 
+from driftlabel.streams.messages import TRAINING_SOURCES
+
 __all__ = ["TOPIC_KINDS", "bad_records", "draw_bad"]
 
 MAX_TEXT_CHARS = 4000  # the service's default StreamSettings.max_text_chars
@@ -119,7 +121,7 @@ def _training_record(draw: st.DrawFn) -> tuple[bytes, str]:
         base["valid"] = draw(st.one_of(st.integers(0, 1), st.sampled_from(["yes", "true", "1"])))
         return _j(base), "wrong_type"
     if kind == "source":
-        base["source"] = draw(_words.filter(lambda s: s not in ("seed", "judge", "human")))
+        base["source"] = draw(_words.filter(lambda s: s not in TRAINING_SOURCES))
         return _j(base), "invalid_value"
     if kind == "empty_label":
         base["label"] = draw(_blank)

@@ -183,6 +183,18 @@ class ExpertSettings(DriftlabelSettings):
         0.05, ge=0.0, description="re-solve when the stored examples grew by this share (see resolve_every)"
     )
     resolve_iter: int = Field(30, ge=1, description="L-BFGS iterations of a warm re-solve")
+    self_training: float = Field(
+        0.3,
+        ge=0.0,
+        description="weight of an unlabelled stream row in re-solves and refits: each one learns the label "
+        "the weights the solve starts from give it (self-training; docs/models.md). 0: off, unlabelled "
+        "rows are not kept",
+    )
+    unlabelled_max: int = Field(
+        10_000,
+        ge=0,
+        description="newest unlabelled stream rows kept for self-training (FIFO, 4 x dim bytes a row)",
+    )
     resolve_lag: float = Field(
         0.5,
         ge=0.0,

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from driftlabel.models.errors import ModelFileError
 from driftlabel.models.experts import ExpertSettings, SoftmaxExpert
 from driftlabel.models.resolve import ResolveJob
-from driftlabel.models.store import ExampleStore
+from driftlabel.models.store import ExampleStore, UnlabelledPool
 
 if TYPE_CHECKING:
     from driftlabel.models.classifier import RedClassifier
@@ -98,6 +98,8 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     arrays["store_neg_X"] = np.asarray(state["neg_X"], dtype=np.float32)
     desc_labels = sorted(st["desc_emb"])
     dim = int(st["dim"])
+    pool = st["unlabelled"]
+    arrays["unlabelled_X"] = pool.arrays() if pool is not None else np.zeros((0, dim), np.float32)
     arrays["desc_X"] = (
         np.stack([st["desc_emb"][k] for k in desc_labels]).astype(np.float32)
         if desc_labels
@@ -136,6 +138,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             "synthetic": st["synthetic"],
             "buffer": buffer_meta,
             "boundary": boundary_meta,
+            "unlabelled_added": pool.added if pool is not None else 0,
         },
         "experts": experts_meta,
         "store": {
@@ -369,4 +372,9 @@ def _build(
             clf._synthetic = {str(k): [str(t) for t in v] for k, v in sched["synthetic"].items()}
         if isinstance(sched.get("pending"), dict):
             clf._pending = _load_pending(sched["pending"], arrays, dim)
+    Xu = arrays.get("unlabelled_X", np.zeros((0, dim), np.float32))  # files before self-training have none
+    if Xu.ndim != 2 or Xu.shape[1] != dim:
+        raise ModelFileError(f"unlabelled rows: array shape {Xu.shape} does not match dim {dim}")
+    added = int(sched.get("unlabelled_added", 0)) if isinstance(sched, dict) else 0
+    clf._unlabelled = UnlabelledPool.from_rows(dim, settings.unlabelled_max, Xu, added)
     return clf

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from driftlabel.models.store import UnlabelledPool
+
 if TYPE_CHECKING:
     from driftlabel.models.classifier import RedClassifier
     from driftlabel.models.experts import Expert
@@ -87,7 +89,8 @@ class ResolveJob:
 
 
 def _solve(shadow: RedClassifier, iterations: int) -> list[Expert]:
-    shadow._refit_experts(range(len(shadow._experts)), fresh=False, max_iter=iterations)
+    pseudo = shadow._pseudo_labelled()  # self-training rows, labelled by the weights the solve starts from
+    shadow._refit_experts(range(len(shadow._experts)), fresh=False, max_iter=iterations, pseudo=pseudo)
     return shadow._experts
 
 
@@ -110,6 +113,13 @@ def start_resolve(
     desc: Mapping[str, np.ndarray] = clf._desc_emb
     shadow._desc_emb = dict(desc)
     shadow._experts = copy.deepcopy(clf._experts)
+    shadow._labels = list(clf._labels)
+    shadow._dim = clf._dim
+    pool = clf._unlabelled
+    if pool is not None and len(pool):  # a snapshot: rows observed later belong to the next solve
+        shadow._unlabelled = UnlabelledPool.from_rows(pool.dim, pool.cap, pool.arrays())
+    else:
+        shadow._unlabelled = None
     shadow._rng = np.random.default_rng(list(seed))
     shadow._total_count = 0
     iterations = clf.settings.resolve_iter

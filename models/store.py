@@ -15,7 +15,7 @@ import numpy as np
 
 from driftlabel.models.errors import InvalidDataError, UnknownLabelError
 
-__all__ = ["ExampleStore"]
+__all__ = ["ExampleStore", "UnlabelledPool"]
 
 
 @dataclass
@@ -205,3 +205,65 @@ class ExampleStore:
         if len(neg[1]):
             store.add(neg[0], neg[2], neg[1], valid=np.zeros(len(neg[1]), dtype=bool))
         return store
+
+
+class UnlabelledPool:
+    """The newest unlabelled embeddings of the stream (first in, first out, at most ``cap`` rows).
+
+    Self-training's raw material: a re-solve labels them with the weights it starts from and learns them
+    at a reduced weight (``ExpertSettings.self_training``), which is how the texts nobody judged still
+    move the experts (docs/models.md). A ring buffer, so adding a micro-batch copies only the batch;
+    ``cap x dim x 4`` bytes at most (10,000 x 384 -> 15 MB). Rows carry no text: they are never shown to
+    the judge and never counted as examples.
+    """
+
+    def __init__(self, dim: int, cap: int) -> None:
+        self.dim = dim
+        self.cap = cap
+        self._X = np.zeros((0, dim), dtype=np.float32)
+        self._next = 0  # ring position of the next write
+        self._n = 0
+        self.added = 0  # rows ever added (diagnostics)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, X: np.ndarray) -> None:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise InvalidDataError(f"embeddings must have shape (n, {self.dim}), got {X.shape}")
+        self.added += len(X)
+        if self.cap == 0 or not len(X):
+            return
+        X = X[-self.cap :]
+        if len(self._X) < self.cap:  # grow up to the cap, then stay there
+            grown = min(self.cap, max(len(self._X) * 2, self._n + len(X), 1024))
+            self._X = np.concatenate([self._X, np.zeros((grown - len(self._X), self.dim), np.float32)])
+        room = len(self._X)
+        idx = (self._next + np.arange(len(X))) % room if self._n + len(X) > room else None
+        if idx is None:
+            self._X[self._n : self._n + len(X)] = X
+            self._n += len(X)
+            self._next = self._n % room
+        else:
+            self._X[idx] = X
+            self._n = min(room, self._n + len(X))
+            self._next = int(idx[-1] + 1) % room
+
+    def arrays(self) -> np.ndarray:
+        """The rows, oldest first, as a fresh array (later adds never change it: a re-solve's snapshot)."""
+        if self._n < len(self._X):
+            return self._X[: self._n].copy()
+        return np.concatenate([self._X[self._next :], self._X[: self._next]])
+
+    def clear(self) -> None:
+        self._X = np.zeros((0, self.dim), dtype=np.float32)
+        self._next = self._n = 0
+
+    @classmethod
+    def from_rows(cls, dim: int, cap: int, X: np.ndarray, added: int = 0) -> UnlabelledPool:
+        pool = cls(dim, cap)
+        if len(X):
+            pool.add(X)
+        pool.added = max(added, pool.added)
+        return pool

@@ -54,7 +54,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from driftlabel.models import Ranking, RedClassifier
-from driftlabel.streams.messages import ControlMessage, TrainingMessage
+from driftlabel.streams.messages import ControlMessage, TrainingMessage, decode_vector
 from driftlabel.streams.ports import Classifier, Embedder
 from driftlabel.streams.seed import SeedSet
 from driftlabel.streams.settings import StreamSettings
@@ -314,17 +314,48 @@ class ModelHost:
         """Embed the training texts this worker has not seen, a few per model-thread job, so that
         predictions queued meanwhile run between them (a batch of human records would otherwise hold
         the model thread for one long embedding)."""
-        texts = [r.text for r in records if self.cache.get(r.text) is None]
+        texts = [r.text for r in records if self._vector(r) is None and self.cache.get(r.text) is None]
         for i in range(0, len(texts), chunk):
             await self.run(self._cache_missing, texts[i : i + chunk])
 
+    def _vector(self, record: TrainingMessage) -> np.ndarray | None:
+        """The embedding a ``stream`` record carries, if this worker's embedder made it (else None)."""
+        if record.embedding is None or record.embedder != self.embedder.name:
+            return None
+        x = decode_vector(record.embedding)
+        return x if len(x) == self.embedder.dim else None
+
     def _learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:
-        """Learn a batch of training records (the model adds new labels of valid rows, drops "not L" for
-        unknown L); ``position``: the log position the model includes afterwards."""
+        """Learn a batch of training records in log order (the model adds new labels of valid rows, drops
+        "not L" for unknown L; ``stream`` records go to its unlabelled pool); ``position``: the log
+        position the model includes afterwards."""
         if position is not None:
             self.position = position
-        if not records:
-            return
+        lo = 0
+        while lo < len(records):  # runs of labelled and of unlabelled records, in log order
+            unlabelled = records[lo].source == "stream"
+            hi = lo + 1
+            while hi < len(records) and (records[hi].source == "stream") == unlabelled:
+                hi += 1
+            if unlabelled:
+                self._observe(records[lo:hi])
+            else:
+                self._learn_labelled(records[lo:hi])
+            lo = hi
+
+    def _observe(self, records: Sequence[TrainingMessage]) -> None:
+        vectors = [self._vector(r) for r in records]
+        todo = [i for i, v in enumerate(vectors) if v is None]
+        if todo:
+            X_todo = self._embed_cached([records[i].text for i in todo])
+            for j, i in enumerate(todo):
+                vectors[i] = X_todo[j]
+        X = np.stack([v for v in vectors if v is not None]).astype(np.float32, copy=False)
+        self.live.observe_embeddings(X)
+        self._remember("observe", (X,))
+        self.changes_since_checkpoint += len(records)
+
+    def _learn_labelled(self, records: Sequence[TrainingMessage]) -> None:
         texts = [r.text for r in records]
         X = self._embed_cached(texts)
         valid = np.array([r.valid for r in records], dtype=bool)
@@ -419,6 +450,8 @@ class ModelHost:
         for op, args in reform.replay:
             if op == "learn":
                 new.learn_embeddings(*args)
+            elif op == "observe":
+                new.observe_embeddings(*args)
             elif op == "refit":
                 new.refit()
             else:

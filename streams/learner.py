@@ -71,7 +71,8 @@ def plan_steps(
 ) -> list[Step]:
     """Cut log records (in log order) into steps: runs of training records, each control op on its own,
     so that a control op applies exactly between the records before and after it. Records whose digest
-    is in ``seen`` (repeats) are consumed but not applied; ``seen`` is not changed here."""
+    is in ``seen`` (repeats) are consumed but not applied; ``seen`` is not changed here. ``stream``
+    records (unlabelled) have no digest and are always applied."""
     seen = seen if seen is not None else set()
     steps: list[Step] = []
     cur = Step()
@@ -81,6 +82,12 @@ def plan_steps(
             msg, source = parse_log_record(rec.value, max_bytes=max_bytes, max_chars=max_chars)
         except InvalidMessageError as exc:
             cur.bad.append((rec, exc))
+            cur.records.append(rec)
+            continue
+        if isinstance(msg, TrainingMessage) and msg.source == "stream":
+            # unlabelled rows are not deduplicated: a repeat (a writer's retry) adds one more pool row on
+            # every worker alike, and keeping a digest per streamed text would grow without bound
+            cur.training.append(msg)
             cur.records.append(rec)
             continue
         digest = log_digest(msg, source)
@@ -379,7 +386,8 @@ class Learner:
             for t in step.training:
                 self.metrics.training.labels(source=t.source, valid=str(t.valid).lower()).inc()
         self.seen.update(step.digests)
-        duplicates = len(step.records) - len(step.digests) - len(step.bad)
+        unkeyed = sum(t.source == "stream" for t in step.training)
+        duplicates = len(step.records) - len(step.digests) - len(step.bad) - unkeyed
         if duplicates:
             self.metrics.log_repeats.inc(duplicates)
 

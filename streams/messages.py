@@ -9,12 +9,15 @@ silently.
 (No ``from __future__ import annotations`` here: faust introspects the field annotations at runtime.)
 """
 
+import base64
+import binascii
 import hashlib
 import json
 import time
 from typing import Any
 
 import faust
+import numpy as np
 
 from driftlabel.streams.errors import InvalidMessageError
 
@@ -32,6 +35,8 @@ __all__ = [
     "TrainingMessage",
     "VerdictMessage",
     "dead_letter_for",
+    "decode_vector",
+    "encode_vector",
     "log_digest",
     "parse_control",
     "parse_log_record",
@@ -42,7 +47,11 @@ __all__ = [
 ]
 
 LABEL_STATUSES = ("predicted", "validated", "corrected", "unresolved", "out_of_scope")
-TRAINING_SOURCES = ("seed", "judge", "human")
+#: ``stream``: a text the service labelled without the judge, kept unlabelled for self-training (its
+#: embedding rides along as float16, so no worker embeds it again); seed/judge/human carry a label
+TRAINING_SOURCES = ("seed", "judge", "human", "stream")
+#: largest embedding a ``stream`` record may carry (dimensions)
+MAX_VECTOR_DIM = 4096
 CONTROL_OPS = ("add_class", "remove_class", "describe_class")
 
 
@@ -106,6 +115,9 @@ class TrainingMessage(faust.Record, serializer="json", include_metadata=False):
     label: str
     source: str
     valid: bool = True
+    #: ``stream`` records: the text's embedding (:func:`encode_vector`) and the embedder that made it
+    embedding: str | None = None
+    embedder: str | None = None
 
 
 class ControlMessage(faust.Record, serializer="json", include_metadata=False):
@@ -250,11 +262,14 @@ def parse_training(raw: bytes | None, *, max_bytes: int = 65536, max_chars: int 
     """Parse one ``training`` record ``{id, text, label, source, valid}``."""
     obj = _load_object(_decode(raw, max_bytes), "training record")
     text = _string(obj, "text")
-    label = _string(obj, "label")
-    assert text is not None and label is not None
     source = obj.get("source", "human")
     if source not in TRAINING_SOURCES:
         raise InvalidMessageError("invalid_value", f"source {source!r} is not one of {TRAINING_SOURCES}")
+    assert text is not None
+    if source == "stream":  # unlabelled: no label; maybe its embedding
+        return _parse_stream_record(obj, _check_len(text, max_chars))
+    label = _string(obj, "label")
+    assert label is not None
     valid = obj.get("valid", True)
     if not isinstance(valid, bool):
         raise InvalidMessageError(
@@ -266,6 +281,43 @@ def parse_training(raw: bytes | None, *, max_bytes: int = 65536, max_chars: int 
     return TrainingMessage(
         id=str(item_id), text=_check_len(text, max_chars), label=label, source=source, valid=valid
     )
+
+
+def _parse_stream_record(obj: dict[str, Any], text: str) -> TrainingMessage:
+    """A ``stream`` record: ``{id, text, source: "stream", embedding?, embedder?}`` (label ignored)."""
+    item_id = obj.get("id", "")
+    if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+        raise InvalidMessageError("wrong_type", "field 'id' must be a string")
+    embedding = _string(obj, "embedding", required=False)
+    embedder = _string(obj, "embedder", required=False)
+    if (embedding is None) != (embedder is None):
+        raise InvalidMessageError("missing_field", "'embedding' and 'embedder' go together")
+    if embedding is not None:
+        decode_vector(embedding)  # refuse a bad one here, once, with its reason
+    return TrainingMessage(
+        id=str(item_id), text=text, label="", source="stream", embedding=embedding, embedder=embedder
+    )
+
+
+def encode_vector(x: np.ndarray) -> str:
+    """An embedding as base64 of little-endian float16 (768 bytes for MiniLM's 384 dimensions)."""
+    return base64.b64encode(np.asarray(x, dtype="<f2").tobytes()).decode("ascii")
+
+
+def decode_vector(s: str) -> np.ndarray:
+    """The float32 vector of :func:`encode_vector`'s text; :class:`InvalidMessageError` when it is none."""
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidMessageError("invalid_value", f"embedding is not base64: {exc}") from exc
+    if not raw or len(raw) % 2 or len(raw) // 2 > MAX_VECTOR_DIM:
+        raise InvalidMessageError(
+            "invalid_value", f"embedding must be 1..{MAX_VECTOR_DIM} float16 values, got {len(raw)} bytes"
+        )
+    x = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InvalidMessageError("invalid_value", "embedding holds a non-finite value")
+    return x
 
 
 def parse_control(raw: bytes | None, *, max_bytes: int = 1 << 20, max_chars: int = 4000) -> ControlMessage:
@@ -418,6 +470,8 @@ def log_digest(msg: LogRecord, source: str | None = None) -> int:
         parts = ["control", source or f"{msg.op}:{msg.label}"]
     elif msg.source == "judge":
         parts = ["judge", msg.id, msg.label]
+    elif msg.source == "stream":
+        parts = ["stream", msg.id]
     else:
         parts = [msg.source, msg.id, msg.label, str(msg.valid), msg.text]
     h = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8)

@@ -8,6 +8,7 @@ what is routed, what the judge is asked, what is learned) without a broker. The 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from driftlabel.streams.messages import (
     TextMessage,
     TrainingMessage,
     VerdictMessage,
+    encode_vector,
     parse_text,
 )
 
@@ -38,6 +40,8 @@ __all__ = [
     "label_messages",
     "label_values",
     "parse_text_batch",
+    "sampled",
+    "unlabelled_values",
 ]
 
 OUT_OF_SCOPE = "out_of_scope"
@@ -198,6 +202,42 @@ def label_values(
         }
         for i in range(len(ids))
     ]
+
+
+def sampled(item_id: str, share: float) -> bool:
+    """Is ``item_id`` in a ``share`` of all ids? Decided by a hash of the id, so a retry decides the same."""
+    if share >= 1.0:
+        return True
+    if share <= 0.0:
+        return False
+    h = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64 < share
+
+
+def unlabelled_values(
+    labels: Sequence[dict[str, Any]],
+    texts: Sequence[str],
+    X: np.ndarray,
+    embedder: str,
+    share: float,
+) -> list[dict[str, Any]]:
+    """The ``training`` values (source ``stream``) for the texts labelled without the judge: each final
+    ``predicted`` label of a sampled id, with its text and float16 embedding (self-training, so the
+    texts nobody judged still teach the experts; docs/models.md). Out-of-scope and routed texts are not
+    learned from: the former are no label's, the latter reach the log through the judge."""
+    out: list[dict[str, Any]] = []
+    for i, v in enumerate(labels):
+        if v["final"] and v["status"] == "predicted" and sampled(v["id"], share):
+            out.append(
+                {
+                    "id": v["id"],
+                    "text": texts[i],
+                    "source": "stream",
+                    "embedding": encode_vector(X[i]),
+                    "embedder": embedder,
+                }
+            )
+    return out
 
 
 class VerdictAudit:

@@ -59,6 +59,8 @@ class Classifier(Protocol):
         self, X: np.ndarray, texts: Sequence[str], labels: Sequence[str], valid: Sequence[bool] | None = None
     ) -> None: ...
 
+    def observe_embeddings(self, X: np.ndarray) -> None: ...
+
     def add_class(
         self,
         label: str,

@@ -71,6 +71,7 @@ from driftlabel.streams.pipeline import (
     judgeable,
     label_values,
     parse_text_batch,
+    unlabelled_values,
 )
 from driftlabel.streams.ports import Embedder, JudgeClient
 from driftlabel.streams.routing import AdaptiveRouter, judged_share, uncertainty
@@ -466,6 +467,20 @@ class WorkerService:
             key = value["id"].encode()
             sent.append(await self.send_raw(self.t_labels, topic, key, orjson.dumps(value), home))
         labels = [v for v, _ in out]
+        if self.stream.unlabelled_share > 0:  # the texts nobody judged, for self-training (models/)
+            sent_ids = {v["id"] for v in labels}
+            keep = [i for i, v in enumerate(batch) if v["id"] in sent_ids]
+            training = unlabelled_values(
+                [batch[i] for i in keep],
+                [texts[i] for i in keep],
+                X[keep],
+                self.host.embedder.name,
+                self.stream.unlabelled_share,
+            )
+            t_topic = self.names.training
+            for value in training:
+                raw = orjson.dumps(value)
+                sent.append(await self.send_raw(self.t_training, t_topic, value["id"].encode(), raw, 0))
         self.metrics.count_labels((v["status"] for v in labels), (v["final"] for v in labels))
         self.metrics.observe_batch(np.asarray(ranking.entropy), routed, self.router.threshold)
         n_final = int((~routed & ~done).sum())

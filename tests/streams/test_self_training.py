@@ -1,0 +1,138 @@
+"""The texts nobody judged reach the learning log as unlabelled ``stream`` records and the model's pool.
+
+Pure parts (record format, sampling, which labels qualify, log planning) and the model host, without
+Kafka; the service path runs in tests/streams/test_service.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from driftlabel.streams.errors import InvalidMessageError
+from driftlabel.streams.learner import plan_steps
+from driftlabel.streams.messages import (
+    TrainingMessage,
+    decode_vector,
+    encode_vector,
+    log_digest,
+    parse_training,
+)
+from driftlabel.streams.pipeline import sampled, unlabelled_values
+
+from .test_refit import ClusterEmbedder, _host, _records
+from .test_shape import Rec
+
+
+def test_a_vector_rides_as_float16_base64() -> None:
+    x = np.random.default_rng(0).normal(size=384).astype(np.float32)
+    x /= np.linalg.norm(x)
+    s = encode_vector(x)
+    assert len(s) == 1024  # 768 bytes
+    np.testing.assert_allclose(decode_vector(s), x, atol=1e-3)
+    for bad in ("not base64!", "", "AA==", encode_vector(np.full(3, np.inf))):  # odd bytes, inf
+        with pytest.raises(InvalidMessageError) as exc:
+            decode_vector(bad)
+        assert exc.value.reason == "invalid_value"
+
+
+def test_stream_records_parse_without_a_label() -> None:
+    vec = encode_vector(np.ones(4, np.float32) / 2)
+    t = parse_training(
+        json.dumps({"id": "7", "text": "hi", "source": "stream", "embedding": vec, "embedder": "e"}).encode()
+    )
+    assert (t.source, t.label, t.embedder) == ("stream", "", "e") and t.embedding == vec
+    plain = parse_training(b'{"id": "8", "text": "hi", "source": "stream"}')  # a user's: the worker embeds
+    assert plain.embedding is None
+    for raw, reason in [
+        ({"text": "hi", "source": "stream", "embedding": vec}, "missing_field"),  # which embedder?
+        ({"text": "hi", "source": "stream", "embedding": "%%", "embedder": "e"}, "invalid_value"),
+        ({"text": "hi", "source": "stream", "embedding": 5, "embedder": "e"}, "wrong_type"),
+        ({"text": "", "source": "stream"}, "empty_text"),
+    ]:
+        with pytest.raises(InvalidMessageError) as exc:
+            parse_training(json.dumps(raw).encode())
+        assert exc.value.reason == reason, raw
+    a = TrainingMessage(id="i", text="t", label="", source="stream")
+    assert log_digest(a) == log_digest(TrainingMessage(id="i", text="t2", label="", source="stream"))
+
+
+def test_sampling_is_by_id() -> None:
+    ids = [f"id-{i}" for i in range(4000)]
+    picked = [sampled(i, 0.25) for i in ids]
+    assert 0.22 < np.mean(picked) < 0.28
+    assert picked == [sampled(i, 0.25) for i in ids]  # a retry decides the same
+    assert all(sampled(i, 1.0) for i in ids[:10]) and not any(sampled(i, 0.0) for i in ids[:10])
+
+
+def _label(i: int, status: str = "predicted", final: bool = True) -> dict[str, Any]:
+    return {"id": f"t{i}", "label": "a", "status": status, "final": final}
+
+
+def test_only_final_in_scope_predictions_are_kept() -> None:
+    labels = [_label(0), _label(1, final=False), _label(2, "out_of_scope"), _label(3)]
+    X = np.eye(4, dtype=np.float32)
+    out = unlabelled_values(labels, ["a", "b", "c", "d"], X, "emb", 1.0)
+    assert [v["id"] for v in out] == ["t0", "t3"]
+    assert out[1]["text"] == "d" and out[1]["source"] == "stream" and out[1]["embedder"] == "emb"
+    np.testing.assert_allclose(decode_vector(out[1]["embedding"]), X[3])
+    assert unlabelled_values(labels, ["a", "b", "c", "d"], X, "emb", 0.0) == []
+
+
+def test_stream_records_are_applied_every_time_and_keep_no_digest() -> None:
+    tr = "p.training"
+    stream = b'{"id": "s1", "text": "x", "source": "stream"}'
+    recs = [
+        Rec(tr, 0, 0, stream),
+        Rec(tr, 0, 1, b'{"id": "1", "text": "a", "label": "x", "source": "judge"}'),
+        Rec(tr, 0, 2, stream),  # written twice (a worker crashed before its offset was committed)
+    ]
+    (step,) = plan_steps(recs, max_bytes=1000, max_chars=100)  # type: ignore[arg-type]
+    assert [t.source for t in step.training] == ["stream", "judge", "stream"]
+    assert len(step.digests) == 1  # the judge pair only: nothing kept per streamed text
+
+
+def _stream_records(texts: list[str], emb: ClusterEmbedder, carry: bool = True) -> list[TrainingMessage]:
+    X = emb.encode(texts)
+    return [
+        TrainingMessage(
+            id=f"s{i}",
+            text=t,
+            label="",
+            source="stream",
+            embedding=encode_vector(X[i]) if carry else None,
+            embedder=emb.name if carry else None,
+        )
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_the_host_keeps_stream_records_in_log_order_without_embedding_them() -> None:
+    host = _host(refit_every=None)
+    calls: list[tuple[str, int]] = []
+    model = host.live
+    learn, observe = model.learn_embeddings, model.observe_embeddings
+    model.learn_embeddings = lambda X, *a, **k: (calls.append(("learn", len(X))), learn(X, *a, **k))[1]  # type: ignore[method-assign]
+    model.observe_embeddings = lambda X: (calls.append(("observe", len(X))), observe(X))[1]  # type: ignore[method-assign]
+    emb = host.embedder
+    encoded = 0
+    real_encode = emb.encode
+
+    def counting(texts: Any) -> np.ndarray:
+        nonlocal encoded
+        encoded += len(texts)
+        return real_encode(texts)
+
+    emb.encode = counting  # type: ignore[method-assign]
+    records = [
+        *_stream_records(["alpha 900", "beta 901"], ClusterEmbedder()),
+        *_records(300, 3),
+        *_stream_records(["gamma 902"], ClusterEmbedder(), carry=False),  # no vector: embedded here
+    ]
+    host._learn(records)
+    assert calls == [("observe", 2), ("learn", 3), ("observe", 1)]
+    assert encoded == 4  # the 3 judge texts and the one without a vector; never the carried ones
+    assert model.n_unlabelled == 3  # type: ignore[attr-defined]
