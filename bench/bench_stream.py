@@ -303,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--judge-share", type=float, default=0.0)
-    ap.add_argument("--embedder", choices=["minilm", "onnx", "static"], default="minilm")
+    ap.add_argument(
+        "--embedder",
+        choices=["minilm", "onnx", "static"],
+        default="onnx",
+        help="the worker's embedder (default: the service's, MiniLM as int8 ONNX)",
+    )
     ap.add_argument("--latency-s", type=float, default=20.0, help="length of the half-rate latency run")
     ap.add_argument(
         "--reform",

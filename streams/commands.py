@@ -217,7 +217,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--embedder",
         choices=sorted(EMBEDDER_KINDS),
-        help="embedder (else DRIFTLABEL_EMBEDDER_KIND / the config; default minilm): static is fastest",
+        help="embedder (else DRIFTLABEL_EMBEDDER_KIND / the config; default onnx, MiniLM as int8 ONNX; "
+        "minilm is the same model on torch): static is fastest",
     )
     p.add_argument("--print-config", action="store_true", help="show the effective settings and exit")
     p.set_defaults(func=cmd_worker)

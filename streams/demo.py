@@ -382,7 +382,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--embedder",
         choices=["minilm", "onnx", "static"],
-        help="embedder of the worker (default minilm, or DRIFTLABEL_EMBEDDER_KIND): static is fastest",
+        help="embedder of the worker (default onnx: MiniLM as int8 ONNX; or DRIFTLABEL_EMBEDDER_KIND; minilm "
+        "is the same model on torch): static is fastest",
     )
     p.add_argument("--bootstrap", help="use this Kafka instead of starting a local broker")
     p.add_argument("--seed", type=int, default=0)

@@ -189,10 +189,11 @@ def test_encode_in_chunks_reports_progress() -> None:
 
 # -- settings and factory ----------------------------------------------------------------------------
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DRIFTLABEL_EMBEDDER_KIND", "onnx")
+    assert load_settings(EmbedderSettings).kind == "onnx"  # the default: MiniLM as int8 ONNX
+    monkeypatch.setenv("DRIFTLABEL_EMBEDDER_KIND", "sentence-transformers")
     monkeypatch.setenv("DRIFTLABEL_EMBEDDER_CACHE_SIZE", "7")
     s = load_settings(EmbedderSettings)
-    assert (s.kind, s.cache_size, s.batch_size) == ("onnx", 7, 64)
+    assert (s.kind, s.cache_size, s.batch_size) == ("sentence-transformers", 7, 64)
 
 
 def test_settings_are_validated_and_frozen() -> None:

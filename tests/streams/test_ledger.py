@@ -3,7 +3,7 @@ the topic (the retention horizon), in time buckets dropped whole; without retent
 
 from __future__ import annotations
 
-from driftlabel.streams.ledger import BUCKETS_PER_HORIZON, TopicLedger, final_label_key
+from driftlabel.streams.ledger import BUCKETS_PER_HORIZON, DigestSet, TopicLedger, final_label_key
 from driftlabel.streams.settings import KafkaSettings
 from driftlabel.streams.topics import deletion_horizon_ms
 
@@ -83,3 +83,22 @@ def test_a_key_is_claimed_once_per_partition() -> None:
     assert led.claim(1, "id-1")  # another partition is another key space
     led.add(0, "id-2")
     assert not led.claim(0, "id-2")
+
+
+def test_the_digest_set_keeps_membership_in_16_bytes_a_key() -> None:
+    keys = DigestSet(min_merge=64)
+    ids = [f"soak-{i}" for i in range(5000)]
+    for k in ids:
+        keys.add(k)
+    for k in ids[:100]:  # repeats add nothing, before and after a merge
+        keys.add(k)
+    assert len(keys) == 5000
+    assert all(k in keys for k in ids)
+    assert not any(f"soak-{i}" in keys for i in range(5000, 6000))
+    assert "" not in keys and "soak-1 " not in keys  # the whole string counts
+    assert keys._hi.nbytes + keys._lo.nbytes <= 16 * 5000
+    other = DigestSet()
+    other.add("late")
+    other.add("soak-7")
+    keys.update(other)
+    assert len(keys) == 5001 and "late" in keys

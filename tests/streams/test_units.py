@@ -260,3 +260,5 @@ def test_worker_embedder_choice(capsys: pytest.CaptureFixture[str]) -> None:
     assert "[embedder]\nkind = static" in out
     assert main(["worker", "--print-config", "--bootstrap", "k:9092", "--embedder", "minilm"]) == 0
     assert "kind = sentence-transformers" in capsys.readouterr().out
+    assert main(["worker", "--print-config", "--bootstrap", "k:9092"]) == 0  # the default: MiniLM, int8 ONNX
+    assert "[embedder]\nkind = onnx" in capsys.readouterr().out
