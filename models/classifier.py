@@ -432,8 +432,9 @@ class RedClassifier:
         self, pseudo: tuple[np.ndarray, np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Stored valid examples + one row per description embedding: what full refits train on; with
-        ``pseudo`` (from :meth:`_pseudo_labelled`), also the unlabelled pool's rows (self-training). Returns
-        ``(X, labels, subset of each row, weight of each row)``: 1 for real rows, ``self_training`` else."""
+        ``pseudo`` (from :meth:`_pseudo_labelled`), also the unlabelled pool's rows (self-training), after
+        the real ones. Returns ``(X, labels, subset of each row, weight of each row)``: 1 for real rows,
+        ``self_training`` for pseudo-labelled ones."""
         Xs, ys, _ = self.store.arrays()
         if self._desc_emb:
             keys = [k for k in self._desc_emb if k in self._label_subset_index()]
@@ -462,8 +463,8 @@ class RedClassifier:
         Z = CombinedExperts(self._labels, self._subsets, self._experts, self._dim).log_odds(X)
         top = np.argmax(Z, axis=1)
         # a row far from every stored example may belong to a class the model does not know yet: naming
-        # it after a known one would teach that class the newcomer's texts (measured: CLINC150
-        # class-incremental 83.98 % without self-training, 82.71 % with every row, 83.93 % with near rows)
+        # it after a known one would teach that class the newcomer's texts (a guard: in the measured
+        # class-incremental runs it moved nothing beyond run-to-run spread; docs/models.md)
         near = self.nearest_similarity(X) >= self._similarity_quantile()
         return X[near], np.asarray(self._labels, dtype=object)[top[near]]
 
@@ -497,7 +498,9 @@ class RedClassifier:
         s = self.settings
         softmax_experts = [e for e in experts if isinstance(e, SoftmaxExpert)]
         if s.joint_fit and s.noise_mode == "stratified" and len(softmax_experts) == len(experts):
-            self._refit_joint(which, softmax_experts, (Xs, ys, rs, ws), (Xn, yn, rn), counts, max_iter)
+            n_real = len(ys) - (len(pseudo[0]) if pseudo is not None else 0)
+            rows = (Xs, ys, rs, ws)
+            self._refit_joint(which, softmax_experts, rows, (Xn, yn, rn), counts, max_iter, n_real)
         else:
             for si, expert in zip(which, experts, strict=True):
                 idx, target, weights = self._expert_data(si, ys, rs, counts, full=True)
@@ -551,8 +554,10 @@ class RedClassifier:
         negative_rows: tuple[np.ndarray, np.ndarray, np.ndarray],
         counts: Mapping[str, int],
         max_iter: int | None,
+        n_real: int | None = None,
     ) -> None:
-        """Build the joint problem of experts ``which`` (see :func:`fit_joint`) and solve it.
+        """Build the joint problem of experts ``which`` (see :func:`fit_joint`) and solve it; rows from
+        ``n_real`` on are pseudo-labelled (self-training): never in the noise sample, weighted.
 
         Shared rows: one stratified noise sample of every label; row i trains expert s as its own label
         (weight 1) when s owns the label, else as the noise class of the label's group at weight
@@ -582,7 +587,7 @@ class RedClassifier:
             lookup = np.array([col[k].get(u, -1) if k >= 0 else -1 for u, k in pairs], dtype=np.intp)
             return lookup[inv.reshape(-1)]
 
-        real = ws == 1.0  # the noise sample is drawn from real rows; pseudo-labelled ones stay private
+        real = np.arange(len(ys)) < (len(ys) if n_real is None else n_real)
         pool = self._noise_sample(ys, np.where(real, rs, -1), counts)
         in_pool = np.zeros(len(ys), dtype=bool)
         in_pool[pool] = True
