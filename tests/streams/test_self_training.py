@@ -7,6 +7,9 @@ Kafka; the service path runs in tests/streams/test_service.py.
 from __future__ import annotations
 
 import json
+import re
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -136,3 +139,45 @@ def test_the_host_keeps_stream_records_in_log_order_without_embedding_them() -> 
     assert calls == [("observe", 2), ("learn", 3), ("observe", 1)]
     assert encoded == 4  # the 3 judge texts and the one without a vector; never the carried ones
     assert model.n_unlabelled == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_the_service_writes_unjudged_texts_to_the_log_and_learns_them(
+    broker: Any, judge_server: Any, clinc: Any, h: Any, tmp_path: Path
+) -> None:
+    """A worker with `stream.unlabelled_share = 1` and no judge: every final label is followed by one
+    `stream` record carrying the worker's embedding, and the learner keeps every one (metric)."""
+    prefix = f"st{int(time.time() * 1000) % 10**8}."
+    w = h.make_worker(
+        broker, prefix, tmp_path, judge_server.base_url,
+        judge_target_share="0", unlabelled_share="1.0", checkpoint_every_s="3600",
+    )  # fmt: skip
+    names = w.names
+    h.send(w.kafka, names.training, h.seed_records(clinc, per_class=5))
+    w.start()
+    try:
+        texts = [{"id": f"u-{i}", "text": t} for i, (t, _) in enumerate(clinc["test"][:30])]
+        h.send(w.kafka, names.texts, texts)
+        ids = {v["id"] for v in texts}
+
+        def all_streamed(records: list[tuple[str, Any]]) -> bool:
+            return {v.get("id") for _, v in records if v.get("source") == "stream"} >= ids
+
+        log = h.read_until(w.kafka, [names.training], all_streamed, timeout=120)
+        stream = [v for _, v in log if v.get("source") == "stream"]
+        assert sorted(v["id"] for v in stream) == sorted(ids)  # one each
+        assert {v["embedder"] for v in stream} == {"all-MiniLM-L6-v2-onnx-int8"}  # the default embedder
+        assert all(len(decode_vector(v["embedding"])) == 384 for v in stream)
+        deadline = time.monotonic() + 60
+        learned = 0.0
+        while time.monotonic() < deadline:
+            page = w.metrics()
+            pattern = r'^driftlabel_training_examples_total\{source="stream",valid="true"\} (\S+)$'
+            m = re.search(pattern, page, re.M)
+            learned = float(m.group(1)) if m else 0.0
+            if learned >= len(ids):
+                break
+            time.sleep(0.5)
+        assert learned == len(ids)
+    finally:
+        w.stop()
