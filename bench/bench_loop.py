@@ -27,9 +27,10 @@ duplicates (cosine >= 0.9) of the last 500 judged ones; ``nohardneg`` learns onl
 hard negatives from rejected candidates); ``selftrain`` keeps every unjudged item for self-training
 (``RedClassifier.observe_embeddings``: each background re-solve learns them, at weight
 ``ExpertSettings.self_training``, as the labels its starting weights give them; the service does the same
-with ``stream.unlabelled_share`` > 0); ``selfroute`` is ``selftrain`` whose routing (which items the judge
-sees) follows a twin model that learns the same judged rows but no unlabelled ones (an experiment: the
-service does not do this yet). What this does not include is the broker and the worker: the
+with ``stream.unlabelled_share`` > 0; what to judge follows the model's routing twin, which learns the
+judged rows but no unlabelled ones, ``ExpertSettings.self_training_router``); ``selfalone`` is
+self-training without the twin (the self-trained experts' own uncertainty routes). What this does not
+include is the broker and the worker: the
 service path is measured by ``driftlabel demo`` / ``bench_stream``; this isolates what the loop learns.
 
     python bench/bench_loop.py --quick          # CLINC150, 3 scenarios, 5 % error, 6,000 items (< 5 min)
@@ -173,10 +174,10 @@ def run_loop(
         order = order[keep]
     sizes = {"flat": 100_000, "subsets": 8}
     settings = ExpertSettings(subset_size=sizes[method]) if method in sizes else ExpertSettings()
+    if method == "selfalone":  # ablation: self-training without its routing twin
+        settings = settings.model_copy(update={"self_training_router": False})
     clf = RedClassifier(embedder=EMBEDDER, settings=settings)
     clf.fit_embeddings(X[seeds], [texts[i] for i in seeds], y[seeds])
-    # "selfroute": self-training labels, but a twin trained on labelled rows only picks what to judge
-    twin = clf.copy() if method == "selfroute" else None
     run = Run(dataset, scenario, method, error)
 
     def evaluate(at: int) -> None:
@@ -201,15 +202,14 @@ def run_loop(
                 ex_rows = np.array(
                     [r if not _flip(texts[r], lab, error) else rng.choice(seeds) for r in rows.tolist()]
                 )
-                for model in (clf, twin) if twin is not None else (clf,):
-                    model.add_class_embeddings(
-                        lab,
-                        X[ex_rows],
-                        [f"generated {lab} {i}" for i in range(len(ex_rows))],
-                        description=lab.replace("_", " "),
-                        description_embedding=X[rows].mean(axis=0) / np.linalg.norm(X[rows].mean(axis=0)),
-                        synthetic=True,
-                    )
+                clf.add_class_embeddings(
+                    lab,
+                    X[ex_rows],
+                    [f"generated {lab} {i}" for i in range(len(ex_rows))],
+                    description=lab.replace("_", " "),
+                    description_embedding=X[rows].mean(axis=0) / np.linalg.norm(X[rows].mean(axis=0)),
+                    synthetic=True,
+                )
                 run.added.append(lab)
                 run.calls += 1  # one generate_examples call
         rows = order[lo : lo + BATCH]
@@ -222,8 +222,7 @@ def run_loop(
         else:
             router.target = ctrl.target_share
             kind = "entropy" if method == "entropy" else "margin"
-            ru = twin.rank_embeddings(Xb, top_k=3) if twin is not None else r
-            u = uncertainty(ru.entropy, ru.margin, kind, len(clf.labels))
+            u = uncertainty(r.entropy, r.margin, kind, len(clf.labels))
             routed = router.route(u)
             if method == "random":
                 k = int(routed.sum())
@@ -279,8 +278,6 @@ def run_loop(
                 name, count = max(((lab, truths.count(lab)) for lab in set(truths)), key=lambda p: p[1])
                 if count / len(truths) >= 0.6 and name not in clf.labels:  # the judge names it
                     clf.add_class_embeddings(name, proposal.embeddings, proposal.texts)
-                    if twin is not None:
-                        twin.add_class_embeddings(name, proposal.embeddings, proposal.texts)
                     run.added.append(name)
         if method == "nohardneg" and learn_X:  # ablation: learn only the accepted pairs
             keep_v = [i for i, v in enumerate(learn_v) if v]
@@ -291,11 +288,9 @@ def run_loop(
         if learn_X:
             t0 = time.perf_counter()
             clf.learn_embeddings(np.stack(learn_X), learn_t, learn_y, learn_v)
-            if twin is not None:
-                twin.learn_embeddings(np.stack(learn_X), learn_t, learn_y, learn_v)
             run.worst_learn_s = max(run.worst_learn_s, time.perf_counter() - t0)
         # selftrain: what the service does with stream.unlabelled_share = 1
-        if method in ("selftrain", "selfroute") and not routed.all():
+        if method in ("selftrain", "selfalone") and not routed.all():
             clf.observe_embeddings(Xb[~routed])
         ent = r.entropy / np.log(max(len(clf.labels), 2))
         events = ctrl.observe(ent, top1.tolist(), calls_each, rejected_top1)
@@ -375,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--methods",
         nargs="*",
         default=None,
-        help="red seeds random subsets flat every pseudo entropy diverse nohardneg selftrain selfroute",
+        help="red seeds random subsets flat every pseudo entropy diverse nohardneg selftrain selfalone",
     )
     parser.add_argument("--budget", type=float, default=0.10, help="judge calls per streamed item")
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")

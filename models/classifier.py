@@ -15,6 +15,7 @@ anything.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,6 +91,26 @@ def _blas_limited(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _mirrored(method: F) -> F:
+    """Apply a state-changing call to the routing twin too (self-training's ``_router``), once: only the
+    outermost call is mirrored, with the same arguments, after it succeeded on the model itself."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedClassifier, *args: Any, **kwargs: Any) -> Any:
+        router = getattr(self, "_router", None)
+        if router is None or getattr(self, "_mirroring", False):
+            return method(self, *args, **kwargs)
+        self._mirroring = True
+        try:
+            out = method(self, *args, **kwargs)
+        finally:
+            self._mirroring = False
+        getattr(router, method.__name__)(*args, **kwargs)
+        return out
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
     if isinstance(texts, str):
         raise InvalidDataError(f"{what} must be a sequence of strings, not one string; wrap it in a list")
@@ -159,6 +180,9 @@ class RedClassifier:
         self._boundary: tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]] | None = None
         self._fit_iterations: int | None = None  # L-BFGS iterations of the last joint solve (diagnostics)
         self._unlabelled: UnlabelledPool | None = None  # the stream's unlabelled rows (self-training)
+        # self-training's routing twin: every labelled row and class op, no unlabelled rows (see observe)
+        self._router: RedClassifier | None = None
+        self._mirroring = False
 
     # -- properties -----------------------------------------------------------------------------------
     @property
@@ -328,6 +352,7 @@ class RedClassifier:
         self._store = ExampleStore(self._dim, s.max_examples_per_label, s.max_negatives_per_label)
         self._store.add(X, texts, y)
         self._unlabelled = UnlabelledPool(self._dim, s.unlabelled_max)
+        self._router = None
         self._labels = labels
         self._descriptions = dict(descriptions)
         self._desc_emb = {
@@ -624,6 +649,7 @@ class RedClassifier:
             tol=experts[0].tol,
         )
 
+    @_mirrored
     @_blas_limited
     def refit(self, resubset: bool = False) -> None:
         """Full refit of every expert from the stored examples (optionally rebuilding the subsets too)."""
@@ -643,6 +669,7 @@ class RedClassifier:
         self._bump()
 
     # -- incremental learning -------------------------------------------------------------------------
+    @_mirrored
     def learn(self, texts: Sequence[str], labels: Sequence[str], valid: Sequence[bool] | None = None) -> None:
         """Learn a micro-batch incrementally; ``valid=False`` rows are hard negatives ("NOT this label").
 
@@ -655,6 +682,7 @@ class RedClassifier:
         self._learn(X, texts, y, v)
         self._model_version += len(texts)  # by rows: a log position has one version, however batched
 
+    @_mirrored
     def learn_embeddings(
         self, X: np.ndarray, texts: Sequence[str], labels: Sequence[str], valid: Sequence[bool] | None = None
     ) -> None:
@@ -682,6 +710,13 @@ class RedClassifier:
         if self._unlabelled is None:
             assert self._dim is not None
             self._unlabelled = UnlabelledPool(self._dim, self.settings.unlabelled_max)
+        if self._router is None and self.settings.self_training_router:
+            # the twin starts as this model is now (nothing unlabelled learned yet) and from here on gets
+            # every labelled row and class op but no unlabelled row: its uncertainty picks what to judge
+            twin = self.copy()
+            twin._unlabelled = None
+            twin.settings = self.settings.model_copy(update={"self_training": 0.0})
+            self._router = twin
         self._unlabelled.add(X)
 
     @property
@@ -806,6 +841,7 @@ class RedClassifier:
             np.concatenate([p[3] for p in parts]),
         )
 
+    @_mirrored
     def flush(self) -> None:
         """Complete the current partial chunk now (before structural changes): a chunk start in the log."""
         if self._buffered:
@@ -883,6 +919,7 @@ class RedClassifier:
         self._resolves += 1
         self._bump()
 
+    @_mirrored
     def settle(self) -> None:
         """Finish a pending re-solve now (waits for it): before structural changes, saves and comparisons.
 
@@ -1079,6 +1116,7 @@ class RedClassifier:
         self._boundary = None  # the placed label's expert was refit: chunks start from these weights
         return si
 
+    @_mirrored
     @_blas_limited
     def add_class(
         self,
@@ -1117,6 +1155,7 @@ class RedClassifier:
             self._synthetic[label] = list(texts)
         self._bump()
 
+    @_mirrored
     @_blas_limited
     def add_class_embeddings(
         self,
@@ -1169,6 +1208,7 @@ class RedClassifier:
                 self.store.remove_texts(lab, fake)
                 del self._synthetic[lab]
 
+    @_mirrored
     def remove_class(self, label: str) -> None:
         """Forget a label: its expert column, its examples, its description. Other labels stay put."""
         if label not in self._labels:
@@ -1193,6 +1233,7 @@ class RedClassifier:
         self._boundary = None
         self._bump()
 
+    @_mirrored
     @_blas_limited
     def describe_class(self, label: str, description: str) -> None:
         """Set a label's description (shown to the judge; also one training row for its expert)."""
@@ -1239,7 +1280,11 @@ class RedClassifier:
         if s.oos == "nearest" and len(X):
             flagged = self.nearest_similarity(X) < self.oos_similarity_threshold()
         threshold = s.oos_threshold if s.oos == "noise" else None
-        return make_ranking(Z, self._labels, top_k, s.temperature, threshold, flagged)
+        ranking = make_ranking(Z, self._labels, top_k, s.temperature, threshold, flagged)
+        if self._router is not None:  # self-training: what to judge follows the twin's uncertainty
+            plain = self._router.rank_embeddings(X, top_k)
+            ranking = dataclasses.replace(ranking, entropy=plain.entropy, margin=plain.margin)
+        return ranking
 
     def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
         """Cosine similarity of each embedding to its nearest stored known-good example (chunked matmul)."""

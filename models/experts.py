@@ -190,6 +190,13 @@ class ExpertSettings(DriftlabelSettings):
         "the weights the solve starts from give it (self-training; docs/models.md). 0: off, unlabelled "
         "rows are not kept",
     )
+    self_training_router: bool = Field(
+        True,
+        description="with self-training, rank candidates with the self-trained experts but take the "
+        "uncertainty (entropy, margin: what the judge is asked about) from a twin that learns the same "
+        "labelled rows and no unlabelled ones; measured: keeps the stationary gain and most of the "
+        "class-incremental loss goes (docs/models.md)",
+    )
     unlabelled_max: int = Field(
         10_000,
         ge=0,

@@ -7,6 +7,7 @@
                       descriptions, subsets, experts' classes/params, SHA-256 of the two files below
       arrays.npz      experts' weights, stored embeddings, description embeddings (allow_pickle=False)
       texts.json      stored texts and their labels (valid examples and hard negatives)
+      router/         with self-training only: the routing twin, a model directory of its own (saved first)
 
 The manifest is written last, so a directory with a manifest is complete; a checksum mismatch, a
 missing file, another format or a newer format version is refused with :class:`ModelFileError` saying
@@ -20,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ FORMAT = "driftlabel.red-classifier"
 FORMAT_VERSION = 2
 MIN_FORMAT_VERSION = 2  # 2: experts have one noise class per noise group
 MANIFEST, ARRAYS, TEXTS = "manifest.json", "arrays.npz", "texts.json"
+ROUTER = "router"  # sub-directory: self-training's routing twin, saved as a model of its own
 
 
 def _sha256(data: bytes) -> str:
@@ -150,6 +153,11 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     manifest_path = p / MANIFEST
     if manifest_path.exists():  # invalidate the old model first so a crash mid-save is never half-loaded
         manifest_path.unlink()
+    router = getattr(clf, "_router", None)  # self-training's routing twin: a model of its own, inside
+    if router is not None:
+        save_model(router, p / ROUTER)
+    elif (p / ROUTER).exists():
+        shutil.rmtree(p / ROUTER)
     _write_atomic(p / ARRAYS, arrays_bytes)
     _write_atomic(p / TEXTS, texts_bytes)
     _write_atomic(manifest_path, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
@@ -277,7 +285,10 @@ def load_model(path: str | os.PathLike[str], embedder: Embedder | None = None) -
     arrays_bytes = _read_checked(p, ARRAYS, manifest)
     texts_bytes = _read_checked(p, TEXTS, manifest)
     try:
-        return _build(manifest, arrays_bytes, texts_bytes, embedder, RedClassifier)
+        clf = _build(manifest, arrays_bytes, texts_bytes, embedder, RedClassifier)
+        if (p / ROUTER / MANIFEST).is_file():
+            clf._router = load_model(p / ROUTER, embedder)
+        return clf
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, ValidationError) as exc:

@@ -116,9 +116,9 @@ class StreamSettings(DriftlabelSettings):
         le=1.0,
         description="self-training, opt-in: the share of texts labelled without the judge (final, "
         "predicted) appended to `training` as unlabelled `stream` records with their embedding (chosen by "
-        "id); re-solves learn them at experts.self_training weight. Measured (docs/models.md): +0.7 "
-        "points on a stationary CLINC150 stream, +0.35 on BANKING77, but classes that appear mid-stream are "
-        "found less often (CLINC150 class-incremental -1.8 points); 0: off",
+        "id); re-solves learn them at experts.self_training weight, a routing twin picks what to judge. "
+        "Measured (docs/models.md, 3 seeds): CLINC150 stationary +0.5 points, BANKING77 -0.2, CLINC150 "
+        "class-incremental -0.7 (-1.8 without the twin); 0: off",
     )
     judge_target_share: float = Field(0.10, ge=0.0, le=1.0, description="share of texts sent to the judge")
     judge_calls_per_text: float = Field(

@@ -104,3 +104,41 @@ def test_observe_checks_its_input() -> None:
     clf.fit_embeddings(*blobs.sample(3))
     with pytest.raises(InvalidDataError):
         clf.observe_embeddings(np.zeros((2, 5), np.float32))
+
+
+def test_what_to_judge_follows_a_twin_that_learns_no_unlabelled_rows(tmp_path: Path) -> None:
+    """With self-training the experts rank, but entropy and margin (what the judge is asked about) come
+    from a routing twin that gets every labelled row and class op and no unlabelled row: self-training
+    makes the experts confident where they should not be, which hid new classes from the judge."""
+    blobs = make_blobs(n_labels=8, dim=16, noise=0.35, seed=4)
+    seeds = blobs.sample(2, seed=1)
+    X, texts, y = blobs.sample(20, seed=2)
+    X_u, _, _ = blobs.sample(30, seed=3)
+
+    def run(settings: ExpertSettings, observe: bool) -> RedClassifier:
+        clf = RedClassifier(settings=settings).fit_embeddings(*seeds)
+        for lo in range(0, len(X), 40):
+            clf.learn_embeddings(X[lo : lo + 40], texts[lo : lo + 40], y[lo : lo + 40])
+            if observe:
+                clf.observe_embeddings(X_u[lo : lo + 40])
+            if lo == 40:  # class ops reach the twin too (a new label also empties the pool)
+                clf.add_class_embeddings("newcomer", X_u[:3] + 0.0, ["n0", "n1", "n2"])
+                clf.remove_class(str(y[-1]))
+        clf.refit()
+        clf.settle()
+        return clf
+
+    s = ExpertSettings(resolve_every=20)
+    st, plain = run(s, True), run(s, False)
+    r_st, r_plain = st.rank_embeddings(X_u), plain.rank_embeddings(X_u)
+    np.testing.assert_array_equal(r_st.margin, r_plain.margin)  # the twin is the plain model, bit for bit
+    np.testing.assert_array_equal(r_st.entropy, r_plain.entropy)
+    assert not np.array_equal(st.predict_proba_embeddings(X_u), plain.predict_proba_embeddings(X_u))
+    st.save(tmp_path / "m")
+    back = RedClassifier.load(tmp_path / "m")
+    np.testing.assert_array_equal(back.rank_embeddings(X_u).margin, r_plain.margin)
+    alone = run(s.model_copy(update={"self_training_router": False}), True)
+    assert alone._router is None
+    assert not np.array_equal(alone.rank_embeddings(X_u).margin, r_plain.margin)
+    alone.save(tmp_path / "m")  # saving a model without a twin over one with it removes the old twin
+    assert RedClassifier.load(tmp_path / "m")._router is None

@@ -117,9 +117,9 @@ def test_the_host_keeps_stream_records_in_log_order_without_embedding_them() -> 
     host = _host(refit_every=None)
     calls: list[tuple[str, int]] = []
     model = host.live
-    learn, observe = model.learn_embeddings, model.observe_embeddings
-    model.learn_embeddings = lambda X, *a, **k: (calls.append(("learn", len(X))), learn(X, *a, **k))[1]  # type: ignore[method-assign]
-    model.observe_embeddings = lambda X: (calls.append(("observe", len(X))), observe(X))[1]  # type: ignore[method-assign]
+    learn, observe = host._learn_labelled, host._observe
+    host._learn_labelled = lambda rs: (calls.append(("learn", len(rs))), learn(rs))[1]  # type: ignore[method-assign]
+    host._observe = lambda rs: (calls.append(("observe", len(rs))), observe(rs))[1]  # type: ignore[method-assign]
     emb = host.embedder
     encoded = 0
     real_encode = emb.encode
