@@ -1282,7 +1282,8 @@ class RedClassifier:
         threshold = s.oos_threshold if s.oos == "noise" else None
         ranking = make_ranking(Z, self._labels, top_k, s.temperature, threshold, flagged)
         if self._router is not None:  # self-training: what to judge follows the twin's uncertainty
-            plain = self._router.rank_embeddings(X, top_k)
+            # its log-odds alone (top 1: no candidate lists, no out-of-scope scan of its store)
+            plain = make_ranking(self._router.log_odds(X), self._router.labels, 1, s.temperature)
             ranking = dataclasses.replace(ranking, entropy=plain.entropy, margin=plain.margin)
         return ranking
 

@@ -141,7 +141,6 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
             "synthetic": st["synthetic"],
             "buffer": buffer_meta,
             "boundary": boundary_meta,
-            "unlabelled_added": pool.added if pool is not None else 0,
         },
         "experts": experts_meta,
         "store": {
@@ -386,6 +385,5 @@ def _build(
     Xu = arrays.get("unlabelled_X", np.zeros((0, dim), np.float32))  # files before self-training have none
     if Xu.ndim != 2 or Xu.shape[1] != dim:
         raise ModelFileError(f"unlabelled rows: array shape {Xu.shape} does not match dim {dim}")
-    added = int(sched.get("unlabelled_added", 0)) if isinstance(sched, dict) else 0
-    clf._unlabelled = UnlabelledPool.from_rows(dim, settings.unlabelled_max, Xu, added)
+    clf._unlabelled = UnlabelledPool.from_rows(dim, settings.unlabelled_max, Xu)
     return clf

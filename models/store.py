@@ -223,7 +223,6 @@ class UnlabelledPool:
         self._X = np.zeros((0, dim), dtype=np.float32)
         self._next = 0  # ring position of the next write
         self._n = 0
-        self.added = 0  # rows ever added (diagnostics)
 
     def __len__(self) -> int:
         return self._n
@@ -232,7 +231,6 @@ class UnlabelledPool:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise InvalidDataError(f"embeddings must have shape (n, {self.dim}), got {X.shape}")
-        self.added += len(X)
         if self.cap == 0 or not len(X):
             return
         X = X[-self.cap :]
@@ -261,9 +259,8 @@ class UnlabelledPool:
         self._next = self._n = 0
 
     @classmethod
-    def from_rows(cls, dim: int, cap: int, X: np.ndarray, added: int = 0) -> UnlabelledPool:
+    def from_rows(cls, dim: int, cap: int, X: np.ndarray) -> UnlabelledPool:
         pool = cls(dim, cap)
         if len(X):
             pool.add(X)
-        pool.added = max(added, pool.added)
         return pool

@@ -314,14 +314,19 @@ class ModelHost:
         """Embed the training texts this worker has not seen, a few per model-thread job, so that
         predictions queued meanwhile run between them (a batch of human records would otherwise hold
         the model thread for one long embedding)."""
-        texts = [r.text for r in records if self._vector(r) is None and self.cache.get(r.text) is None]
+        texts = [r.text for r in records if not self._carries_vector(r) and self.cache.get(r.text) is None]
         for i in range(0, len(texts), chunk):
             await self.run(self._cache_missing, texts[i : i + chunk])
 
+    def _carries_vector(self, record: TrainingMessage) -> bool:
+        """Does the record carry an embedding made by this worker's embedder?"""
+        return record.embedding is not None and record.embedder == self.embedder.name
+
     def _vector(self, record: TrainingMessage) -> np.ndarray | None:
         """The embedding a ``stream`` record carries, if this worker's embedder made it (else None)."""
-        if record.embedding is None or record.embedder != self.embedder.name:
+        if not self._carries_vector(record):
             return None
+        assert record.embedding is not None
         x = decode_vector(record.embedding)
         return x if len(x) == self.embedder.dim else None
 

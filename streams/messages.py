@@ -470,8 +470,6 @@ def log_digest(msg: LogRecord, source: str | None = None) -> int:
         parts = ["control", source or f"{msg.op}:{msg.label}"]
     elif msg.source == "judge":
         parts = ["judge", msg.id, msg.label]
-    elif msg.source == "stream":
-        parts = ["stream", msg.id]
     else:
         parts = [msg.source, msg.id, msg.label, str(msg.valid), msg.text]
     h = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8)
