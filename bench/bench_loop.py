@@ -5,8 +5,8 @@ Each run replays R.E.D.'s recursion with the service's own parts, in process, on
 judge), ``models.drift.JudgeRateController`` (learning / maintenance / drift rates, calls per item) and
 ``models.emerging.NoveltyPool`` (new classes nobody declared). The judge is the simulated expert's rule
 (the true label, each (text, label) answer flipped with probability ``error``, deterministically), asked
-recursively about the ranked candidates up to depth 3; every call is counted. The held-out test split is
-scored every ``--eval-every`` items. Scenarios:
+recursively about the ranked candidates up to ``--depth`` (3, as ``judge.max_depth``); every call is
+counted. The held-out test split is scored every ``--eval-every`` items. Scenarios:
 
 - ``stationary``: the rest of the train split, shuffled;
 - ``incremental``: a third of the classes are absent from the seeds and from the first half of the stream;
@@ -87,6 +87,7 @@ class Run:
     items: int = 0
     calls: int = 0
     judged: int = 0
+    accepted: int = 0
     curve: list[tuple[int, float]] = field(default_factory=list)  # (items, test accuracy)
     preq: list[int] = field(default_factory=list)  # 1 per item whose emitted top-1 was right
     final_right: int = 0
@@ -144,6 +145,7 @@ def run_loop(
     limit: int | None,
     eval_every: int,
     seed: int = 0,
+    depth: int = 3,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -239,7 +241,7 @@ def run_loop(
             t, truth = texts[rows[i]], yb[i]
             n_calls = 0
             accepted = None
-            for lab, _p in r.candidates[i][:3]:
+            for lab, _p in r.candidates[i][:depth]:
                 n_calls += 1
                 valid = (lab == truth) != _flip(t, lab, error)
                 learn_X.append(Xb[i])
@@ -255,6 +257,7 @@ def run_loop(
             run.judged += 1
             if accepted is not None:
                 final[i] = accepted
+                run.accepted += 1
             elif scenario == "incremental":
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
         run.final_right += int(np.sum(final == yb))
@@ -373,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="red seeds random subsets flat every pseudo entropy diverse nohardneg selftrain selfalone",
     )
     parser.add_argument("--budget", type=float, default=0.10, help="judge calls per streamed item")
+    parser.add_argument(
+        "--depth", type=int, default=3, help="candidates asked per judged item (judge.max_depth)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -400,13 +406,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ds not in ceilings:
             ceilings[ds] = logreg_ceiling(data)
         run = run_loop(
-            data, ds, sc, m, e, budget=args.budget, limit=limit, eval_every=args.eval_every, seed=args.seed
+            data,
+            ds,
+            sc,
+            m,
+            e,
+            budget=args.budget,
+            limit=limit,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            depth=args.depth,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
         print(
             f"[{n}/{len(plan)} {elapsed:6.0f}s] {ds} {sc:<11} {m:<6} err {e:.2f}: final test acc "
-            f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} added {len(run.added)} "
+            f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
+            f"accepted {run.accepted} added {len(run.added)} "
             f"({run.seconds:.0f}s)",
             file=sys.stderr,
             flush=True,

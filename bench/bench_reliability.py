@@ -759,6 +759,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--drain-timeout-s", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--name",
+        help="report name under bench/results/ (default reliability, or reliability_quick with --quick); "
+        "a section run alone under its own name leaves the full report as it is",
+    )
     ap.add_argument("--render-only", action="store_true", help="re-render the report from the saved figures")
     a = ap.parse_args(argv)
     full = {
@@ -786,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.quick:
         a.burst = min(a.burst, 600)
         NAME = "reliability_quick"
+    if a.name:
+        NAME = a.name
     state_path = RESULTS / f"{NAME}.json"
     report_path = RESULTS / f"{NAME}.md"
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}

@@ -89,6 +89,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from driftlabel.judge import JudgeSettings
     from driftlabel.models import EmbedderSettings, ExpertSettings, load_embedder
+    from driftlabel.streams.allocator import tune_malloc
     from driftlabel.streams.topics import ensure_topics
     from driftlabel.streams.worker import WorkerService
 
@@ -113,6 +114,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.print_config:
         _print_settings(kafka, stream, metrics, judge, emb_settings, experts)
         return 0
+    tuned = tune_malloc(stream.malloc_mmap_threshold, stream.malloc_arena_max)
+    if tuned:
+        log.info("glibc malloc tuned: %s", tuned)
     if kafka.create_topics:
         ensure_topics(kafka)
     print(f"driftlabel worker: loading the embedder ({emb_settings.kind})...", flush=True)

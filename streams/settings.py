@@ -183,6 +183,18 @@ class StreamSettings(DriftlabelSettings):
     )
     embedding_cache: int = Field(20000, ge=0, description="embeddings kept so learning need not re-embed")
     seed_wait_s: float = Field(600.0, gt=0, description="how long a fresh worker waits for seed examples")
+    malloc_mmap_threshold: int = Field(
+        131072,
+        ge=0,
+        le=32 * 2**20,
+        description="glibc (Linux): allocations of at least this many bytes get their own mapping, "
+        "given back to the OS when freed (glibc's dynamic threshold off); 0: glibc's default. Without it "
+        "the worker's RSS kept growing with freed re-solve temporaries while its live heap stayed flat "
+        "(docs/reliability.md, Memory)",
+    )
+    malloc_arena_max: int = Field(
+        2, ge=0, description="glibc: at most this many malloc arenas (0: glibc's default, 8 per core)"
+    )
 
 
 class MetricsSettings(DriftlabelSettings):
