@@ -241,7 +241,19 @@ def run_loop(
             t, truth = texts[rows[i]], yb[i]
             n_calls = 0
             accepted = None
-            for lab, _p in r.candidates[i][:depth]:
+            if method.startswith("choose"):  # one call: "which of these candidates, if any?"
+                asked = [lab for lab, _p in r.candidates[i][:depth]]
+                n_calls = 1
+                accepted = truth if truth in asked else None
+                if _flip(t, "\x00choose", error):  # a wrong answer: another candidate, or none
+                    others = [lab for lab in asked if lab != accepted]
+                    accepted = others[0] if others else None
+                for lab in asked:  # the candidates not chosen are hard negatives
+                    learn_X.append(Xb[i])
+                    learn_t.append(t)
+                    learn_y.append(lab)
+                    learn_v.append(lab == accepted)
+            for lab, _p in r.candidates[i][:depth] if not method.startswith("choose") else ():
                 n_calls += 1
                 valid = (lab == truth) != _flip(t, lab, error)
                 learn_X.append(Xb[i])
@@ -293,7 +305,7 @@ def run_loop(
             clf.learn_embeddings(np.stack(learn_X), learn_t, learn_y, learn_v)
             run.worst_learn_s = max(run.worst_learn_s, time.perf_counter() - t0)
         # selftrain: what the service does with stream.unlabelled_share = 1
-        if method in ("selftrain", "selfalone") and not routed.all():
+        if method in ("selftrain", "selfalone", "chooseself") and not routed.all():
             clf.observe_embeddings(Xb[~routed])
         ent = r.entropy / np.log(max(len(clf.labels), 2))
         events = ctrl.observe(ent, top1.tolist(), calls_each, rejected_top1)

@@ -29,7 +29,9 @@ and the first half; at half-way half of them are added through ``control`` with 
 worker asks the judge endpoint for examples; the other half must be discovered: the worker runs with
 ``auto_add_proposals``); ``shift`` (the class mix flips half-way). Methods: ``red`` (the service as
 configured: ``judge_target_share`` ``--judge-share``, rate control on) and ``seeds`` (no judge:
-``judge_target_share`` 0, the seed model labels everything). The worker has no setting for random
+``judge_target_share`` 0, the seed model labels everything), ``selftrain`` (``stream.unlabelled_share`` 1),
+``choose`` (``judge.question = "choose"``: one call per judged item; calls are then counted as the items'
+depth-1 verdicts) and ``chooseself`` (both). The worker has no setting for random
 routing or an every-item judge at share < 1, so random routing stays a bench_loop figure.
 
     python bench/bench_service.py --quick       # static embedder, CLINC150, 3 scenarios, 5 % error
@@ -279,8 +281,9 @@ def run_service(
         "judge_calls_per_text": str(0.0 if spec.method == "seeds" else judge_calls),
         "auto_add_proposals": "true" if spec.scenario == "incremental" else "false",
         # selftrain: every text labelled without the judge goes to `training` as a `stream` record
-        "unlabelled_share": "1.0" if spec.method == "selftrain" else "0.0",
+        "unlabelled_share": "1.0" if spec.method in ("selftrain", "chooseself") else "0.0",
     }
+    choose = spec.method in ("choose", "chooseself")  # judge.question = "choose": one call per item
     cluster = chaos.Cluster(
         work,
         data_file,
@@ -288,7 +291,13 @@ def run_service(
         judge_kwargs={"error_rate": spec.error, "holdout": holdout},
         stream_env=stream_env,
         # a benchmark, not a fault test: the judge's ordinary retries and timeouts
-        judge_env={"max_retries": "3", "breaker_failures": "5", "breaker_reset_s": "2", "timeout_s": "30"},
+        judge_env={
+            "max_retries": "3",
+            "breaker_failures": "5",
+            "breaker_reset_s": "2",
+            "timeout_s": "30",
+            "question": "choose" if choose else "validate",
+        },
         embedder=embedder_kind,
     )
     cluster.start()
@@ -336,7 +345,11 @@ def run_service(
             done_at = _finals_by_time(follower.snapshot(names.labels), idset)
             labelled = int(np.searchsorted(np.asarray(done_at), created, side="right"))
             run.curve.append((labelled, sent, acc, version))
-            n_ver = sum(1 for r in follower.snapshot(names.judge_verdicts))
+            n_ver = sum(
+                1
+                for r in follower.snapshot(names.judge_verdicts)
+                if not choose or (isinstance(v := r.json(), dict) and v.get("depth") == 1)
+            )
             progress(
                 f"  {spec.tag}: {'final ' if final else ''}{labelled}/{len(ids)} labelled "
                 f"({sent} sent), test acc {100 * acc:.1f} %, model v{version}, "
@@ -415,10 +428,10 @@ def run_service(
                 fin.setdefault(v["id"], v)
         run.finals = len(fin)
         run.final_right = sum(1 for i, v in fin.items() if v.get("label") == truth[i])
-        run.verdicts = sum(
+        run.verdicts = sum(  # one call per verdict; with `choose` one per item asked (its depth-1 verdict)
             1
             for r in follower.snapshot(names.judge_verdicts)
-            if isinstance(v := r.json(), dict) and v.get("id")
+            if isinstance(v := r.json(), dict) and v.get("id") and (not choose or v.get("depth") == 1)
         )
         run.generate_calls = len(plan.described) if control_sent[0] else 0
         run.proposals = len(proposals.snapshot(names.proposals))
@@ -602,7 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="scenarios run at every --errors value; the others at 5 %% only (default: all at every one)",
     )
-    parser.add_argument("--methods", nargs="*", default=None, choices=["red", "seeds", "selftrain"])
+    parser.add_argument(
+        "--methods", nargs="*", default=None, choices=["red", "seeds", "selftrain", "choose", "chooseself"]
+    )
     parser.add_argument("--embedder", default="static", choices=["static", "sentence-transformers", "onnx"])
     parser.add_argument("--rate", type=float, default=None, help="texts/s sent to the service")
     parser.add_argument(

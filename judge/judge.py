@@ -41,13 +41,16 @@ from driftlabel.judge.parse import (
     clean_description,
     confidence_from_logprobs,
     normalise_label_name,
+    parse_choice,
     parse_examples,
     parse_proposal,
     parse_verdict,
 )
 from driftlabel.judge.prompts import (
+    CHOICE_SCHEMA,
     EXAMPLES_SCHEMA,
     PROPOSAL_SCHEMA,
+    build_choose_messages,
     build_describe_messages,
     build_generate_messages,
     build_propose_messages,
@@ -269,6 +272,8 @@ class Judge:
         for cand in request.candidates:  # a label listed twice is asked once
             unique.setdefault(cand.label, cand)
         asked = list(unique.values())[: self.settings.max_depth]
+        if self.settings.question == "choose":
+            return await self._choose(request, asked)
         calls = _ItemCalls(self.settings.max_calls_per_item)
         verdicts: list[Verdict] = []
         for depth, cand in enumerate(asked, start=1):
@@ -467,10 +472,90 @@ class Judge:
             return value
 
     def _outcome(
-        self, item_id: str, status: Any, label: str | None, verdicts: list[Verdict], reason: str | None
+        self,
+        item_id: str,
+        status: Any,
+        label: str | None,
+        verdicts: list[Verdict],
+        reason: str | None,
+        calls: int | None = None,
     ) -> JudgeOutcome:
         self._c.outcomes[status] += 1
-        return JudgeOutcome(id=item_id, status=status, label=label, verdicts=verdicts, reason=reason)
+        return JudgeOutcome(
+            id=item_id, status=status, label=label, verdicts=verdicts, reason=reason, calls=calls
+        )
+
+    async def _choose(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
+        """One question for all ``asked`` candidates (``question = "choose"``): the endpoint picks one or
+        none. The pick is a valid verdict at its rank, every other candidate an invalid one (a hard
+        negative), so the verdict log and the training records keep the validate mode's shape. Not
+        cached: the answer depends on the whole candidate list."""
+        s = self.settings
+        shown = [
+            (c.label, c.description or self._descriptions.get(c.label), list(c.examples)[: s.n_examples])
+            for c in asked
+        ]
+        messages = build_choose_messages(request.text, shown, max_text_chars=s.max_text_chars)
+        fmt = self._answer_format
+
+        def parse(resp: Any) -> _Answer:
+            content = resp.choices[0].message.content if resp.choices else None
+            return _Answer(parse_choice(content, len(asked)), _total_tokens(resp))
+
+        while True:
+            try:
+                answer = await self._call(
+                    messages,
+                    parse,
+                    response_format=json_response_format("choice", CHOICE_SCHEMA, fmt),
+                    max_tokens=s.max_answer_tokens,
+                    logprobs=False,
+                    calls=_ItemCalls(s.max_calls_per_item),
+                    what=f"item {request.id}: a choice among {len(asked)} candidates",
+                )
+                break
+            except _FormatRefused:
+                fmt = _FORMAT_FALLBACK[fmt]
+            except MalformedAnswerError as exc:
+                return self._outcome(
+                    request.id, "unresolved", None, [], f"no usable choice ({exc}); send to human review", 1
+                )
+            except _ItemBudgetSpent:
+                return self._outcome(
+                    request.id,
+                    "unresolved",
+                    None,
+                    [],
+                    f"per-item budget of {s.max_calls_per_item} calls spent before a usable choice; send to "
+                    "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
+                    s.max_calls_per_item,
+                )
+        pick = int(answer.value)
+        verdicts = [
+            self._record(
+                Verdict(
+                    request.id,
+                    cand.label,
+                    depth == pick,
+                    depth,
+                    s.model,
+                    answer.latency_ms if depth == 1 else 0.0,
+                    answer.tokens if depth == 1 else 0,
+                )
+            )
+            for depth, cand in enumerate(asked, start=1)
+        ]
+        if pick == 0:
+            return self._outcome(
+                request.id,
+                "unresolved",
+                None,
+                verdicts,
+                f"the judge chose none of the {len(asked)} candidate(s) shown; send to human review",
+                1,
+            )
+        status = "validated" if pick == 1 else "corrected"
+        return self._outcome(request.id, status, asked[pick - 1].label, verdicts, None, 1)
 
     async def _validate(
         self, text: str, cand: Candidate, *, item_id: str, depth: int, calls: _ItemCalls | None

@@ -20,6 +20,7 @@ __all__ = [
     "clean_description",
     "confidence_from_logprobs",
     "normalise_label_name",
+    "parse_choice",
     "parse_examples",
     "parse_proposal",
     "parse_verdict",
@@ -147,6 +148,20 @@ def parse_examples(
         )
         raise MalformedAnswerError(f"examples answer held no usable new example ({why})", raw=content)
     return out
+
+
+def parse_choice(content: str | None, n: int) -> int:
+    """The candidate picked in ``{"choice": N}`` (1..n), or 0 for none; a bare number is accepted too."""
+    text = (content or "").strip()
+    if text.isdigit():
+        value: Any = int(text)
+    else:
+        value = _json_object(content, "choice answer").get("choice")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MalformedAnswerError('choice answer needs an integer field "choice"', raw=content)
+    if not 0 <= value <= n:
+        raise MalformedAnswerError(f"choice {value} is not a candidate (0 to {n})", raw=content)
+    return int(value)
 
 
 def normalise_label_name(name: str) -> str:

@@ -102,6 +102,14 @@ class JudgeOutcome:
     label: str | None
     verdicts: list[Verdict] = field(default_factory=list)
     reason: str | None = None
+    #: endpoint questions asked for the item; None: one per verdict (``question = "validate"``), while a
+    #: ``choose`` question answers every candidate's verdict in one call
+    calls: int | None = None
+
+    @property
+    def n_calls(self) -> int:
+        """Judge calls this item cost, as the budget counts them (cached verdicts included)."""
+        return len(self.verdicts) if self.calls is None else self.calls
 
     @property
     def tokens(self) -> int:

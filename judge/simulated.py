@@ -55,7 +55,14 @@ from aiohttp import web
 from driftlabel.judge.data import normalise_text, read_labelled_rows
 from driftlabel.judge.errors import JudgeDataError, JudgeError
 from driftlabel.judge.parse import normalise_label_name
-from driftlabel.judge.prompts import TASK_GENERATE, TASK_PROPOSE, extract_block, extract_blocks, task_of
+from driftlabel.judge.prompts import (
+    TASK_CHOOSE,
+    TASK_GENERATE,
+    TASK_PROPOSE,
+    extract_block,
+    extract_blocks,
+    task_of,
+)
 
 __all__ = ["DEFAULT_HOLDOUT_SPLITS", "FAILURE_KINDS", "SimulatedExpert"]
 
@@ -500,6 +507,24 @@ class SimulatedExpert:
             desc = f"Texts that mention {' and '.join(top)}."
         return json.dumps({"name": name, "description": desc}), "propose"
 
+    def _choose(self, prompt: str) -> tuple[Any, str]:
+        """``{"choice": N}``: the first candidate the file gives the text, 0 for none. With ``error_rate``
+        that share of answers (deterministic per text) is wrong: another candidate, or none."""
+        labels = extract_blocks(prompt, "label")
+        texts = extract_blocks(prompt, "text")
+        if not labels or len(texts) != 1:
+            return _error(
+                400, "a choose prompt needs candidate <label> blocks and one <text>", "invalid_request_error"
+            ), ""
+        truth = self._index.get(normalise_text(texts[0]), set())
+        pick = next((n for n, lab in enumerate(labels, start=1) if lab in truth), 0)
+        if self.error_rate > 0:
+            digest = hashlib.sha256(f"{self.seed}\x1f{normalise_text(texts[0])}\x1fchoose".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 < self.error_rate:
+                pick = next((n for n in range(1, len(labels) + 1) if n != pick), 0)
+                self.counts["flipped"] += 1
+        return json.dumps({"choice": pick}), "choose"
+
     def _answer(self, prompt: str, response_format: Any) -> tuple[Any, str]:
         """(content, kind) for a judge prompt, or (error response, "") when it is not one."""
         task = task_of(prompt)
@@ -507,6 +532,8 @@ class SimulatedExpert:
             return self._generate(prompt)
         if task == TASK_PROPOSE:
             return self._propose(prompt)
+        if task == TASK_CHOOSE:
+            return self._choose(prompt)
         if task is not None:
             return _error(400, f"unknown <task> {task[:40]!r}", "invalid_request_error"), ""
         label = extract_block(prompt, "label")

@@ -541,7 +541,7 @@ class WorkerService:
         repeated pairs)."""
         outcome = await self.judge(req)
         top1 = req.candidates[0].get("label") if req.candidates else None
-        for event in self.rate.observe_judged([len(outcome.verdicts)], [outcome.label != top1]):
+        for event in self.rate.observe_judged([outcome.n_calls], [outcome.label != top1]):
             self.metrics.drift_events.labels(signal=event.signal).inc()
             log.warning("drift on %s: the judge rejects more top-1 labels; full judge rate", event.signal)
         now = time.time()
