@@ -129,6 +129,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         quick_s=280,
         full_s=3600,
     ),
+    "ceiling": Benchmark(
+        "driftlabel.bench.bench_ceiling",
+        "what a stream can reach at a judge budget: true labels, margin selection (results/ceiling.md)",
+        quick_s=200,
+        full_s=1500,
+    ),
     "service": Benchmark(
         "driftlabel.bench.bench_service",
         "the learning loop through the real service: broker, worker, simulated judge (results/service*)",
