@@ -17,7 +17,7 @@ the same embeddings, by idealising everything the real one pays for:
 
 Seeds are the same 10 per class and the stream order the same as ``bench_loop``'s stationary scenario.
 
-    python bench/bench_ceiling.py --quick       # CLINC150 at 0.10 calls/item (~3 min)
+    python bench/bench_ceiling.py --quick       # CLINC150 at 0.10 calls/item (one point: ~2 min)
     python bench/bench_ceiling.py               # CLINC150 + BANKING77 at 0.05 / 0.10 / 0.20 calls/item
 """
 

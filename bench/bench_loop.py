@@ -29,7 +29,10 @@ hard negatives from rejected candidates); ``selftrain`` keeps every unjudged ite
 ``ExpertSettings.self_training``, as the labels its starting weights give them; the service does the same
 with ``stream.unlabelled_share`` > 0; what to judge follows the model's routing twin, which learns the
 judged rows but no unlabelled ones, ``ExpertSettings.self_training_router``); ``selfalone`` is
-self-training without the twin (the self-trained experts' own uncertainty routes). What this does not
+self-training without the twin (the self-trained experts' own uncertainty routes); ``choose`` asks one
+question per judged item, "which of the ``--depth`` candidates, if any?" (``judge.question = "choose"``;
+the simulated expert's answer is wrong with probability ``error``: another candidate, or none), and
+``chooseself`` adds self-training. What this does not
 include is the broker and the worker: the
 service path is measured by ``driftlabel demo`` / ``bench_stream``; this isolates what the loop learns.
 
@@ -239,30 +242,28 @@ def run_loop(
         final = top1.copy()
         for i in np.flatnonzero(routed).tolist():
             t, truth = texts[rows[i]], yb[i]
-            n_calls = 0
             accepted = None
+            asked = [lab for lab, _p in r.candidates[i][:depth]]
             if method.startswith("choose"):  # one call: "which of these candidates, if any?"
-                asked = [lab for lab, _p in r.candidates[i][:depth]]
                 n_calls = 1
                 accepted = truth if truth in asked else None
                 if _flip(t, "\x00choose", error):  # a wrong answer: another candidate, or none
-                    others = [lab for lab in asked if lab != accepted]
-                    accepted = others[0] if others else None
-                for lab in asked:  # the candidates not chosen are hard negatives
-                    learn_X.append(Xb[i])
-                    learn_t.append(t)
-                    learn_y.append(lab)
-                    learn_v.append(lab == accepted)
-            for lab, _p in r.candidates[i][:depth] if not method.startswith("choose") else ():
-                n_calls += 1
-                valid = (lab == truth) != _flip(t, lab, error)
+                    accepted = next((lab for lab in asked if lab != accepted), None)
+                answered = [(lab, lab == accepted) for lab in asked]  # the others: hard negatives
+            else:  # a yes/no call per candidate until a yes
+                answered = []
+                for lab in asked:
+                    valid = (lab == truth) != _flip(t, lab, error)
+                    answered.append((lab, valid))
+                    if valid:
+                        accepted = lab
+                        break
+                n_calls = len(answered)
+            for lab, valid in answered:
                 learn_X.append(Xb[i])
                 learn_t.append(t)
                 learn_y.append(lab)
                 learn_v.append(bool(valid))
-                if valid:
-                    accepted = lab
-                    break
             calls_each.append(n_calls)
             rejected_top1.append(accepted != r.candidates[i][0][0])
             run.calls += n_calls
@@ -385,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--methods",
         nargs="*",
         default=None,
-        help="red seeds random subsets flat every pseudo entropy diverse nohardneg selftrain selfalone",
+        help="red seeds random subsets flat every pseudo entropy diverse nohardneg selftrain selfalone "
+        "choose chooseself",
     )
     parser.add_argument("--budget", type=float, default=0.10, help="judge calls per streamed item")
     parser.add_argument(

@@ -250,6 +250,16 @@ def _finals_by_time(label_recs: Sequence[chaos.Rec], ids: set[str]) -> list[floa
     return sorted(first.values())
 
 
+def _judge_calls(records: Sequence[chaos.Rec], choose: bool) -> int:
+    """Judge calls in the verdict log: one per verdict; with ``choose`` one per item asked (its depth-1
+    verdict, since one answer gave all of the item's verdicts)."""
+    return sum(
+        1
+        for r in records
+        if isinstance(v := r.json(), dict) and v.get("id") and (not choose or v.get("depth") == 1)
+    )
+
+
 def run_service(
     spec: Spec,
     ds: Dataset,
@@ -345,11 +355,7 @@ def run_service(
             done_at = _finals_by_time(follower.snapshot(names.labels), idset)
             labelled = int(np.searchsorted(np.asarray(done_at), created, side="right"))
             run.curve.append((labelled, sent, acc, version))
-            n_ver = sum(
-                1
-                for r in follower.snapshot(names.judge_verdicts)
-                if not choose or (isinstance(v := r.json(), dict) and v.get("depth") == 1)
-            )
+            n_ver = _judge_calls(follower.snapshot(names.judge_verdicts), choose)
             progress(
                 f"  {spec.tag}: {'final ' if final else ''}{labelled}/{len(ids)} labelled "
                 f"({sent} sent), test acc {100 * acc:.1f} %, model v{version}, "
@@ -428,11 +434,7 @@ def run_service(
                 fin.setdefault(v["id"], v)
         run.finals = len(fin)
         run.final_right = sum(1 for i, v in fin.items() if v.get("label") == truth[i])
-        run.verdicts = sum(  # one call per verdict; with `choose` one per item asked (its depth-1 verdict)
-            1
-            for r in follower.snapshot(names.judge_verdicts)
-            if isinstance(v := r.json(), dict) and v.get("id") and (not choose or v.get("depth") == 1)
-        )
+        run.verdicts = _judge_calls(follower.snapshot(names.judge_verdicts), choose)
         run.generate_calls = len(plan.described) if control_sent[0] else 0
         run.proposals = len(proposals.snapshot(names.proposals))
         run.phase2 = plan.phase2

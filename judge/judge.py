@@ -385,9 +385,10 @@ class Judge:
                 return parse_examples(content, label=label, known=seen)
 
             try:
-                new = await self._ask_json(
+                answer = await self._ask_json(
                     messages, EXAMPLES_SCHEMA, "examples", parse, what=f"examples of {label!r}"
                 )
+                new: list[str] = answer.value
             except MalformedAnswerError:
                 if not got:
                     raise
@@ -413,9 +414,10 @@ class Judge:
             raise JudgeDataError("propose_class needs at least one non-empty text")
         known = [str(k) for k in known_labels]
         messages = build_propose_messages(shown, known)
-        name, description = await self._ask_json(
+        answer = await self._ask_json(
             messages, PROPOSAL_SCHEMA, "proposal", parse_proposal, what=f"a class for {len(shown)} texts"
         )
+        name, description = answer.value
         by_norm = {normalise_label_name(k): k for k in known}
         if name in by_norm:
             raise KnownClassProposedError(
@@ -446,30 +448,31 @@ class Judge:
         parse_content: Callable[[str | None], T],
         *,
         what: str,
-    ) -> T:
-        """One JSON question under the current answer format, falling back to plainer formats if refused."""
+        max_tokens: int | None = None,
+        calls: _ItemCalls | None = None,
+    ) -> _Answer:
+        """One JSON question under the current answer format, falling back to plainer formats if refused;
+        the answer's ``value`` is what ``parse_content`` made of the reply (``max_tokens`` defaults to
+        ``max_generation_tokens``)."""
         fmt = self._answer_format
+
+        def parse(resp: Any) -> _Answer:
+            content = resp.choices[0].message.content if resp.choices else None
+            return _Answer(parse_content(content), _total_tokens(resp))
+
         while True:
-
-            def parse(resp: Any) -> _Answer:
-                content = resp.choices[0].message.content if resp.choices else None
-                return _Answer(parse_content(content), _total_tokens(resp))
-
             try:
-                answer = await self._call(
+                return await self._call(
                     messages,
                     parse,
                     response_format=json_response_format(name, schema, fmt),
-                    max_tokens=self.settings.max_generation_tokens,
+                    max_tokens=self.settings.max_generation_tokens if max_tokens is None else max_tokens,
                     logprobs=False,
-                    calls=None,
+                    calls=calls,
                     what=what,
                 )
             except _FormatRefused:
                 fmt = _FORMAT_FALLBACK[fmt]
-                continue
-            value: T = answer.value
-            return value
 
     def _outcome(
         self,
@@ -496,40 +499,30 @@ class Judge:
             for c in asked
         ]
         messages = build_choose_messages(request.text, shown, max_text_chars=s.max_text_chars)
-        fmt = self._answer_format
-
-        def parse(resp: Any) -> _Answer:
-            content = resp.choices[0].message.content if resp.choices else None
-            return _Answer(parse_choice(content, len(asked)), _total_tokens(resp))
-
-        while True:
-            try:
-                answer = await self._call(
-                    messages,
-                    parse,
-                    response_format=json_response_format("choice", CHOICE_SCHEMA, fmt),
-                    max_tokens=s.max_answer_tokens,
-                    logprobs=False,
-                    calls=_ItemCalls(s.max_calls_per_item),
-                    what=f"item {request.id}: a choice among {len(asked)} candidates",
-                )
-                break
-            except _FormatRefused:
-                fmt = _FORMAT_FALLBACK[fmt]
-            except MalformedAnswerError as exc:
-                return self._outcome(
-                    request.id, "unresolved", None, [], f"no usable choice ({exc}); send to human review", 1
-                )
-            except _ItemBudgetSpent:
-                return self._outcome(
-                    request.id,
-                    "unresolved",
-                    None,
-                    [],
-                    f"per-item budget of {s.max_calls_per_item} calls spent before a usable choice; send to "
-                    "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
-                    s.max_calls_per_item,
-                )
+        try:
+            answer = await self._ask_json(
+                messages,
+                CHOICE_SCHEMA,
+                "choice",
+                lambda content: parse_choice(content, len(asked)),
+                what=f"item {request.id}: a choice among {len(asked)} candidates",
+                max_tokens=s.max_answer_tokens,
+                calls=_ItemCalls(s.max_calls_per_item),
+            )
+        except MalformedAnswerError as exc:
+            return self._outcome(
+                request.id, "unresolved", None, [], f"no usable choice ({exc}); send to human review", 1
+            )
+        except _ItemBudgetSpent:
+            return self._outcome(
+                request.id,
+                "unresolved",
+                None,
+                [],
+                f"per-item budget of {s.max_calls_per_item} calls spent before a usable choice; send to "
+                "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
+                s.max_calls_per_item,
+            )
         pick = int(answer.value)
         verdicts = [
             self._record(
@@ -539,8 +532,8 @@ class Judge:
                     depth == pick,
                     depth,
                     s.model,
-                    answer.latency_ms if depth == 1 else 0.0,
-                    answer.tokens if depth == 1 else 0,
+                    answer.latency_ms,  # every verdict came with the one answer
+                    answer.tokens if depth == 1 else 0,  # paid once
                 )
             )
             for depth, cand in enumerate(asked, start=1)

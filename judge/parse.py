@@ -153,7 +153,7 @@ def parse_examples(
 def parse_choice(content: str | None, n: int) -> int:
     """The candidate picked in ``{"choice": N}`` (1..n), or 0 for none; a bare number is accepted too."""
     text = (content or "").strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit alone also admits "²", which int() refuses
         value: Any = int(text)
     else:
         value = _json_object(content, "choice answer").get("choice")

@@ -112,6 +112,17 @@ class JudgeOutcome:
         return len(self.verdicts) if self.calls is None else self.calls
 
     @property
+    def answers(self) -> list[tuple[bool, float, int]]:
+        """``(accepted, latency_ms, tokens)`` per answered question, for metrics that count requests: a
+        verdict each with ``validate``; one for a ``choose`` call (accepted: a candidate was picked), whose
+        verdicts all came from that one answer."""
+        if self.calls is None:
+            return [(v.valid, v.latency_ms, v.tokens) for v in self.verdicts]
+        if not self.verdicts:
+            return []
+        return [(self.label is not None, self.verdicts[0].latency_ms, self.tokens)]
+
+    @property
     def tokens(self) -> int:
         """Tokens spent on this item (cached verdicts cost none)."""
         return sum(v.tokens for v in self.verdicts)

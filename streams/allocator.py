@@ -51,6 +51,6 @@ def tune_malloc(mmap_threshold: int, arena_max: int) -> dict[str, int] | None:
         if value > 0:
             if mallopt(param, value) == 1:
                 applied[name] = value
-            else:  # glibc refuses out-of-range values (e.g. an mmap threshold above 32 MB on 64-bit)
+            else:  # mallopt returns 0 for a value this glibc does not accept
                 log.warning("mallopt(%s=%d) was refused; glibc's default stays", name, value)
     return applied

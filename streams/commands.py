@@ -114,9 +114,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.print_config:
         _print_settings(kafka, stream, metrics, judge, emb_settings, experts)
         return 0
-    tuned = tune_malloc(stream.malloc_mmap_threshold, stream.malloc_arena_max)
-    if tuned:
-        log.info("glibc malloc tuned: %s", tuned)
+    tune_malloc(stream.malloc_mmap_threshold, stream.malloc_arena_max)  # before the embedder allocates
     if kafka.create_topics:
         ensure_topics(kafka)
     print(f"driftlabel worker: loading the embedder ({emb_settings.kind})...", flush=True)

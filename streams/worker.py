@@ -550,9 +550,10 @@ class WorkerService:
         sent = []
         for v in result.verdicts:
             sent.append(await self.t_verdicts.send(key=key, value=v, partition=home))
-            self.metrics.judge_requests.labels(verdict="valid" if v.valid else "invalid").inc()
-            self.metrics.judge_latency.observe(v.latency_ms / 1000.0)
-            self.metrics.judge_tokens.inc(v.tokens)
+        for accepted, latency_ms, tokens in outcome.answers:
+            self.metrics.judge_requests.labels(verdict="valid" if accepted else "invalid").inc()
+            self.metrics.judge_latency.observe(latency_ms / 1000.0)
+            self.metrics.judge_tokens.inc(tokens)
         for t in result.training:
             sent.append(await self.t_training.send(key=key, value=t, partition=0))
         if result.review is not None:

@@ -58,7 +58,10 @@ def test_one_call_answers_every_candidate(
         assert [(v.label, v.valid, v.depth) for v in out.verdicts] == [
             (lab, ok, d) for d, (lab, ok) in enumerate(zip(labels, valid, strict=True), start=1)
         ]
-        assert out.verdicts[0].tokens > 0 and all(v.tokens == 0 for v in out.verdicts[1:])
+        assert out.verdicts[0].tokens > 0 and all(v.tokens == 0 for v in out.verdicts[1:])  # paid once
+        assert len({v.latency_ms for v in out.verdicts}) == 1 and out.verdicts[0].latency_ms > 0
+        # metrics count one request: accepted when a candidate was picked, the call's latency and tokens
+        assert out.answers == [(label is not None, out.verdicts[0].latency_ms, out.tokens)]
         assert out.hard_negatives == [lab for lab, ok in zip(labels, valid, strict=True) if not ok]
 
     run(scenario())
@@ -71,6 +74,7 @@ def test_validate_mode_counts_a_call_per_verdict(judge_for: JudgeFor) -> None:
             out = await judge.judge(ask(WEATHER, "transfer", "alarm", "weather"))
             await judge.aclose()
         assert out.calls is None and out.n_calls == 3 == sim.counts["requests"]
+        assert [a[0] for a in out.answers] == [False, False, True]
 
     run(scenario())
 
@@ -133,7 +137,7 @@ def test_parse_choice(content: str, n: int, want: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", ['{"choice": 4}', '{"choice": true}', '{"pick": 1}', "", "two", json.dumps([1])]
+    "content", ['{"choice": 4}', '{"choice": true}', '{"pick": 1}', "", "two", "²", json.dumps([1])]
 )
 def test_parse_choice_rejects(content: str) -> None:
     with pytest.raises(MalformedAnswerError):
