@@ -88,7 +88,7 @@ class Run:
     method: str
     error: float
     items: int = 0
-    calls: int = 0
+    calls: float = 0
     judged: int = 0
     accepted: int = 0
     curve: list[tuple[int, float]] = field(default_factory=list)  # (items, test accuracy)
@@ -149,6 +149,7 @@ def run_loop(
     eval_every: int,
     seed: int = 0,
     depth: int = 3,
+    batch: int = 1,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -245,7 +246,7 @@ def run_loop(
             accepted = None
             asked = [lab for lab, _p in r.candidates[i][:depth]]
             if method.startswith("choose"):  # one call: "which of these candidates, if any?"
-                n_calls = 1
+                n_calls = 1 / batch  # judge.batch_size items share one call
                 accepted = truth if truth in asked else None
                 if _flip(t, "\x00choose", error):  # a wrong answer: another candidate, or none
                     accepted = next((lab for lab in asked if lab != accepted), None)
@@ -393,6 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--depth", type=int, default=3, help="candidates asked per judged item (judge.max_depth)"
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="items per judge call for the choose methods (judge.batch_size): each is charged 1/batch calls",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -430,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             eval_every=args.eval_every,
             seed=args.seed,
             depth=args.depth,
+            batch=args.batch,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0

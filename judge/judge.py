@@ -20,7 +20,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 import openai
@@ -42,14 +42,17 @@ from driftlabel.judge.parse import (
     confidence_from_logprobs,
     normalise_label_name,
     parse_choice,
+    parse_choices,
     parse_examples,
     parse_proposal,
     parse_verdict,
 )
 from driftlabel.judge.prompts import (
+    BATCH_CHOICE_SCHEMA,
     CHOICE_SCHEMA,
     EXAMPLES_SCHEMA,
     PROPOSAL_SCHEMA,
+    build_choose_batch_messages,
     build_choose_messages,
     build_describe_messages,
     build_generate_messages,
@@ -150,6 +153,15 @@ class _ItemCalls:
 
 
 @dataclass
+class _Pending:
+    """An item waiting for its batch call."""
+
+    request: JudgeRequest
+    asked: list[Candidate]
+    future: asyncio.Future[JudgeOutcome]
+
+
+@dataclass
 class _Answer:
     value: Any
     tokens: int
@@ -197,6 +209,9 @@ class Judge:
         self._in_flight = 0
         self._waiting = 0
         self._c = _Counters()
+        self._pending: list[_Pending] = []  # items waiting for a batch call (batch_size > 1)
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public surface
 
@@ -273,6 +288,8 @@ class Judge:
             unique.setdefault(cand.label, cand)
         asked = list(unique.values())[: self.settings.max_depth]
         if self.settings.question == "choose":
+            if self.settings.batch_size > 1:
+                return await self._choose_batched(request, asked)
             return await self._choose(request, asked)
         calls = _ItemCalls(self.settings.max_calls_per_item)
         verdicts: list[Verdict] = []
@@ -428,7 +445,19 @@ class Judge:
         return name, description
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this judge created it."""
+        """Stop batching (items still waiting hear that the judge is unavailable, so they are kept and
+        retried) and close the HTTP client if this judge created it."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        for p in self._pending:
+            if not p.future.done():
+                p.future.set_exception(JudgeUnavailableError("the judge was closed; retry the item"))
+        self._pending.clear()
+        for task in list(self._batch_tasks):
+            task.cancel()
+        if self._batch_tasks:
+            await asyncio.gather(*self._batch_tasks, return_exceptions=True)
         if self._owns_client:
             await self._client.close()
 
@@ -481,7 +510,7 @@ class Judge:
         label: str | None,
         verdicts: list[Verdict],
         reason: str | None,
-        calls: int | None = None,
+        calls: float | None = None,
     ) -> JudgeOutcome:
         self._c.outcomes[status] += 1
         return JudgeOutcome(
@@ -523,7 +552,20 @@ class Judge:
                 "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
                 s.max_calls_per_item,
             )
-        pick = int(answer.value)
+        return self._picked(request, asked, int(answer.value), answer.latency_ms, answer.tokens, 1)
+
+    def _picked(
+        self,
+        request: JudgeRequest,
+        asked: list[Candidate],
+        pick: int,
+        latency_ms: float,
+        tokens: int,
+        calls: float,
+    ) -> JudgeOutcome:
+        """The outcome of a choice: the pick is a valid verdict at its rank, every other candidate an
+        invalid one; all verdicts carry the answer's latency, the first its tokens (paid once)."""
+        s = self.settings
         verdicts = [
             self._record(
                 Verdict(
@@ -532,8 +574,8 @@ class Judge:
                     depth == pick,
                     depth,
                     s.model,
-                    answer.latency_ms,  # every verdict came with the one answer
-                    answer.tokens if depth == 1 else 0,  # paid once
+                    latency_ms,
+                    tokens if depth == 1 else 0,
                 )
             )
             for depth, cand in enumerate(asked, start=1)
@@ -545,10 +587,121 @@ class Judge:
                 None,
                 verdicts,
                 f"the judge chose none of the {len(asked)} candidate(s) shown; send to human review",
-                1,
+                calls,
             )
         status = "validated" if pick == 1 else "corrected"
-        return self._outcome(request.id, status, asked[pick - 1].label, verdicts, None, 1)
+        return self._outcome(request.id, status, asked[pick - 1].label, verdicts, None, calls)
+
+    # -- batches: several items' choices in one call (judge.batch_size) --------------------------------
+
+    async def _choose_batched(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
+        """Queue the item for the next batch call and wait for its outcome. A batch leaves when it is
+        full or ``batch_wait_ms`` after its first item arrived, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[JudgeOutcome] = loop.create_future()
+        self._pending.append(_Pending(request, asked, fut))
+        if len(self._pending) >= self.settings.batch_size:
+            self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = loop.call_later(self.settings.batch_wait_ms / 1000.0, self._flush)
+        return await fut  # a cancelled waiter cancels its future; the batch skips it
+
+    def _flush(self) -> None:
+        """Send what is pending, in batches of at most ``batch_size`` (called by the timer or when full)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        size = self.settings.batch_size
+        while self._pending:
+            batch = [p for p in self._pending[:size] if not p.future.done()]
+            del self._pending[:size]
+            if batch:
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                self._batch_tasks.add(task)
+                task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._choose_many([(p.request, p.asked) for p in batch])
+        except BaseException as exc:  # the call could not be made: every item hears why (and retries)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    async def _choose_many(
+        self, items: list[tuple[JudgeRequest, list[Candidate]]]
+    ) -> list[JudgeOutcome | BaseException]:
+        """One call for all ``items``; each outcome is charged ``1/len(items)`` calls and its share of the
+        tokens. An item the answer leaves out (or answers twice, differently) is asked again alone."""
+        s = self.settings
+        if len(items) == 1:
+            return [await self._choose(*items[0])]
+        labels: dict[str, tuple[str | None, list[str]]] = {}
+        for _request, asked in items:  # a label shown once, with the examples its items brought
+            for c in asked:
+                _desc, examples = labels.setdefault(
+                    c.label, (c.description or self._descriptions.get(c.label), [])
+                )
+                for ex in c.examples:
+                    if len(examples) < s.n_examples and ex not in examples:
+                        examples.append(ex)
+        messages = build_choose_batch_messages(
+            [(r.text, [c.label for c in asked]) for r, asked in items],
+            labels,
+            max_text_chars=s.max_text_chars,
+        )
+        k = len(items)
+        share = 1.0 / k
+        picks: dict[int, int] = {}
+        latency_ms, tokens, why = 0.0, 0, ""
+        try:
+            answer = await self._ask_json(
+                messages,
+                BATCH_CHOICE_SCHEMA,
+                "choices",
+                lambda content: parse_choices(content, [len(asked) for _r, asked in items]),
+                what=f"a batch of {k} items (a choice each)",
+                max_tokens=s.max_answer_tokens * k + 16,
+                calls=_ItemCalls(s.max_calls_per_item),
+            )
+            picks, latency_ms, tokens = answer.value, answer.latency_ms, answer.tokens
+        except MalformedAnswerError as exc:
+            why = str(exc)
+        except _ItemBudgetSpent:
+            why = f"per-item budget of {s.max_calls_per_item} calls spent"
+        results: list[JudgeOutcome | BaseException | None] = [None] * k
+        alone: list[int] = []
+        for i, (request, asked) in enumerate(items):
+            if i + 1 in picks:
+                tok = tokens // k + (1 if i < tokens % k else 0)  # the call's tokens, shared out
+                results[i] = self._picked(request, asked, picks[i + 1], latency_ms, tok, share)
+            else:
+                alone.append(i)
+        if alone:
+            log.warning(
+                "judge: the batch answer gave no usable choice for %d of %d items%s; asking them alone",
+                len(alone),
+                k,
+                f" ({why})" if why else "",
+            )
+            again = await asyncio.gather(*(self._choose(*items[j]) for j in alone), return_exceptions=True)
+            for j, outcome in zip(alone, again, strict=True):
+                if isinstance(outcome, JudgeOutcome):
+                    outcome = replace(outcome, calls=share + (outcome.calls or 0))
+                results[j] = outcome
+        done = [r for r in results if r is not None]
+        assert len(done) == k, "every item was either picked or asked alone"
+        return done
 
     async def _validate(
         self, text: str, cand: Candidate, *, item_id: str, depth: int, calls: _ItemCalls | None

@@ -21,6 +21,7 @@ __all__ = [
     "confidence_from_logprobs",
     "normalise_label_name",
     "parse_choice",
+    "parse_choices",
     "parse_examples",
     "parse_proposal",
     "parse_verdict",
@@ -162,6 +163,34 @@ def parse_choice(content: str | None, n: int) -> int:
     if not 0 <= value <= n:
         raise MalformedAnswerError(f"choice {value} is not a candidate (0 to {n})", raw=content)
     return int(value)
+
+
+def parse_choices(content: str | None, sizes: Sequence[int]) -> dict[int, int]:
+    """Per item (counted from 1) the candidate picked in ``{"choices": [{"item": i, "choice": N}, ...]}``,
+    ``sizes[i-1]`` being item i's candidate count; 0 = none.
+
+    Only usable entries are returned: an item missing, out of range, answered twice with different picks
+    or with a non-integer is left out, so the caller can ask it again alone. A reply that is not such an
+    object at all raises :class:`MalformedAnswerError`."""
+    obj = _json_object(content, "batch choice answer")
+    entries = obj.get("choices")
+    if not isinstance(entries, list):
+        raise MalformedAnswerError('batch choice answer needs a list field "choices"', raw=content)
+    picks: dict[int, int] = {}
+    bad: set[int] = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        item, choice = entry.get("item"), entry.get("choice")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (item, choice)):
+            continue
+        assert isinstance(item, int) and isinstance(choice, int)
+        if not 1 <= item <= len(sizes) or not 0 <= choice <= sizes[item - 1]:
+            continue
+        if picks.get(item, choice) != choice:
+            bad.add(item)  # two different answers for one item: neither is trusted
+        picks[item] = choice
+    return {i: c for i, c in picks.items() if i not in bad}
 
 
 def normalise_label_name(name: str) -> str:

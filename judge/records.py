@@ -103,11 +103,12 @@ class JudgeOutcome:
     verdicts: list[Verdict] = field(default_factory=list)
     reason: str | None = None
     #: endpoint questions asked for the item; None: one per verdict (``question = "validate"``), while a
-    #: ``choose`` question answers every candidate's verdict in one call
-    calls: int | None = None
+    #: ``choose`` question answers every candidate's verdict in one call, and a batch of k items
+    #: (``judge.batch_size``) charges each 1/k of its call
+    calls: float | None = None
 
     @property
-    def n_calls(self) -> int:
+    def n_calls(self) -> float:
         """Judge calls this item cost, as the budget counts them (cached verdicts included)."""
         return len(self.verdicts) if self.calls is None else self.calls
 

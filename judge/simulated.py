@@ -57,6 +57,7 @@ from driftlabel.judge.errors import JudgeDataError, JudgeError
 from driftlabel.judge.parse import normalise_label_name
 from driftlabel.judge.prompts import (
     TASK_CHOOSE,
+    TASK_CHOOSE_BATCH,
     TASK_GENERATE,
     TASK_PROPOSE,
     extract_block,
@@ -67,6 +68,8 @@ from driftlabel.judge.prompts import (
 __all__ = ["DEFAULT_HOLDOUT_SPLITS", "FAILURE_KINDS", "SimulatedExpert"]
 
 log = logging.getLogger(__name__)
+
+_ITEM = re.compile(r"<item>(.*?)</item>", re.DOTALL)
 
 FAILURE_KINDS = ("500", "503", "429", "timeout", "garbage")
 #: splits of a split-tagged file (CLINC150) never handed out as generated examples: they score the model
@@ -516,14 +519,33 @@ class SimulatedExpert:
             return _error(
                 400, "a choose prompt needs candidate <label> blocks and one <text>", "invalid_request_error"
             ), ""
-        truth = self._index.get(normalise_text(texts[0]), set())
+        return json.dumps({"choice": self._pick(texts[0], labels)}), "choose"
+
+    def _choose_batch(self, prompt: str) -> tuple[Any, str]:
+        """``{"choices": [{"item": i, "choice": N}, ...]}`` for a batch prompt: each ``<item>`` answered as
+        a single choose prompt would be (the same deterministic errors per text)."""
+        items = _ITEM.findall(prompt)  # raw (escaped) blocks: no text can close one early
+        answers = []
+        for i, raw in enumerate(items, start=1):
+            cands, texts = extract_blocks(raw, "cand"), extract_blocks(raw, "text")
+            if not cands or len(texts) != 1:
+                return _error(
+                    400, f"batch item {i} needs <cand> blocks and one <text>", "invalid_request_error"
+                ), ""
+            answers.append({"item": i, "choice": self._pick(texts[0], cands)})
+        if not answers:
+            return _error(400, "a batch choose prompt needs <item> blocks", "invalid_request_error"), ""
+        return json.dumps({"choices": answers}), "choose"
+
+    def _pick(self, text: str, labels: list[str]) -> int:
+        truth = self._index.get(normalise_text(text), set())
         pick = next((n for n, lab in enumerate(labels, start=1) if lab in truth), 0)
         if self.error_rate > 0:
-            digest = hashlib.sha256(f"{self.seed}\x1f{normalise_text(texts[0])}\x1fchoose".encode()).digest()
+            digest = hashlib.sha256(f"{self.seed}\x1f{normalise_text(text)}\x1fchoose".encode()).digest()
             if int.from_bytes(digest[:8], "big") / 2**64 < self.error_rate:
                 pick = next((n for n in range(1, len(labels) + 1) if n != pick), 0)
                 self.counts["flipped"] += 1
-        return json.dumps({"choice": pick}), "choose"
+        return pick
 
     def _answer(self, prompt: str, response_format: Any) -> tuple[Any, str]:
         """(content, kind) for a judge prompt, or (error response, "") when it is not one."""
@@ -534,6 +556,8 @@ class SimulatedExpert:
             return self._propose(prompt)
         if task == TASK_CHOOSE:
             return self._choose(prompt)
+        if task == TASK_CHOOSE_BATCH:
+            return self._choose_batch(prompt)
         if task is not None:
             return _error(400, f"unknown <task> {task[:40]!r}", "invalid_request_error"), ""
         label = extract_block(prompt, "label")

@@ -160,7 +160,7 @@ class JudgeRateController:
         self.n = 0
         #: the latest drift events (bounded: a service runs for months; the metrics count them all)
         self.events: deque[DriftEvent] = deque(maxlen=1000)
-        self._calls = 0
+        self._calls = 0.0  # fractional when one call judges several items (judge.batch_size)
         self._judged = 0
         self._allowed = 0.0  # calls the budget allowed so far: the rate in force times the items seen
         self._win_entropy: list[float] = []
@@ -196,13 +196,13 @@ class JudgeRateController:
         """Share of items to route so that :attr:`rate` calls per item are spent (less while paying back
         an overspend)."""
         rate = max(0.0, self.rate - self.overspent / max(self.window, 1))
-        return min(1.0, rate / max(self.calls_per_judged, 1.0))
+        return min(1.0, rate / max(self.calls_per_judged, 0.01))
 
     def observe(
         self,
         entropy: np.ndarray,
         predicted: Sequence[str],
-        judged_calls: Sequence[int] = (),
+        judged_calls: Sequence[float] = (),
         top1_rejected: Sequence[bool] = (),
     ) -> list[DriftEvent]:
         """Feed one micro-batch: every item's normalised entropy and top-1, and the judged items' outcome.
@@ -228,7 +228,9 @@ class JudgeRateController:
                 self.state = "learning"
         return events
 
-    def observe_judged(self, judged_calls: Sequence[int], top1_rejected: Sequence[bool]) -> list[DriftEvent]:
+    def observe_judged(
+        self, judged_calls: Sequence[float], top1_rejected: Sequence[bool]
+    ) -> list[DriftEvent]:
         """Feed judged items' outcomes alone (the stream learns them later than it labels the batch)."""
         events = self._judged_events(judged_calls, top1_rejected)
         if events:
@@ -243,9 +245,11 @@ class JudgeRateController:
         self._stale = 0
         self._best_entropy = np.inf
 
-    def _judged_events(self, judged_calls: Sequence[int], top1_rejected: Sequence[bool]) -> list[DriftEvent]:
+    def _judged_events(
+        self, judged_calls: Sequence[float], top1_rejected: Sequence[bool]
+    ) -> list[DriftEvent]:
         calls = list(judged_calls)
-        self._calls += int(sum(calls))
+        self._calls += float(sum(calls))
         self._judged += len(calls)
         rej = np.asarray(list(top1_rejected), dtype=np.float64)
         if not len(rej):
