@@ -90,10 +90,16 @@ class Spec:
     scenario: str
     error: float
     method: str = "red"
+    batch: int = 1  # judge.batch_size (choose methods): items per judge call
+
+    @property
+    def label(self) -> str:
+        """The method as reports name it (``choose b4``: four items per call)."""
+        return self.method + (f" b{self.batch}" if self.batch > 1 else "")
 
     @property
     def tag(self) -> str:
-        return f"{self.dataset} {self.scenario} {self.method} err {self.error:.0%}"
+        return f"{self.dataset} {self.scenario} {self.label} err {self.error:.0%}"
 
 
 @dataclass
@@ -130,6 +136,7 @@ class ServiceRun:
     late: int = 0
     sim_counts: dict[str, int] = field(default_factory=dict)
     worker_alive: bool = True
+    endpoint_calls: int = 0  # HTTP requests the judge endpoint answered (every kind, retries included)
 
     @property
     def final_acc(self) -> float:
@@ -137,6 +144,9 @@ class ServiceRun:
 
     @property
     def calls(self) -> int:
+        """Judge calls; with batches the endpoint's own request count (a verdict no longer is a call)."""
+        if self.spec.batch > 1:
+            return self.endpoint_calls
         return self.verdicts + self.generate_calls + self.proposals
 
     @property
@@ -307,6 +317,7 @@ def run_service(
             "breaker_reset_s": "2",
             "timeout_s": "30",
             "question": "choose" if choose else "validate",
+            **({"batch_size": str(spec.batch), "batch_wait_ms": "300"} if spec.batch > 1 else {}),
         },
         embedder=embedder_kind,
     )
@@ -356,6 +367,8 @@ def run_service(
             labelled = int(np.searchsorted(np.asarray(done_at), created, side="right"))
             run.curve.append((labelled, sent, acc, version))
             n_ver = _judge_calls(follower.snapshot(names.judge_verdicts), choose)
+            if spec.batch > 1 and cluster.judge is not None:
+                n_ver = int(cluster.judge.counts["requests"])
             progress(
                 f"  {spec.tag}: {'final ' if final else ''}{labelled}/{len(ids)} labelled "
                 f"({sent} sent), test acc {100 * acc:.1f} %, model v{version}, "
@@ -444,6 +457,7 @@ def run_service(
             run.added_discovered = sorted(final_labels & (plan.late - set(plan.described)))
         if cluster.judge is not None:
             run.sim_counts = {k: int(v) for k, v in cluster.judge.counts.items()}
+            run.endpoint_calls = run.sim_counts.get("requests", 0)
     finally:
         if proposals is not None:
             proposals.stop()
@@ -465,7 +479,7 @@ def _plot(runs: Sequence[ServiceRun], path: Path, title: str) -> None:
     for run in runs:
         xs = [c[0] for c in run.curve]
         ys = [100 * c[2] for c in run.curve]
-        ax.plot(xs, ys, marker=".", label=f"{run.spec.method} ({run.spec.error:.0%} err)")
+        ax.plot(xs, ys, marker=".", label=f"{run.spec.label} ({run.spec.error:.0%} err)")
         if run.spec.scenario != "stationary" and run.phase2:
             ax.axvline(run.phase2, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("streamed items with a final label (when the checkpoint was written)")
@@ -493,14 +507,14 @@ def write_service_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for run in runs:
-        key = (run.spec.dataset, run.spec.scenario, run.spec.method, run.spec.error)
+        key = (run.spec.dataset, run.spec.scenario, run.spec.label, run.spec.error)
         loop = LOOP_FIGURES.get(key) if compare else None
         late = f"{len(run.added_described)}+{len(run.added_discovered)} of {run.late}" if run.late else "-"
         rows.append(
             [
                 run.spec.dataset,
                 run.spec.scenario,
-                run.spec.method,
+                run.spec.label,
                 f"{run.spec.error:.0%}",
                 run.items,
                 f"{100 * run.curve[0][2]:.1f}" if run.curve else "-",
@@ -639,6 +653,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="stream.judge_calls_per_text: a budget in judge calls per text (0: off; the share caps it)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="judge.batch_size for the choose methods: items per judge call (calls are then the endpoint's "
+        "request count)",
     )
     parser.add_argument("--classes", type=int, default=0, help="only the first N classes (sorted); 0: all")
     parser.add_argument("--test-limit", type=int, default=0, help="score at most N test texts (0: all)")

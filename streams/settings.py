@@ -158,7 +158,9 @@ class StreamSettings(DriftlabelSettings):
     judge_depth_candidates: int = Field(3, ge=1, description="candidates (with examples) sent to the judge")
     judge_retry_s: float = Field(1.0, gt=0, description="first wait when the judge is unavailable")
     judge_retry_max_s: float = Field(30.0, gt=0)
-    judge_concurrency: int = Field(4, ge=1, description="judge requests in flight per worker")
+    judge_concurrency: int = Field(
+        4, ge=1, description="judge calls in flight per worker (each with up to judge.batch_size items)"
+    )
     commit_interval_s: float = Field(
         1.0, gt=0, description="how often consumed offsets are committed (a crash repeats at most this much)"
     )

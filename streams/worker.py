@@ -212,9 +212,7 @@ class WorkerService:
         app.agent(self.t_verdicts_in, name="driftlabel.verdicts")(audit)
         app.agent(self.t_control, name="driftlabel.sequencer")(sequence)
         if self.stream.judge_target_share > 0:
-            app.agent(
-                self.t_judge_requests, name="driftlabel.judge", concurrency=self.stream.judge_concurrency
-            )(judge)
+            app.agent(self.t_judge_requests, name="driftlabel.judge", concurrency=self.judge_slots)(judge)
 
         async def learn() -> None:
             await self.run_learner()
@@ -514,6 +512,13 @@ class WorkerService:
         await asyncio.gather(*sent)  # acknowledged before the batch's offsets can be committed
 
     # -- judge -------------------------------------------------------------------------------------------
+    @property
+    def judge_slots(self) -> int:
+        """Items the judge agent holds at once: ``judge_concurrency`` calls, each carrying up to
+        ``judge.batch_size`` items (a batch only fills when its items are in flight together)."""
+        batch = self.judge.settings.batch_size if self.judge.settings is not None else 1
+        return self.stream.judge_concurrency * batch
+
     async def on_judge_request(self, m: Any) -> None:
         """Judge one ``judge-requests`` record and publish what it produced. Never raises."""
         self._positions[(m.topic, m.partition)] = m.offset
