@@ -150,6 +150,7 @@ def run_loop(
     seed: int = 0,
     depth: int = 3,
     batch: int = 1,
+    maintenance: float | None = None,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -196,7 +197,9 @@ def run_loop(
         run.items = len(order)
         run.seconds = time.perf_counter() - t_start
         return run
-    ctrl = JudgeRateController(calls_per_item=budget)
+    ctrl = JudgeRateController(
+        calls_per_item=budget, **({} if maintenance is None else {"maintenance": min(maintenance, budget)})
+    )
     router = AdaptiveRouter(target=ctrl.target_share)
     pool = NoveltyPool(min_size=10, similarity=0.55)
     recent = np.zeros((0, X.shape[1]), dtype=X.dtype)  # the latest judged embeddings ("diverse")
@@ -400,6 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="items per judge call for the choose methods (judge.batch_size): each is charged 1/batch calls",
     )
+    parser.add_argument(
+        "--maintenance",
+        type=float,
+        default=None,
+        help="judge calls per item once saturated (stream.judge_maintenance_share; default 0.03)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -438,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             depth=args.depth,
             batch=args.batch,
+            maintenance=args.maintenance,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -453,7 +463,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python bench/bench_loop.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         f"Judge budget {args.budget} calls per streamed item (every recursive call counted, plus one per "
-        "generated-example or proposal-naming request); seeds: 10 per class; test split held out.",
+        "generated-example or proposal-naming request); seeds: 10 per class; test split held out."
+        + (
+            f" The choose methods put {args.batch} judged items in one call (`judge.batch_size`): each is "
+            f"charged 1/{args.batch} call."
+            if args.batch > 1
+            else ""
+        )
+        + (f" Maintenance rate once saturated: {args.maintenance} calls/item." if args.maintenance else ""),
         "",
     ]
     rows = []

@@ -137,6 +137,7 @@ class ServiceRun:
     sim_counts: dict[str, int] = field(default_factory=dict)
     worker_alive: bool = True
     endpoint_calls: int = 0  # HTTP requests the judge endpoint answered (every kind, retries included)
+    verdict_tokens: int = 0  # tokens the verdicts report (the endpoint's usage: prompt + answer)
 
     @property
     def final_acc(self) -> float:
@@ -152,6 +153,11 @@ class ServiceRun:
     @property
     def calls_per_item(self) -> float:
         return self.calls / max(self.items, 1)
+
+    @property
+    def tokens_per_item(self) -> float:
+        """Judge tokens per streamed item: what an LLM bill scales with, batched or not."""
+        return self.verdict_tokens / max(self.items, 1)
 
     @property
     def uncertain_share(self) -> float:
@@ -448,6 +454,11 @@ def run_service(
         run.finals = len(fin)
         run.final_right = sum(1 for i, v in fin.items() if v.get("label") == truth[i])
         run.verdicts = _judge_calls(follower.snapshot(names.judge_verdicts), choose)
+        run.verdict_tokens = sum(
+            int(v.get("tokens") or 0)
+            for r in follower.snapshot(names.judge_verdicts)
+            if isinstance(v := r.json(), dict) and v.get("id")
+        )
         run.generate_calls = len(plan.described) if control_sent[0] else 0
         run.proposals = len(proposals.snapshot(names.proposals))
         run.phase2 = plan.phase2
@@ -521,6 +532,7 @@ def write_service_report(
                 f"{100 * run.final_acc:.2f}",
                 "-" if loop is None else f"{loop[0]:.1f}",
                 f"{run.calls_per_item:.3f}",
+                f"{run.tokens_per_item:.0f}",
                 f"{100 * run.uncertain_share:.1f}",
                 f"{100 * run.final_labels_acc:.1f}",
                 f"{run.finals}/{run.items}" + ("" if run.worker_alive else " (worker died)"),
@@ -550,6 +562,7 @@ def write_service_report(
                 "final test acc %",
                 "bench_loop %",
                 "judge calls/item",
+                "judge tokens/item",
                 "uncertain %",
                 "final labels right %",
                 "finals",
@@ -611,7 +624,8 @@ def build_plan(args: argparse.Namespace) -> list[Spec]:
                 for m in args.methods:
                     # baselines once per dataset (stationary, 5 %): they do not depend on the judge error
                     if m == "red" or (sc == "stationary" and (e == 0.05 or len(args.errors) == 1)):
-                        plan.append(Spec(ds, sc, e, m))
+                        batch = args.batch if m in ("choose", "chooseself") else 1
+                        plan.append(Spec(ds, sc, e, m, batch))
     return plan
 
 

@@ -114,7 +114,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.print_config:
         _print_settings(kafka, stream, metrics, judge, emb_settings, experts)
         return 0
-    tune_malloc(stream.malloc_mmap_threshold, stream.malloc_arena_max)  # before the embedder allocates
+    # before the embedder allocates; not the mmap threshold under torch (20 % fewer texts/s measured)
+    tune_malloc(stream.mmap_threshold_for(emb_settings.kind), stream.malloc_arena_max)
     if kafka.create_topics:
         ensure_topics(kafka)
     print(f"driftlabel worker: loading the embedder ({emb_settings.kind})...", flush=True)

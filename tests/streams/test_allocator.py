@@ -73,6 +73,10 @@ def test_zero_leaves_defaults() -> None:
 
 def test_settings_defaults_and_bounds() -> None:
     s = StreamSettings()
-    assert (s.malloc_mmap_threshold, s.malloc_arena_max) == (131072, 2)
+    assert (s.malloc_mmap_threshold, s.malloc_arena_max) == (None, 2)
+    # auto: fixed for the ONNX / static embedders, glibc's default under torch (page faults cost 20 %)
+    assert s.mmap_threshold_for("onnx") == s.mmap_threshold_for("static") == 131072
+    assert s.mmap_threshold_for("sentence-transformers") == 0
+    assert StreamSettings(malloc_mmap_threshold=65536).mmap_threshold_for("sentence-transformers") == 65536
     with pytest.raises(ValueError):
         StreamSettings(malloc_mmap_threshold=64 * 2**20)
