@@ -37,13 +37,14 @@ def judged_share(
 
     With a calls budget (``calls_per_text > 0``) the controller's rate is in judge calls per text and its
     ``target_share`` divides it by the measured calls per judged text (recursive delegation asks several
-    candidates, ~1.9 calls a text here), capped by ``target_share`` (with rate control off the budget is
-    fixed: no maintenance level, no drift boost, no pay-back); without one, the controller's rate is the
-    share itself, or ``target_share`` alone when rate control is off.
+    candidates, ~1.9 calls a text here; a batch of k texts in one call charges each 1/k), capped by
+    ``target_share`` (with rate control off the budget is fixed: no maintenance level, no drift boost, no
+    pay-back); without one, the controller's rate is the share itself, or ``target_share`` alone when rate
+    control is off.
     """
     if calls_per_text > 0:
         if not rate_control:
-            return min(target_share, calls_per_text / max(controller.calls_per_judged, 1.0))
+            return min(target_share, calls_per_text / max(controller.calls_per_judged, 0.01))
         return min(target_share, controller.target_share)
     if rate_control and 0.0 < target_share < 1.0:
         return min(1.0, controller.rate)

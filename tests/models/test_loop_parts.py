@@ -77,6 +77,16 @@ def test_calls_per_judged_item_sets_the_routed_share() -> None:
     assert ctrl.target_share == pytest.approx(0.05)
 
 
+def test_a_shared_call_lets_more_items_be_judged() -> None:
+    """judge.batch_size 4: each judged item costs a quarter call, so the same budget routes 4x the share."""
+    ctrl = JudgeRateController(calls_per_item=0.1)
+    for _ in range(10):
+        ctrl.observe(np.full(100, 0.5), ["x"] * 100, judged_calls=[0.25] * 4, top1_rejected=[False] * 4)
+    assert ctrl.calls_per_judged == pytest.approx(0.25)
+    assert ctrl.target_share == pytest.approx(0.4)
+    assert ctrl.overspent == 0.0  # 10 calls for 1,000 items: within the budget
+
+
 def test_a_dense_group_of_unplaced_texts_makes_one_proposal() -> None:
     rng = np.random.default_rng(2)
     dim = 32
