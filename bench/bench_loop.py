@@ -151,6 +151,7 @@ def run_loop(
     depth: int = 3,
     batch: int = 1,
     maintenance: float | None = None,
+    young: int | None = None,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -183,6 +184,8 @@ def run_loop(
     settings = ExpertSettings(subset_size=sizes[method]) if method in sizes else ExpertSettings()
     if method == "selfalone":  # ablation: self-training without its routing twin
         settings = settings.model_copy(update={"self_training_router": False})
+    if young is not None:
+        settings = settings.model_copy(update={"young_examples": young})
     clf = RedClassifier(embedder=EMBEDDER, settings=settings)
     clf.fit_embeddings(X[seeds], [texts[i] for i in seeds], y[seeds])
     run = Run(dataset, scenario, method, error)
@@ -409,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="judge calls per item once saturated (stream.judge_maintenance_share; default 0.03)",
     )
+    parser.add_argument(
+        "--young", type=int, default=None, help="ExpertSettings.young_examples (0: no young-label re-solves)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -448,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             depth=args.depth,
             batch=args.batch,
             maintenance=args.maintenance,
+            young=args.young,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -470,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.batch > 1
             else ""
         )
-        + (f" Maintenance rate once saturated: {args.maintenance} calls/item." if args.maintenance else ""),
+        + (f" Maintenance rate once saturated: {args.maintenance} calls/item." if args.maintenance else "")
+        + (f" young_examples = {args.young}." if args.young is not None else ""),
         "",
     ]
     rows = []
