@@ -157,6 +157,15 @@ def _block(tag: str, value: str, max_chars: int | None = None) -> str:
     return f"<{tag}>{escape_data(value, max_chars)}</{tag}>"
 
 
+def _describe(description: str | None, examples: Sequence[str], what: str, heading: str) -> list[str]:
+    """A label's description line (``what: <description>``) and its example blocks under ``heading``."""
+    lines = [f"{what}: {_block('description', description, 1000)}"] if description else []
+    if examples:
+        lines.append(heading)
+        lines.extend(_block("example", ex, 500) for ex in examples)
+    return lines
+
+
 def build_validate_messages(
     text: str,
     label: str,
@@ -168,11 +177,7 @@ def build_validate_messages(
 ) -> list[dict[str, str]]:
     """The chat messages for "is ``label`` valid for ``text``?"."""
     lines = [f"Proposed label: {_block('label', label)}"]
-    if description:
-        lines.append(f"Label description: {_block('description', description, 1000)}")
-    if examples:
-        lines.append("Known examples of this label:")
-        lines.extend(_block("example", ex, 500) for ex in examples)
+    lines += _describe(description, examples, "Label description", "Known examples of this label:")
     lines.append("Text to classify:")
     lines.append(_block("text", text, max_text_chars))
     if answer_format == "text":
@@ -199,11 +204,9 @@ def build_choose_messages(
     lines = [f"<task>{TASK_CHOOSE}</task>", "Candidate labels:"]
     for n, (label, description, examples) in enumerate(candidates, start=1):
         lines.append(f"Candidate {n}: {_block('label', label)}")
-        if description:
-            lines.append(f"Description of candidate {n}: {_block('description', description, 1000)}")
-        if examples:
-            lines.append(f"Known examples of candidate {n}:")
-            lines.extend(_block("example", ex, 500) for ex in examples)
+        lines += _describe(
+            description, examples, f"Description of candidate {n}", f"Known examples of candidate {n}:"
+        )
     lines.append("Text to classify:")
     lines.append(_block("text", text, max_text_chars))
     k = len(candidates)
@@ -234,11 +237,7 @@ def build_choose_batch_messages(
     lines = [f"<task>{TASK_CHOOSE_BATCH}</task>", "Labels:"]
     for label, (description, examples) in labels.items():
         lines.append(f"Label {_block('label', label)}")
-        if description:
-            lines.append(f"Description: {_block('description', description, 1000)}")
-        if examples:
-            lines.append("Known examples:")
-            lines.extend(_block("example", ex, 500) for ex in examples)
+        lines += _describe(description, examples, "Description", "Known examples:")
     lines.append(f"Items to classify ({len(items)}):")
     for i, (text, candidates) in enumerate(items, start=1):
         cands = " ".join(f"{n}={_block('cand', c)}" for n, c in enumerate(candidates, start=1))
