@@ -450,9 +450,7 @@ class Judge:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        for p in self._pending:
-            if not p.future.done():
-                p.future.set_exception(JudgeUnavailableError("the judge was closed; retry the item"))
+        self._fail_waiting(self._pending, JudgeUnavailableError("the judge was closed; retry the item"))
         self._pending.clear()
         for task in list(self._batch_tasks):
             task.cancel()
@@ -623,12 +621,11 @@ class Judge:
     async def _run_batch(self, batch: list[_Pending]) -> None:
         try:
             results = await self._choose_many([(p.request, p.asked) for p in batch])
-        except BaseException as exc:  # the call could not be made: every item hears why (and retries)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        except asyncio.CancelledError:  # aclose(): a future cannot hold a cancellation; keep the items
+            self._fail_waiting(batch, JudgeUnavailableError("the judge was closed; retry the item"))
+            raise
+        except Exception as exc:  # the call could not be made: every item hears why (and retries)
+            self._fail_waiting(batch, exc)
             return
         for p, result in zip(batch, results, strict=True):
             if p.future.done():
@@ -637,6 +634,12 @@ class Judge:
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+
+    @staticmethod
+    def _fail_waiting(batch: list[_Pending], exc: Exception) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
 
     async def _choose_many(
         self, items: list[tuple[JudgeRequest, list[Candidate]]]
@@ -679,14 +682,7 @@ class Judge:
             why = str(exc)
         except _ItemBudgetSpent:
             why = f"per-item budget of {s.max_calls_per_item} calls spent"
-        results: list[JudgeOutcome | BaseException | None] = [None] * k
-        alone: list[int] = []
-        for i, (request, asked) in enumerate(items):
-            if i + 1 in picks:
-                tok = tokens // k + (1 if i < tokens % k else 0)  # the call's tokens, shared out
-                results[i] = self._picked(request, asked, picks[i + 1], latency_ms, tok, share)
-            else:
-                alone.append(i)
+        alone = [i for i in range(k) if i + 1 not in picks]
         if alone:
             log.warning(
                 "judge: the batch answer gave no usable choice for %d of %d items%s; asking them alone",
@@ -694,14 +690,17 @@ class Judge:
                 k,
                 f" ({why})" if why else "",
             )
-            again = await asyncio.gather(*(self._choose(*items[j]) for j in alone), return_exceptions=True)
-            for j, outcome in zip(alone, again, strict=True):
-                if isinstance(outcome, JudgeOutcome):
-                    outcome = replace(outcome, calls=share + (outcome.calls or 0))
-                results[j] = outcome
-        done = [r for r in results if r is not None]
-        assert len(done) == k, "every item was either picked or asked alone"
-        return done
+        again = await asyncio.gather(*(self._choose(*items[i]) for i in alone), return_exceptions=True)
+        retried = dict(zip(alone, again, strict=True))
+        results: list[JudgeOutcome | BaseException] = []
+        for i, (request, asked) in enumerate(items):
+            if i in retried:  # its share of the batch call plus its own call
+                r = retried[i]
+                results.append(replace(r, calls=share + (r.calls or 0)) if isinstance(r, JudgeOutcome) else r)
+            else:
+                tok = tokens // k + (1 if i < tokens % k else 0)  # the call's tokens, shared out
+                results.append(self._picked(request, asked, picks[i + 1], latency_ms, tok, share))
+        return results
 
     async def _validate(
         self, text: str, cand: Candidate, *, item_id: str, depth: int, calls: _ItemCalls | None

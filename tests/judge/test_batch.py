@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from driftlabel.config import ConfigError
@@ -198,3 +199,27 @@ def test_parse_choices(content: str, sizes: list[int], want: dict[int, int]) -> 
 def test_parse_choices_rejects(content: str | None) -> None:
     with pytest.raises(MalformedAnswerError):
         parse_choices(content, [3])
+
+
+def test_closing_during_a_batch_call_keeps_its_items(settings_for: SettingsFor) -> None:
+    """aclose() while a batch call is in flight: its items hear "unavailable" (kept, retried), not a
+    cancellation that asyncio cannot put into their futures."""
+    started = asyncio.Event()
+
+    async def scenario() -> None:
+        async def slow(request: httpx.Request) -> httpx.Response:
+            started.set()
+            await asyncio.sleep(30)
+            return completion('{"choices": []}')
+
+        s = settings_for("http://fake/v1", question="choose", batch_size=2, batch_wait_ms=5000, timeout_s=60)
+        http = httpx.AsyncClient(transport=httpx.MockTransport(slow))
+        judge = Judge(s, openai.AsyncOpenAI(base_url="http://fake/v1", api_key="k", http_client=http))  # type: ignore[arg-type,unused-ignore]
+        waiting = [asyncio.ensure_future(judge.judge(r)) for r in four()[:2]]
+        await asyncio.wait_for(started.wait(), 5)
+        await judge.aclose()
+        for w in waiting:
+            with pytest.raises(JudgeUnavailableError):
+                await w
+
+    asyncio.run(scenario())
