@@ -100,6 +100,9 @@ class Run:
     worst_learn_s: float = 0.0
     seconds: float = 0.0
     states: list[tuple[int, str]] = field(default_factory=list)
+    verified: int = 0  # picks cross-checked with a yes/no question (judge.verify_below)
+    refuted: int = 0
+    wrong_accepted: int = 0  # accepted labels that are not the text's true label
 
     @property
     def final_acc(self) -> float:
@@ -152,6 +155,7 @@ def run_loop(
     batch: int = 1,
     maintenance: float | None = None,
     young: int | None = None,
+    verify: float = 0.0,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -257,6 +261,14 @@ def run_loop(
                 if _flip(t, "\x00choose", error):  # a wrong answer: another candidate, or none
                     accepted = next((lab for lab in asked if lab != accepted), None)
                 answered = [(lab, lab == accepted) for lab in asked]  # the others: hard negatives
+                p_pick = dict(r.candidates[i]).get(accepted, 1.0) if accepted is not None else 1.0
+                if p_pick < verify:  # judge.verify_below: an unlikely pick is asked again, as yes/no
+                    run.verified += 1
+                    n_calls += 1
+                    if (accepted == truth) == _flip(t, accepted, error):  # the yes/no says no
+                        run.refuted += 1
+                        answered = [(accepted, False)]  # the two answers disagree: keep only the no
+                        accepted = None
             else:  # a yes/no call per candidate until a yes
                 answered = []
                 for lab in asked:
@@ -278,6 +290,7 @@ def run_loop(
             if accepted is not None:
                 final[i] = accepted
                 run.accepted += 1
+                run.wrong_accepted += int(accepted != truth)
             elif scenario == "incremental":
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
         run.final_right += int(np.sum(final == yb))
@@ -415,6 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--young", type=int, default=None, help="ExpertSettings.young_examples (0: no young-label re-solves)"
     )
+    parser.add_argument(
+        "--verify",
+        type=float,
+        default=0.0,
+        help="choose methods: a pick the experts gave less than this probability is asked again as a "
+        "yes/no question (judge.verify_below; 1 call each)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -455,13 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch=args.batch,
             maintenance=args.maintenance,
             young=args.young,
+            verify=args.verify,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
         print(
             f"[{n}/{len(plan)} {elapsed:6.0f}s] {ds} {sc:<11} {m:<6} err {e:.2f}: final test acc "
             f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
-            f"accepted {run.accepted} added {len(run.added)} "
+            f"accepted {run.accepted} (wrong {run.wrong_accepted}) verified {run.verified} "
+            f"refuted {run.refuted} added {len(run.added)} "
             f"({run.seconds:.0f}s)",
             file=sys.stderr,
             flush=True,
@@ -475,6 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" The choose methods put {args.batch} judged items in one call (`judge.batch_size`): each is "
             f"charged 1/{args.batch} call."
             if args.batch > 1
+            else ""
+        )
+        + (
+            f" A pick the experts gave a probability below {args.verify} is asked again as a yes/no "
+            "question (`judge.verify_below`, one call; the simulated judge errs on it independently)."
+            if args.verify > 0
             else ""
         )
         + (f" Maintenance rate once saturated: {args.maintenance} calls/item." if args.maintenance else "")
@@ -496,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{100 * ceilings[run.dataset]:.1f}",
                 f"{run.calls_per_item:.3f}",
                 f"{100 * run.final_right / max(run.items, 1):.1f}" if run.method != "seeds" else "-",
+                run.judged,
+                f"{run.accepted} ({run.wrong_accepted})",
+                f"{run.verified} ({run.refuted})" if run.verified else "-",
                 len(run.added),
                 "-" if rec is None else rec,
                 len(run.drift_events),
@@ -516,6 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "full-data LR %",
                 "judge calls/item",
                 "final labels right %",
+                "judged",
+                "labels learned (wrong)",
+                "cross-checked (refuted)",
                 "classes added",
                 "recovery items",
                 "drift events",
@@ -538,9 +572,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "Columns: *final test acc* is the held-out test split after the stream (every class, also the late "
         "ones); *final labels right* is the share of streamed items whose final label (the judge's where "
-        "asked) was right; *recovery items* (shift) counts items after the flip until the rolling 500-item "
-        "prequential accuracy of the experts' top-1 is back within 2 points of its value before; *worst "
-        "learn call* is the longest `learn_embeddings` call (a swap waiting for its re-solve shows here).",
+        "asked) was right; *labels learned (wrong)* counts the judge's accepted labels and, in brackets, "
+        "those that are not the text's true label; *cross-checked* the picks asked again as yes/no "
+        "(`--verify`, judge.verify_below) and how many of those the check refuted; *recovery items* "
+        "(shift) counts items after the flip until the rolling 500-item prequential accuracy of "
+        "the experts' top-1 is back within 2 points of its value before; *worst learn call* is the "
+        "longest `learn_embeddings` call (a swap waiting for its re-solve shows here).",
     ]
     path = write_report(args.name, "The learning loop on real data (bench/bench_loop.py)", "\n".join(body))
     print(f"report: {path}", file=sys.stderr)

@@ -91,11 +91,22 @@ class Spec:
     error: float
     method: str = "red"
     batch: int = 1  # judge.batch_size (choose methods): items per judge call
+    verify: float = 0.0  # judge.verify_below (choose methods): unlikely picks asked again as yes/no
 
     @property
     def label(self) -> str:
-        """The method as reports name it (``choose b4``: four items per call)."""
-        return self.method + (f" b{self.batch}" if self.batch > 1 else "")
+        """The method as reports name it (``choose b4 v0.1``: four items per call, picks below 0.1
+        cross-checked)."""
+        return (
+            self.method
+            + (f" b{self.batch}" if self.batch > 1 else "")
+            + (f" v{self.verify:g}" if self.verify > 0 else "")
+        )
+
+    @property
+    def counts_requests(self) -> bool:
+        """Whether judge calls are the endpoint's request count (a verdict is no longer one call)."""
+        return self.batch > 1 or self.verify > 0
 
     @property
     def tag(self) -> str:
@@ -145,8 +156,8 @@ class ServiceRun:
 
     @property
     def calls(self) -> int:
-        """Judge calls; with batches the endpoint's own request count (a verdict no longer is a call)."""
-        if self.spec.batch > 1:
+        """Judge calls; with batches or cross-checks the endpoint's own request count."""
+        if self.spec.counts_requests:
             return self.endpoint_calls
         return self.verdicts + self.generate_calls + self.proposals
 
@@ -324,6 +335,7 @@ def run_service(
             "timeout_s": "30",
             "question": "choose" if choose else "validate",
             **({"batch_size": str(spec.batch), "batch_wait_ms": "300"} if spec.batch > 1 else {}),
+            **({"verify_below": str(spec.verify)} if spec.verify > 0 else {}),
         },
         embedder=embedder_kind,
     )
@@ -373,7 +385,7 @@ def run_service(
             labelled = int(np.searchsorted(np.asarray(done_at), created, side="right"))
             run.curve.append((labelled, sent, acc, version))
             n_ver = _judge_calls(follower.snapshot(names.judge_verdicts), choose)
-            if spec.batch > 1 and cluster.judge is not None:
+            if spec.counts_requests and cluster.judge is not None:
                 n_ver = int(cluster.judge.counts["requests"])
             progress(
                 f"  {spec.tag}: {'final ' if final else ''}{labelled}/{len(ids)} labelled "
@@ -624,8 +636,9 @@ def build_plan(args: argparse.Namespace) -> list[Spec]:
                 for m in args.methods:
                     # baselines once per dataset (stationary, 5 %): they do not depend on the judge error
                     if m == "red" or (sc == "stationary" and (e == 0.05 or len(args.errors) == 1)):
-                        batch = args.batch if m in ("choose", "chooseself") else 1
-                        plan.append(Spec(ds, sc, e, m, batch))
+                        choose = m in ("choose", "chooseself")
+                        batch, verify = (args.batch, args.verify) if choose else (1, 0.0)
+                        plan.append(Spec(ds, sc, e, m, batch, verify))
     return plan
 
 
@@ -674,6 +687,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="judge.batch_size for the choose methods: items per judge call (calls are then the endpoint's "
         "request count)",
+    )
+    parser.add_argument(
+        "--verify",
+        type=float,
+        default=0.0,
+        help="judge.verify_below for the choose methods: picks the experts gave less than this are asked "
+        "again as yes/no (calls are then the endpoint's request count)",
     )
     parser.add_argument("--classes", type=int, default=0, help="only the first N classes (sorted); 0: all")
     parser.add_argument("--test-limit", type=int, default=0, help="score at most N test texts (0: all)")

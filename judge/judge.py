@@ -83,6 +83,8 @@ class JudgeStats:
     invalid: int
     cache_hits: int
     outcomes: dict[str, int]
+    #: cross-checks of unlikely picks (``verify_below``): ``confirmed`` / ``refuted`` / ``no_answer``
+    checks: dict[str, int]
     prompt_tokens: int
     completion_tokens: int
     tokens: int
@@ -123,6 +125,7 @@ class _Counters:
     invalid: int = 0
     cache_hits: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    checks: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tokens: int = 0
@@ -261,6 +264,7 @@ class Judge:
             invalid=c.invalid,
             cache_hits=c.cache_hits,
             outcomes=dict(c.outcomes),
+            checks=dict(c.checks),
             prompt_tokens=c.prompt_tokens,
             completion_tokens=c.completion_tokens,
             tokens=c.tokens,
@@ -509,10 +513,11 @@ class Judge:
         verdicts: list[Verdict],
         reason: str | None,
         calls: float | None = None,
+        check: Verdict | None = None,
     ) -> JudgeOutcome:
         self._c.outcomes[status] += 1
         return JudgeOutcome(
-            id=item_id, status=status, label=label, verdicts=verdicts, reason=reason, calls=calls
+            id=item_id, status=status, label=label, verdicts=verdicts, reason=reason, calls=calls, check=check
         )
 
     async def _choose(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
@@ -550,7 +555,51 @@ class Judge:
                 "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
                 s.max_calls_per_item,
             )
-        return self._picked(request, asked, int(answer.value), answer.latency_ms, answer.tokens, 1)
+        picked = self._picked(request, asked, int(answer.value), answer.latency_ms, answer.tokens, 1)
+        return await self._cross_check(request, asked, picked)
+
+    async def _cross_check(
+        self, request: JudgeRequest, asked: list[Candidate], outcome: JudgeOutcome
+    ) -> JudgeOutcome:
+        """Ask a pick the experts found unlikely (probability < ``verify_below``) again as a yes/no question.
+
+        A wrong choice is most often a plausible candidate the experts ranked low; a second question
+        phrased differently errs independently enough to catch most of them (docs/judge.md). A yes keeps
+        the outcome (one call more); a no makes it ``unresolved`` and leaves only that no to learn. A check
+        that gets no usable answer leaves the choice as it was.
+        """
+        s = self.settings
+        if s.verify_below <= 0 or outcome.label is None:
+            return outcome
+        depth, cand = next((d, c) for d, c in enumerate(asked, start=1) if c.label == outcome.label)
+        if cand.probability >= s.verify_below:
+            return outcome
+        calls = (outcome.calls or 0.0) + 1
+        try:
+            check = await self._validate(
+                request.text, cand, item_id=request.id, depth=depth, calls=_ItemCalls(s.max_calls_per_item)
+            )
+        except (MalformedAnswerError, _ItemBudgetSpent) as exc:
+            self._c.checks["no_answer"] += 1
+            log.warning("judge: no usable cross-check of item %s's pick %r (%s); the choice stands",
+                        request.id, cand.label, exc)  # fmt: skip
+            return replace(outcome, calls=calls)
+        verdicts = [*outcome.verdicts, check]
+        if check.valid:
+            self._c.checks["confirmed"] += 1
+            return replace(outcome, verdicts=verdicts, calls=calls, check=check)
+        self._c.checks["refuted"] += 1
+        self._c.outcomes[outcome.status] -= 1  # it was counted as picked; it ends unresolved
+        return self._outcome(
+            request.id,
+            "unresolved",
+            None,
+            verdicts,
+            f"the judge chose {cand.label!r} (experts' probability {cand.probability:.3f} < verify_below "
+            f"{s.verify_below}) but said no when asked about it alone; send to human review",
+            calls,
+            check,
+        )
 
     def _picked(
         self,
@@ -693,13 +742,20 @@ class Judge:
         again = await asyncio.gather(*(self._choose(*items[i]) for i in alone), return_exceptions=True)
         retried = dict(zip(alone, again, strict=True))
         results: list[JudgeOutcome | BaseException] = []
+        picked: dict[int, JudgeOutcome] = {}
         for i, (request, asked) in enumerate(items):
-            if i in retried:  # its share of the batch call plus its own call
+            if i in retried:  # its share of the batch call plus its own call (cross-checked there)
                 r = retried[i]
                 results.append(replace(r, calls=share + (r.calls or 0)) if isinstance(r, JudgeOutcome) else r)
             else:
                 tok = tokens // k + (1 if i < tokens % k else 0)  # the call's tokens, shared out
-                results.append(self._picked(request, asked, picks[i + 1], latency_ms, tok, share))
+                picked[i] = self._picked(request, asked, picks[i + 1], latency_ms, tok, share)
+                results.append(picked[i])
+        checked = await asyncio.gather(
+            *(self._cross_check(*items[i], out) for i, out in picked.items()), return_exceptions=True
+        )
+        for i, r in zip(picked, checked, strict=True):
+            results[i] = r if isinstance(r, JudgeOutcome | Exception) else JudgeUnavailableError(repr(r))
         return results
 
     async def _validate(

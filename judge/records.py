@@ -94,7 +94,7 @@ class JudgeOutcome:
 
     ``validated``: the top candidate was accepted; ``corrected``: a lower candidate was; ``unresolved``: none
     asked was accepted (or no usable answer came), ``label`` is None and the item goes to human review.
-    ``verdicts`` holds every answered question, in order, valid or not.
+    ``verdicts`` holds every answered question, in order, valid or not; :attr:`pairs` what to learn from them.
     """
 
     id: str
@@ -106,6 +106,17 @@ class JudgeOutcome:
     #: ``choose`` question answers every candidate's verdict in one call, and a batch of k items
     #: (``judge.batch_size``) charges each 1/k of its call
     calls: float | None = None
+    #: the yes/no cross-check of an unlikely pick (``judge.verify_below``), also the last of ``verdicts``
+    check: Verdict | None = None
+
+    @property
+    def pairs(self) -> list[tuple[str, bool]]:
+        """``(label, valid)`` to learn: every verdict, except that a pick its cross-check refuted leaves
+        only the check's no (the two answers disagree, so the choice's other verdicts are not trusted
+        either) and a confirmed pick is learned once."""
+        if self.check is not None and not self.check.valid:
+            return [(self.check.label, False)]
+        return [(v.label, v.valid) for v in self.verdicts if v is not self.check]
 
     @property
     def n_calls(self) -> float:
@@ -119,9 +130,14 @@ class JudgeOutcome:
         verdicts all came from that one answer."""
         if self.calls is None:
             return [(v.valid, v.latency_ms, v.tokens) for v in self.verdicts]
-        if not self.verdicts:
-            return []
-        return [(self.label is not None, self.verdicts[0].latency_ms, self.tokens)]
+        chosen = [v for v in self.verdicts if v is not self.check]
+        out = []
+        if chosen:
+            picked = any(v.valid for v in chosen)
+            out.append((picked, chosen[0].latency_ms, sum(v.tokens for v in chosen)))
+        if self.check is not None:
+            out.append((self.check.valid, self.check.latency_ms, self.check.tokens))
+        return out
 
     @property
     def tokens(self) -> int:
@@ -131,4 +147,4 @@ class JudgeOutcome:
     @property
     def hard_negatives(self) -> list[str]:
         """Labels the judge rejected for this text: training rows with ``valid=False``."""
-        return [v.label for v in self.verdicts if not v.valid]
+        return [label for label, valid in self.pairs if not valid]

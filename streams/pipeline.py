@@ -67,6 +67,9 @@ class OutcomeLike(Protocol):
     verdicts: Sequence[Any]
     reason: str | None
 
+    @property
+    def pairs(self) -> Sequence[tuple[str, bool]]: ...
+
 
 class RawRecord(Protocol):
     """A consumed record: ``aiokafka.ConsumerRecord`` and faust's ``Message`` both fit."""
@@ -310,9 +313,9 @@ def judge_result_messages(
         )
         for v in outcome.verdicts
     ]
-    training = [
-        TrainingMessage(id=request.id, text=request.text, label=v.label, source="judge", valid=v.valid)
-        for v in verdicts
+    training = [  # what the outcome says to learn: a pick its cross-check refuted is not among them
+        TrainingMessage(id=request.id, text=request.text, label=lab, source="judge", valid=bool(valid))
+        for lab, valid in outcome.pairs
     ]
     label: str | None
     if outcome.status in ("validated", "corrected") and outcome.label:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from driftlabel.config import ConfigError, load_settings
+from driftlabel.judge import JudgeOutcome, Verdict
 from driftlabel.streams.checkpoint import list_checkpoints, read_checkpoint, write_checkpoint
 from driftlabel.streams.client import control_record, iter_input_records
 from driftlabel.streams.errors import CheckpointError, InvalidMessageError
@@ -48,6 +49,10 @@ class FakeOutcome:
     label: str | None
     verdicts: list[FakeVerdict] = field(default_factory=list)
     reason: str | None = None
+
+    @property
+    def pairs(self) -> list[tuple[str, bool]]:
+        return [(v.label, v.valid) for v in self.verdicts]
 
 
 def _ranking() -> FakeRanking:
@@ -262,3 +267,15 @@ def test_worker_embedder_choice(capsys: pytest.CaptureFixture[str]) -> None:
     assert "kind = sentence-transformers" in capsys.readouterr().out
     assert main(["worker", "--print-config", "--bootstrap", "k:9092"]) == 0  # the default: MiniLM, int8 ONNX
     assert "[embedder]\nkind = onnx" in capsys.readouterr().out
+
+
+def test_a_refuted_cross_check_is_learned_as_its_no_only() -> None:
+    """``judge.verify_below``: the choice said "a", the yes/no about "a" said no; only that no is learned."""
+    chose = [Verdict("i3", "b", False, 1, "m", 5.0, 90), Verdict("i3", "a", True, 2, "m", 5.0, 0)]
+    check = Verdict("i3", "a", False, 2, "m", 4.0, 60)
+    out = JudgeOutcome("i3", "unresolved", None, [*chose, check], "refuted", calls=2.0, check=check)
+    r = judge_result_messages(_request(), out, 7, 3.0)
+    assert [(t.label, t.valid) for t in r.training] == [("a", False)]
+    assert [(v.label, v.valid) for v in r.verdicts] == [("b", False), ("a", True), ("a", False)]
+    assert (r.label.label, r.label.status) == ("b", "unresolved") and r.review is not None
+    assert out.answers == [(True, 5.0, 90), (False, 4.0, 60)] and out.tokens == 150

@@ -1,0 +1,151 @@
+"""``judge.verify_below``: a pick the experts found unlikely is asked again as a yes/no question.
+
+The real ``openai`` client against the simulated expert over loopback HTTP; a disagreeing endpoint (the
+choice says one thing, the yes/no another) on ``httpx.MockTransport``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from driftlabel.config import ConfigError
+from driftlabel.judge import Candidate, Judge, JudgeRequest, JudgeSettings, SimulatedExpert
+from driftlabel.judge.prompts import TASK_CHOOSE, TASK_CHOOSE_BATCH, task_of
+
+from .test_transport_fakes import completion, make_judge
+
+JudgeFor = Callable[..., Judge]
+SettingsFor = Callable[..., JudgeSettings]
+
+DATA = {
+    "what's the weather like in boston today": "weather",
+    "please move 100 dollars from checking to savings": "transfer",
+    "set an alarm for 7 am": "alarm",
+}
+
+
+def ask(i: int, text: str, *cands: tuple[str, float]) -> JudgeRequest:
+    return JudgeRequest(
+        f"item-{i}",
+        text,
+        [Candidate(lab, p, f"texts about {lab}", [f"example of {lab}"]) for lab, p in cands],
+    )
+
+
+def test_only_an_unlikely_pick_is_asked_again(judge_for: JudgeFor) -> None:
+    likely = ask(0, "what's the weather like in boston today", ("weather", 0.6), ("alarm", 0.3))
+    unlikely = ask(1, "please move 100 dollars from checking to savings", ("alarm", 0.7), ("transfer", 0.05))
+
+    async def scenario() -> tuple[Any, ...]:
+        async with SimulatedExpert(DATA) as sim:
+            judge = judge_for(sim.base_url, question="choose", verify_below=0.1)
+            a = await judge.judge(likely)
+            b = await judge.judge(unlikely)
+            stats = judge.stats
+            await judge.aclose()
+        return a, b, stats, sim.counts["requests"]
+
+    a, b, stats, requests = asyncio.run(scenario())
+    assert (a.status, a.label, a.n_calls, a.check) == ("validated", "weather", 1, None)
+    assert (b.status, b.label, b.n_calls) == ("corrected", "transfer", 2)
+    assert b.check is not None and b.check.valid and b.check.label == "transfer" and b.check.depth == 2
+    assert b.verdicts[-1] is b.check  # the verdict log has every answered question ...
+    assert b.pairs == [("alarm", False), ("transfer", True)]  # ... the pick is learned once
+    assert [acc for acc, _lat, _tok in b.answers] == [True, True]  # two requests for the metrics
+    assert requests == 3 == stats.calls and stats.checks == {"confirmed": 1}
+
+
+def _disagreeing(bodies: list[str]) -> Callable[[httpx.Request], httpx.Response]:
+    """Picks the second candidate, then says no to it when asked alone."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["messages"][1]["content"]
+        task = task_of(prompt) or "validate"
+        bodies.append(task)
+        if task == TASK_CHOOSE:
+            return completion(json.dumps({"choice": 2}))
+        if task == TASK_CHOOSE_BATCH:
+            return completion(json.dumps({"choices": [{"item": 1, "choice": 2}, {"item": 2, "choice": 1}]}))
+        return completion(json.dumps({"valid": False}))
+
+    return handler
+
+
+def test_a_refuted_pick_is_unresolved_and_only_the_no_is_learned(settings_for: SettingsFor) -> None:
+    req = ask(7, "set an alarm for 7 am", ("weather", 0.8), ("transfer", 0.02), ("alarm", 0.01))
+    bodies: list[str] = []
+
+    async def scenario() -> tuple[Any, Any]:
+        judge = make_judge(
+            settings_for("http://fake/v1", question="choose", verify_below=0.1), _disagreeing(bodies)
+        )
+        out = await judge.judge(req)
+        stats = judge.stats
+        await judge.aclose()
+        return out, stats
+
+    out, stats = asyncio.run(scenario())
+    assert bodies == [TASK_CHOOSE, "validate"]
+    assert (out.status, out.label, out.n_calls) == ("unresolved", None, 2)
+    assert "verify_below" in (out.reason or "") and "'transfer'" in (out.reason or "")
+    assert out.pairs == [("transfer", False)] and out.hard_negatives == ["transfer"]
+    assert [v.label for v in out.verdicts] == ["weather", "transfer", "alarm", "transfer"]
+    assert stats.checks == {"refuted": 1}
+    assert stats.outcomes.get("unresolved") == 1 and not stats.outcomes.get("corrected")
+
+
+def test_batched_picks_are_checked_one_by_one(settings_for: SettingsFor) -> None:
+    low = ask(1, "set an alarm for 7 am", ("weather", 0.8), ("alarm", 0.05))
+    high = ask(2, "what's the weather like in boston today", ("weather", 0.9), ("alarm", 0.05))
+    bodies: list[str] = []
+
+    async def scenario() -> list[Any]:
+        s = settings_for(
+            "http://fake/v1", question="choose", batch_size=2, batch_wait_ms=5000, verify_below=0.1
+        )
+        judge = make_judge(s, _disagreeing(bodies))
+        outs = await asyncio.gather(judge.judge(low), judge.judge(high))
+        await judge.aclose()
+        return list(outs)
+
+    a, b = asyncio.run(scenario())
+    assert bodies == [TASK_CHOOSE_BATCH, "validate"]  # only the unlikely pick was asked again
+    assert (a.status, a.n_calls, a.pairs) == ("unresolved", 1.5, [("alarm", False)])
+    assert (b.status, b.label, b.n_calls, b.check) == ("validated", "weather", 0.5, None)
+
+
+def test_cross_checks_catch_wrong_choices(judge_for: JudgeFor, clinc_rows: Any) -> None:
+    """The simulated expert errs on a choice and on a yes/no independently (by text, and by text and
+    label), as two differently phrased questions to an LLM partly do: checking every pick at 30 % error
+    leaves far fewer wrong labels, and costs one call per pick."""
+    rows = clinc_rows[:60]
+    labels = sorted({lab for _t, lab in clinc_rows[:400]})[:6]
+    reqs = [
+        ask(i, t, (lab, 0.05), *[(x, 0.04) for x in labels if x != lab][:2])
+        for i, (t, lab) in enumerate(rows)
+    ]
+    truth = dict(rows)
+
+    async def wrong(**kw: Any) -> tuple[int, int, float]:
+        async with SimulatedExpert(clinc_rows, error_rate=0.3, seed=3) as sim:
+            judge = judge_for(sim.base_url, question="choose", **kw)
+            outs = await asyncio.gather(*(judge.judge(r) for r in reqs))
+            await judge.aclose()
+        accepted = [(r.text, o.label) for r, o in zip(reqs, outs, strict=True) if o.label is not None]
+        return sum(truth[t] != lab for t, lab in accepted), len(accepted), sum(o.n_calls for o in outs)
+
+    plain_wrong, plain_n, plain_calls = asyncio.run(wrong())
+    checked_wrong, checked_n, checked_calls = asyncio.run(wrong(verify_below=1.0))
+    assert plain_wrong >= 5 and checked_wrong <= plain_wrong // 2
+    assert checked_n < plain_n and checked_calls == plain_calls + plain_n
+
+
+def test_verify_below_needs_the_choose_question(settings_for: SettingsFor) -> None:
+    with pytest.raises(ConfigError, match="verify_below > 0 needs question = 'choose'"):
+        settings_for("http://127.0.0.1:1/v1", verify_below=0.1)
+    assert settings_for("http://127.0.0.1:1/v1", question="choose", verify_below=0.1).verify_below == 0.1
