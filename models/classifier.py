@@ -111,6 +111,16 @@ def _mirrored(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def young_milestones(young: int) -> np.ndarray:
+    """Stored counts below ``young`` at which a young label's expert is re-solved: 1, 2, 3, 5, 8, 13, ...
+    (each the sum of the two before), so a new class is re-solved often while it has a handful of
+    examples and a 10-shot class once or twice before it grows out of ``young_examples``."""
+    marks = [1, 2]
+    while marks[-1] < young:
+        marks.append(marks[-1] + marks[-2])
+    return np.array([m for m in marks if m < young], dtype=np.int64)
+
+
 def _check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
     if isinstance(texts, str):
         raise InvalidDataError(f"{what} must be a sequence of strings, not one string; wrap it in a list")
@@ -787,20 +797,31 @@ class RedClassifier:
 
     def _refit_young(self, y: np.ndarray, v: np.ndarray) -> None:
         """Re-solve (warm, at once) the experts of labels that have few examples yet: a new class learns
-        from its first examples as a refit would, rather than from small gradient steps."""
+        from its first examples as a refit would, rather than from small gradient steps.
+
+        Only when a young label's stored count reaches a milestone (:func:`young_milestones`: 1, 2, 3, 5,
+        8, 13, ... below ``young_examples``), not every time it learns: one expert covers every label, so
+        each re-solve costs a pass over the whole store, and re-solving for every young row took most of
+        the model thread at 60 texts/s (docs/models.md). The rows ``y``/``v`` are already stored, so the
+        count before them is the count now minus theirs: the same chunk gives the same re-solves however
+        the log was batched.
+        """
         young = self.settings.young_examples
         if young <= 0 or not len(y):
             return
         index = self._label_subset_index()
-        which = sorted(
-            {
-                index[lab]
-                for lab in {str(t) for t in y[v].tolist()}
-                if lab in index and self.store.count(lab) < young
-            }
-        )
+        marks = young_milestones(young)
+        labs, n_new = np.unique(np.asarray(y[v], dtype=object).astype(str), return_counts=True)
+        which = set()
+        for lab, n in zip(labs.tolist(), n_new.tolist(), strict=True):
+            if lab not in index:
+                continue
+            after = self.store.count(lab)
+            before = after - int(n)
+            if np.any((marks > before) & (marks <= after)):
+                which.add(index[lab])
         if which:  # on the model thread: a warm re-solve's few iterations, not a full refit's 300
-            self._refit_experts(which, fresh=False, max_iter=self.settings.young_iter)
+            self._refit_experts(sorted(which), fresh=False, max_iter=self.settings.young_iter)
 
     def _boundary_state(self) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]]:
         ws = [(e.coef_.copy(), e.intercept_.copy(), e.n_seen_) for e in self._experts]

@@ -155,8 +155,9 @@ class ExpertSettings(DriftlabelSettings):
     young_examples: int = Field(
         20,
         ge=0,
-        description="a label with fewer stored examples than this gets its expert re-solved (warm) whenever "
-        "it learns, so a new class learns from its first examples as a refit would (0: off)",
+        description="a label with fewer stored examples than this gets its expert re-solved (warm) when its "
+        "count reaches 1, 2, 3, 5, 8, 13, ... (models.classifier.young_milestones), so a new class learns "
+        "from its first examples as a refit would (0: off)",
     )
     young_iter: int = Field(
         10,

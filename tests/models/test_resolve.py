@@ -64,7 +64,8 @@ def test_streamed_batches_move_predictions_as_far_as_a_refit() -> None:
 
 def test_gradient_steps_alone_fall_short_of_the_re_solve() -> None:
     seeds, stream, (X_te, y_te) = _problem()
-    sgd = RedClassifier(settings=_settings(resolve_every=0)).fit_embeddings(*seeds)
+    # no re-solve of any kind (young-label re-solves are re-solves too)
+    sgd = RedClassifier(settings=_settings(resolve_every=0, young_examples=0)).fit_embeddings(*seeds)
     _stream(sgd, stream)
     assert sgd.resolves == 0 and not sgd.resolve_pending
     resolved = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
@@ -195,3 +196,27 @@ def test_the_blas_thread_count_stays_pinned_between_calls() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "True [1]", out.stdout
+
+
+def test_young_labels_are_re_solved_at_count_milestones_only() -> None:
+    """One expert covers every label, so a young label's re-solve is a pass over the whole store: it
+    runs when the label's count reaches 1, 2, 3, 5, 8, 13, ..., not for every row it learns."""
+    from driftlabel.models.classifier import young_milestones
+
+    assert young_milestones(20).tolist() == [1, 2, 3, 5, 8, 13] and young_milestones(0).tolist() == []
+    seeds, stream, _ = _problem()  # 3 seeds per label
+    clf = RedClassifier(settings=_settings(resolve_every=0, learn_chunk=1)).fit_embeddings(*seeds)
+    calls: list[int] = []
+    real = clf._refit_experts
+
+    def spy(which: object, fresh: bool = False, max_iter: int | None = None, pseudo: object = None) -> None:
+        calls.append(clf.store.count(label))
+        real(which, fresh=fresh, max_iter=max_iter, pseudo=pseudo)  # type: ignore[arg-type]
+
+    clf._refit_experts = spy  # type: ignore[method-assign]
+    X, texts, y = stream
+    label = str(y[0])
+    rows = np.flatnonzero(y == label)[:20]
+    for i in rows.tolist():  # one row at a time: 3 -> 23 stored examples
+        clf.learn_embeddings(X[i : i + 1], [texts[i]], y[i : i + 1])
+    assert calls == [5, 8, 13]
