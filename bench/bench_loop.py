@@ -103,6 +103,7 @@ class Run:
     verified: int = 0  # picks cross-checked with a yes/no question (judge.verify_below)
     refuted: int = 0
     wrong_accepted: int = 0  # accepted labels that are not the text's true label
+    picks: list[tuple[float, float, bool]] = field(default_factory=list)  # choose: p(pick), p(top), wrong
 
     @property
     def final_acc(self) -> float:
@@ -262,7 +263,10 @@ def run_loop(
                     accepted = next((lab for lab in asked if lab != accepted), None)
                 answered = [(lab, lab == accepted) for lab in asked]  # the others: hard negatives
                 p_pick = dict(r.candidates[i]).get(accepted, 1.0) if accepted is not None else 1.0
-                if p_pick < verify:  # judge.verify_below: an unlikely pick is asked again, as yes/no
+                p_top = r.candidates[i][0][1]
+                if accepted is not None:
+                    run.picks.append((p_pick, p_top, accepted != truth))
+                if p_pick < verify * p_top:  # judge.verify_below: an unlikely pick is asked again (yes/no)
                     run.verified += 1
                     n_calls += 1
                     if (accepted == truth) == _flip(t, accepted, error):  # the yes/no says no
@@ -432,8 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--verify",
         type=float,
         default=0.0,
-        help="choose methods: a pick the experts gave less than this probability is asked again as a "
-        "yes/no question (judge.verify_below; 1 call each)",
+        help="choose methods: a pick the experts gave less than this fraction of their favourite's "
+        "probability is asked again as a yes/no question (judge.verify_below; 1 call each)",
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
@@ -500,8 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         + (
-            f" A pick the experts gave a probability below {args.verify} is asked again as a yes/no "
-            "question (`judge.verify_below`, one call; the simulated judge errs on it independently)."
+            f" A pick the experts gave less than {args.verify} x their favourite's probability is asked "
+            "again as a yes/no question (`judge.verify_below`, one call; the simulated judge errs on it "
+            "independently)."
             if args.verify > 0
             else ""
         )

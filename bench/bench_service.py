@@ -692,8 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--verify",
         type=float,
         default=0.0,
-        help="judge.verify_below for the choose methods: picks the experts gave less than this are asked "
-        "again as yes/no (calls are then the endpoint's request count)",
+        help="judge.verify_below for the choose methods: picks the experts gave less than this fraction of "
+        "their favourite's probability are asked again as yes/no (calls: the endpoint's request count)",
     )
     parser.add_argument("--classes", type=int, default=0, help="only the first N classes (sorted); 0: all")
     parser.add_argument("--test-limit", type=int, default=0, help="score at most N test texts (0: all)")

@@ -561,18 +561,20 @@ class Judge:
     async def _cross_check(
         self, request: JudgeRequest, asked: list[Candidate], outcome: JudgeOutcome
     ) -> JudgeOutcome:
-        """Ask a pick the experts found unlikely (probability < ``verify_below``) again as a yes/no question.
+        """Ask a pick the experts found unlikely again, as a yes/no question: one whose probability is
+        below ``verify_below`` x the probability of the experts' favourite among the candidates.
 
-        A wrong choice is most often a plausible candidate the experts ranked low; a second question
-        phrased differently errs independently enough to catch most of them (docs/judge.md). A yes keeps
-        the outcome (one call more); a no makes it ``unresolved`` and leaves only that no to learn. A check
-        that gets no usable answer leaves the choice as it was.
+        A wrong choice is most often a plausible candidate the experts ranked well below their favourite;
+        a second question phrased differently errs independently enough to catch most of them
+        (docs/judge.md). A yes keeps the outcome (one call more); a no makes it ``unresolved`` and leaves
+        only that no to learn. A check that gets no usable answer leaves the choice as it was.
         """
         s = self.settings
         if s.verify_below <= 0 or outcome.label is None:
             return outcome
         depth, cand = next((d, c) for d, c in enumerate(asked, start=1) if c.label == outcome.label)
-        if cand.probability >= s.verify_below:
+        favourite = max(c.probability for c in asked)
+        if not cand.probability < s.verify_below * favourite:
             return outcome
         calls = (outcome.calls or 0.0) + 1
         try:
@@ -595,8 +597,9 @@ class Judge:
             "unresolved",
             None,
             verdicts,
-            f"the judge chose {cand.label!r} (experts' probability {cand.probability:.3f} < verify_below "
-            f"{s.verify_below}) but said no when asked about it alone; send to human review",
+            f"the judge chose {cand.label!r} (experts' probability {cand.probability:.3f}, below "
+            f"verify_below {s.verify_below} x their favourite's {favourite:.3f}) but said no when asked "
+            "about it alone; send to human review",
             calls,
             check,
         )

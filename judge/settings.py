@@ -71,10 +71,9 @@ class JudgeSettings(DriftlabelSettings):
         0.0,
         ge=0.0,
         le=1.0,
-        description="with question = choose: a pick the experts gave a probability below this is asked "
-        "again as a yes/no question (one more call); if the two answers disagree nothing but that no is "
-        "learned. 0 = off. Measured with the simulated expert at 5 % error (docs/judge.md): 0.1 cross-"
-        "checked ~6 % of picks and caught ~2/3 of the wrong labels",
+        description="with question = choose: a pick whose probability (the experts') is below this "
+        "fraction of their favourite candidate's is asked again as a yes/no question (one more call); if "
+        "the two answers disagree only that no is learned. 0 = off; needs candidates with probabilities",
     )
     max_depth: int = Field(3, ge=1, description="how many ranked candidates to ask about before unresolved")
     n_examples: int = Field(6, ge=0, description="known-good examples shown per label (c)")

@@ -38,26 +38,30 @@ def ask(i: int, text: str, *cands: tuple[str, float]) -> JudgeRequest:
 
 
 def test_only_an_unlikely_pick_is_asked_again(judge_for: JudgeFor) -> None:
+    """A pick below ``verify_below`` x the favourite candidate's probability is checked: 0.05 < 0.1 x 0.7."""
     likely = ask(0, "what's the weather like in boston today", ("weather", 0.6), ("alarm", 0.3))
     unlikely = ask(1, "please move 100 dollars from checking to savings", ("alarm", 0.7), ("transfer", 0.05))
+    unknown = ask(2, "please move 100 dollars from checking to savings", ("alarm", 0.0), ("transfer", 0.0))
 
     async def scenario() -> tuple[Any, ...]:
         async with SimulatedExpert(DATA) as sim:
             judge = judge_for(sim.base_url, question="choose", verify_below=0.1)
             a = await judge.judge(likely)
             b = await judge.judge(unlikely)
+            c = await judge.judge(unknown)
             stats = judge.stats
             await judge.aclose()
-        return a, b, stats, sim.counts["requests"]
+        return a, b, c, stats, sim.counts["requests"]
 
-    a, b, stats, requests = asyncio.run(scenario())
+    a, b, c, stats, requests = asyncio.run(scenario())
+    assert (c.status, c.n_calls, c.check) == ("corrected", 1, None)  # no probabilities: nothing to compare
     assert (a.status, a.label, a.n_calls, a.check) == ("validated", "weather", 1, None)
     assert (b.status, b.label, b.n_calls) == ("corrected", "transfer", 2)
     assert b.check is not None and b.check.valid and b.check.label == "transfer" and b.check.depth == 2
     assert b.verdicts[-1] is b.check  # the verdict log has every answered question ...
     assert b.pairs == [("alarm", False), ("transfer", True)]  # ... the pick is learned once
     assert [acc for acc, _lat, _tok in b.answers] == [True, True]  # two requests for the metrics
-    assert requests == 3 == stats.calls and stats.checks == {"confirmed": 1}
+    assert requests == 4 == stats.calls and stats.checks == {"confirmed": 1}
 
 
 def _disagreeing(bodies: list[str]) -> Callable[[httpx.Request], httpx.Response]:
@@ -131,18 +135,21 @@ def test_cross_checks_catch_wrong_choices(judge_for: JudgeFor, clinc_rows: Any) 
     ]
     truth = dict(rows)
 
-    async def wrong(**kw: Any) -> tuple[int, int, float]:
+    async def wrong(**kw: Any) -> tuple[int, int, float, int]:
         async with SimulatedExpert(clinc_rows, error_rate=0.3, seed=3) as sim:
             judge = judge_for(sim.base_url, question="choose", **kw)
             outs = await asyncio.gather(*(judge.judge(r) for r in reqs))
+            checks = sum(judge.stats.checks.values())
             await judge.aclose()
         accepted = [(r.text, o.label) for r, o in zip(reqs, outs, strict=True) if o.label is not None]
-        return sum(truth[t] != lab for t, lab in accepted), len(accepted), sum(o.n_calls for o in outs)
+        n_wrong = sum(truth[t] != lab for t, lab in accepted)
+        return n_wrong, len(accepted), sum(o.n_calls for o in outs), checks
 
-    plain_wrong, plain_n, plain_calls = asyncio.run(wrong())
-    checked_wrong, checked_n, checked_calls = asyncio.run(wrong(verify_below=1.0))
+    plain_wrong, plain_n, plain_calls, _ = asyncio.run(wrong())
+    # every pick but the experts' favourite (0.05) is checked: the wrong ones (0.04) all are
+    checked_wrong, checked_n, checked_calls, checks = asyncio.run(wrong(verify_below=1.0))
     assert plain_wrong >= 5 and checked_wrong <= plain_wrong // 2
-    assert checked_n < plain_n and checked_calls == plain_calls + plain_n
+    assert checked_n < plain_n and checks >= plain_wrong and checked_calls == plain_calls + checks
 
 
 def test_verify_below_needs_the_choose_question(settings_for: SettingsFor) -> None:
