@@ -695,6 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="judge.verify_below for the choose methods: picks the experts gave less than this fraction of "
         "their favourite's probability are asked again as yes/no (calls: the endpoint's request count)",
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed examples and stream order, as bench_loop's --seed"
+    )
     parser.add_argument("--classes", type=int, default=0, help="only the first N classes (sorted); 0: all")
     parser.add_argument("--test-limit", type=int, default=0, help="score at most N test texts (0: all)")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -770,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Xt = test_embeddings(embedder, spec.dataset, ds.test.texts)
                 cache[spec.dataset] = (ds, Xt)
             ds, Xt = cache[spec.dataset]
-            sp = plan_stream(np.asarray(ds.train.labels, dtype=object), spec.scenario, limit)
+            sp = plan_stream(np.asarray(ds.train.labels, dtype=object), spec.scenario, limit, seed=args.seed)
             print(f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: {len(sp.order)} items "
                   f"at {rate:g}/s, {len(sp.seeds)} seeds", flush=True)  # fmt: skip
             try:
