@@ -14,19 +14,11 @@ import httpx
 import pytest
 
 from driftlabel.config import ConfigError
-from driftlabel.judge import Candidate, Judge, JudgeRequest, JudgeSettings, SimulatedExpert
+from driftlabel.judge import Candidate, JudgeRequest, SimulatedExpert
 from driftlabel.judge.prompts import TASK_CHOOSE, TASK_CHOOSE_BATCH, task_of
 
+from .test_batch import DATA, JudgeFor, SettingsFor
 from .test_transport_fakes import completion, make_judge
-
-JudgeFor = Callable[..., Judge]
-SettingsFor = Callable[..., JudgeSettings]
-
-DATA = {
-    "what's the weather like in boston today": "weather",
-    "please move 100 dollars from checking to savings": "transfer",
-    "set an alarm for 7 am": "alarm",
-}
 
 
 def ask(i: int, text: str, *cands: tuple[str, float]) -> JudgeRequest:
