@@ -567,7 +567,9 @@ class Judge:
         A wrong choice is most often a plausible candidate the experts ranked well below their favourite;
         a second question phrased differently errs independently enough to catch most of them
         (docs/judge.md). A yes keeps the outcome (one call more); a no makes it ``unresolved`` and leaves
-        only that no to learn. A check that gets no usable answer leaves the choice as it was.
+        only that no to learn. A check that gets no usable answer leaves the choice as it was; one that
+        cannot be asked now (circuit open, budget spent) raises like any call, so the item is kept and
+        asked again whole (no pick is learned unchecked while the setting is on).
         """
         s = self.settings
         if s.verify_below <= 0 or outcome.label is None:
