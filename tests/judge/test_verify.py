@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from driftlabel.config import ConfigError
-from driftlabel.judge import Candidate, JudgeRequest, SimulatedExpert
+from driftlabel.judge import Candidate, JudgeRequest, JudgeUnavailableError, SimulatedExpert
 from driftlabel.judge.prompts import TASK_CHOOSE, TASK_CHOOSE_BATCH, task_of
 
 from .test_batch import DATA, JudgeFor, SettingsFor
@@ -148,3 +148,24 @@ def test_verify_below_needs_the_choose_question(settings_for: SettingsFor) -> No
     with pytest.raises(ConfigError, match="verify_below > 0 needs question = 'choose'"):
         settings_for("http://127.0.0.1:1/v1", verify_below=0.1)
     assert settings_for("http://127.0.0.1:1/v1", question="choose", verify_below=0.1).verify_below == 0.1
+
+
+def test_a_check_that_cannot_be_asked_keeps_the_item_for_later(settings_for: SettingsFor) -> None:
+    """The endpoint answers the choice, then fails: nothing is learned unchecked, the item is retried."""
+    req = ask(8, "set an alarm for 7 am", ("weather", 0.8), ("alarm", 0.05))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["messages"][1]["content"]
+        if task_of(prompt) == TASK_CHOOSE:
+            return completion(json.dumps({"choice": 2}))
+        return httpx.Response(503, json={"error": {"message": "down", "type": "server_error"}})
+
+    async def scenario() -> None:
+        judge = make_judge(settings_for("http://fake/v1", question="choose", verify_below=0.3), handler)
+        try:
+            with pytest.raises(JudgeUnavailableError):
+                await judge.judge(req)
+        finally:
+            await judge.aclose()
+
+    asyncio.run(scenario())
