@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,9 @@ class DemoStats:
     first: dict[str, dict[str, Any]] = field(default_factory=dict)
     final: dict[str, dict[str, Any]] = field(default_factory=dict)
     verdicts: int = 0
+    #: the judge endpoint's own request count, where the demo runs the endpoint (with ``choose`` one call
+    #: answers several verdicts, and a batch several texts' verdicts): what "judge calls" shows
+    requests: Callable[[], int] | None = None
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=500))
     statuses: dict[str, int] = field(default_factory=dict)
     correct: int = 0
@@ -140,6 +144,11 @@ class DemoStats:
             self.statuses[v["status"]] = self.statuses.get(v["status"], 0) + 1
 
     @property
+    def calls(self) -> int:
+        """Judge calls: the endpoint's request count when known, else one per verdict."""
+        return self.requests() if self.requests is not None else self.verdicts
+
+    @property
     def routed(self) -> int:
         return sum(1 for v in self.first.values() if not v.get("final"))
 
@@ -150,7 +159,7 @@ class DemoStats:
         share = self.routed / len(self.first) if self.first else 0.0
         return (
             f"[{elapsed:6.1f}s] items {n:>6}/{len(self.truth)}  accuracy {acc:6.1%} "
-            f"(last {len(self.recent)}: {rec:6.1%})  judge calls {self.verdicts:>5}  "
+            f"(last {len(self.recent)}: {rec:6.1%})  judge calls {self.calls:>5}  "
             f"uncertain share {share:5.1%}  "
             f"{n / elapsed if elapsed > 0 else 0:6.1f} items/s"
         )
@@ -306,7 +315,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo: worker ready after {time.monotonic() - t_start:.1f}s; metrics on "
               f"http://127.0.0.1:{metrics_port}/metrics", flush=True)  # fmt: skip
         truth = {f"t{i}": lab for i, (_, lab) in enumerate(stream)}
-        stats = DemoStats(truth=truth)
+        sim = judge
+        stats = DemoStats(truth=truth, requests=lambda: int(sim.counts["requests"]))
         t0 = time.monotonic()
 
         async def run() -> bool:
@@ -356,7 +366,7 @@ def _summary(stats: DemoStats, elapsed: float, done: bool, n_classes: int, n_see
     print(f"  not routed: {len(direct)} texts, {direct_ok / max(len(direct), 1):.1%} right")
     print(f"  routed to the judge: {len(judged)} texts ({len(judged) / max(n, 1):.1%}), "
           f"{judged_ok / max(len(judged), 1):.1%} right after judging")  # fmt: skip
-    print(f"  judge calls                      {stats.verdicts}")
+    print(f"  judge calls                      {stats.calls} ({stats.verdicts} verdicts)")
     print(f"  final statuses                   {dict(sorted(stats.statuses.items()))}")
     print(f"  reference                        {REFERENCE}")
 

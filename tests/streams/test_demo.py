@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from driftlabel.streams.broker import free_port
-from driftlabel.streams.demo import load_clinc150_file, resolve_clinc150, split_demo
+from driftlabel.streams.demo import DemoStats, load_clinc150_file, resolve_clinc150, split_demo
 from driftlabel.streams.errors import DataUnavailableError
 
 TINY = {
@@ -95,3 +95,11 @@ def test_demo_command_runs_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "items     60/60" in out.stdout and "demo summary" in out.stdout
     assert "accuracy of final labels" in out.stdout and "stopped everything" in out.stdout
+
+
+def test_demo_counts_judge_calls_as_the_endpoint_answered_them() -> None:
+    """With ``choose`` one call answers three verdicts (a batch, several texts'): the progress line and the
+    summary count the endpoint's requests, not verdicts."""
+    stats = DemoStats(truth={"t0": "a"}, verdicts=9, requests=lambda: 3)
+    assert stats.calls == 3 and "judge calls     3" in stats.line(1.0)
+    assert DemoStats(truth={}, verdicts=9).calls == 9  # an endpoint the demo does not run: one per verdict
