@@ -565,9 +565,10 @@ class Judge:
         below ``verify_below`` x the probability of the experts' favourite among the candidates.
 
         A wrong choice is most often a plausible candidate the experts ranked well below their favourite;
-        a second question phrased differently errs independently enough to catch most of them
-        (docs/judge.md). A yes keeps the outcome (one call more); a no makes it ``unresolved`` and leaves
-        only that no to learn. A check that gets no usable answer leaves the choice as it was; one that
+        where a second, differently phrased question errs independently of the first (the simulated
+        expert's do; a real LLM's will only in part), it catches most of them (docs/judge.md).
+        A yes keeps the outcome (one call more); a no makes it ``unresolved`` and leaves only that no to
+        learn. A check that gets no usable answer leaves the choice as it was; one that
         cannot be asked now (circuit open, budget spent) raises like any call, so the item is kept and
         asked again whole (no pick is learned unchecked while the setting is on).
         """
