@@ -344,7 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m driftlabel.bench.cli NAME ...`` without the ``driftlabel`` console script."""
     parser = argparse.ArgumentParser(prog="driftlabel")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    from driftlabel.streams.cli import parse_with_passthrough
+
+    args = parse_with_passthrough(parser, ["bench", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))
 
 

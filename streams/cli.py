@@ -48,10 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_with_passthrough(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; everything after the first ``--`` goes to ``args.args`` untouched (a command's own
+    arguments, e.g. ``driftlabel bench loop --no-progress -- --datasets clinc150``). argparse alone drops
+    them when an option sits between a positional and the ``--``; a command without ``args`` refuses them.
+    """
+    argv = list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    tail = argv[cut + 1 :]
+    if tail:
+        if not isinstance(getattr(args, "args", None), list):
+            parser.error(f"unrecognized arguments after --: {' '.join(tail)}")
+        args.args = [*args.args, *tail]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_with_passthrough(parser, sys.argv[1:] if argv is None else argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiokafka.conn logs every request at DEBUG, SaslAuthenticate's PLAIN bytes (the password) included

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from driftlabel.bench import cli
+from driftlabel.streams.cli import build_parser, parse_with_passthrough
 
 
 def test_list_names_every_benchmark() -> None:
@@ -49,3 +50,22 @@ def test_runs_main_with_the_mode_arguments_and_passes_the_exit_code_on(
     assert ("ARGV --q" if quick else "ARGV --f") in capsys.readouterr().out
     assert cli.run_benchmark("fake", quick=quick, extra=["--fail"], progress=False) == 3
     assert "ARGV --fail" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "loop", "--", "--quick", "--name", "x"],
+        ["bench", "loop", "--no-progress", "--", "--quick", "--name", "x"],  # argparse alone drops these
+        ["bench", "--no-progress", "loop", "--", "--quick", "--name", "x"],
+    ],
+)
+def test_arguments_after_double_dash_reach_the_benchmark(argv: list[str]) -> None:
+    args = parse_with_passthrough(build_parser(), argv)
+    assert (args.name, args.args) == ("loop", ["--quick", "--name", "x"])
+
+
+def test_a_command_without_own_arguments_refuses_them(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_with_passthrough(build_parser(), ["demo", "--", "--limit", "5"])
+    assert "unrecognized arguments after --: --limit 5" in capsys.readouterr().err
