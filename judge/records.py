@@ -127,7 +127,7 @@ class JudgeOutcome:
     def answers(self) -> list[tuple[bool, float, int]]:
         """``(accepted, latency_ms, tokens)`` per answered question, for metrics that count requests: a
         verdict each with ``validate``; one for a ``choose`` call (accepted: a candidate was picked), whose
-        verdicts all came from that one answer."""
+        verdicts all came from that one answer, and one more for its cross-check (``check``), if any."""
         if self.calls is None:
             return [(v.valid, v.latency_ms, v.tokens) for v in self.verdicts]
         chosen = [v for v in self.verdicts if v is not self.check]
