@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -513,11 +513,10 @@ class Judge:
         verdicts: list[Verdict],
         reason: str | None,
         calls: float | None = None,
-        check: Verdict | None = None,
     ) -> JudgeOutcome:
         self._c.outcomes[status] += 1
         return JudgeOutcome(
-            id=item_id, status=status, label=label, verdicts=verdicts, reason=reason, calls=calls, check=check
+            id=item_id, status=status, label=label, verdicts=verdicts, reason=reason, calls=calls
         )
 
     async def _choose(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
@@ -555,8 +554,7 @@ class Judge:
                 "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
                 s.max_calls_per_item,
             )
-        picked = self._picked(request, asked, int(answer.value), answer.latency_ms, answer.tokens, 1)
-        return await self._cross_check(request, asked, picked)
+        return await self._chosen(request, asked, int(answer.value), answer.latency_ms, answer.tokens, 1)
 
     async def _cross_check(
         self, request: JudgeRequest, asked: list[Candidate], outcome: JudgeOutcome
@@ -594,20 +592,19 @@ class Judge:
             self._c.checks["confirmed"] += 1
             return replace(outcome, verdicts=verdicts, calls=calls, check=check)
         self._c.checks["refuted"] += 1
-        self._c.outcomes[outcome.status] -= 1  # it was counted as picked; it ends unresolved
-        return self._outcome(
-            request.id,
-            "unresolved",
-            None,
-            verdicts,
-            f"the judge chose {cand.label!r} (experts' probability {cand.probability:.3f}, below "
+        return replace(
+            outcome,
+            status="unresolved",
+            label=None,
+            verdicts=verdicts,
+            reason=f"the judge chose {cand.label!r} (experts' probability {cand.probability:.3f}, below "
             f"verify_below {s.verify_below} x their favourite's {favourite:.3f}) but said no when asked "
             "about it alone; send to human review",
-            calls,
-            check,
+            calls=calls,
+            check=check,
         )
 
-    def _picked(
+    async def _chosen(
         self,
         request: JudgeRequest,
         asked: list[Candidate],
@@ -617,7 +614,8 @@ class Judge:
         calls: float,
     ) -> JudgeOutcome:
         """The outcome of a choice: the pick is a valid verdict at its rank, every other candidate an
-        invalid one; all verdicts carry the answer's latency, the first its tokens (paid once)."""
+        invalid one; all verdicts carry the answer's latency, the first its tokens (paid once). An unlikely
+        pick is cross-checked first (:meth:`_cross_check`); the outcome is counted once, as it ends."""
         s = self.settings
         verdicts = [
             self._record(
@@ -643,7 +641,10 @@ class Judge:
                 calls,
             )
         status = "validated" if pick == 1 else "corrected"
-        return self._outcome(request.id, status, asked[pick - 1].label, verdicts, None, calls)
+        picked = JudgeOutcome(request.id, status, asked[pick - 1].label, verdicts, calls=calls)
+        out = await self._cross_check(request, asked, picked)
+        self._c.outcomes[out.status] += 1
+        return out
 
     # -- batches: several items' choices in one call (judge.batch_size) --------------------------------
 
@@ -745,23 +746,19 @@ class Judge:
                 k,
                 f" ({why})" if why else "",
             )
-        again = await asyncio.gather(*(self._choose(*items[i]) for i in alone), return_exceptions=True)
-        retried = dict(zip(alone, again, strict=True))
+
+        def settle(i: int) -> Awaitable[JudgeOutcome]:
+            if i in alone:
+                return self._choose(*items[i])
+            tok = tokens // k + (1 if i < tokens % k else 0)  # the call's tokens, shared out
+            return self._chosen(*items[i], picks[i + 1], latency_ms, tok, share)
+
+        outs = await asyncio.gather(*(settle(i) for i in range(k)), return_exceptions=True)
         results: list[JudgeOutcome | BaseException] = []
-        picked: dict[int, JudgeOutcome] = {}
-        for i, (request, asked) in enumerate(items):
-            if i in retried:  # its share of the batch call plus its own call (cross-checked there)
-                r = retried[i]
-                results.append(replace(r, calls=share + (r.calls or 0)) if isinstance(r, JudgeOutcome) else r)
-            else:
-                tok = tokens // k + (1 if i < tokens % k else 0)  # the call's tokens, shared out
-                picked[i] = self._picked(request, asked, picks[i + 1], latency_ms, tok, share)
-                results.append(picked[i])
-        checked = await asyncio.gather(
-            *(self._cross_check(*items[i], out) for i, out in picked.items()), return_exceptions=True
-        )
-        for i, r in zip(picked, checked, strict=True):
-            results[i] = r if isinstance(r, JudgeOutcome | Exception) else JudgeUnavailableError(repr(r))
+        for i, r in enumerate(outs):
+            if isinstance(r, JudgeOutcome) and i in alone:  # its share of the batch call plus its own call
+                r = replace(r, calls=share + (r.calls or 0))
+            results.append(r if isinstance(r, JudgeOutcome | Exception) else JudgeUnavailableError(repr(r)))
         return results
 
     async def _validate(

@@ -165,6 +165,7 @@ def test_a_check_that_cannot_be_asked_keeps_the_item_for_later(settings_for: Set
         try:
             with pytest.raises(JudgeUnavailableError):
                 await judge.judge(req)
+            assert judge.stats.outcomes == {}  # counted when it is judged again, not now
         finally:
             await judge.aclose()
 
