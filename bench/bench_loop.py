@@ -103,7 +103,8 @@ class Run:
     verified: int = 0  # picks cross-checked with a yes/no question (judge.verify_below)
     refuted: int = 0
     wrong_accepted: int = 0  # accepted labels that are not the text's true label
-    picks: list[tuple[float, float, bool]] = field(default_factory=list)  # choose: p(pick), p(top), wrong
+    #: choose methods: (p of the pick, p of the experts' favourite, pick wrong) per pick, before any check
+    picks: list[tuple[float, float, bool]] = field(default_factory=list)
 
     @property
     def final_acc(self) -> float:
@@ -262,11 +263,10 @@ def run_loop(
                 if _flip(t, "\x00choose", error):  # a wrong answer: another candidate, or none
                     accepted = next((lab for lab in asked if lab != accepted), None)
                 answered = [(lab, lab == accepted) for lab in asked]  # the others: hard negatives
-                p_pick = dict(r.candidates[i]).get(accepted, 1.0) if accepted is not None else 1.0
-                p_top = r.candidates[i][0][1]
                 if accepted is not None:
+                    p_pick, p_top = dict(r.candidates[i])[accepted], r.candidates[i][0][1]
                     run.picks.append((p_pick, p_top, accepted != truth))
-                if p_pick < verify * p_top:  # judge.verify_below: an unlikely pick is asked again (yes/no)
+                if accepted is not None and p_pick < verify * p_top:  # judge.verify_below: asked again
                     run.verified += 1
                     n_calls += 1
                     if (accepted == truth) == _flip(t, accepted, error):  # the yes/no says no
@@ -564,6 +564,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows,
         )
     )
+    chose = [run for run in results if run.picks]
+    if chose:  # what the cross-check rule (judge.verify_below) would flag among the picks, before any check
+        ratios = (0.2, 0.3, 0.5)
+        body += [
+            "",
+            "Picks below r x the experts' favourite's probability (`judge.verify_below = r` would ask them "
+            "again), counted before any check: flagged / of them wrong.",
+            "",
+        ]
+        flag_rows = []
+        for run in chose:
+            P = np.asarray(run.picks, dtype=float)
+            p_pick, p_top, wrong = P[:, 0], P[:, 1], P[:, 2].astype(bool)
+            row: list[Any] = [run.dataset, run.scenario, run.method, len(P), int(wrong.sum())]
+            for r in ratios:
+                low = p_pick < r * p_top
+                row.append(f"{int(low.sum())} / {int((low & wrong).sum())}")
+            flag_rows.append(row)
+        header = ["dataset", "scenario", "method", "picks", "wrong", *(f"r = {r}" for r in ratios)]
+        body.append(markdown_table(header, flag_rows))
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     for ds in datasets:
