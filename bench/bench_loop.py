@@ -131,13 +131,14 @@ def _stream_order(
     if scenario == "shift":
         labels = sorted(set(y.tolist()))
         group_a = set(rng.permutation(labels)[: len(labels) // 2].tolist())
-        first, second = [], []
+        early_rows: list[np.ndarray] = []
+        late_rows: list[np.ndarray] = []
         for lab in labels:
             rows = rng.permutation(rest[y[rest] == lab])
             cut = round(len(rows) * (0.75 if lab in group_a else 0.25))
-            first.append(rows[:cut])
-            second.append(rows[cut:])
-        a, b = rng.permutation(np.concatenate(first)), rng.permutation(np.concatenate(second))
+            early_rows.append(rows[:cut])
+            late_rows.append(rows[cut:])
+        a, b = rng.permutation(np.concatenate(early_rows)), rng.permutation(np.concatenate(late_rows))
         return np.concatenate([a, b]), len(a)
     raise ValueError(f"unknown scenario {scenario!r}")
 
@@ -158,6 +159,7 @@ def run_loop(
     maintenance: float | None = None,
     young: int | None = None,
     verify: float = 0.0,
+    single_checks: bool = False,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -251,7 +253,9 @@ def run_loop(
         if method == "diverse" and routed.any():
             recent = np.concatenate([recent, Xb[routed]])[-DIVERSE_MEMORY:]
         learn_X, learn_t, learn_y, learn_v = [], [], [], []
-        calls_each, rejected_top1 = [], []
+        calls_each: list[float] = []
+        rejected_top1: list[bool] = []
+        checked: list[int] = []  # indices into calls_each of the items whose pick was cross-checked
         final = top1.copy()
         for i in np.flatnonzero(routed).tolist():
             t, truth = texts[rows[i]], yb[i]
@@ -268,7 +272,7 @@ def run_loop(
                     run.picks.append((p_pick, p_top, accepted != truth))
                 if accepted is not None and p_pick < verify * p_top:  # judge.verify_below: asked again
                     run.verified += 1
-                    n_calls += 1
+                    checked.append(len(calls_each))  # its cost is known once the chunk's checks are counted
                     if (accepted == truth) == _flip(t, accepted, error):  # the yes/no says no
                         run.refuted += 1
                         answered = [(accepted, False)]  # the two answers disagree: keep only the no
@@ -297,6 +301,12 @@ def run_loop(
                 run.wrong_accepted += int(accepted != truth)
             elif scenario == "incremental":
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
+        if checked:  # the chunk's checks share calls of up to `batch` questions (judge.batch_size)
+            per = 1 if single_checks else batch
+            cost = -(-len(checked) // per) / len(checked)
+            for j in checked:
+                calls_each[j] += cost
+            run.calls += cost * len(checked)
         run.final_right += int(np.sum(final == yb))
         if method == "pseudo":  # confident, unjudged predictions as training data (confirmation-bias risk)
             sure = ~routed & (np.asarray(r.scores) >= 0.5)
@@ -437,7 +447,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="choose methods: a pick the experts gave less than this fraction of their favourite's "
-        "probability is asked again as a yes/no question (judge.verify_below; 1 call each)",
+        "probability is asked again as a yes/no question (judge.verify_below); with --batch the checks "
+        "of a 64-item chunk share calls of up to --batch questions, as the judge batches them",
+    )
+    parser.add_argument(
+        "--single-checks",
+        action="store_true",
+        help="ablation: every cross-check costs a whole call (the judge before checks were batched)",
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
@@ -480,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             maintenance=args.maintenance,
             young=args.young,
             verify=args.verify,
+            single_checks=args.single_checks,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -505,8 +522,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         + (
             f" A pick the experts gave less than {args.verify} x their favourite's probability is asked "
-            "again as a yes/no question (`judge.verify_below`, one call; the simulated judge errs on it "
-            "independently)."
+            "again as a yes/no question (`judge.verify_below`; the simulated judge errs on it "
+            "independently); "
+            + (
+                "each check costs a whole call (`--single-checks`)."
+                if args.single_checks or args.batch == 1
+                else f"the checks of a 64-item chunk share calls of up to {args.batch} questions."
+            )
             if args.verify > 0
             else ""
         )

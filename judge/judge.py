@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import openai
 from openai import AsyncOpenAI
 
+from driftlabel.judge.batching import Batcher
 from driftlabel.judge.breaker import BreakerState, CircuitBreaker
 from driftlabel.judge.budget import RateBudget
 from driftlabel.judge.cache import CachedAnswer, VerdictCache, cache_key
@@ -46,17 +47,20 @@ from driftlabel.judge.parse import (
     parse_examples,
     parse_proposal,
     parse_verdict,
+    parse_verdicts,
 )
 from driftlabel.judge.prompts import (
     BATCH_CHOICE_SCHEMA,
     CHOICE_SCHEMA,
     EXAMPLES_SCHEMA,
     PROPOSAL_SCHEMA,
+    VERDICTS_SCHEMA,
     build_choose_batch_messages,
     build_choose_messages,
     build_describe_messages,
     build_generate_messages,
     build_propose_messages,
+    build_validate_batch_messages,
     build_validate_messages,
     json_response_format,
     response_format_for,
@@ -155,13 +159,14 @@ class _ItemCalls:
         self.used += 1
 
 
-@dataclass
-class _Pending:
-    """An item waiting for its batch call."""
+@dataclass(frozen=True)
+class _Check:
+    """A cross-check waiting for its batch call: is ``cand`` right for ``text``?"""
 
-    request: JudgeRequest
-    asked: list[Candidate]
-    future: asyncio.Future[JudgeOutcome]
+    text: str
+    cand: Candidate
+    item_id: str
+    depth: int
 
 
 @dataclass
@@ -212,9 +217,13 @@ class Judge:
         self._in_flight = 0
         self._waiting = 0
         self._c = _Counters()
-        self._pending: list[_Pending] = []  # items waiting for a batch call (batch_size > 1)
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._batch_tasks: set[asyncio.Task[None]] = set()
+        # batch_size > 1: items' choices, and the cross-checks of unlikely picks, share calls
+        self._choices: Batcher[tuple[JudgeRequest, list[Candidate]], JudgeOutcome] = Batcher(
+            s.batch_size, s.batch_wait_ms, self._choose_many, closed=_closed
+        )
+        self._checks: Batcher[_Check, tuple[Verdict, float]] = Batcher(
+            s.batch_size, s.batch_wait_ms, self._validate_many, closed=_closed
+        )
 
     # ------------------------------------------------------------------ public surface
 
@@ -293,7 +302,7 @@ class Judge:
         asked = list(unique.values())[: self.settings.max_depth]
         if self.settings.question == "choose":
             if self.settings.batch_size > 1:
-                return await self._choose_batched(request, asked)
+                return await self._choices.submit((request, asked))
             return await self._choose(request, asked)
         calls = _ItemCalls(self.settings.max_calls_per_item)
         verdicts: list[Verdict] = []
@@ -451,15 +460,8 @@ class Judge:
     async def aclose(self) -> None:
         """Stop batching (items still waiting hear that the judge is unavailable, so they are kept and
         retried) and close the HTTP client if this judge created it."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        self._fail_waiting(self._pending, JudgeUnavailableError("the judge was closed; retry the item"))
-        self._pending.clear()
-        for task in list(self._batch_tasks):
-            task.cancel()
-        if self._batch_tasks:
-            await asyncio.gather(*self._batch_tasks, return_exceptions=True)
+        await self._choices.aclose()
+        await self._checks.aclose()
         if self._owns_client:
             await self._client.close()
 
@@ -577,16 +579,21 @@ class Judge:
         favourite = max(c.probability for c in asked)
         if not cand.probability < s.verify_below * favourite:
             return outcome
-        calls = (outcome.calls or 0.0) + 1
         try:
-            check = await self._validate(
-                request.text, cand, item_id=request.id, depth=depth, calls=_ItemCalls(s.max_calls_per_item)
-            )
+            if s.batch_size > 1:  # asked with other items' checks, in one call
+                check, cost = await self._checks.submit(_Check(request.text, cand, request.id, depth))
+            else:
+                per_item = _ItemCalls(s.max_calls_per_item)
+                check = await self._validate(
+                    request.text, cand, item_id=request.id, depth=depth, calls=per_item
+                )
+                cost = 0.0 if check.cached else 1.0
         except (MalformedAnswerError, _ItemBudgetSpent) as exc:
             self._c.checks["no_answer"] += 1
             log.warning("judge: no usable cross-check of item %s's pick %r (%s); the choice stands",
                         request.id, cand.label, exc)  # fmt: skip
-            return replace(outcome, calls=calls)
+            return replace(outcome, calls=(outcome.calls or 0.0) + 1)
+        calls = (outcome.calls or 0.0) + cost
         verdicts = [*outcome.verdicts, check]
         if check.valid:
             self._c.checks["confirmed"] += 1
@@ -646,56 +653,7 @@ class Judge:
         self._c.outcomes[out.status] += 1
         return out
 
-    # -- batches: several items' choices in one call (judge.batch_size) --------------------------------
-
-    async def _choose_batched(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
-        """Queue the item for the next batch call and wait for its outcome. A batch leaves when it is
-        full or ``batch_wait_ms`` after its first item arrived, whichever comes first."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[JudgeOutcome] = loop.create_future()
-        self._pending.append(_Pending(request, asked, fut))
-        if len(self._pending) >= self.settings.batch_size:
-            self._flush()
-        elif self._flush_timer is None:
-            self._flush_timer = loop.call_later(self.settings.batch_wait_ms / 1000.0, self._flush)
-        return await fut  # a cancelled waiter cancels its future; the batch skips it
-
-    def _flush(self) -> None:
-        """Send what is pending, in batches of at most ``batch_size`` (called by the timer or when full)."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        size = self.settings.batch_size
-        while self._pending:
-            batch = [p for p in self._pending[:size] if not p.future.done()]
-            del self._pending[:size]
-            if batch:
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-                self._batch_tasks.add(task)
-                task.add_done_callback(self._batch_tasks.discard)
-
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        try:
-            results = await self._choose_many([(p.request, p.asked) for p in batch])
-        except asyncio.CancelledError:  # aclose(): a future cannot hold a cancellation; keep the items
-            self._fail_waiting(batch, JudgeUnavailableError("the judge was closed; retry the item"))
-            raise
-        except Exception as exc:  # the call could not be made: every item hears why (and retries)
-            self._fail_waiting(batch, exc)
-            return
-        for p, result in zip(batch, results, strict=True):
-            if p.future.done():
-                continue
-            if isinstance(result, BaseException):
-                p.future.set_exception(result)
-            else:
-                p.future.set_result(result)
-
-    @staticmethod
-    def _fail_waiting(batch: list[_Pending], exc: Exception) -> None:
-        for p in batch:
-            if not p.future.done():
-                p.future.set_exception(exc)
+    # -- batches: several items' questions in one call (judge.batch_size) --------------------------------
 
     async def _choose_many(
         self, items: list[tuple[JudgeRequest, list[Candidate]]]
@@ -765,16 +723,11 @@ class Judge:
         self, text: str, cand: Candidate, *, item_id: str, depth: int, calls: _ItemCalls | None
     ) -> Verdict:
         s = self.settings
-        started = time.perf_counter()
+        hit = self._cached(text, cand, item_id, depth)
+        if hit is not None:
+            return hit
         description = cand.description or self._descriptions.get(cand.label)
         key = cache_key(text, cand.label, description, s.model)
-        hit = self._cache.get(key)
-        if hit is not None:
-            latency = (time.perf_counter() - started) * 1000
-            self._c.cache_hits += 1
-            return self._record(
-                Verdict(item_id, cand.label, hit.valid, depth, s.model, latency, 0, hit.confidence, True)
-            )
         examples = list(cand.examples)[: s.n_examples]
 
         def parse(resp: Any) -> _Answer:
@@ -836,6 +789,85 @@ class Judge:
                 answer.confidence,
             )
         )
+
+    def _cached(self, text: str, cand: Candidate, item_id: str, depth: int) -> Verdict | None:
+        """The cached answer about ``cand`` for ``text`` as a recorded verdict, or None (not asked yet)."""
+        s = self.settings
+        started = time.perf_counter()
+        description = cand.description or self._descriptions.get(cand.label)
+        hit = self._cache.get(cache_key(text, cand.label, description, s.model))
+        if hit is None:
+            return None
+        latency = (time.perf_counter() - started) * 1000
+        self._c.cache_hits += 1
+        return self._record(
+            Verdict(item_id, cand.label, hit.valid, depth, s.model, latency, 0, hit.confidence, True)
+        )
+
+    async def _validate_many(self, checks: list[_Check]) -> list[tuple[Verdict, float] | BaseException]:
+        """Several yes/no questions in one call (the cross-checks of a batch): per check its verdict and
+        the calls it cost (its share of the batch call; 0 for a cached answer). A check the answer leaves
+        out is asked again alone (its share plus that call); one that then gets no usable answer comes back
+        as its exception. A call that cannot be made raises, for every check of the batch."""
+        s = self.settings
+        out: dict[int, tuple[Verdict, float] | BaseException] = {}
+        for i, c in enumerate(checks):
+            hit = self._cached(c.text, c.cand, c.item_id, c.depth)
+            if hit is not None:
+                out[i] = (hit, 0.0)
+        todo = [i for i in range(len(checks)) if i not in out]
+        answers: dict[int, bool] = {}
+        share, latency_ms, tokens = 0.0, 0.0, 0
+        if len(todo) > 1:
+            labels: dict[str, tuple[str | None, list[str]]] = {}
+            for i in todo:
+                cand = checks[i].cand
+                _desc, examples = labels.setdefault(
+                    cand.label, (cand.description or self._descriptions.get(cand.label), [])
+                )
+                for ex in cand.examples:
+                    if len(examples) < s.n_examples and ex not in examples:
+                        examples.append(ex)
+            asked = [(checks[i].text, checks[i].cand.label) for i in todo]
+            messages = build_validate_batch_messages(asked, labels, max_text_chars=s.max_text_chars)
+            share = 1.0 / len(todo)
+            try:
+                answer = await self._ask_json(
+                    messages,
+                    VERDICTS_SCHEMA,
+                    "verdicts",
+                    lambda content: parse_verdicts(content, len(todo)),
+                    what=f"a batch of {len(todo)} cross-checks",
+                    max_tokens=s.max_answer_tokens * len(todo) + 16,
+                    calls=_ItemCalls(s.max_calls_per_item),
+                )
+                answers, latency_ms, tokens = answer.value, answer.latency_ms, answer.tokens
+            except (MalformedAnswerError, _ItemBudgetSpent) as exc:
+                log.warning("judge: no usable answer to a batch of %d cross-checks (%s); asking them alone",
+                            len(todo), exc)  # fmt: skip
+        for n, i in enumerate(todo, start=1):
+            if n not in answers:
+                continue
+            c, valid = checks[i], answers[n]
+            description = c.cand.description or self._descriptions.get(c.cand.label)
+            self._cache.put(cache_key(c.text, c.cand.label, description, s.model), CachedAnswer(valid, None))
+            tok = tokens // len(answers) + (1 if n - 1 < tokens % len(answers) else 0)
+            out[i] = (
+                self._record(Verdict(c.item_id, c.cand.label, valid, c.depth, s.model, latency_ms, tok)),
+                share,
+            )
+        alone = [i for i in todo if i not in out]
+
+        async def ask_alone(c: _Check) -> tuple[Verdict, float]:
+            v = await self._validate(
+                c.text, c.cand, item_id=c.item_id, depth=c.depth, calls=_ItemCalls(s.max_calls_per_item)
+            )
+            return v, share + (0.0 if v.cached else 1.0)
+
+        got = await asyncio.gather(*(ask_alone(checks[i]) for i in alone), return_exceptions=True)
+        for i, r in zip(alone, got, strict=True):
+            out[i] = r if isinstance(r, tuple | Exception) else JudgeUnavailableError(repr(r))
+        return [out[i] for i in range(len(checks))]
 
     def _record(self, v: Verdict) -> Verdict:
         c = self._c
@@ -1007,6 +1039,10 @@ class Judge:
         self._c.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
         self._c.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
         self._c.tokens += int(getattr(usage, "total_tokens", 0) or 0)
+
+
+def _closed() -> Exception:
+    return JudgeUnavailableError("the judge was closed; retry the item")
 
 
 def _total_tokens(resp: Any) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from driftlabel.judge.errors import MalformedAnswerError
@@ -25,6 +25,7 @@ __all__ = [
     "parse_examples",
     "parse_proposal",
     "parse_verdict",
+    "parse_verdicts",
 ]
 
 _WORD = re.compile(r"^[\s\"'`*_]*(yes|no|true|false)[\s\"'`*_]*[.!]?[\s\"'`*_]*$", re.IGNORECASE)
@@ -172,25 +173,48 @@ def parse_choices(content: str | None, sizes: Sequence[int]) -> dict[int, int]:
     Only usable entries are returned: an item missing, out of range, answered twice with different picks
     or with a non-integer is left out, so the caller can ask it again alone. A reply that is not such an
     object at all raises :class:`MalformedAnswerError`."""
-    obj = _json_object(content, "batch choice answer")
-    entries = obj.get("choices")
+
+    def usable(item: int, choice: Any) -> bool:
+        return isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice <= sizes[item - 1]
+
+    return _per_item(content, "batch choice answer", "choices", "choice", len(sizes), usable)
+
+
+def parse_verdicts(content: str | None, n: int) -> dict[int, bool]:
+    """Per item (counted from 1, ``n`` items) the answer in ``{"verdicts": [{"item": i, "valid": b}, ...]}``.
+
+    As :func:`parse_choices`: an item missing, answered twice differently or with anything but a boolean
+    (``"yes"`` included: a batch is asked for JSON) is left out, to be asked again alone."""
+
+    def usable(_item: int, valid: Any) -> bool:
+        return isinstance(valid, bool)
+
+    return _per_item(content, "batch verdict answer", "verdicts", "valid", n, usable)
+
+
+def _per_item(
+    content: str | None, what: str, key: str, field: str, n: int, usable: Callable[[int, Any], bool]
+) -> dict[int, Any]:
+    """``{key: [{"item": i, field: value}, ...]}`` read as ``{i: value}``, keeping only usable entries of
+    items 1..n that are not answered twice with different values."""
+    obj = _json_object(content, what)
+    entries = obj.get(key)
     if not isinstance(entries, list):
-        raise MalformedAnswerError('batch choice answer needs a list field "choices"', raw=content)
-    picks: dict[int, int] = {}
+        raise MalformedAnswerError(f'{what} needs a list field "{key}"', raw=content)
+    values: dict[int, Any] = {}
     bad: set[int] = set()
     for entry in entries:
         if not isinstance(entry, dict):
             continue
-        item, choice = entry.get("item"), entry.get("choice")
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (item, choice)):
+        item, value = entry.get("item"), entry.get(field)
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= n:
             continue
-        assert isinstance(item, int) and isinstance(choice, int)
-        if not 1 <= item <= len(sizes) or not 0 <= choice <= sizes[item - 1]:
+        if not usable(item, value):
             continue
-        if picks.get(item, choice) != choice:
+        if item in values and values[item] != value:
             bad.add(item)  # two different answers for one item: neither is trusted
-        picks[item] = choice
-    return {i: c for i, c in picks.items() if i not in bad}
+        values[item] = value
+    return {i: v for i, v in values.items() if i not in bad}
 
 
 def normalise_label_name(name: str) -> str:

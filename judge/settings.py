@@ -72,8 +72,9 @@ class JudgeSettings(DriftlabelSettings):
         ge=0.0,
         le=1.0,
         description="with question = choose: a pick whose probability (the experts') is below this "
-        "fraction of their favourite candidate's is asked again as a yes/no question (one more call); if "
-        "the two answers disagree only that no is learned. 0 = off; needs candidates with probabilities",
+        "fraction of their favourite candidate's is asked again as a yes/no question (one more call; with "
+        "batch_size > 1 up to batch_size such checks share one); if the two answers disagree only that no "
+        "is learned. 0 = off; needs candidates with probabilities",
     )
     max_depth: int = Field(3, ge=1, description="how many ranked candidates to ask about before unresolved")
     n_examples: int = Field(6, ge=0, description="known-good examples shown per label (c)")

@@ -60,6 +60,7 @@ from driftlabel.judge.prompts import (
     TASK_CHOOSE_BATCH,
     TASK_GENERATE,
     TASK_PROPOSE,
+    TASK_VALIDATE_BATCH,
     extract_block,
     extract_blocks,
     task_of,
@@ -547,6 +548,32 @@ class SimulatedExpert:
                 self.counts["flipped"] += 1
         return pick
 
+    def _validate_batch(self, prompt: str) -> tuple[Any, str]:
+        """``{"verdicts": [{"item": i, "valid": b}, ...]}`` for a batch of yes/no questions: each ``<item>``
+        answered as the single question would be (the same deterministic errors per text and label)."""
+        items = _ITEM.findall(prompt)
+        answers = []
+        for i, raw in enumerate(items, start=1):
+            cands, texts = extract_blocks(raw, "cand"), extract_blocks(raw, "text")
+            if len(cands) != 1 or len(texts) != 1:
+                return _error(
+                    400, f"batch item {i} needs one <cand> and one <text>", "invalid_request_error"
+                ), ""
+            answers.append({"item": i, "valid": self._verdict(texts[0], cands[0])})
+        if not answers:
+            return _error(400, "a batch validate prompt needs <item> blocks", "invalid_request_error"), ""
+        return json.dumps({"verdicts": answers}), "validate_batch"
+
+    def _verdict(self, text: str, label: str) -> bool:
+        """Is ``label`` right for ``text`` (by the file)? Flipped for ``error_rate`` of the pairs."""
+        valid = label in self._index.get(normalise_text(text), set())
+        if self.error_rate > 0:
+            digest = hashlib.sha256(f"{self.seed}\x1f{normalise_text(text)}\x1f{label}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 < self.error_rate:
+                valid = not valid
+                self.counts["flipped"] += 1
+        return valid
+
     def _answer(self, prompt: str, response_format: Any) -> tuple[Any, str]:
         """(content, kind) for a judge prompt, or (error response, "") when it is not one."""
         task = task_of(prompt)
@@ -558,6 +585,8 @@ class SimulatedExpert:
             return self._choose(prompt)
         if task == TASK_CHOOSE_BATCH:
             return self._choose_batch(prompt)
+        if task == TASK_VALIDATE_BATCH:
+            return self._validate_batch(prompt)
         if task is not None:
             return _error(400, f"unknown <task> {task[:40]!r}", "invalid_request_error"), ""
         label = extract_block(prompt, "label")
@@ -577,13 +606,7 @@ class SimulatedExpert:
             return desc, "describe"
         if len(texts) > 1:
             return _error(400, "ambiguous prompt: more than one <text> block", "invalid_request_error"), ""
-        text = texts[0]
-        valid = label in self._index.get(normalise_text(text), set())
-        if self.error_rate > 0:
-            digest = hashlib.sha256(f"{self.seed}\x1f{normalise_text(text)}\x1f{label}".encode()).digest()
-            if int.from_bytes(digest[:8], "big") / 2**64 < self.error_rate:
-                valid = not valid
-                self.counts["flipped"] += 1
+        valid = self._verdict(texts[0], label)
         fmt = response_format.get("type") if isinstance(response_format, dict) else None
         if fmt in ("json_schema", "json_object"):
             return json.dumps({"valid": valid}), "yes" if valid else "no"
