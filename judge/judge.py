@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -663,15 +663,7 @@ class Judge:
         s = self.settings
         if len(items) == 1:
             return [await self._choose(*items[0])]
-        labels: dict[str, tuple[str | None, list[str]]] = {}
-        for _request, asked in items:  # a label shown once, with the examples its items brought
-            for c in asked:
-                _desc, examples = labels.setdefault(
-                    c.label, (c.description or self._descriptions.get(c.label), [])
-                )
-                for ex in c.examples:
-                    if len(examples) < s.n_examples and ex not in examples:
-                        examples.append(ex)
+        labels = self._shown_labels(c for _request, asked in items for c in asked)
         messages = build_choose_batch_messages(
             [(r.text, [c.label for c in asked]) for r, asked in items],
             labels,
@@ -804,6 +796,18 @@ class Judge:
             Verdict(item_id, cand.label, hit.valid, depth, s.model, latency, 0, hit.confidence, True)
         )
 
+    def _shown_labels(self, cands: Iterable[Candidate]) -> dict[str, tuple[str | None, list[str]]]:
+        """Each label of a batch prompt once: its description and up to ``n_examples`` of the examples
+        its candidates brought."""
+        labels: dict[str, tuple[str | None, list[str]]] = {}
+        for c in cands:
+            description = c.description or self._descriptions.get(c.label)
+            _desc, examples = labels.setdefault(c.label, (description, []))
+            for ex in c.examples:
+                if len(examples) < self.settings.n_examples and ex not in examples:
+                    examples.append(ex)
+        return labels
+
     async def _validate_many(self, checks: list[_Check]) -> list[tuple[Verdict, float] | BaseException]:
         """Several yes/no questions in one call (the cross-checks of a batch): per check its verdict and
         the calls it cost (its share of the batch call; 0 for a cached answer). A check the answer leaves
@@ -819,15 +823,7 @@ class Judge:
         answers: dict[int, bool] = {}
         share, latency_ms, tokens = 0.0, 0.0, 0
         if len(todo) > 1:
-            labels: dict[str, tuple[str | None, list[str]]] = {}
-            for i in todo:
-                cand = checks[i].cand
-                _desc, examples = labels.setdefault(
-                    cand.label, (cand.description or self._descriptions.get(cand.label), [])
-                )
-                for ex in cand.examples:
-                    if len(examples) < s.n_examples and ex not in examples:
-                        examples.append(ex)
+            labels = self._shown_labels(checks[i].cand for i in todo)
             asked = [(checks[i].text, checks[i].cand.label) for i in todo]
             messages = build_validate_batch_messages(asked, labels, max_text_chars=s.max_text_chars)
             share = 1.0 / len(todo)
