@@ -46,6 +46,7 @@ import argparse
 import hashlib
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,7 @@ def run_loop(
     young: int | None = None,
     verify: float = 0.0,
     single_checks: bool = False,
+    lag: int = 0,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -215,6 +217,7 @@ def run_loop(
     pool = NoveltyPool(min_size=10, similarity=0.55)
     recent = np.zeros((0, X.shape[1]), dtype=X.dtype)  # the latest judged embeddings ("diverse")
     next_eval = eval_every
+    lagging: deque[tuple[np.ndarray, list[str], list[str], list[bool]]] = deque()
     for lo in range(0, len(order), BATCH):
         if scenario == "incremental" and lo <= phase2 < lo + BATCH and described:
             for lab in sorted(described):  # the user adds them through `control` with a description
@@ -336,8 +339,12 @@ def run_loop(
             learn_y = [learn_y[i] for i in keep_v]
             learn_v = [True] * len(keep_v)
         if learn_X:
+            lagging.append((np.stack(learn_X), learn_t, learn_y, learn_v))
+        # --lag: a chunk's labels are learned only after `lag` more chunks were routed (the service's
+        # judge and training-topic delay); all of them before the last evaluation
+        while lagging and (len(lagging) > lag or lo + BATCH >= len(order)):
             t0 = time.perf_counter()
-            clf.learn_embeddings(np.stack(learn_X), learn_t, learn_y, learn_v)
+            clf.learn_embeddings(*lagging.popleft())
             run.worst_learn_s = max(run.worst_learn_s, time.perf_counter() - t0)
         # selftrain: what the service does with stream.unlabelled_share = 1
         if method in ("selftrain", "selfalone", "chooseself") and not routed.all():
@@ -451,6 +458,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "of a 64-item chunk share calls of up to --batch questions, as the judge batches them",
     )
     parser.add_argument(
+        "--lag",
+        type=int,
+        default=0,
+        help="learn each 64-item chunk's judged labels only after this many more chunks were routed "
+        "(models the service's delay between routing an item and learning its label)",
+    )
+    parser.add_argument(
         "--single-checks",
         action="store_true",
         help="ablation: every cross-check costs a whole call (the judge before checks were batched)",
@@ -497,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             young=args.young,
             verify=args.verify,
             single_checks=args.single_checks,
+            lag=args.lag,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -533,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         + (f" Maintenance rate once saturated: {args.maintenance} calls/item." if args.maintenance else "")
-        + (f" young_examples = {args.young}." if args.young is not None else ""),
+        + (f" young_examples = {args.young}." if args.young is not None else "")
+        + (f" Each chunk's labels are learned {args.lag} chunks of 64 late (`--lag`)." if args.lag else ""),
         "",
     ]
     rows = []

@@ -92,6 +92,9 @@ class Spec:
     method: str = "red"
     batch: int = 1  # judge.batch_size (choose methods): items per judge call
     verify: float = 0.0  # judge.verify_below (choose methods): unlikely picks asked again as yes/no
+    batch_wait_ms: float = (
+        300.0  # judge.batch_wait_ms: how long a batch (of choices, of checks) may wait to fill
+    )
 
     @property
     def label(self) -> str:
@@ -101,6 +104,7 @@ class Spec:
             self.method
             + (f" b{self.batch}" if self.batch > 1 else "")
             + (f" v{self.verify:g}" if self.verify > 0 else "")
+            + (f" w{self.batch_wait_ms:g}" if self.batch > 1 and self.batch_wait_ms != 300.0 else "")
         )
 
     @property
@@ -334,7 +338,11 @@ def run_service(
             "breaker_reset_s": "2",
             "timeout_s": "30",
             "question": "choose" if choose else "validate",
-            **({"batch_size": str(spec.batch), "batch_wait_ms": "300"} if spec.batch > 1 else {}),
+            **(
+                {"batch_size": str(spec.batch), "batch_wait_ms": f"{spec.batch_wait_ms:g}"}
+                if spec.batch > 1
+                else {}
+            ),
             **({"verify_below": str(spec.verify)} if spec.verify > 0 else {}),
         },
         embedder=embedder_kind,
@@ -593,6 +601,17 @@ def write_service_report(
             png = out_dir / f"{name}_{ds}_{sc}.png"
             _plot(sel, png, f"{ds}, {sc}, through the service: test accuracy over the stream")
             body += ["", f"![{ds} {sc}]({png.name})"]
+    batched = [r for r in runs if r.spec.counts_requests and r.sim_counts]
+    if batched:  # how full the batches were: what a judged text cost
+        body += ["", "Judge endpoint requests by kind (the simulated expert's counts):", ""]
+        for r in batched:
+            c = r.sim_counts
+            single = c.get("yes", 0) + c.get("no", 0)
+            body.append(
+                f"- {r.spec.tag}: {c.get('requests', 0)} requests: {c.get('choose', 0)} choices for "
+                f"{r.routed} judged texts ({r.routed / max(c.get('choose', 0), 1):.2f} a call), "
+                f"{c.get('validate_batch', 0)} batched checks, {single} single yes/no"
+            )
     body += [
         "",
         "Columns: *final test acc* is the held-out test split scored with the worker's last checkpoint "
@@ -638,7 +657,7 @@ def build_plan(args: argparse.Namespace) -> list[Spec]:
                     if m == "red" or (sc == "stationary" and (e == 0.05 or len(args.errors) == 1)):
                         choose = m in ("choose", "chooseself")
                         batch, verify = (args.batch, args.verify) if choose else (1, 0.0)
-                        plan.append(Spec(ds, sc, e, m, batch, verify))
+                        plan.append(Spec(ds, sc, e, m, batch, verify, args.batch_wait_ms))
     return plan
 
 
@@ -694,6 +713,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="judge.verify_below for the choose methods: picks the experts gave less than this fraction of "
         "their favourite's probability are asked again as yes/no (calls: the endpoint's request count)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=300.0,
+        help="judge.batch_wait_ms with --batch: how long a batch of choices (or of checks) waits to fill; "
+        "at R judged texts/s a batch of B fills in about B/R s",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed examples and stream order, as bench_loop's --seed"
