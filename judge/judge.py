@@ -580,7 +580,10 @@ class Judge:
         if not cand.probability < s.verify_below * favourite:
             return outcome
         try:
-            if s.batch_size > 1:  # asked with other items' checks, in one call
+            hit = self._cached(request.text, cand, request.id, depth)
+            if hit is not None:  # answered before: no call, and no wait for a batch
+                check, cost = hit, 0.0
+            elif s.batch_size > 1:  # asked with other items' checks, in one call
                 check, cost = await self._checks.submit(_Check(request.text, cand, request.id, depth))
             else:
                 per_item = _ItemCalls(s.max_calls_per_item)

@@ -141,6 +141,30 @@ def test_batched_picks_are_cross_checked_together(settings_for: SettingsFor) -> 
     assert c.n_calls == pytest.approx(1 / 3)
 
 
+def test_a_check_answered_before_is_not_asked_again(settings_for: SettingsFor) -> None:
+    """Judged again (a retry after a crash), the picks' checks come from the cache: no call, no cost."""
+    reqs = [
+        ask(1, "set an alarm for 7 am", ("weather", 0.8), ("alarm", 0.05)),
+        ask(2, "wake me up at six tomorrow", ("weather", 0.7), ("alarm", 0.04)),
+    ]
+    bodies: list[str] = []
+
+    async def scenario() -> list[Any]:
+        s = settings_for(
+            "http://fake/v1", question="choose", batch_size=2, batch_wait_ms=60_000, verify_below=0.1
+        )
+        judge = make_judge(s, _disagreeing(bodies))
+        await asyncio.gather(*(judge.judge(r) for r in reqs))
+        again = await asyncio.wait_for(asyncio.gather(*(judge.judge(r) for r in reqs)), 30)
+        await judge.aclose()
+        return list(again)
+
+    a, b = asyncio.run(scenario())
+    assert bodies == [TASK_CHOOSE_BATCH, TASK_VALIDATE_BATCH, TASK_CHOOSE_BATCH]
+    assert a.check is not None and a.check.cached and (a.status, a.n_calls) == ("unresolved", 0.5)
+    assert b.check is not None and b.check.cached and b.n_calls == 0.5
+
+
 def test_a_check_the_batch_answer_leaves_out_is_asked_alone(settings_for: SettingsFor) -> None:
     """The batch answer says nothing usable about item 2 (two different answers): it is asked alone."""
     reqs = [
