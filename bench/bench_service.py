@@ -62,12 +62,16 @@ from driftlabel.bench import chaos
 from driftlabel.bench.bench_loop import Run as LoopRun
 from driftlabel.bench.bench_loop import _stream_order, recovery_items
 from driftlabel.bench.common import RESULTS_DIR, cached_embeddings, machine_info, markdown_table
+from driftlabel.judge import JudgeSettings
 from driftlabel.models import RedClassifier
 from driftlabel.models.datasets import Dataset, default_data_dir, k_shot_indices, load_dataset
 from driftlabel.models.embeddings import Embedder, EmbedderSettings, load_embedder
 from driftlabel.streams.broker import LocalBroker
 
 __all__ = ["ServiceRun", "Spec", "StreamPlan", "main", "plan_stream", "run_service"]
+
+#: the judge's own default, which the reports leave unnamed
+BATCH_WAIT_MS: float = JudgeSettings.model_fields["batch_wait_ms"].default
 
 #: bench_loop's in-process figures for the same setting (bench/results/loop_*.md), for the comparison
 LOOP_FIGURES: dict[tuple[str, str, str, float], tuple[float, str]] = {
@@ -92,9 +96,8 @@ class Spec:
     method: str = "red"
     batch: int = 1  # judge.batch_size (choose methods): items per judge call
     verify: float = 0.0  # judge.verify_below (choose methods): unlikely picks asked again as yes/no
-    batch_wait_ms: float = (
-        300.0  # judge.batch_wait_ms: how long a batch (of choices, of checks) may wait to fill
-    )
+    #: judge.batch_wait_ms: how long a batch (of choices, of checks) may wait to fill
+    batch_wait_ms: float = BATCH_WAIT_MS
 
     @property
     def label(self) -> str:
@@ -104,7 +107,7 @@ class Spec:
             self.method
             + (f" b{self.batch}" if self.batch > 1 else "")
             + (f" v{self.verify:g}" if self.verify > 0 else "")
-            + (f" w{self.batch_wait_ms:g}" if self.batch > 1 and self.batch_wait_ms != 300.0 else "")
+            + (f" w{self.batch_wait_ms:g}" if self.batch > 1 and self.batch_wait_ms != BATCH_WAIT_MS else "")
         )
 
     @property
@@ -717,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=300.0,
+        default=BATCH_WAIT_MS,
         help="judge.batch_wait_ms with --batch: how long a batch of choices (or of checks) waits to fill; "
         "at R judged texts/s a batch of B fills in about B/R s",
     )

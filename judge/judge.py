@@ -527,10 +527,7 @@ class Judge:
         negative), so the verdict log and the training records keep the validate mode's shape. Not
         cached: the answer depends on the whole candidate list."""
         s = self.settings
-        shown = [
-            (c.label, c.description or self._descriptions.get(c.label), list(c.examples)[: s.n_examples])
-            for c in asked
-        ]
+        shown = [(c.label, self._described(c), list(c.examples)[: s.n_examples]) for c in asked]
         messages = build_choose_messages(request.text, shown, max_text_chars=s.max_text_chars)
         try:
             answer = await self._ask_json(
@@ -590,7 +587,7 @@ class Judge:
                 check = await self._validate(
                     request.text, cand, item_id=request.id, depth=depth, calls=per_item
                 )
-                cost = 0.0 if check.cached else 1.0
+                cost = 1.0
         except (MalformedAnswerError, _ItemBudgetSpent) as exc:
             self._c.checks["no_answer"] += 1
             log.warning("judge: no usable cross-check of item %s's pick %r (%s); the choice stands",
@@ -721,8 +718,8 @@ class Judge:
         hit = self._cached(text, cand, item_id, depth)
         if hit is not None:
             return hit
-        description = cand.description or self._descriptions.get(cand.label)
-        key = cache_key(text, cand.label, description, s.model)
+        description = self._described(cand)
+        key = self._key(text, cand)
         examples = list(cand.examples)[: s.n_examples]
 
         def parse(resp: Any) -> _Answer:
@@ -785,12 +782,19 @@ class Judge:
             )
         )
 
+    def _described(self, cand: Candidate) -> str | None:
+        """A candidate's description: its own, else the one from ``descriptions_file``."""
+        return cand.description or self._descriptions.get(cand.label)
+
+    def _key(self, text: str, cand: Candidate) -> str:
+        """The verdict cache's key for "is ``cand`` right for ``text``?" (a new description misses it)."""
+        return cache_key(text, cand.label, self._described(cand), self.settings.model)
+
     def _cached(self, text: str, cand: Candidate, item_id: str, depth: int) -> Verdict | None:
         """The cached answer about ``cand`` for ``text`` as a recorded verdict, or None (not asked yet)."""
         s = self.settings
         started = time.perf_counter()
-        description = cand.description or self._descriptions.get(cand.label)
-        hit = self._cache.get(cache_key(text, cand.label, description, s.model))
+        hit = self._cache.get(self._key(text, cand))
         if hit is None:
             return None
         latency = (time.perf_counter() - started) * 1000
@@ -804,8 +808,7 @@ class Judge:
         its candidates brought."""
         labels: dict[str, tuple[str | None, list[str]]] = {}
         for c in cands:
-            description = c.description or self._descriptions.get(c.label)
-            _desc, examples = labels.setdefault(c.label, (description, []))
+            _desc, examples = labels.setdefault(c.label, (self._described(c), []))
             for ex in c.examples:
                 if len(examples) < self.settings.n_examples and ex not in examples:
                     examples.append(ex)
@@ -848,8 +851,7 @@ class Judge:
             if n not in answers:
                 continue
             c, valid = checks[i], answers[n]
-            description = c.cand.description or self._descriptions.get(c.cand.label)
-            self._cache.put(cache_key(c.text, c.cand.label, description, s.model), CachedAnswer(valid, None))
+            self._cache.put(self._key(c.text, c.cand), CachedAnswer(valid, None))
             tok = tokens // len(answers) + (1 if n - 1 < tokens % len(answers) else 0)
             out[i] = (
                 self._record(Verdict(c.item_id, c.cand.label, valid, c.depth, s.model, latency_ms, tok)),
