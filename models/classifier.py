@@ -187,6 +187,8 @@ class RedClassifier:
         self._buffer: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []  # the partial chunk
         self._buffered = 0
         self._oos_cal: tuple[int, float] | None = None  # (store size, calibrated threshold)
+        self._scope_cal: tuple[int, float] | None = None  # the same for oos = "centroid"
+        self._centroid_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (store X, sums, C)
         self._boundary: tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]] | None = None
         self._fit_iterations: int | None = None  # L-BFGS iterations of the last joint solve (diagnostics)
         self._unlabelled: UnlabelledPool | None = None  # the stream's unlabelled rows (self-training)
@@ -357,6 +359,7 @@ class RedClassifier:
         s = self.settings
         self._pending = None  # a re-solve of the old model is void
         self._buffer, self._buffered, self._boundary, self._oos_cal = [], 0, None, None
+        self._scope_cal, self._centroid_cache = None, None
         self._resolved_at = self._position
         self._dim = X.shape[1]
         self._store = ExampleStore(self._dim, s.max_examples_per_label, s.max_negatives_per_label)
@@ -1298,8 +1301,8 @@ class RedClassifier:
         Z = self._combiner().log_odds(X)  # X is checked once, here
         s = self.settings
         flagged = None
-        if s.oos == "nearest" and len(X):
-            flagged = self.nearest_similarity(X) < self.oos_similarity_threshold()
+        if s.oos in ("nearest", "centroid") and len(X):
+            flagged = self.scope_similarity(X) < self.scope_threshold()
         threshold = s.oos_threshold if s.oos == "noise" else None
         ranking = make_ranking(Z, self._labels, top_k, s.temperature, threshold, flagged)
         if self._router is not None:  # self-training: what to judge follows the twin's uncertainty
@@ -1318,6 +1321,78 @@ class RedClassifier:
         for lo in range(0, len(Xs), 8192):
             np.maximum(out, (X @ Xs[lo : lo + 8192].T).max(axis=1), out=out)
         return out
+
+    def scope_similarity(self, X: np.ndarray) -> np.ndarray:
+        """How in-scope each embedding looks (higher: more), the score ``oos`` flags below
+        :meth:`scope_threshold`: ``centroid`` mode averages the cosine to the nearest stored example with
+        the cosine to the nearest label centroid (the mean of a label's stored examples), any other mode
+        uses the nearest example alone.
+
+        Why the average (measured, CLINC150 10-shot, in-scope flagged held at 5 %): the nearest example
+        catches 75 % of out-of-scope texts and the nearest centroid 79 %, the two together 80 %; a
+        centroid smooths over one odd example, the nearest example over a label with several senses.
+        """
+        X = np.asarray(X, dtype=np.float32)
+        near = self.nearest_similarity(X)
+        if self.settings.oos != "centroid":
+            return near
+        _, C = self._centroids()
+        if not len(C):
+            return near
+        return 0.5 * (near + (X @ C.T).max(axis=1))
+
+    def _centroids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-label sums and unit centroids of the stored examples (cached until the store changes)."""
+        Xs, y, _ = self.store.arrays()
+        cached = self._centroid_cache
+        if cached is not None and cached[0] is Xs:
+            return cached[1], cached[2]
+        if len(Xs):  # arrays() groups the rows by label: sum each run
+            starts = np.flatnonzero(np.r_[True, y[1:] != y[:-1]])
+            sums = np.add.reduceat(Xs.astype(np.float64), starts, axis=0)
+        else:
+            sums = np.zeros((0, Xs.shape[1]))
+        C = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        self._centroid_cache = (Xs, sums, C)
+        return sums, C
+
+    def scope_threshold(self) -> float:
+        """The ``oos_quantile`` quantile of the store's own leave-one-out :meth:`scope_similarity`
+        (calibrated on the model's examples; cached until the store changes size by 10 %)."""
+        if self.settings.oos != "centroid":
+            return self.oos_similarity_threshold()
+        n = self.store.n_examples
+        cached = self._scope_cal
+        if cached is not None and abs(cached[0] - n) <= 0.1 * max(cached[0], 1):
+            return float(cached[1])
+        thr = self._scope_quantile()
+        self._scope_cal = (n, thr)
+        return thr
+
+    def _scope_quantile(self) -> float:
+        """Leave-one-out ``centroid`` scores of a fixed-seed sample of at most 2,048 stored rows: each row's
+        nearest other example, and its own label's centroid without it (none for a label's only row).
+
+        2,048 rather than :meth:`oos_similarity_threshold`'s 512: a 5 % quantile of 512 rows is off by ~1
+        point of in-scope texts flagged (binomial), of 2,048 by ~0.5; the matmul is 2,048 x the store."""
+        Xs, y, _ = self.store.arrays()
+        n = len(Xs)
+        if n < 2:
+            return -1.0
+        rows = np.sort(np.random.default_rng(self.settings.seed).choice(n, size=min(n, 2048), replace=False))
+        S = Xs[rows] @ Xs.T
+        S[np.arange(len(rows)), rows] = -1.0
+        near = S.max(axis=1)
+        sums, C = self._centroids()
+        own = np.searchsorted(np.unique(y.astype(str)), y[rows].astype(str))
+        P = Xs[rows] @ C.T
+        rest = sums[own] - Xs[rows]  # the own centroid without the row
+        norm = np.linalg.norm(rest, axis=1)
+        alone = norm < 1e-6
+        P[np.arange(len(rows)), own] = np.where(
+            alone, -1.0, np.einsum("ij,ij->i", Xs[rows], rest) / np.maximum(norm, 1e-12)
+        )
+        return float(np.quantile(0.5 * (near + P.max(axis=1)), self.settings.oos_quantile))
 
     def oos_similarity_threshold(self) -> float:
         """The ``oos_quantile`` quantile of the store's leave-one-out nearest-neighbour similarities.

@@ -86,6 +86,48 @@ def test_out_of_scope_nearest_flags_far_texts_and_few_known_ones(fitted: RedClas
     assert fitted.rank_embeddings(noisy).out_of_scope.mean() <= 0.1  # calibrated: few in-scope flagged
 
 
+def test_out_of_scope_centroid_flags_far_texts_and_few_known_ones(fitted: RedClassifier) -> None:
+    fitted.settings = fitted.settings.model_copy(update={"oos": "centroid", "oos_quantile": 0.05})
+    Xs = fitted.store.arrays()[0]
+    far = -np.mean(Xs, axis=0, keepdims=True)
+    far = np.repeat(far / np.linalg.norm(far), 2, axis=0)
+    r = fitted.rank_embeddings(far)
+    assert r.out_of_scope.all() and r.labels == [OUT_OF_SCOPE, OUT_OF_SCOPE]
+    noisy = Xs + np.random.default_rng(0).normal(0, 0.02, Xs.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    assert fitted.rank_embeddings(noisy).out_of_scope.mean() <= 0.1  # calibrated: few in-scope flagged
+
+
+def test_scope_similarity_centroid_is_the_mean_of_nearest_example_and_nearest_centroid(
+    fitted: RedClassifier,
+) -> None:
+    fitted.settings = fitted.settings.model_copy(update={"oos": "centroid"})
+    Xs, y, _ = fitted.store.arrays()
+    X = np.random.default_rng(1).normal(size=(7, Xs.shape[1])).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    labs = sorted(set(y.tolist()))
+    C = np.stack([Xs[y == lab].mean(axis=0) for lab in labs])
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    want = 0.5 * ((X @ Xs.T).max(axis=1) + (X @ C.T).max(axis=1))
+    np.testing.assert_allclose(fitted.scope_similarity(X), want, rtol=1e-5, atol=1e-5)
+    # the threshold is the quantile of the store's own leave-one-out scores: below every plain score
+    assert fitted.scope_threshold() < float(np.quantile(fitted.scope_similarity(Xs), 0.5))
+    fitted.settings = fitted.settings.model_copy(update={"oos": "nearest"})
+    np.testing.assert_allclose(fitted.scope_similarity(X), fitted.nearest_similarity(X))
+
+
+def test_scope_centroids_follow_the_store(fitted: RedClassifier) -> None:
+    """A learned row moves its label's centroid: the cache is keyed on the store's arrays."""
+    fitted.settings = fitted.settings.model_copy(update={"oos": "centroid"})
+    Xs, y, _ = fitted.store.arrays()
+    lab = str(y[0])
+    probe = -Xs[y == lab].mean(axis=0, keepdims=True)
+    probe /= np.linalg.norm(probe)
+    before = fitted.scope_similarity(probe)
+    fitted.learn_embeddings(probe, ["the probe"], [lab])
+    assert fitted.scope_similarity(probe)[0] > before[0]  # now a stored example itself
+
+
 def test_out_of_scope_when_every_expert_says_noise(fitted: RedClassifier) -> None:
     fitted.settings = fitted.settings.model_copy(update={"oos": "noise"})
     far = -np.mean(fitted.store.arrays()[0], axis=0, keepdims=True)  # opposite of all the data
