@@ -1,0 +1,54 @@
+"""``bench_loop``'s knobs on a small synthetic set: ``lag`` delays learning but loses no label, and
+``single_checks`` charges each cross-check a whole call instead of a share of a batched one."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from driftlabel.bench import bench_loop
+
+
+def _split(rng: np.random.Generator, centres: np.ndarray, n: int, tag: str) -> SimpleNamespace:
+    y = np.repeat(np.arange(len(centres)), n)
+    X = centres[y] + 0.25 * rng.standard_normal((len(y), centres.shape[1]))  # overlapping blobs
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return SimpleNamespace(
+        X=X.astype(np.float32), labels=[f"c{i}" for i in y], texts=[f"{tag}{i}" for i in range(len(y))]
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, SimpleNamespace]:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 384)) / np.sqrt(384)  # unit-scale, MiniLM-sized as the bench's embedder
+    return {"train": _split(rng, centres, 60, "tr"), "test": _split(rng, centres, 40, "te")}
+
+
+def _run(data: dict[str, SimpleNamespace], **kw: object) -> bench_loop.Run:
+    return bench_loop.run_loop(
+        data, "blobs", "stationary", "choose", 0.05, budget=0.3, limit=None, eval_every=128, batch=4, **kw
+    )
+
+
+def test_lag_delays_learning_but_learns_every_label_by_the_end(data: dict[str, SimpleNamespace]) -> None:
+    now, never = _run(data), _run(data, lag=100)  # 300 streamed items: 5 chunks, all lagged to the end
+    assert now.judged > 0 and never.judged > 0
+    start = now.curve[0][1]
+    assert start < 0.9  # overlapping blobs: the seeds alone leave room to learn
+    # lagged past the stream, nothing is learned before the end: the mid-stream scores are the seeds'
+    assert [acc for _, acc in never.curve[1:-1]] == [start] * (len(never.curve) - 2)
+    assert now.curve[1][1] > start  # without the lag the first chunks' labels already count
+    # ... and everything is learned before the last evaluation
+    assert never.curve[-1][0] == never.items and never.final_acc > start
+
+
+def test_single_checks_cost_a_whole_call_each(data: dict[str, SimpleNamespace]) -> None:
+    batched = _run(data, verify=1.0)
+    single = _run(data, verify=1.0, single_checks=True)
+    assert batched.verified > 0
+    # the same stream: the checks of the first chunk are the same, and cost more when asked one by one
+    per_item_b, per_item_s = batched.calls / batched.items, single.calls / single.items
+    assert per_item_s > per_item_b
