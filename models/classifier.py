@@ -186,9 +186,10 @@ class RedClassifier:
         self._synthetic: dict[str, list[str]] = {}  # label -> its generated examples, until real ones arrive
         self._buffer: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []  # the partial chunk
         self._buffered = 0
-        self._oos_cal: tuple[int, float] | None = None  # (store size, calibrated threshold)
-        self._scope_cal: tuple[int, float] | None = None  # the same for oos = "centroid"
-        self._centroid_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (store X, sums, C)
+        # out-of-scope calibration per score ("nearest", "centroid"): (store size, threshold)
+        self._oos_cal: dict[str, tuple[int, float]] = {}
+        # (store X it was built from, per-label sums, unit centroids, each stored row's label index)
+        self._centroid_cache: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._boundary: tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]] | None = None
         self._fit_iterations: int | None = None  # L-BFGS iterations of the last joint solve (diagnostics)
         self._unlabelled: UnlabelledPool | None = None  # the stream's unlabelled rows (self-training)
@@ -358,8 +359,8 @@ class RedClassifier:
             )
         s = self.settings
         self._pending = None  # a re-solve of the old model is void
-        self._buffer, self._buffered, self._boundary, self._oos_cal = [], 0, None, None
-        self._scope_cal, self._centroid_cache = None, None
+        self._buffer, self._buffered, self._boundary, self._oos_cal = [], 0, None, {}
+        self._centroid_cache = None
         self._resolved_at = self._position
         self._dim = X.shape[1]
         self._store = ExampleStore(self._dim, s.max_examples_per_label, s.max_negatives_per_label)
@@ -1336,37 +1337,43 @@ class RedClassifier:
         near = self.nearest_similarity(X)
         if self.settings.oos != "centroid":
             return near
-        _, C = self._centroids()
+        _, C, _ = self._centroids()
         if not len(C):
             return near
         return 0.5 * (near + (X @ C.T).max(axis=1))
 
-    def _centroids(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-label sums and unit centroids of the stored examples (cached until the store changes)."""
+    def _centroids(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-label sums, unit centroids and each stored row's label index (cached until the store
+        changes: ``arrays()`` returns the same arrays until then)."""
         Xs, y, _ = self.store.arrays()
         cached = self._centroid_cache
         if cached is not None and cached[0] is Xs:
-            return cached[1], cached[2]
-        if len(Xs):  # arrays() groups the rows by label: sum each run
-            starts = np.flatnonzero(np.r_[True, y[1:] != y[:-1]])
-            sums = np.add.reduceat(Xs.astype(np.float64), starts, axis=0)
+            return cached[1], cached[2], cached[3]
+        run_start = np.r_[True, y[1:] != y[:-1]] if len(Xs) else np.zeros(0, dtype=bool)
+        owner = np.cumsum(run_start) - 1  # arrays() groups the rows by label: one run per label
+        if len(Xs):
+            sums = np.add.reduceat(Xs.astype(np.float64), np.flatnonzero(run_start), axis=0)
         else:
             sums = np.zeros((0, Xs.shape[1]))
         C = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-        self._centroid_cache = (Xs, sums, C)
-        return sums, C
+        self._centroid_cache = (Xs, sums, C, owner)
+        return sums, C, owner
 
     def scope_threshold(self) -> float:
         """The ``oos_quantile`` quantile of the store's own leave-one-out :meth:`scope_similarity`
         (calibrated on the model's examples; cached until the store changes size by 10 %)."""
         if self.settings.oos != "centroid":
             return self.oos_similarity_threshold()
+        return self._calibrated("centroid", self._scope_quantile)
+
+    def _calibrated(self, score: str, compute: Callable[[], float]) -> float:
+        """``compute()``'s threshold for ``score``, again only when the store changed size by 10 %."""
         n = self.store.n_examples
-        cached = self._scope_cal
+        cached = self._oos_cal.get(score)
         if cached is not None and abs(cached[0] - n) <= 0.1 * max(cached[0], 1):
             return float(cached[1])
-        thr = self._scope_quantile()
-        self._scope_cal = (n, thr)
+        thr = compute()
+        self._oos_cal[score] = (n, thr)
         return thr
 
     def _scope_quantile(self) -> float:
@@ -1375,14 +1382,14 @@ class RedClassifier:
 
         2,048 rather than :meth:`oos_similarity_threshold`'s 512: a 5 % quantile of 512 rows is off by ~1
         point of in-scope texts flagged (binomial), of 2,048 by ~0.5; the matmul is 2,048 x the store."""
-        Xs, y, _ = self.store.arrays()
+        Xs = self.store.arrays()[0]
         n = len(Xs)
         if n < 2:
             return -1.0
         rows = np.sort(np.random.default_rng(self.settings.seed).choice(n, size=min(n, 2048), replace=False))
         near = self._loo_nearest(Xs, rows)
-        sums, C = self._centroids()
-        own = np.searchsorted(np.unique(y.astype(str)), y[rows].astype(str))
+        sums, C, owner = self._centroids()
+        own = owner[rows]
         P = Xs[rows] @ C.T
         rest = sums[own] - Xs[rows]  # the own centroid without the row
         norm = np.linalg.norm(rest, axis=1)
@@ -1398,13 +1405,7 @@ class RedClassifier:
         Calibrated on the model's own examples (no held-out data needed), computed on a fixed-seed sample
         of at most 512 stored rows and cached until the store changes size by 10 %.
         """
-        n = self.store.n_examples
-        cached = self._oos_cal
-        if cached is not None and abs(cached[0] - n) <= 0.1 * max(cached[0], 1):
-            return float(cached[1])
-        thr = self._similarity_quantile()
-        self._oos_cal = (n, thr)
-        return thr
+        return self._calibrated("nearest", self._similarity_quantile)
 
     def _similarity_quantile(self) -> float:
         """:meth:`oos_similarity_threshold` computed now, from the store alone (no cache: a function of the

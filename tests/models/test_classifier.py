@@ -98,6 +98,14 @@ def test_out_of_scope_centroid_flags_far_texts_and_few_known_ones(fitted: RedCla
     assert fitted.rank_embeddings(noisy).out_of_scope.mean() <= 0.1  # calibrated: few in-scope flagged
 
 
+def _centroid_scores(Xs: np.ndarray, y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Brute force: mean of the cosine to the nearest stored row and to the nearest label mean."""
+    labs = sorted(set(y.tolist()))
+    C = np.stack([Xs[y == lab].mean(axis=0) for lab in labs])
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    return 0.5 * ((X @ Xs.T).max(axis=1) + (X @ C.T).max(axis=1))
+
+
 def test_scope_similarity_centroid_is_the_mean_of_nearest_example_and_nearest_centroid(
     fitted: RedClassifier,
 ) -> None:
@@ -105,27 +113,36 @@ def test_scope_similarity_centroid_is_the_mean_of_nearest_example_and_nearest_ce
     Xs, y, _ = fitted.store.arrays()
     X = np.random.default_rng(1).normal(size=(7, Xs.shape[1])).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
-    labs = sorted(set(y.tolist()))
-    C = np.stack([Xs[y == lab].mean(axis=0) for lab in labs])
-    C /= np.linalg.norm(C, axis=1, keepdims=True)
-    want = 0.5 * ((X @ Xs.T).max(axis=1) + (X @ C.T).max(axis=1))
-    np.testing.assert_allclose(fitted.scope_similarity(X), want, rtol=1e-5, atol=1e-5)
-    # the threshold is the quantile of the store's own leave-one-out scores: below every plain score
-    assert fitted.scope_threshold() < float(np.quantile(fitted.scope_similarity(Xs), 0.5))
+    np.testing.assert_allclose(fitted.scope_similarity(X), _centroid_scores(Xs, y, X), rtol=1e-5, atol=1e-5)
     fitted.settings = fitted.settings.model_copy(update={"oos": "nearest"})
     np.testing.assert_allclose(fitted.scope_similarity(X), fitted.nearest_similarity(X))
 
 
+def test_scope_threshold_is_the_quantile_of_leave_one_out_scores(fitted: RedClassifier) -> None:
+    """Each stored row scored against the store without it (its own label's mean without it too)."""
+    fitted.settings = fitted.settings.model_copy(update={"oos": "centroid", "oos_quantile": 0.2})
+    Xs, y, _ = fitted.store.arrays()
+    assert len(Xs) <= 2048  # every row is sampled
+    loo = []
+    for i in range(len(Xs)):
+        keep = np.arange(len(Xs)) != i
+        loo.append(_centroid_scores(Xs[keep], y[keep], Xs[i : i + 1])[0])
+    assert fitted.scope_threshold() == pytest.approx(float(np.quantile(loo, 0.2)), abs=1e-5)
+
+
 def test_scope_centroids_follow_the_store(fitted: RedClassifier) -> None:
-    """A learned row moves its label's centroid: the cache is keyed on the store's arrays."""
+    """Learned rows move their label's centroid: the cache is keyed on the store's arrays."""
     fitted.settings = fitted.settings.model_copy(update={"oos": "centroid"})
     Xs, y, _ = fitted.store.arrays()
-    lab = str(y[0])
-    probe = -Xs[y == lab].mean(axis=0, keepdims=True)
-    probe /= np.linalg.norm(probe)
-    before = fitted.scope_similarity(probe)
-    fitted.learn_embeddings(probe, ["the probe"], [lab])
-    assert fitted.scope_similarity(probe)[0] > before[0]  # now a stored example itself
+    probe = np.random.default_rng(2).normal(size=(1, Xs.shape[1])).astype(np.float32)
+    probe /= np.linalg.norm(probe)  # far from every label: its centroid term is small now
+    fitted.scope_similarity(probe)  # fills the cache
+    n = int(np.sum(y == y[0]))
+    fitted.learn_embeddings(np.repeat(probe, n, axis=0), [f"probe {i}" for i in range(n)], [str(y[0])] * n)
+    Xs, y, _ = fitted.store.arrays()
+    np.testing.assert_allclose(
+        fitted.scope_similarity(probe), _centroid_scores(Xs, y, probe), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_out_of_scope_when_every_expert_says_noise(fitted: RedClassifier) -> None:
