@@ -98,6 +98,7 @@ def save_model(clf: RedClassifier, path: str | os.PathLike[str]) -> None:
     store: ExampleStore = st["store"]
     state = store.state()
     arrays["store_pos_X"] = np.asarray(state["pos_X"], dtype=np.float32)
+    arrays["store_pos_representative"] = np.asarray(state["pos_representative"], dtype=bool)
     arrays["store_neg_X"] = np.asarray(state["neg_X"], dtype=np.float32)
     desc_labels = sorted(st["desc_emb"])
     dim = int(st["dim"])
@@ -183,6 +184,16 @@ def _put_experts(arrays: dict[str, np.ndarray], prefix: str, experts: Sequence[A
             }
         )
     return meta
+
+
+def _representative(arrays: dict[str, np.ndarray], n: int) -> np.ndarray | None:
+    """The stored examples' representative flags; None for files written before they were recorded."""
+    flags = arrays.get("store_pos_representative")
+    if flags is None:
+        return None
+    if flags.shape != (n,):
+        raise ModelFileError(f"representative flags: shape {flags.shape} for {n} stored examples")
+    return flags.astype(bool)
 
 
 def _get_experts(
@@ -342,6 +353,7 @@ def _build(
         int(sm["max_negatives_per_label"]),
         (pos_X, texts["pos_y"], texts["pos_texts"]),
         (neg_X, texts["neg_y"], texts["neg_texts"]),
+        _representative(arrays, len(texts["pos_texts"])),
     )
     desc_labels = [str(x) for x in manifest["description_labels"]]
     if desc_X.shape != (len(desc_labels), dim):

@@ -22,18 +22,27 @@ __all__ = ["ExampleStore", "UnlabelledPool"]
 class _Buffer:
     X: np.ndarray
     texts: list[str] = field(default_factory=list)
+    representative: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
-    def extend(self, X: np.ndarray, texts: list[str], cap: int) -> None:
+    def extend(self, X: np.ndarray, texts: list[str], cap: int, representative: np.ndarray) -> None:
         self.X = np.concatenate([self.X, X]) if len(self.X) else X.copy()
         self.texts.extend(texts)
+        self.representative = np.concatenate([self.representative, representative])
         if len(self.texts) > cap:
             cut = len(self.texts) - cap
             self.X = self.X[cut:].copy()
+            self.representative = self.representative[cut:].copy()
             del self.texts[:cut]
 
 
 class ExampleStore:
-    """Per-label FIFO buffers of (embedding, text), separately for valid examples and hard negatives."""
+    """Per-label FIFO buffers of (embedding, text), separately for valid examples and hard negatives.
+
+    Each valid example also records whether it is *representative*: given as training data (``fit``), so
+    drawn like the texts to come, rather than chosen by the loop (judged because the experts were unsure,
+    generated, proposed). Out-of-scope calibration samples the representative ones: the loop's picks are
+    atypical by construction, and their leave-one-out similarities run low (measured in docs/models.md).
+    """
 
     def __init__(self, dim: int, max_per_label: int = 1000, max_negatives_per_label: int = 200) -> None:
         self.dim = dim
@@ -50,8 +59,10 @@ class ExampleStore:
         texts: Sequence[str],
         labels: Sequence[str] | np.ndarray,
         valid: Sequence[bool] | np.ndarray | None = None,
+        representative: bool | Sequence[bool] | np.ndarray = False,
     ) -> None:
-        """Append a micro-batch, grouped by label (one concatenation per label, not per row)."""
+        """Append a micro-batch, grouped by label (one concatenation per label, not per row);
+        ``representative`` marks rows given as training data (see the class docstring)."""
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise InvalidDataError(f"embeddings must have shape (n, {self.dim}), got {X.shape}")
@@ -61,6 +72,10 @@ class ExampleStore:
                 f"{len(X)} embeddings, {len(texts)} texts and {len(y)} labels: must be equal"
             )
         v = np.ones(len(X), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        rep = np.asarray(representative, dtype=bool)
+        if rep.ndim and len(rep) != len(X):
+            raise InvalidDataError(f"{len(X)} embeddings and {len(rep)} representative flags: must be equal")
+        rep = np.broadcast_to(rep, (len(X),))
         texts_arr = np.asarray(list(texts), dtype=object)
         for is_valid, book, cap in (
             (True, self._pos, self.max_per_label),
@@ -73,7 +88,7 @@ class ExampleStore:
             for j, lab in enumerate(uniq.tolist()):
                 rows = sel[inv.reshape(-1) == j]
                 buf = book.setdefault(lab, _Buffer(np.zeros((0, self.dim), dtype=np.float32)))
-                buf.extend(X[rows], texts_arr[rows].tolist(), cap)
+                buf.extend(X[rows], texts_arr[rows].tolist(), cap, rep[rows])
         self._cache.clear()
 
     def remove_texts(self, label: str, texts: set[str]) -> int:
@@ -85,6 +100,7 @@ class ExampleStore:
         removed = int((~keep).sum())
         if removed:
             buf.X = buf.X[keep].copy()
+            buf.representative = buf.representative[keep].copy()
             buf.texts = [t for t, k in zip(buf.texts, keep.tolist(), strict=True) if k]
             if not buf.texts:
                 del self._pos[label]
@@ -133,6 +149,13 @@ class ExampleStore:
                 X, y, texts = np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=object), []
             self._cache[valid] = (X, y, texts)
         return self._cache[valid]
+
+    def representative(self) -> np.ndarray:
+        """Which rows of ``arrays()`` (valid examples) are representative (see the class docstring)."""
+        labs = sorted(self._pos)
+        if not labs:
+            return np.zeros(0, dtype=bool)
+        return np.concatenate([self._pos[lab].representative for lab in labs])
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` valid examples drawn uniformly without concatenating the store (replay for learning)."""
@@ -183,6 +206,7 @@ class ExampleStore:
         Xn, yn, tn = self.arrays(False)
         return {
             "pos_X": Xp,
+            "pos_representative": self.representative(),
             "pos_y": yp.astype(str).tolist(),
             "pos_texts": tp,
             "neg_X": Xn,
@@ -198,10 +222,14 @@ class ExampleStore:
         max_negatives_per_label: int,
         pos: tuple[np.ndarray, list[str], list[str]],
         neg: tuple[np.ndarray, list[str], list[str]],
+        pos_representative: np.ndarray | None = None,
     ) -> ExampleStore:
+        """A store from :meth:`state`'s arrays; without ``pos_representative`` (files written before it
+        was recorded) every valid example counts as representative, the calibration those files had."""
         store = cls(dim, max_per_label, max_negatives_per_label)
         if len(pos[1]):
-            store.add(pos[0], pos[2], pos[1])
+            rep = np.ones(len(pos[1]), dtype=bool) if pos_representative is None else pos_representative
+            store.add(pos[0], pos[2], pos[1], representative=rep)
         if len(neg[1]):
             store.add(neg[0], neg[2], neg[1], valid=np.zeros(len(neg[1]), dtype=bool))
         return store

@@ -130,6 +130,36 @@ def test_scope_threshold_is_the_quantile_of_leave_one_out_scores(fitted: RedClas
     assert fitted.scope_threshold() == pytest.approx(float(np.quantile(loo, 0.2)), abs=1e-5)
 
 
+def test_scope_threshold_samples_the_fit_rows_against_the_whole_store(
+    fitted: RedClassifier, blobs: Blobs
+) -> None:
+    """Learned rows (the loop's uncertain picks) are scored against, never sampled for calibration."""
+    fitted.settings = fitted.settings.model_copy(update={"oos": "centroid", "oos_quantile": 0.2})
+    n_fit = fitted.n_examples
+    X, texts, y = blobs.sample(10, seed=11)
+    fitted.learn_embeddings(X, [f"learned {t}" for t in texts], y)
+    Xs, ys, stored = fitted.store.arrays()
+    rep = fitted.store.representative()
+    assert len(Xs) == n_fit + len(X) and rep.sum() == n_fit
+    assert not any(stored[i].startswith("learned") for i in np.flatnonzero(rep))
+    loo = []
+    for i in np.flatnonzero(rep):
+        keep = np.arange(len(Xs)) != i
+        loo.append(_centroid_scores(Xs[keep], ys[keep], Xs[i : i + 1])[0])
+    assert fitted.scope_threshold() == pytest.approx(float(np.quantile(loo, 0.2)), abs=1e-5)
+
+
+def test_scope_threshold_survives_save_and_load(fitted: RedClassifier, blobs: Blobs, tmp_path: Path) -> None:
+    X, texts, y = blobs.sample(10, seed=12)
+    fitted.learn_embeddings(X, [f"learned {t}" for t in texts], y)
+    fitted.save(tmp_path / "model")
+    loaded = RedClassifier.load(tmp_path / "model")
+    assert loaded.store.representative().tolist() == fitted.store.representative().tolist()
+    for clf in (fitted, loaded):
+        clf.settings = clf.settings.model_copy(update={"oos": "centroid"})
+    assert loaded.scope_threshold() == pytest.approx(fitted.scope_threshold(), abs=1e-6)
+
+
 def test_scope_centroids_follow_the_store(fitted: RedClassifier) -> None:
     """Learned rows move their label's centroid: the cache is keyed on the store's arrays."""
     fitted.settings = fitted.settings.model_copy(update={"oos": "centroid"})

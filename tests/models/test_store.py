@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from driftlabel.models.errors import InvalidDataError
 from driftlabel.models.store import ExampleStore
 
 
@@ -25,3 +27,36 @@ def test_arrays_never_change_once_handed_out() -> None:
     assert len(X2) == 8 and t2[:5] == ["a2", "a3", "a4", "a5", "a9"] and "b0" not in t2
     Xs, labs = store.sample(4, np.random.default_rng(0))
     assert Xs.shape == (4, 4) and set(labs.tolist()) <= {"a", "b"}
+
+
+def test_representative_flags_follow_their_rows() -> None:
+    """Rows given as training data stay marked through the FIFO cap, removals and a state round trip."""
+    store = ExampleStore(dim=4, max_per_label=4)
+    store.add(_rows(3, 0), ["a0", "a1", "a2"], ["a"] * 3, representative=True)
+    store.add(_rows(2, 1), ["a3", "b0"], ["a", "b"])  # learned rows: not representative by default
+    store.add(_rows(1, 2), ["a4"], ["a"], representative=[True])
+    texts = store.arrays()[2]
+    assert texts == ["a1", "a2", "a3", "a4", "b0"]  # a0 fell out of the cap with its flag
+    assert store.representative().tolist() == [True, True, False, True, False]
+    store.remove_texts("a", {"a2"})
+    assert store.representative().tolist() == [True, False, True, False]
+    state = store.state()
+    back = ExampleStore.from_state(
+        4,
+        4,
+        200,
+        (state["pos_X"], state["pos_y"], state["pos_texts"]),
+        (state["neg_X"], state["neg_y"], state["neg_texts"]),
+        state["pos_representative"],
+    )
+    assert back.representative().tolist() == [True, False, True, False]
+    old = ExampleStore.from_state(  # a file written before the flags: every row counts, as it did
+        4, 4, 200, (state["pos_X"], state["pos_y"], state["pos_texts"]), (state["neg_X"], [], [])
+    )
+    assert old.representative().all()
+
+
+def test_representative_flags_must_match_the_rows() -> None:
+    store = ExampleStore(dim=4)
+    with pytest.raises(InvalidDataError, match="representative flags"):
+        store.add(_rows(3, 0), ["a", "b", "c"], ["x"] * 3, representative=[True, False])
