@@ -60,7 +60,7 @@ import numpy as np
 
 from driftlabel.bench import chaos
 from driftlabel.bench.bench_loop import Run as LoopRun
-from driftlabel.bench.bench_loop import _stream_order, recovery_items
+from driftlabel.bench.bench_loop import _stream_order, oos_rates, recovery_items
 from driftlabel.bench.common import RESULTS_DIR, cached_embeddings, machine_info, markdown_table
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import RedClassifier
@@ -156,6 +156,10 @@ class ServiceRun:
     worker_alive: bool = True
     endpoint_calls: int = 0  # HTTP requests the judge endpoint answered (every kind, retries included)
     verdict_tokens: int = 0  # tokens the verdicts report (the endpoint's usage: prompt + answer)
+    #: CLINC150: (test flagged, streamed-not-learned flagged, out-of-scope caught) with oos = "centroid" on
+    #: the last checkpoint's store, and (representative rows, stored rows) of that store
+    oos: tuple[float, float, float] | None = None
+    representative: tuple[int, int] | None = None
 
     @property
     def final_acc(self) -> float:
@@ -496,8 +500,30 @@ def run_service(
         if proposals is not None:
             proposals.stop()
         cluster.stop()
+    if spec.dataset == "clinc150" and last_scored:
+        run.oos, run.representative = _out_of_scope(
+            Path(last_scored[0]), embedder, data_file.parent.parent, texts, plan.order, Xt
+        )
     run.seconds = time.monotonic() - t_start
     return run
+
+
+def _out_of_scope(
+    model_dir: Path,
+    embedder: Embedder,
+    data_dir: Path,
+    texts: Sequence[str],
+    order: np.ndarray,
+    Xt: np.ndarray,
+) -> tuple[tuple[float, float, float], tuple[int, int]]:
+    """Out-of-scope on the store the worker built (its last checkpoint, loaded as saved: the
+    representative flags come from the model file), as bench_loop measures its own store."""
+    clf = RedClassifier.load(model_dir, embedder=embedder)
+    oos_texts = load_dataset("clinc150", data_dir).split("oos_test").texts
+    X_oos = cached_embeddings(embedder, oos_texts, "clinc150-oos_test", progress=False)
+    X_streamed = cached_embeddings(embedder, list(texts), "clinc150-train", progress=False)[order]
+    rep = clf.store.representative()
+    return oos_rates(clf, Xt, X_streamed, X_oos), (int(rep.sum()), len(rep))
 
 
 # ---- report
@@ -604,6 +630,25 @@ def write_service_report(
             png = out_dir / f"{name}_{ds}_{sc}.png"
             _plot(sel, png, f"{ds}, {sc}, through the service: test accuracy over the stream")
             body += ["", f"![{ds} {sc}]({png.name})"]
+    scoped = [r for r in runs if r.oos is not None]
+    if scoped:  # out-of-scope on the worker's own store, as bench_loop's table
+        body += [
+            "",
+            'Out of scope with `oos = "centroid"` on the worker\'s last checkpoint (the stream itself ran '
+            "with detection off; calibrated on the store's representative rows, the seed run, as the "
+            "model file records them): in-scope test texts flagged, streamed texts the store did not learn "
+            "flagged, CLINC150's out-of-scope test texts caught, %.",
+            "",
+            markdown_table(
+                ["run", "representative / stored rows", "test flagged", "stream flagged", "caught"],
+                [
+                    [r.spec.tag, f"{r.representative[0]:,} / {r.representative[1]:,}"]
+                    + [f"{100 * v:.1f}" for v in r.oos]
+                    for r in scoped
+                    if r.oos is not None and r.representative is not None
+                ],
+            ),
+        ]
     batched = [r for r in runs if r.spec.counts_requests and r.sim_counts]
     if batched:  # how full the batches were: what a judged text cost
         body += ["", "Judge endpoint requests by kind (the simulated expert's counts):", ""]
