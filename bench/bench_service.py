@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -212,13 +213,26 @@ class ServiceRun:
 # ---- data
 
 
-def judge_file(dataset: str, data_dir: Path) -> Path:
-    """The labelled file the simulated expert answers from (the streamed train texts are all in it)."""
+def judge_file(dataset: str, data_dir: Path, work: Path) -> Path:
+    """The labelled file the simulated expert answers from (the streamed train texts are all in it).
+
+    O*NET's task statements have their own columns (Task, Title), so its train split is written to a
+    ``text``/``label`` TSV under ``work`` (never to the repository)."""
     if dataset == "clinc150":
         return data_dir / "clinc150" / "data_full.json"  # test/oos_test splits: never generated examples
     if dataset == "banking77":
         return data_dir / "banking77" / "train.csv"  # the train split only: test texts are not in it
-    raise ValueError(f"unknown dataset {dataset!r} (clinc150, banking77)")
+    if dataset == "onet":
+        path = work / "onet_train.tsv"
+        if not path.exists():
+            train = load_dataset("onet", data_dir).train
+            work.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8", newline="") as fh:
+                out = csv.writer(fh, delimiter="\t")
+                out.writerow(["text", "label"])
+                out.writerows(zip(train.texts, train.labels, strict=True))
+        return path
+    raise ValueError(f"unknown dataset {dataset!r} (clinc150, banking77, onet)")
 
 
 def load_data(dataset: str, data_dir: Path, classes: int = 0) -> Dataset:
@@ -714,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="CLINC150, 3 scenarios, 5 %% error, short streams"
     )
-    parser.add_argument("--datasets", nargs="*", default=None, choices=["clinc150", "banking77"])
+    parser.add_argument("--datasets", nargs="*", default=None, choices=["clinc150", "banking77", "onet"])
     parser.add_argument(
         "--scenarios", nargs="*", default=None, choices=["stationary", "incremental", "shift"]
     )
@@ -857,7 +871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sp,
                     broker=broker,
                     work=work / f"run{n}",
-                    data_file=judge_file(spec.dataset, data_dir),
+                    data_file=judge_file(spec.dataset, data_dir, work),
                     embedder_kind=args.embedder,
                     embedder=embedder,
                     Xt=Xt,

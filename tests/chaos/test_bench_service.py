@@ -42,7 +42,7 @@ def test_incremental_through_the_service(chaos_broker: Any, data_dir: Path, tmp_
         plan,
         broker=chaos_broker,
         work=tmp_path / "run",
-        data_file=bs.judge_file("clinc150", data_dir),
+        data_file=bs.judge_file("clinc150", data_dir, tmp_path),
         embedder_kind="static",
         embedder=embedder,
         Xt=Xt,
@@ -53,6 +53,10 @@ def test_incremental_through_the_service(chaos_broker: Any, data_dir: Path, tmp_
         progress=lines.append,
     )
     assert run.worker_alive, "the worker died during the run"
+    # out of scope on the worker's own store: the seed run is what the model file marks representative
+    assert run.oos is not None and all(0.0 <= v <= 1.0 for v in run.oos)
+    assert run.representative is not None and run.representative[0] == len(plan.seeds)
+    assert run.representative[1] > run.representative[0], "the stream taught the store nothing"
     assert run.items == 400 and run.finals == 400, f"{run.finals} of 400 items have a final label"
     # scored at the start, during the stream and at the end, from the worker's checkpoints
     assert len(run.curve) >= 4, run.curve
@@ -83,3 +87,15 @@ def test_incremental_through_the_service(chaos_broker: Any, data_dir: Path, tmp_
     assert "| clinc150 | incremental | red | 5% | 400 |" in text
     assert "5+" in text and "of 10" in text
     assert (tmp_path / "results" / "service_test_clinc150_incremental.png").stat().st_size > 1000
+
+
+def test_onet_judge_file_holds_the_train_split_as_text_and_label(data_dir: Path, tmp_path: Path) -> None:
+    """O*NET's task statements (Task, Title columns) reach the simulated expert as a text/label TSV."""
+    from driftlabel.judge.data import read_labelled
+    from driftlabel.models.datasets import load_dataset
+
+    path = bs.judge_file("onet", data_dir, tmp_path)
+    assert path.parent == tmp_path
+    train = load_dataset("onet", data_dir).train
+    rows = read_labelled(path)
+    assert rows == list(zip(train.texts, train.labels, strict=True))
