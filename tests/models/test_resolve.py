@@ -220,3 +220,30 @@ def test_young_labels_are_re_solved_at_count_milestones_only() -> None:
     for i in rows.tolist():  # one row at a time: 3 -> 23 stored examples
         clf.learn_embeddings(X[i : i + 1], [texts[i]], y[i : i + 1])
     assert calls == [5, 8, 13]
+
+
+def test_a_new_label_drops_a_running_re_solve_instead_of_waiting_for_it() -> None:
+    """Adding a label mid-solve: no wait, no stale swap; the next chunk starts a re-solve that knows it."""
+    seeds, stream, (X_te, _) = _problem()
+    X, texts, y = stream
+    clf = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
+    clf.learn_embeddings(X[:64], texts[:64], y[:64])
+    assert clf.resolve_pending
+    resolves = clf.resolves
+    new = X[:4] * -1.0  # far from every blob
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    clf.add_class_embeddings("newcomer", new, [f"new {i}" for i in range(4)])
+    assert not clf.resolve_pending and clf.resolves == resolves  # dropped, not swapped in
+    assert clf.predict_embeddings(new) == ["newcomer"] * 4
+    clf.learn_embeddings(X[64:80], texts[64:80], y[64:80])  # the next chunk: a re-solve is due again
+    assert clf.resolve_pending
+    clf.settle()
+    assert clf.resolves == resolves + 1 and clf.predict_embeddings(new) == ["newcomer"] * 4
+    # and two workers reading the same log still agree, weight for weight
+    twin = RedClassifier(settings=_settings(resolve_lag=10.0, resolve_background=False)).fit_embeddings(*seeds)
+    twin.learn_embeddings(X[:64], texts[:64], y[:64])
+    twin.add_class_embeddings("newcomer", new, [f"new {i}" for i in range(4)])
+    twin.learn_embeddings(X[64:80], texts[64:80], y[64:80])
+    twin.settle()
+    for wa, wb in zip(_weights(clf), _weights(twin), strict=True):
+        np.testing.assert_array_equal(wa, wb)
