@@ -99,6 +99,7 @@ class Run:
     proposals: int = 0
     drift_events: list[tuple[int, str]] = field(default_factory=list)
     worst_learn_s: float = 0.0
+    add_s: list[float] = field(default_factory=list)  # seconds of each add_class call (model thread)
     seconds: float = 0.0
     states: list[tuple[int, str]] = field(default_factory=list)
     verified: int = 0  # picks cross-checked with a yes/no question (judge.verify_below)
@@ -230,6 +231,7 @@ def run_loop(
                 ex_rows = np.array(
                     [r if not _flip(texts[r], lab, error) else rng.choice(seeds) for r in rows.tolist()]
                 )
+                t_add = time.perf_counter()
                 clf.add_class_embeddings(
                     lab,
                     X[ex_rows],
@@ -238,6 +240,7 @@ def run_loop(
                     description_embedding=X[rows].mean(axis=0) / np.linalg.norm(X[rows].mean(axis=0)),
                     synthetic=True,
                 )
+                run.add_s.append(time.perf_counter() - t_add)
                 run.added.append(lab)
                 run.calls += 1  # one generate_examples call
         rows = order[lo : lo + BATCH]
@@ -335,7 +338,9 @@ def run_loop(
                 truths = [y[int(i)] for i in proposal.ids]
                 name, count = max(((lab, truths.count(lab)) for lab in set(truths)), key=lambda p: p[1])
                 if count / len(truths) >= 0.6 and name not in clf.labels:  # the judge names it
+                    t_add = time.perf_counter()
                     clf.add_class_embeddings(name, proposal.embeddings, proposal.texts)
+                    run.add_s.append(time.perf_counter() - t_add)
                     run.added.append(name)
         if method == "nohardneg" and learn_X:  # ablation: learn only the accepted pairs
             keep_v = [i for i, v in enumerate(learn_v) if v]
@@ -600,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "-" if rec is None else rec,
                 len(run.drift_events),
                 f"{run.worst_learn_s:.2f}",
+                f"{np.median(run.add_s):.2f} / {max(run.add_s):.2f}" if run.add_s else "-",
                 f"{run.seconds:.0f}",
             ]
         )
@@ -623,6 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "recovery items",
                 "drift events",
                 "worst learn call s",
+                "add_class s (median / worst)",
                 "run s",
             ],
             rows,
