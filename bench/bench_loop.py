@@ -245,7 +245,7 @@ def run_loop(
                 run.calls += 1  # one generate_examples call
         rows = order[lo : lo + BATCH]
         Xb, yb = X[rows], y[rows]
-        r = clf.rank_embeddings(Xb, top_k=3)
+        r = clf.rank_embeddings(Xb, top_k=max(3, depth))  # --depth above 3 was cut to 3 before 6 December
         top1 = np.array([c[0][0] for c in r.candidates], dtype=object)
         run.preq.extend((top1 == yb).astype(int).tolist())
         if method == "every":

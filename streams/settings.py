@@ -203,6 +203,16 @@ class StreamSettings(DriftlabelSettings):
         2, ge=0, description="glibc: at most this many malloc arenas (0: glibc's default, 8 per core)"
     )
 
+    @model_validator(mode="after")
+    def _check_candidates(self) -> StreamSettings:
+        if self.judge_depth_candidates > self.top_k:
+            raise ValueError(
+                f"judge_depth_candidates ({self.judge_depth_candidates}) > top_k ({self.top_k}): the judge "
+                "is shown the label message's candidates, so it would silently get only top_k; raise "
+                "DRIFTLABEL_STREAM_TOP_K (or [stream] top_k) to at least judge_depth_candidates"
+            )
+        return self
+
     def mmap_threshold_for(self, embedder_kind: str) -> int:
         """The mmap threshold to apply: the setting, or the auto choice for this embedder."""
         if self.malloc_mmap_threshold is not None:

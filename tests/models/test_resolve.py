@@ -224,7 +224,7 @@ def test_young_labels_are_re_solved_at_count_milestones_only() -> None:
 
 def test_a_new_label_drops_a_running_re_solve_instead_of_waiting_for_it() -> None:
     """Adding a label mid-solve: no wait, no stale swap; the next chunk starts a re-solve that knows it."""
-    seeds, stream, (X_te, _) = _problem()
+    seeds, stream, _ = _problem()
     X, texts, y = stream
     clf = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
     clf.learn_embeddings(X[:64], texts[:64], y[:64])
@@ -240,7 +240,8 @@ def test_a_new_label_drops_a_running_re_solve_instead_of_waiting_for_it() -> Non
     clf.settle()
     assert clf.resolves == resolves + 1 and clf.predict_embeddings(new) == ["newcomer"] * 4
     # and two workers reading the same log still agree, weight for weight
-    twin = RedClassifier(settings=_settings(resolve_lag=10.0, resolve_background=False)).fit_embeddings(*seeds)
+    inline = _settings(resolve_lag=10.0, resolve_background=False)
+    twin = RedClassifier(settings=inline).fit_embeddings(*seeds)
     twin.learn_embeddings(X[:64], texts[:64], y[:64])
     twin.add_class_embeddings("newcomer", new, [f"new {i}" for i in range(4)])
     twin.learn_embeddings(X[64:80], texts[64:80], y[64:80])

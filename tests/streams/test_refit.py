@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from driftlabel.models import ExpertSettings, RedClassifier
 from driftlabel.streams.host import GENERATION, ModelHost, SeedSet, refit_cuts
@@ -269,3 +270,10 @@ def test_versions_increase_and_agree_across_two_hosts_fed_the_same_log(where: st
     np.testing.assert_allclose(np.asarray(ra.scores), np.asarray(rb.scores), atol=1e-6)
     for h in (a, b):
         h.close()
+
+
+def test_the_judge_cannot_be_shown_more_candidates_than_a_label_carries() -> None:
+    """judge_depth_candidates above top_k was silently cut to top_k; now a clear error says what to raise."""
+    assert StreamSettings(judge_depth_candidates=10, top_k=10).judge_depth_candidates == 10
+    with pytest.raises(ValidationError, match="DRIFTLABEL_STREAM_TOP_K"):
+        StreamSettings(judge_depth_candidates=10)
