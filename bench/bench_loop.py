@@ -371,6 +371,12 @@ def run_loop(
     return run
 
 
+def _rows_as_bytes(X: np.ndarray) -> np.ndarray:
+    """Each float32 row as one opaque value, so whole rows compare with ``np.isin`` (no Python loop)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    return X.view(np.dtype((np.void, X.itemsize * X.shape[1]))).ravel()
+
+
 def oos_rates(
     clf: RedClassifier, X_test: np.ndarray, X_streamed: np.ndarray, X_oos: np.ndarray
 ) -> tuple[float, float, float]:
@@ -381,8 +387,7 @@ def oos_rates(
     clf.settings = plain.model_copy(update={"oos": "centroid"})  # a read-only probe; restored below
     try:
         threshold = clf.scope_threshold()
-        stored = {row.tobytes() for row in clf.store.arrays()[0]}
-        unseen = np.array([row.tobytes() not in stored for row in X_streamed], dtype=bool)
+        unseen = ~np.isin(_rows_as_bytes(X_streamed), _rows_as_bytes(clf.store.arrays()[0]))
 
         def flagged(Xq: np.ndarray) -> float:
             return float(np.mean(clf.scope_similarity(Xq) < threshold)) if len(Xq) else float("nan")

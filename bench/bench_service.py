@@ -63,6 +63,7 @@ from driftlabel.bench import chaos
 from driftlabel.bench.bench_loop import Run as LoopRun
 from driftlabel.bench.bench_loop import _stream_order, oos_rates, recovery_items
 from driftlabel.bench.common import RESULTS_DIR, cached_embeddings, machine_info, markdown_table
+from driftlabel.datafiles import read_rows
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import RedClassifier
 from driftlabel.models.datasets import Dataset, default_data_dir, k_shot_indices, load_dataset
@@ -516,7 +517,7 @@ def run_service(
         cluster.stop()
     if spec.dataset == "clinc150" and last_scored:
         run.oos, run.representative = _out_of_scope(
-            Path(last_scored[0]), embedder, data_file.parent.parent, texts, plan.order, Xt
+            Path(last_scored[0]), embedder, data_file, texts, plan.order, Xt
         )
     run.seconds = time.monotonic() - t_start
     return run
@@ -525,15 +526,16 @@ def run_service(
 def _out_of_scope(
     model_dir: Path,
     embedder: Embedder,
-    data_dir: Path,
+    data_file: Path,
     texts: Sequence[str],
     order: np.ndarray,
     Xt: np.ndarray,
 ) -> tuple[tuple[float, float, float], tuple[int, int]]:
     """Out-of-scope on the store the worker built (its last checkpoint, loaded as saved: the
-    representative flags come from the model file), as bench_loop measures its own store."""
+    representative flags come from the model file), as bench_loop measures its own store; the
+    out-of-scope texts are the ``oos_test`` split of the judge's own CLINC150 file."""
     clf = RedClassifier.load(model_dir, embedder=embedder)
-    oos_texts = load_dataset("clinc150", data_dir).split("oos_test").texts
+    oos_texts = [r.text for r in read_rows(data_file, splits={"oos_test"})]
     X_oos = cached_embeddings(embedder, oos_texts, "clinc150-oos_test", progress=False)
     X_streamed = cached_embeddings(embedder, list(texts), "clinc150-train", progress=False)[order]
     rep = clf.store.representative()

@@ -891,9 +891,7 @@ class RedClassifier:
         """One complete chunk: store, gradient step, re-solve schedule; then a new chunk start."""
         known = set(self._labels)
         new_labels = sorted({lab for lab in y[v].tolist() if lab not in known})
-        if new_labels:
-            self._void_resolve()  # a new expert column changes the structure a re-solve was built on
-        for lab in new_labels:
+        for lab in new_labels:  # each drops a pending re-solve (_place_new_label)
             rows = (y == lab) & v
             self._place_new_label(lab, X[rows], [t for t, r in zip(texts, rows.tolist(), strict=True) if r])
         rest = ~np.isin(y, new_labels) if new_labels else np.ones(len(y), dtype=bool)
@@ -967,9 +965,8 @@ class RedClassifier:
         (~20 s at O*NET's 923 labels). The weights have learned every row since (the job only replays
         them), and the next chunk starts a re-solve on the new structure. Dropped at a log position, so
         every worker drops the same one."""
-        if self._pending is not None:
+        if self._pending is not None:  # the weights stay as they are: no new chunk start
             self._pending = None
-            self._boundary = None
             self._resolved_at = self._position - self._resolve_trigger()  # due again at the next chunk
 
     def copy(self) -> RedClassifier:
