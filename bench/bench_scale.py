@@ -11,6 +11,8 @@ grow. Two parts, each on cached MiniLM embeddings (``python -m bench.common`` co
   nor 100 %. For each ``n``: fit on 20 examples per label, then learn 2 more per label in micro-batches
   of 64 (``learn_embeddings``), then predict (``rank_embeddings``, top 5) -- with the time of each, the
   accuracy on 5 held-out texts per label, the experts' weight bytes and the process's RSS.
+- **Pauses** (CLINC150, O*NET): how long the model thread is held by adding a class and by young
+  labels' re-solves, for each ``young_solve`` mode (``--pause-datasets``).
 
 Run from the repository root::
 
@@ -122,6 +124,79 @@ def onet_rows(
                     f"fit {row['red_fit_s']:.1f} s (again {row['red_fit2_s']:.1f} s), "
                     f"{row['predict_per_s']:,.0f} texts/s; LR C=10 {100 * row['lr10_acc']:.1f} % fit "
                     f"{row['lr10_fit_s']:.1f} s, C=1 {100 * row['lr1_acc']:.1f} %",
+                    flush=True,
+                )
+    return rows
+
+
+def pause_rows(
+    datasets: Sequence[str],
+    modes: Sequence[str] = ("columns", "all"),
+    held_out: int = 10,
+    shots: int = 5,
+    chunks: int = 12,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The model thread's pauses for structural learning, per ``young_solve`` mode.
+
+    ``held_out`` labels (drawn with seed 0) are left out of a 10-shot fit of the others (one expert, the
+    defaults); then each is added with ``add_class_embeddings`` and ``shots`` training examples (timed
+    one by one), and ``chunks`` chunks of ``learn_chunk`` streamed rows of the known labels are learned
+    (timed: the chunks whose labels cross a young milestone re-solve). Background re-solves are off here
+    (``resolve_every`` 0), so every second timed is the model thread's own. Recall: the added labels'
+    test texts given their label; accuracy: the whole test split after.
+    """
+    rows: list[dict[str, Any]] = []
+    for name in datasets:
+        data = dataset_embeddings(EMBEDDER, name, ["train", "test"], progress=False)
+        train, test = data["train"], data["test"]
+        labels = np.unique(train.y.astype(str))
+        rng = np.random.default_rng(0)
+        new = set(rng.choice(labels, size=held_out, replace=False).tolist())
+        old = ~np.isin(train.y.astype(str), list(new))
+        seed_idx = np.flatnonzero(old)[k_shot_indices(train.y[old], 10, seed=0)]
+        rest = np.setdiff1d(np.flatnonzero(old), seed_idx)
+        stream = rng.permutation(rest)
+        for mode in modes:
+            settings = ExpertSettings.model_validate(
+                {"subset_size": len(labels), "resolve_every": 0, "young_solve": mode}
+            )
+            sub = train.take(seed_idx)
+            clf = RedClassifier(settings=settings).fit_embeddings(sub.X, sub.texts, sub.y)
+            add_s: list[float] = []
+            for lab in sorted(new):
+                idx = np.flatnonzero(train.y == lab)[:shots]
+                t0 = time.perf_counter()
+                clf.add_class_embeddings(lab, train.X[idx], [train.texts[i] for i in idx])
+                add_s.append(time.perf_counter() - t0)
+            chunk = settings.learn_chunk
+            chunk_s: list[float] = []
+            for c in range(chunks):
+                idx = stream[c * chunk : (c + 1) * chunk]
+                t0 = time.perf_counter()
+                clf.learn_embeddings(train.X[idx], [train.texts[i] for i in idx], train.y[idx])
+                chunk_s.append(time.perf_counter() - t0)
+            top = _top1(clf, test.X)
+            on_new = np.isin(test.y.astype(str), list(new))
+            row: dict[str, Any] = {
+                "dataset": name,
+                "labels": len(labels),
+                "mode": mode,
+                "add_median_s": float(np.median(add_s)),
+                "add_max_s": float(np.max(add_s)),
+                "chunk_median_s": float(np.median(chunk_s)),
+                "chunk_max_s": float(np.max(chunk_s)),
+                "new_recall": float(np.mean(top[on_new] == test.y[on_new])),
+                "new_texts": int(on_new.sum()),
+                "acc": float(np.mean(top == test.y)),
+            }
+            rows.append(row)
+            if progress:
+                print(
+                    f"pauses {name} young_solve={mode}: add_class {row['add_median_s']:.2f} / "
+                    f"{row['add_max_s']:.2f} s, chunk {row['chunk_median_s']:.3f} / "
+                    f"{row['chunk_max_s']:.2f} s, "
+                    f"new-label recall {100 * row['new_recall']:.1f} %, accuracy {100 * row['acc']:.2f} %",
                     flush=True,
                 )
     return rows
@@ -258,7 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=["8"],
         help="O*NET: labels per expert to compare (numbers, or 'all' for one expert over every label)",
     )
-    ap.add_argument("--skip", nargs="*", default=[], choices=["onet", "synthetic"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["onet", "synthetic", "pauses"])
+    ap.add_argument(
+        "--pause-datasets",
+        nargs="*",
+        default=None,
+        help="datasets for the model-thread pauses part (default clinc150 onet; --quick: clinc150)",
+    )
     ap.add_argument("--note", default="", help="a line added to the report")
     ap.add_argument("--name", default=None, help="report name under bench/results (default scale[_quick])")
     args = ap.parse_args(argv)
@@ -295,6 +376,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             "texts/s, accuracy ≥ LogisticRegression. The first fit in a process includes UMAP's numba "
             "compilation (label subsets); a worker pays it once at start-up. *labels per expert* `all`: "
             "one expert over every label (`DRIFTLABEL_EXPERTS_SUBSET_SIZE` ≥ the label count).\n\n" + table
+        )
+    if "pauses" not in args.skip:
+        names = args.pause_datasets or (["clinc150"] if args.quick else ["clinc150", "onet"])
+        rows = pause_rows(names)
+        table = markdown_table(
+            ["dataset", "labels", "young_solve", "add_class median / worst s", "chunk median / worst s",
+             "added labels' recall %", "test accuracy %"],
+            [
+                [
+                    r["dataset"], r["labels"], r["mode"], f"{r['add_median_s']:.2f} / {r['add_max_s']:.2f}",
+                    f"{r['chunk_median_s']:.3f} / {r['chunk_max_s']:.2f}",
+                    f"{100 * r['new_recall']:.1f} (of {r['new_texts']})", f"{100 * r['acc']:.2f}",
+                ]
+                for r in rows
+            ],
+        )  # fmt: skip
+        parts.append(
+            "## Model-thread pauses: adding a class, young labels' re-solves\n\n"
+            "10 labels held out of a 10-shot fit of the others (one expert, defaults); each added with 5 "
+            "examples (`add_class_embeddings`, timed), then 12 chunks of 16 streamed rows of the known "
+            "labels learned (timed; a chunk whose labels reach a young milestone re-solves them). "
+            "Background re-solves off, so each second is the model thread's, i.e. a labelling pause. "
+            "`young_solve`: `columns` moves only the young labels' weights against the others' fixed "
+            "log-sum-exp, `all` every column of their expert.\n\n" + table
         )
     if "synthetic" not in args.skip:
         rows = synthetic_rows(sizes)

@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -517,9 +517,12 @@ class RedClassifier:
         fresh: bool = False,
         max_iter: int | None = None,
         pseudo: tuple[np.ndarray, np.ndarray] | None = None,
+        columns: Collection[str] | None = None,
     ) -> None:
         """Refit experts ``which`` from the store (warm unless ``fresh``); ``max_iter`` caps L-BFGS iterations
-        for warm re-solves, which converge in a few tens (models/resolve.py).
+        for warm re-solves, which converge in a few tens (models/resolve.py). With ``columns`` (labels),
+        only those labels' weights move in softmax experts (a young label's re-solve; the same rows and
+        objective).
 
         Softmax experts with stratified noise are solved together (``joint_fit``, :func:`fit_joint`): one
         L-BFGS over all their weights on one shared noise sample; otherwise one expert at a time.
@@ -543,7 +546,10 @@ class RedClassifier:
         if s.joint_fit and s.noise_mode == "stratified" and len(softmax_experts) == len(experts):
             n_real = len(ys) - (len(pseudo[0]) if pseudo is not None else 0)
             rows = (Xs, ys, rs, ws)
-            self._refit_joint(which, softmax_experts, rows, (Xn, yn, rn), counts, max_iter, n_real)
+            free = None
+            if columns is not None:
+                free = [np.flatnonzero(np.isin(e.classes_, list(columns))) for e in softmax_experts]
+            self._refit_joint(which, softmax_experts, rows, (Xn, yn, rn), counts, max_iter, n_real, free)
         else:
             for si, expert in zip(which, experts, strict=True):
                 idx, target, weights = self._expert_data(si, ys, rs, counts, full=True)
@@ -557,7 +563,11 @@ class RedClassifier:
                 if max_iter is not None and saved is not None:
                     expert.max_iter = max_iter
                 try:
-                    expert.fit_many(Xe, ye, we, ve)
+                    if columns is not None and isinstance(expert, SoftmaxExpert):
+                        own = [c for c in expert.classes_.tolist() if c in set(columns)]
+                        expert.fit_columns(Xe, ye, own, we, ve)
+                    else:
+                        expert.fit_many(Xe, ye, we, ve)
                 finally:
                     if max_iter is not None and saved is not None:
                         expert.max_iter = saved
@@ -598,6 +608,7 @@ class RedClassifier:
         counts: Mapping[str, int],
         max_iter: int | None,
         n_real: int | None = None,
+        free: list[np.ndarray] | None = None,
     ) -> None:
         """Build the joint problem of experts ``which`` (see :func:`fit_joint`) and solve it; rows from
         ``n_real`` on are pseudo-labelled (self-training): never in the noise sample, weighted.
@@ -665,6 +676,7 @@ class RedClassifier:
             v_priv,
             max_iter=max_iter if max_iter is not None else s.max_iter,
             tol=experts[0].tol,
+            free=free,
         )
 
     @_mirrored
@@ -808,11 +820,11 @@ class RedClassifier:
         from its first examples as a refit would, rather than from small gradient steps.
 
         Only when a young label's stored count reaches a milestone (:func:`young_milestones`: 1, 2, 3, 5,
-        8, 13, ... below ``young_examples``), not every time it learns: one expert covers every label, so
-        each re-solve costs a pass over the whole store, and re-solving for every young row took most of
-        the model thread at 60 texts/s (docs/models.md). The rows ``y``/``v`` are already stored, so the
-        count before them is the count now minus theirs: the same chunk gives the same re-solves however
-        the log was batched.
+        8, 13, ... below ``young_examples``), not every time it learns: re-solving for every young row took
+        most of the model thread at 60 texts/s when each re-solve moved every column (docs/models.md);
+        now only the young labels' columns move (``young_solve``). The rows ``y``/``v`` are already
+        stored, so the count before them is the count now minus theirs: the same chunk gives the same
+        re-solves however the log was batched.
         """
         young = self.settings.young_examples
         if young <= 0 or not len(y):
@@ -820,7 +832,7 @@ class RedClassifier:
         index = self._label_subset_index()
         marks = young_milestones(young)
         labs, n_new = np.unique(np.asarray(y[v], dtype=object).astype(str), return_counts=True)
-        which = set()
+        which, grown = set(), set()
         for lab, n in zip(labs.tolist(), n_new.tolist(), strict=True):
             if lab not in index:
                 continue
@@ -828,8 +840,15 @@ class RedClassifier:
             before = after - int(n)
             if np.any((marks > before) & (marks <= after)):
                 which.add(index[lab])
+                grown.add(lab)
         if which:  # on the model thread: a warm re-solve's few iterations, not a full refit's 300
-            self._refit_experts(sorted(which), fresh=False, max_iter=self.settings.young_iter)
+            self._refit_young_experts(sorted(which), grown)
+
+    def _refit_young_experts(self, which: list[int], labels: set[str], whole: bool = False) -> None:
+        """The re-solve of young ``labels`` (experts ``which``): their columns only, or every column of
+        their experts (``young_solve``, or ``whole``: a new expert, whose noise columns start at zero)."""
+        columns = labels if self.settings.young_solve == "columns" and not whole else None
+        self._refit_experts(which, fresh=False, max_iter=self.settings.young_iter, columns=columns)
 
     def _boundary_state(self) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]]:
         ws = [(e.coef_.copy(), e.intercept_.copy(), e.n_seen_) for e in self._experts]
@@ -1124,8 +1143,9 @@ class RedClassifier:
 
     def _place_new_label(self, label: str, X: np.ndarray, texts: list[str]) -> int:
         """Put a new label into the least similar subset with room (or a new one) and train that expert:
-        warm, ``young_iter`` L-BFGS iterations on the caller's thread, as a young label's re-solve (a full
-        refit held the model thread for 18-30 s per added label at O*NET's 923 labels; 3.4 s now)."""
+        warm, ``young_iter`` L-BFGS iterations on the caller's thread, as a young label's re-solve: its
+        column only by default (a full refit held the model thread for 18-30 s per added label at O*NET's
+        923 labels, a re-solve of every column 3.4 s, the column alone 0.30 s; docs/models.md)."""
         self._void_resolve()
         s = self.settings
         desc = {label: self._desc_emb[label]} if label in self._desc_emb else None
@@ -1135,7 +1155,8 @@ class RedClassifier:
         # its noise group is that of the most similar known label
         known = [lab for sub in self._subsets for lab in sub]
         self._noise_group[label] = self._noise_group.get(known[nearest_label(e, np.concatenate(members))], 0)
-        if si == len(self._subsets):
+        fresh_expert = si == len(self._subsets)
+        if fresh_expert:
             self._subsets.append([label])
             self._experts.append(make_expert(s))
         else:
@@ -1148,7 +1169,7 @@ class RedClassifier:
             self._unlabelled.clear()
         if len(X):
             self.store.add(X, texts, np.full(len(X), label, dtype=object))
-        self._refit_experts([si], fresh=False, max_iter=self.settings.young_iter)
+        self._refit_young_experts([si], {label}, whole=fresh_expert)
         # the other experts see the new examples as noise
         if len(X):
             self._learn_rows(X, np.full(len(X), label, dtype=object), np.ones(len(X), dtype=bool), skip=si)

@@ -42,6 +42,7 @@ __all__ = [
     "is_noise",
     "make_expert",
     "noise_class",
+    "solve_columns",
 ]
 
 NOISE = "__noise__"
@@ -168,6 +169,13 @@ class ExpertSettings(DriftlabelSettings):
         description="L-BFGS iterations of a young label's re-solve, on the caller's (model) thread "
         "(measured with one expert, bench_loop seed 0: 30 -> 10 cut CLINC150's loop from 110 to 44 s, "
         "accuracy within run-to-run noise; see docs/models.md)",
+    )
+    young_solve: Literal["columns", "all"] = Field(
+        "columns",
+        description="what a young (or just added) label's re-solve moves: columns, only the young "
+        "labels' own weights against the others' fixed logits (their log-sum-exp computed once: 0.02 s "
+        "at CLINC150, 0.3 s at O*NET); all, every column of their experts (a pass over every label per "
+        "iteration: 2.4-4.9 s on the model thread at O*NET's 923 labels). Measured in docs/models.md",
     )
     learn_chunk: int = Field(
         16,
@@ -458,6 +466,35 @@ class SoftmaxExpert:
         self.n_seen_ = float(w.sum())
         return self
 
+    def fit_columns(
+        self,
+        X: np.ndarray,
+        y: Sequence[str] | np.ndarray,
+        classes: Sequence[str],
+        sample_weight: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+        max_iter: int | None = None,
+    ) -> SoftmaxExpert:
+        """Re-solve only the weights of ``classes`` (warm), every other column held where it is.
+
+        The objective is :meth:`fit_many`'s, minimised over those columns alone (a block of coordinate
+        descent). Why: a new or young label needs its own column placed, and solving every column for it
+        costs a pass over all of them per iteration (2.4-4.9 s at O*NET's 923 labels on the model
+        thread); with the others fixed, their log-sum-exp is computed once and each iteration costs
+        only the free columns.
+        """
+        if len(X) == 0:
+            return self
+        Xf, codes, w, v = self._prepare(X, y, sample_weight, valid)
+        pos = {c: i for i, c in enumerate(self.classes_.tolist())}
+        missing = [c for c in classes if c not in pos]
+        if missing:
+            raise UnknownLabelError(f"classes {missing!r} are not this expert's; add them first")
+        free = np.array(sorted({pos[c] for c in classes}), dtype=np.intp)
+        self.n_seen_ = float(w.sum())
+        solve_columns(self, Xf, codes, w, v, free, self.max_iter if max_iter is None else max_iter, self.tol)
+        return self
+
     def learn_many(
         self,
         X: np.ndarray,
@@ -606,6 +643,93 @@ def make_expert(settings: ExpertSettings) -> SoftmaxExpert | RiverExpert:
     )
 
 
+def solve_columns(
+    expert: SoftmaxExpert,
+    X: np.ndarray,
+    codes: np.ndarray,
+    w: np.ndarray,
+    valid: np.ndarray,
+    free: np.ndarray,
+    max_iter: int,
+    tol: float = 1e-6,
+    chunk_rows: int = 2048,
+) -> int:
+    """Minimise the expert's objective over columns ``free`` only (L-BFGS, warm); the rest stay fixed.
+
+    The fixed columns enter every row's softmax only through their log-sum-exp (and the target's logit
+    when the target is fixed), both computed once in float32 chunks; an iteration is then one
+    ``(n, d) x (d, len(free))`` product. Hard negatives (``valid`` False) take the complementary loss as in
+    :meth:`SoftmaxExpert._grad`. Returns the number of L-BFGS iterations run.
+    """
+    from scipy.optimize import minimize
+
+    assert expert.coef_ is not None
+    n = len(X)
+    d, c = expert.coef_.shape
+    free = np.asarray(free, dtype=np.intp)
+    m = len(free)
+    if m == 0 or n == 0:
+        return 0
+    fixed = np.setdiff1d(np.arange(c), free)
+    slot = np.full(c, -1, dtype=np.intp)
+    slot[free] = np.arange(m)
+    t_free = slot[codes]  # target's position among the free columns, -1 when fixed
+    lse_fixed = np.full(n, -np.inf)
+    z_fixed = np.zeros(n)  # the target's logit where the target is fixed
+    if len(fixed):
+        X32 = np.asarray(X, dtype=np.float32)
+        W32 = expert.coef_[:, fixed].astype(np.float32)
+        b32 = expert.intercept_[fixed].astype(np.float32)
+        where = np.full(c, -1, dtype=np.intp)
+        where[fixed] = np.arange(len(fixed))
+        t_fixed = where[codes]
+        for lo in range(0, n, chunk_rows):
+            Z = (X32[lo : lo + chunk_rows] @ W32 + b32).astype(np.float64)
+            top = Z.max(axis=1)
+            lse_fixed[lo : lo + len(Z)] = top + np.log(np.exp(Z - top[:, None]).sum(axis=1))
+            r = np.flatnonzero(t_fixed[lo : lo + len(Z)] >= 0)
+            z_fixed[lo + r] = Z[r, t_fixed[lo + r]]
+    Xd = np.asarray(X, dtype=np.float64)
+    on_free = np.flatnonzero(t_free >= 0)
+    neg = ~np.asarray(valid, dtype=bool)
+    l2 = expert.l2
+    k = d * m
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        W = theta[:k].reshape(d, m)
+        b = theta[k:]
+        Z = Xd @ W + b  # (n, m)
+        top = np.maximum(Z.max(axis=1), lse_fixed)
+        lse = top + np.log(np.exp(Z - top[:, None]).sum(axis=1) + np.exp(lse_fixed - top))
+        P = np.exp(Z - lse[:, None])
+        zy = z_fixed.copy()
+        zy[on_free] = Z[on_free, t_free[on_free]]
+        py = np.clip(np.exp(zy - lse), 1e-12, 1.0)
+        G = P
+        G[on_free, t_free[on_free]] -= 1.0  # p - e_y on the free columns
+        loss_rows = -np.log(py)
+        if neg.any():
+            q = np.clip(1.0 - py[neg], 1e-6, 1.0)
+            factor = np.minimum(py[neg] / q, 50.0) * expert.negative_weight
+            G[neg] = -G[neg] * factor[:, None]
+            loss_rows[neg] = -np.log(q) * expert.negative_weight
+        G *= w[:, None]
+        loss = float(np.dot(w, loss_rows)) + 0.5 * l2 * float(np.sum(W * W))
+        gW = Xd.T @ G + l2 * W
+        return loss, np.concatenate([gW.ravel(), G.sum(axis=0)])
+
+    theta0 = np.concatenate([expert.coef_[:, free].ravel(), expert.intercept_[free]])
+    res = minimize(
+        fun, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12}
+    )
+    coef = expert.coef_.copy()
+    coef[:, free] = res.x[:k].reshape(d, m)
+    intercept = expert.intercept_.copy()
+    intercept[free] = res.x[k:]
+    expert.coef_, expert.intercept_ = coef, intercept
+    return int(res.nit)
+
+
 def fit_joint(
     experts: Sequence[SoftmaxExpert],
     X_shared: np.ndarray,
@@ -619,6 +743,7 @@ def fit_joint(
     max_iter: int,
     tol: float = 1e-6,
     chunk_rows: int = 2048,
+    free: Sequence[Sequence[int]] | None = None,
 ) -> int:
     """Refit many softmax experts as one problem: one L-BFGS over all their stacked weights.
 
@@ -635,7 +760,8 @@ def fit_joint(
     and its hard negatives (``v_private`` False: complementary loss). Warm-started from each expert's
     current ``coef_`` / ``intercept_`` (zeros when unfitted; classes must already be added). Matmuls run in
     float32, the optimiser state in float64; the result depends only on the inputs (deterministic).
-    Returns the number of L-BFGS iterations run.
+    With ``free`` (column indices per expert), only those columns move, expert by expert over the same rows
+    (:func:`solve_columns`): a young label's re-solve. Returns the number of L-BFGS iterations run.
     """
     from scipy.optimize import minimize
 
@@ -672,6 +798,28 @@ def fit_joint(
     bounds = np.searchsorted(op, np.arange(S + 1))
     slices = [(s, int(bounds[s]), int(bounds[s + 1])) for s in range(S) if bounds[s + 1] > bounds[s]]
     n_w = d * S * c
+    if free is not None:
+        iterations = 0
+        for s, e in enumerate(experts):
+            cols = np.asarray(free[s], dtype=np.intp)
+            if not len(cols):
+                continue
+            sh = np.flatnonzero(ws[:, s] > 0)
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            w_e = np.r_[ws[sh, s].astype(np.float64), wp[lo:hi]]
+            iterations += solve_columns(
+                e,
+                np.concatenate([Xs[sh], Xp[lo:hi]]),
+                np.r_[ts[sh, s], tp[lo:hi]],
+                w_e,
+                np.r_[np.ones(len(sh), dtype=bool), vp[lo:hi]],
+                cols,
+                max_iter,
+                tol,
+                chunk_rows,
+            )
+            e.n_seen_ = float(w_e.sum())
+        return iterations
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
         W = theta[:n_w].reshape(d, S * c)

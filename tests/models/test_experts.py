@@ -182,3 +182,58 @@ def test_joint_fit_is_deterministic_and_warm_starts() -> None:
     assert iterations <= 5
     for e, W in zip(experts, before, strict=True):
         np.testing.assert_allclose(e.coef_, W, atol=1e-3)
+
+
+def test_fit_columns_moves_only_the_given_classes_to_the_full_optimum(data) -> None:
+    """A young label's re-solve: the freed columns reach where a full refit puts them, the others stay
+    bit for bit; freeing every column is a full refit (hard negatives included)."""
+    Xtr, ytr, Xte, _ = data
+    rng = np.random.default_rng(3)
+    v = rng.random(len(ytr)) > 0.2
+    w = rng.uniform(0.5, 1.5, len(ytr))
+    full = SoftmaxExpert(l2=0.5, max_iter=1000, tol=1e-10).fit_many(Xtr, ytr, w, v)
+    assert full.coef_ is not None
+    classes = full.classes_.tolist()
+    e = copy.deepcopy(full)
+    assert e.coef_ is not None
+    freed = [classes[1], classes[3]]
+    cols = [1, 3]
+    e.coef_[:, cols] = 0.0
+    e.intercept_[cols] = 0.0
+    kept = np.delete(e.coef_, cols, axis=1).copy()
+    e.fit_columns(Xtr, ytr, freed, w, v, max_iter=1000)
+    assert e.coef_ is not None
+    np.testing.assert_array_equal(np.delete(e.coef_, cols, axis=1), kept)
+    np.testing.assert_allclose(e.coef_, full.coef_, atol=1e-4)
+    np.testing.assert_allclose(e.intercept_, full.intercept_, atol=1e-4)
+    fresh = SoftmaxExpert(l2=0.5, max_iter=1000, tol=1e-10)
+    for c in classes:
+        fresh.add_class(c)
+    fresh.fit_columns(Xtr, ytr, classes, w, v)
+    np.testing.assert_allclose(fresh.predict_proba_many(Xte), full.predict_proba_many(Xte), atol=1e-5)
+    with pytest.raises(UnknownLabelError):
+        e.fit_columns(Xtr, ytr, ["no such class"])
+
+
+def test_joint_fit_with_free_columns_solves_each_expert_over_its_own_rows() -> None:
+    experts, a = _joint_problem()
+    fit_joint(experts, **a, max_iter=200)
+    free = [np.array([1]), np.array([], dtype=np.intp), np.array([0, 2])]
+    alone = copy.deepcopy(experts)
+    untouched = copy.deepcopy(experts[1])
+    fit_joint(experts, **a, max_iter=500, tol=1e-9, free=free)
+    assert experts[1].coef_ is not None and untouched.coef_ is not None
+    assert experts[1].coef_.tobytes() == untouched.coef_.tobytes()
+    for s in (0, 2):
+        e = alone[s]
+        names = e.classes_
+        priv = a["owner"] == s
+        sh = a["w_shared"][:, s] > 0
+        X = np.concatenate([a["X_shared"][sh], a["X_private"][priv]])
+        y = np.concatenate([names[a["t_shared"][sh, s]], names[a["t_private"][priv]]])
+        w = np.concatenate([a["w_shared"][sh, s], a["w_private"][priv]])
+        v = np.concatenate([np.ones(int(sh.sum()), bool), a["v_private"][priv]])
+        e.tol = 1e-9
+        e.fit_columns(X, y, names[free[s]].tolist(), w, v, max_iter=500)
+        np.testing.assert_allclose(experts[s].coef_, e.coef_, atol=1e-3)
+        np.testing.assert_allclose(experts[s].intercept_, e.intercept_, atol=1e-3)

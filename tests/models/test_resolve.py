@@ -209,9 +209,9 @@ def test_young_labels_are_re_solved_at_count_milestones_only() -> None:
     calls: list[int] = []
     real = clf._refit_experts
 
-    def spy(which: object, fresh: bool = False, max_iter: int | None = None, pseudo: object = None) -> None:
+    def spy(which: object, fresh: bool = False, max_iter: int | None = None, **kw: object) -> None:
         calls.append(clf.store.count(label))
-        real(which, fresh=fresh, max_iter=max_iter, pseudo=pseudo)  # type: ignore[arg-type]
+        real(which, fresh=fresh, max_iter=max_iter, **kw)  # type: ignore[arg-type]
 
     clf._refit_experts = spy  # type: ignore[method-assign]
     X, texts, y = stream
@@ -248,3 +248,36 @@ def test_a_new_label_drops_a_running_re_solve_instead_of_waiting_for_it() -> Non
     twin.settle()
     for wa, wb in zip(_weights(clf), _weights(twin), strict=True):
         np.testing.assert_array_equal(wa, wb)
+
+
+@pytest.mark.parametrize("mode", ["columns", "all"])
+def test_a_young_label_re_solve_moves_its_own_column_only_by_default(mode: str) -> None:
+    """``young_solve = "columns"``: a young label's re-solve (and a new label's placement) moves that
+    label's weights against the others' fixed logits; "all" moves every column of its expert."""
+    seeds, stream, (X_te, y_te) = _problem()
+    settings = _settings(subset_size=100, resolve_every=0, learn_chunk=1, young_solve=mode)
+    clf = RedClassifier(settings=settings).fit_embeddings(*seeds)
+    X, texts, y = stream
+    label = str(y[0])
+    rows = np.flatnonzero(y == label)[:2]  # 3 -> 5 stored: the milestone 5 re-solves it
+    e = clf._experts[0]
+    col = list(e.classes_).index(label)
+    before = e.coef_.copy()  # type: ignore[union-attr]
+    clf._learn_rows = lambda *a, **k: None  # type: ignore[method-assign]  # no gradient steps: the re-solve alone
+    clf.learn_embeddings(X[rows], [texts[i] for i in rows], y[rows])
+    after = clf._experts[0].coef_
+    assert after is not None and not np.allclose(after[:, col], before[:, col])
+    others = np.delete(after, col, axis=1), np.delete(before, col, axis=1)
+    assert np.array_equal(*others) == (mode == "columns")
+    # a new label's placement likewise
+    new = X[:4] * -1.0
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    before = clf._experts[0].coef_.copy()  # type: ignore[union-attr]
+    acc = np.mean(np.array(clf.predict_embeddings(X_te)) == y_te)
+    clf.add_class_embeddings("newcomer", new, [f"new {i}" for i in range(4)])
+    after = clf._experts[0].coef_
+    assert after is not None and clf.predict_embeddings(new) == ["newcomer"] * 4
+    old = list(clf._experts[0].classes_).index("newcomer")
+    grown = np.delete(after, old, axis=1)
+    assert np.array_equal(grown, before) == (mode == "columns")
+    assert np.mean(np.array(clf.predict_embeddings(X_te)) == y_te) >= acc - 0.01  # the others keep theirs
