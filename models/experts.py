@@ -657,8 +657,9 @@ def solve_columns(
     """Minimise the expert's objective over columns ``free`` only (L-BFGS, warm); the rest stay fixed.
 
     The fixed columns enter every row's softmax only through their log-sum-exp (and the target's logit
-    when the target is fixed), both computed once in float32 chunks; an iteration is then one
-    ``(n, d) x (d, len(free))`` product. Hard negatives (``valid`` False) take the complementary loss as in
+    when the target is fixed), both computed once in float32 chunks; an iteration is then two float32
+    products with ``(d, len(free))`` weights (the optimiser state stays float64, as in
+    :func:`fit_joint`). Hard negatives (``valid`` False) take the complementary loss as in
     :meth:`SoftmaxExpert._grad`. Returns the number of L-BFGS iterations run.
     """
     from scipy.optimize import minimize
@@ -676,8 +677,8 @@ def solve_columns(
     t_free = slot[codes]  # target's position among the free columns, -1 when fixed
     lse_fixed = np.full(n, -np.inf)
     z_fixed = np.zeros(n)  # the target's logit where the target is fixed
+    X32 = np.ascontiguousarray(X, dtype=np.float32)  # matmuls in float32 (as fit_joint), the rest float64
     if len(fixed):
-        X32 = np.asarray(X, dtype=np.float32)
         W32 = expert.coef_[:, fixed].astype(np.float32)
         b32 = expert.intercept_[fixed].astype(np.float32)
         where = np.full(c, -1, dtype=np.intp)
@@ -689,7 +690,6 @@ def solve_columns(
             lse_fixed[lo : lo + len(Z)] = top + np.log(np.exp(Z - top[:, None]).sum(axis=1))
             r = np.flatnonzero(t_fixed[lo : lo + len(Z)] >= 0)
             z_fixed[lo + r] = Z[r, t_fixed[lo + r]]
-    Xd = np.asarray(X, dtype=np.float64)
     on_free = np.flatnonzero(t_free >= 0)
     neg = ~np.asarray(valid, dtype=bool)
     l2 = expert.l2
@@ -698,7 +698,7 @@ def solve_columns(
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
         W = theta[:k].reshape(d, m)
         b = theta[k:]
-        Z = Xd @ W + b  # (n, m)
+        Z = (X32 @ W.astype(np.float32)).astype(np.float64) + b  # (n, m)
         top = np.maximum(Z.max(axis=1), lse_fixed)
         lse = top + np.log(np.exp(Z - top[:, None]).sum(axis=1) + np.exp(lse_fixed - top))
         P = np.exp(Z - lse[:, None])
@@ -715,7 +715,7 @@ def solve_columns(
             loss_rows[neg] = -np.log(q) * expert.negative_weight
         G *= w[:, None]
         loss = float(np.dot(w, loss_rows)) + 0.5 * l2 * float(np.sum(W * W))
-        gW = Xd.T @ G + l2 * W
+        gW = (X32.T @ G.astype(np.float32)).astype(np.float64) + l2 * W
         return loss, np.concatenate([gW.ravel(), G.sum(axis=0)])
 
     theta0 = np.concatenate([expert.coef_[:, free].ravel(), expert.intercept_[free]])

@@ -204,13 +204,13 @@ def test_fit_columns_moves_only_the_given_classes_to_the_full_optimum(data) -> N
     e.fit_columns(Xtr, ytr, freed, w, v, max_iter=1000)
     assert e.coef_ is not None
     np.testing.assert_array_equal(np.delete(e.coef_, cols, axis=1), kept)
-    np.testing.assert_allclose(e.coef_, full.coef_, atol=1e-4)
-    np.testing.assert_allclose(e.intercept_, full.intercept_, atol=1e-4)
+    np.testing.assert_allclose(e.coef_, full.coef_, atol=1e-3)  # float32 matmuls, as fit_joint
+    np.testing.assert_allclose(e.intercept_, full.intercept_, atol=1e-3)
     fresh = SoftmaxExpert(l2=0.5, max_iter=1000, tol=1e-10)
     for c in classes:
         fresh.add_class(c)
     fresh.fit_columns(Xtr, ytr, classes, w, v)
-    np.testing.assert_allclose(fresh.predict_proba_many(Xte), full.predict_proba_many(Xte), atol=1e-5)
+    np.testing.assert_allclose(fresh.predict_proba_many(Xte), full.predict_proba_many(Xte), atol=1e-4)
     with pytest.raises(UnknownLabelError):
         e.fit_columns(Xtr, ytr, ["no such class"])
 
