@@ -22,7 +22,9 @@ Read from the topics: accuracy of the streamed final labels, judge calls per str
 ``judge-verdicts`` record, i.e. every recursive call, plus one call per description-only ``add_class``
 (generated examples) and one per proposal (naming), as bench_loop counts them), the uncertain share (items
 whose first label was not final, i.e. routed to the judge), the experts' own first labels (the
-prequential accuracy, for the recovery after the shift), the classes added.
+prequential accuracy, for the recovery after the shift), the classes added, and each item's first-label
+latency (send to first ``labels`` record, p50 / p99 / max; also over the 1,000 items from the change,
+where an incremental run's ``add_class`` ops hold the worker's model thread).
 
 Scenarios (as bench_loop): ``stationary``; ``incremental`` (a third of the classes absent from the seeds
 and the first half; at half-way half of them are added through ``control`` with a description only, the
@@ -162,6 +164,8 @@ class ServiceRun:
     #: the last checkpoint's store, and (representative rows, stored rows) of that store
     oos: tuple[float, float, float] | None = None
     representative: tuple[int, int] | None = None
+    #: seconds from each streamed item's send to its first label arriving here, in send order (nan: none)
+    latency: list[float] = field(default_factory=list)
 
     @property
     def final_acc(self) -> float:
@@ -190,6 +194,21 @@ class ServiceRun:
     @property
     def final_labels_acc(self) -> float:
         return self.final_right / max(self.items, 1)
+
+    def latency_text(self, lo: int = 0, hi: int | None = None) -> str:
+        """``p50 / p99 / max`` first-label latency (s) of items ``lo:hi`` in send order."""
+        lat = np.asarray(self.latency[lo:hi], dtype=float)
+        lat = lat[np.isfinite(lat)]
+        if not len(lat):
+            return "-"
+        p50, p99 = np.percentile(lat, [50, 99])
+        return f"{p50:.2f} / {p99:.2f} / {lat.max():.2f}"
+
+    def latency_after_change(self) -> str:
+        """The same over the 1,000 items sent from the change on (new classes, flipped mix)."""
+        if self.spec.scenario == "stationary" or not self.phase2:
+            return "-"
+        return self.latency_text(self.phase2, self.phase2 + 1000)
 
     def recovery(self) -> int | None:
         """Items after the flip until the rolling 500-item prequential accuracy is back within 2 points."""
@@ -444,7 +463,8 @@ def run_service(
                 next_eval[0] += eval_every
 
         t0 = time.monotonic()
-        chaos.paced_send(cluster, values, rate, on_tick, chunk_s=0.5)
+        sent_at: dict[str, float] = {}
+        chaos.paced_send(cluster, values, rate, on_tick, chunk_s=0.5, sent_at=sent_at)
         run.stream_s = time.monotonic() - t0
         t1 = time.monotonic()
         # the drain: the worker may lag behind the rate; keep scoring every eval_every labelled items.
@@ -485,7 +505,15 @@ def run_service(
         run.items = len(values)
         run.worker_alive = worker.alive
         # ---- what the topics say
-        first = chaos.first_labels(follower.snapshot(names.labels), ids)
+        label_recs = follower.snapshot(names.labels)
+        arrived: dict[str, float] = {}
+        for r in label_recs:
+            v = r.json()
+            if isinstance(v, dict) and v.get("id") in idset:
+                arrived.setdefault(v["id"], r.t)
+        nan = float("nan")
+        run.latency = [arrived[i] - sent_at[i] if i in arrived and i in sent_at else nan for i in ids]
+        first = chaos.first_labels(label_recs, ids)
         run.preq = [int(first.get(i, {}).get("label") == truth[i]) for i in ids]
         run.routed = sum(1 for i in ids if i in first and first[i].get("final") is not True)
         fin: dict[str, dict[str, Any]] = {}
@@ -603,6 +631,8 @@ def write_service_report(
                 f"{run.finals}/{run.items}" + ("" if run.worker_alive else " (worker died)"),
                 late,
                 run.recovery_text(),
+                run.latency_text(),
+                run.latency_after_change(),
                 f"{run.ready_s:.0f}",
                 f"{run.stream_s:.0f}+{run.drain_s:.0f}",
             ]
@@ -633,6 +663,8 @@ def write_service_report(
                 "finals",
                 "classes added (described+discovered)",
                 "recovery items",
+                "first label s (p50 / p99 / max)",
+                "the same, 1,000 items from the change",
                 "ready s",
                 "stream+drain s",
             ],
@@ -686,7 +718,10 @@ def write_service_report(
         "streamed items; *uncertain*: items whose first label was not final (routed to the judge); *final "
         "labels right*: streamed items whose final label (the judge's where asked) is the true one; "
         "*recovery items* (shift): items after the flip until the rolling 500-item accuracy of the "
-        "experts' first labels is back within 2 points of its value before (bench_loop's rule); *ready*: "
+        "experts' first labels is back within 2 points of its value before (bench_loop's rule); *first "
+        "label s*: from each item's send to its first `labels` record arriving at this process (same clock), "
+        "over the whole stream and over the 1,000 items sent from the change on (incremental: the "
+        "described classes' `add_class` ops go to `control` then; shift: the mix flips); *ready*: "
         "worker start to ready (fit on the seeds, UMAP's compilation included).",
     ]
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -74,6 +74,9 @@ def test_incremental_through_the_service(chaos_broker: Any, data_dir: Path, tmp_
     # the described classes were added (examples from the judge endpoint) and are in the final model
     assert run.added_described == plan.described
     assert any("add_class" in line for line in lines)
+    # every item's first label was timed from its send, the classes' addition included
+    assert len(run.latency) == 400 and all(0.0 < t < 120.0 for t in run.latency)
+    assert run.latency_text().count(" / ") == 2 and run.latency_after_change() != "-"
     path = bs.write_service_report(
         "service_test",
         [run],
