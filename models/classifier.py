@@ -1145,7 +1145,7 @@ class RedClassifier:
         """Put a new label into the least similar subset with room (or a new one) and train that expert:
         warm, ``young_iter`` L-BFGS iterations on the caller's thread, as a young label's re-solve: its
         column only by default (a full refit held the model thread for 18-30 s per added label at O*NET's
-        923 labels, a re-solve of every column 3.4 s, the column alone 0.30 s; docs/models.md)."""
+        923 labels, a re-solve of every column 3.4 s, the column alone 0.22 s; docs/models.md)."""
         self._void_resolve()
         s = self.settings
         desc = {label: self._desc_emb[label]} if label in self._desc_emb else None

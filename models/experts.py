@@ -174,8 +174,8 @@ class ExpertSettings(DriftlabelSettings):
         "columns",
         description="what a young (or just added) label's re-solve moves: columns, only the young "
         "labels' own weights against the others' fixed logits (their log-sum-exp computed once: 0.02 s "
-        "at CLINC150, 0.3 s at O*NET); all, every column of their experts (a pass over every label per "
-        "iteration: 2.4-4.9 s on the model thread at O*NET's 923 labels). Measured in docs/models.md",
+        "at CLINC150, 0.2 s at O*NET); all, every column of their experts (a pass over every label per "
+        "iteration: 2.2-4.9 s on the model thread at O*NET's 923 labels). Measured in docs/models.md",
     )
     learn_chunk: int = Field(
         16,
@@ -479,7 +479,7 @@ class SoftmaxExpert:
 
         The objective is :meth:`fit_many`'s, minimised over those columns alone (a block of coordinate
         descent). Why: a new or young label needs its own column placed, and solving every column for it
-        costs a pass over all of them per iteration (2.4-4.9 s at O*NET's 923 labels on the model
+        costs a pass over all of them per iteration (2.2-4.9 s at O*NET's 923 labels on the model
         thread); with the others fixed, their log-sum-exp is computed once and each iteration costs
         only the free columns.
         """
