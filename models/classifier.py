@@ -822,9 +822,9 @@ class RedClassifier:
         Only when a young label's stored count reaches a milestone (:func:`young_milestones`: 1, 2, 3, 5,
         8, 13, ... below ``young_examples``), not every time it learns: re-solving for every young row took
         most of the model thread at 60 texts/s when each re-solve moved every column (docs/models.md);
-        now only the young labels' columns move (``young_solve``). The rows ``y``/``v`` are already
-        stored, so the count before them is the count now minus theirs: the same chunk gives the same
-        re-solves however the log was batched.
+        large experts now move only the young labels' columns (``young_solve``). The rows ``y``/``v``
+        are already stored, so the count before them is the count now minus theirs: the same chunk gives
+        the same re-solves however the log was batched.
         """
         young = self.settings.young_examples
         if young <= 0 or not len(y):
@@ -846,8 +846,14 @@ class RedClassifier:
 
     def _refit_young_experts(self, which: list[int], labels: set[str], whole: bool = False) -> None:
         """The re-solve of young ``labels`` (experts ``which``): their columns only, or every column of
-        their experts (``young_solve``, or ``whole``: a new expert, whose noise columns start at zero)."""
-        columns = labels if self.settings.young_solve == "columns" and not whole else None
+        their experts (``young_solve``; ``auto``: whole while that is cheap; or ``whole``: a new expert,
+        whose noise columns start at zero)."""
+        s = self.settings
+        mode = s.young_solve
+        if mode == "auto":  # rows x columns: what one pass over the expert costs (deterministic in the log)
+            cells = self.n_examples * sum(len(self._subsets[i]) + len(self._noise_classes()) for i in which)
+            mode = "all" if cells <= s.young_solve_max_cells else "columns"
+        columns = labels if mode == "columns" and not whole else None
         self._refit_experts(which, fresh=False, max_iter=self.settings.young_iter, columns=columns)
 
     def _boundary_state(self) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], dict[str, Any]]:
@@ -1144,8 +1150,9 @@ class RedClassifier:
     def _place_new_label(self, label: str, X: np.ndarray, texts: list[str]) -> int:
         """Put a new label into the least similar subset with room (or a new one) and train that expert:
         warm, ``young_iter`` L-BFGS iterations on the caller's thread, as a young label's re-solve: its
-        column only by default (a full refit held the model thread for 18-30 s per added label at O*NET's
-        923 labels, a re-solve of every column 3.4 s, the column alone 0.22 s; docs/models.md)."""
+        column only once the expert is large (``young_solve``). A full refit held the model thread for
+        18-30 s per added label at O*NET's 923 labels, a re-solve of every column 3.4 s, the column alone
+        0.22 s (docs/models.md)."""
         self._void_resolve()
         s = self.settings
         desc = {label: self._desc_emb[label]} if label in self._desc_emb else None

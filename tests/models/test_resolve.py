@@ -281,3 +281,26 @@ def test_a_young_label_re_solve_moves_its_own_column_only_by_default(mode: str) 
     grown = np.delete(after, old, axis=1)
     assert np.array_equal(grown, before) == (mode == "columns")
     assert np.mean(np.array(clf.predict_embeddings(X_te)) == y_te) >= acc - 0.01  # the others keep theirs
+
+
+def test_auto_young_solve_moves_every_column_only_while_that_is_cheap() -> None:
+    """``auto``: stored rows x columns at most ``young_solve_max_cells`` -> every column; above -> the
+    young label's own (what keeps the model thread's hold small at O*NET's scale)."""
+    seeds, stream, _ = _problem()
+    X, texts, y = stream
+    label = str(y[0])
+    rows = np.flatnonzero(y == label)[:2]
+    moved = []
+    for cells in (10**9, 1):
+        settings = _settings(subset_size=100, resolve_every=0, young_solve_max_cells=cells)
+        clf = RedClassifier(settings=settings).fit_embeddings(*seeds)
+        assert clf.settings.young_solve == "auto"
+        col = list(clf._experts[0].classes_).index(label)
+        before = clf._experts[0].coef_.copy()  # type: ignore[union-attr]
+        clf._learn_rows = lambda *a, **k: None  # type: ignore[method-assign]
+        clf.learn_embeddings(X[rows], [texts[i] for i in rows], y[rows])
+        clf.flush()
+        after = clf._experts[0].coef_
+        assert after is not None
+        moved.append(not np.array_equal(np.delete(after, col, axis=1), np.delete(before, col, axis=1)))
+    assert moved == [True, False]
