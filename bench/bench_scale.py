@@ -135,11 +135,12 @@ def pause_rows(
     held_out: int = 10,
     shots: int = 5,
     chunks: int = 12,
+    k: int = 10,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """The model thread's pauses for structural learning, per ``young_solve`` mode.
 
-    ``held_out`` labels (drawn with seed 0) are left out of a 10-shot fit of the others (one expert, the
+    ``held_out`` labels (drawn with seed 0) are left out of a ``k``-shot fit of the others (one expert, the
     defaults); then each is added with ``add_class_embeddings`` and ``shots`` training examples (timed
     one by one), and ``chunks`` chunks of ``learn_chunk`` streamed rows of the known labels are learned
     (timed: the chunks whose labels cross a young milestone re-solve). Background re-solves are off here
@@ -154,7 +155,7 @@ def pause_rows(
         rng = np.random.default_rng(0)
         new = set(rng.choice(labels, size=held_out, replace=False).tolist())
         old = ~np.isin(train.y.astype(str), list(new))
-        seed_idx = np.flatnonzero(old)[k_shot_indices(train.y[old], 10, seed=0)]
+        seed_idx = np.flatnonzero(old)[k_shot_indices(train.y[old], k, seed=0)]
         rest = np.setdiff1d(np.flatnonzero(old), seed_idx)
         stream = rng.permutation(rest)
         for mode in modes:
@@ -180,6 +181,8 @@ def pause_rows(
             on_new = np.isin(test.y.astype(str), list(new))
             row: dict[str, Any] = {
                 "dataset": name,
+                "k": k,
+                "stored": len(seed_idx),
                 "labels": len(labels),
                 "mode": mode,
                 "add_median_s": float(np.median(add_s)),
@@ -340,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="datasets for the model-thread pauses part (default clinc150 onet; --quick: clinc150)",
     )
+    ap.add_argument("--pause-k", type=int, default=10, help="pauses part: seed examples per label fitted")
     ap.add_argument("--note", default="", help="a line added to the report")
     ap.add_argument("--name", default=None, help="report name under bench/results (default scale[_quick])")
     args = ap.parse_args(argv)
@@ -379,13 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if "pauses" not in args.skip:
         names = args.pause_datasets or (["clinc150"] if args.quick else ["clinc150", "onet"])
-        rows = pause_rows(names)
+        rows = pause_rows(names, k=args.pause_k)
         table = markdown_table(
-            ["dataset", "labels", "young_solve", "add_class median / worst s", "chunk median / worst s",
-             "added labels' recall %", "test accuracy %"],
+            ["dataset", "labels", "rows fitted", "young_solve", "add_class median / worst s",
+             "chunk median / worst s", "added labels' recall %", "test accuracy %"],
             [
                 [
-                    r["dataset"], r["labels"], r["mode"], f"{r['add_median_s']:.2f} / {r['add_max_s']:.2f}",
+                    r["dataset"], r["labels"], r["stored"], r["mode"],
+                    f"{r['add_median_s']:.2f} / {r['add_max_s']:.2f}",
                     f"{r['chunk_median_s']:.3f} / {r['chunk_max_s']:.2f}",
                     f"{100 * r['new_recall']:.1f} (of {r['new_texts']})", f"{100 * r['acc']:.2f}",
                 ]
@@ -394,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         parts.append(
             "## Model-thread pauses: adding a class, young labels' re-solves\n\n"
-            "10 labels held out of a 10-shot fit of the others (one expert, defaults); each added with 5 "
+            f"10 labels held out of a {args.pause_k}-shot fit of the others (one expert, defaults); each "
+            "added with 5 "
             "examples (`add_class_embeddings`, timed), then 12 chunks of 16 streamed rows of the known "
             "labels learned (timed; a chunk whose labels reach a young milestone re-solves them). "
             "Background re-solves off, so each second is the model thread's, i.e. a labelling pause. "

@@ -564,7 +564,8 @@ class RedClassifier:
                     expert.max_iter = max_iter
                 try:
                     if columns is not None and isinstance(expert, SoftmaxExpert):
-                        own = [c for c in expert.classes_.tolist() if c in set(columns)]
+                        wanted = set(columns)
+                        own = [c for c in expert.classes_.tolist() if c in wanted]
                         expert.fit_columns(Xe, ye, own, we, ve)
                     else:
                         expert.fit_many(Xe, ye, we, ve)

@@ -416,12 +416,7 @@ class SoftmaxExpert:
         G[rows, codes] -= 1.0  # cross-entropy gradient: p - e_y
         loss_rows = -np.log(py)
         if not valid.all():
-            neg = ~valid
-            # complementary loss -log(1 - p_y): gradient (p_y / (1 - p_y)) * (e_y - p); capped for stability
-            q = np.clip(1.0 - py[neg], 1e-6, 1.0)
-            factor = np.minimum(py[neg] / q, 50.0) * self.negative_weight
-            G[neg] = -G[neg] * factor[:, None]
-            loss_rows[neg] = -np.log(q) * self.negative_weight
+            _complementary(G, py, loss_rows, ~valid, self.negative_weight)
         G *= w[:, None]
         return float(np.dot(w, loss_rows)), X.T @ G, G.sum(axis=0)
 
@@ -639,6 +634,18 @@ class RiverExpert:
         return new
 
 
+def _complementary(
+    G: np.ndarray, py: np.ndarray, loss_rows: np.ndarray, neg: np.ndarray, weight: float
+) -> None:
+    """Hard negatives (rows ``neg``), in place: the complementary loss ``-log(1 - p_y)`` x ``weight``
+    instead of cross-entropy, whose gradient turns ``G = p - e_y`` into ``(p_y / (1 - p_y)) (e_y - p)``
+    (on whichever columns ``G`` holds), the factor capped at 50 for stability."""
+    q = np.clip(1.0 - py[neg], 1e-6, 1.0)
+    factor = np.minimum(py[neg] / q, 50.0) * weight
+    G[neg] = -G[neg] * factor[:, None]
+    loss_rows[neg] = -np.log(q) * weight
+
+
 def make_expert(settings: ExpertSettings) -> SoftmaxExpert | RiverExpert:
     """A fresh expert of the kind the settings name."""
     if settings.learner == "river":
@@ -718,10 +725,7 @@ def solve_columns(
         G[on_free, t_free[on_free]] -= 1.0  # p - e_y on the free columns
         loss_rows = -np.log(py)
         if neg.any():
-            q = np.clip(1.0 - py[neg], 1e-6, 1.0)
-            factor = np.minimum(py[neg] / q, 50.0) * expert.negative_weight
-            G[neg] = -G[neg] * factor[:, None]
-            loss_rows[neg] = -np.log(q) * expert.negative_weight
+            _complementary(G, py, loss_rows, neg, expert.negative_weight)
         G *= w[:, None]
         loss = float(np.dot(w, loss_rows)) + 0.5 * l2 * float(np.sum(W * W))
         gW = (X32.T @ G.astype(np.float32)).astype(np.float64) + l2 * W
@@ -782,31 +786,15 @@ def fit_joint(
     c = int(widths.max())
     for e in experts:
         e._ensure_dim(d)
-    # padded layout (d, S, c): expert s owns columns [s*c, s*c + widths[s]); padding is masked in the logits
-    # and its gradient is zero, so L-BFGS never moves it off zero
-    real = np.arange(c)[None, :] < widths[:, None]  # (S, c)
-    mask = np.where(real, 0.0, -1e30).astype(np.float32).ravel()
-    W0 = np.zeros((d, S, c))
-    b0 = np.zeros((S, c))
-    for s, e in enumerate(experts):
-        assert e.coef_ is not None
-        W0[:, s, : widths[s]] = e.coef_
-        b0[s, : widths[s]] = e.intercept_
-    l2 = np.broadcast_to(np.array([e.l2 for e in experts])[None, :, None], (d, S, c)).ravel()
-    neg_w = np.array([e.negative_weight for e in experts])
     Xs = np.ascontiguousarray(X_shared, dtype=np.float32)
     ts = np.asarray(t_shared, dtype=np.intp).reshape(len(Xs), S)
     ws = np.asarray(w_shared, dtype=np.float32).reshape(len(Xs), S)
-    # flat index of (row, expert, target) inside a (rows, S*c) block, per shared row
-    flat_s = np.arange(S)[None, :] * c + ts
     # private rows sorted by owner: one contiguous slice per expert
     order = np.argsort(owner, kind="stable")
     Xp = np.ascontiguousarray(np.asarray(X_private, dtype=np.float32)[order])
     op, tp = np.asarray(owner, dtype=np.intp)[order], np.asarray(t_private, dtype=np.intp)[order]
     wp, vp = np.asarray(w_private, dtype=np.float64)[order], np.asarray(v_private, dtype=bool)[order]
     bounds = np.searchsorted(op, np.arange(S + 1))
-    slices = [(s, int(bounds[s]), int(bounds[s + 1])) for s in range(S) if bounds[s + 1] > bounds[s]]
-    n_w = d * S * c
     if free is not None:
         iterations = 0
         for s, e in enumerate(experts):
@@ -829,6 +817,22 @@ def fit_joint(
             )
             e.n_seen_ = float(w_e.sum())
         return iterations
+    # padded layout (d, S, c): expert s owns columns [s*c, s*c + widths[s]); padding is masked in the logits
+    # and its gradient is zero, so L-BFGS never moves it off zero
+    real = np.arange(c)[None, :] < widths[:, None]  # (S, c)
+    mask = np.where(real, 0.0, -1e30).astype(np.float32).ravel()
+    W0 = np.zeros((d, S, c))
+    b0 = np.zeros((S, c))
+    for s, e in enumerate(experts):
+        assert e.coef_ is not None
+        W0[:, s, : widths[s]] = e.coef_
+        b0[s, : widths[s]] = e.intercept_
+    l2 = np.broadcast_to(np.array([e.l2 for e in experts])[None, :, None], (d, S, c)).ravel()
+    neg_w = np.array([e.negative_weight for e in experts])
+    # flat index of (row, expert, target) inside a (rows, S*c) block, per shared row
+    flat_s = np.arange(S)[None, :] * c + ts
+    slices = [(s, int(bounds[s]), int(bounds[s + 1])) for s in range(S) if bounds[s + 1] > bounds[s]]
+    n_w = d * S * c
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
         W = theta[:n_w].reshape(d, S * c)
@@ -869,11 +873,7 @@ def fit_joint(
             loss_rows = -np.log(py64)
             v = vp[lo:hi]
             if not v.all():
-                neg = ~v
-                q = np.clip(1.0 - py64[neg], 1e-6, 1.0)
-                factor = np.minimum(py64[neg] / q, 50.0) * neg_w[s]
-                Gs[neg] = -Gs[neg] * factor[:, None]
-                loss_rows[neg] = -np.log(q) * neg_w[s]
+                _complementary(Gs, py64, loss_rows, ~v, float(neg_w[s]))
             w = wp[lo:hi]
             Gs *= w[:, None]
             loss += float(np.dot(w, loss_rows))

@@ -251,7 +251,7 @@ def test_a_new_label_drops_a_running_re_solve_instead_of_waiting_for_it() -> Non
 
 
 @pytest.mark.parametrize("mode", ["columns", "all"])
-def test_a_young_label_re_solve_moves_its_own_column_only_by_default(mode: str) -> None:
+def test_a_young_label_re_solve_moves_its_own_column_only_in_columns_mode(mode: str) -> None:
     """``young_solve = "columns"``: a young label's re-solve (and a new label's placement) moves that
     label's weights against the others' fixed logits; "all" moves every column of its expert."""
     seeds, stream, (X_te, y_te) = _problem()
