@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import signal
 import subprocess
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -140,31 +142,29 @@ def metric(port: int, name: str) -> float:
     return float(m.group(1)) if m else float("nan")
 
 
-async def reform_round(
+async def disturbed_round(
     kafka: KafkaSettings,
     names: TopicNames,
     texts: list[str],
     rate: float,
-    training: list[dict[str, Any]],
-    port: int,
+    fire: Callable[[], Awaitable[None]],
+    done: Callable[[], bool],
+    delay: float,
 ) -> dict[str, Any]:
-    """Texts at ``rate`` while ``training`` (enough valid examples to start one re-forming) is learned:
-    the latency of the texts sent between the training's send and the swap, vs the others."""
-    before = metric(port, "driftlabel_reforms_total")
+    """Texts at ``rate``; ``delay`` s in, ``fire()`` starts a disturbance that lasts until ``done()``:
+    the latency of the texts sent inside that window vs the others."""
     window: dict[str, float] = {}
 
     async def trigger() -> None:
-        # the examples are labelled first, as accepted items are, so the worker has their embeddings
-        await produce(kafka, names.texts, [{"id": f"pre-{v['id']}", "text": v["text"]} for v in training])
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(delay)
         window["start"] = time.time()
-        await produce(kafka, names.training, training)
-        while metric(port, "driftlabel_reforms_total") <= before:
+        await fire()
+        while not await asyncio.to_thread(done):  # a blocking scrape off the loop that reads the labels
             await asyncio.sleep(0.1)
         window["end"] = time.time()
 
     task = asyncio.create_task(trigger())
-    r = await run_round(kafka, names, texts, "reform", rate)
+    r = await run_round(kafka, names, texts, "dist", rate)
     await task
     inside = (r["sent"] >= window["start"]) & (r["sent"] <= window["end"])
     lat_in, lat_out = r["lat"][inside], r["lat"][~inside]
@@ -173,8 +173,51 @@ async def reform_round(
         "n_in": int(inside.sum()),
         "p50_in_ms": float(np.percentile(lat_in, 50) * 1000) if inside.any() else float("nan"),
         "p99_in_ms": float(np.percentile(lat_in, 99) * 1000) if inside.any() else float("nan"),
+        "max_in_ms": float(lat_in.max() * 1000) if inside.any() else float("nan"),
         "p99_out_ms": float(np.percentile(lat_out, 99) * 1000) if (~inside).any() else float("nan"),
     }
+
+
+async def reform_round(
+    kafka: KafkaSettings,
+    names: TopicNames,
+    texts: list[str],
+    rate: float,
+    training: list[dict[str, Any]],
+    port: int,
+) -> dict[str, Any]:
+    """Texts at ``rate`` while ``training`` (enough valid examples to start one re-forming) is learned."""
+    before = metric(port, "driftlabel_reforms_total")
+    # the examples are labelled first, as accepted items are, so the worker has their embeddings
+    await produce(kafka, names.texts, [{"id": f"pre-{v['id']}", "text": v["text"]} for v in training])
+    await asyncio.sleep(3.0)
+
+    async def fire() -> None:
+        await produce(kafka, names.training, training)
+
+    return await disturbed_round(
+        kafka, names, texts, rate, fire, lambda: metric(port, "driftlabel_reforms_total") > before, 3.0
+    )
+
+
+async def add_round(
+    kafka: KafkaSettings,
+    names: TopicNames,
+    texts: list[str],
+    rate: float,
+    ops: list[dict[str, Any]],
+    port: int,
+) -> dict[str, Any]:
+    """Texts at ``rate`` while ``ops`` (``add_class`` with a few examples each) arrive on ``control`` at
+    once: each placement is a model-thread task between labelling batches."""
+    before = metric(port, "driftlabel_classes")
+
+    async def fire() -> None:
+        await produce(kafka, names.control, ops)
+
+    return await disturbed_round(
+        kafka, names, texts, rate, fire, lambda: metric(port, "driftlabel_classes") >= before + len(ops), 5.0
+    )
 
 
 def _ready(port: int) -> bool:
@@ -297,9 +340,10 @@ CLINC150 classes (10 seeds each), {len(texts)} texts sent at once, embedder {arg
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, help="folder with clinc150/data_full.json (default: shared data)")
+    ap.add_argument("--data", type=Path, help="the data folder (default: shared data)")
+    ap.add_argument("--dataset", choices=["clinc150", "banking77", "onet"], default="clinc150")
     ap.add_argument("--texts", type=int, default=3000)
-    ap.add_argument("--classes", type=int, default=0, help="0 = all 150")
+    ap.add_argument("--classes", type=int, default=0, help="keep the first N labels (0 = all)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--judge-share", type=float, default=0.0)
@@ -318,6 +362,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure latency while a subset re-forming runs (N valid training examples start one)",
     )
     ap.add_argument(
+        "--add-classes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold N classes out of the seeds and measure latency while they arrive on control at once "
+        "(add_class with 5 examples each)",
+    )
+    ap.add_argument(
+        "--after-seed-run",
+        action="store_true",
+        help="end the seed run first (one human training record), so added classes are placed into the "
+        "live model rather than refitting the seed run",
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         help="py-spy the worker during the first round into this file (collapsed stacks)",
@@ -330,8 +388,28 @@ def main(argv: list[str] | None = None) -> int:
 
     from driftlabel.streams.demo import CLINC150_URL, default_cache_dir
 
-    path = resolve_clinc150(args.data, CLINC150_URL, default_cache_dir())
-    seeds, stream = split_demo(load_clinc150_file(path), 10, 0, classes=args.classes)
+    if args.dataset != "clinc150" and args.judge_share > 0:
+        ap.error(
+            "--judge-share needs --dataset clinc150 (the simulated expert answers from CLINC150's labels)"
+        )
+    path = (
+        resolve_clinc150(args.data, CLINC150_URL, default_cache_dir()) if args.dataset == "clinc150" else None
+    )
+    if path is not None:
+        data = load_clinc150_file(path)
+    else:
+        from driftlabel.models import load_dataset
+
+        ds = load_dataset(args.dataset, args.data)
+        data = {name: list(zip(*ds.split(name), strict=True)) for name in ("train", "val", "test")}
+    seeds, stream = split_demo(data, 10, 0, classes=args.classes)
+    held = set(random.Random(0).sample(sorted({lab for _, lab in seeds}), args.add_classes))
+    add_ops = [
+        {"op": "add_class", "label": lab, "examples": [t for t, ll in seeds if ll == lab][:5]}
+        for lab in sorted(held)
+    ]
+    seeds = [(t, lab) for t, lab in seeds if lab not in held]
+    stream = [(t, lab) for t, lab in stream if lab not in held]
     texts = [t for t, _ in stream][: args.texts]
     extra = [
         {"id": f"x{i}", "text": t, "label": lab, "source": "human"}
@@ -371,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.judge_share > 0:
             from driftlabel.judge import SimulatedExpert
 
-            judge = SimulatedExpert(str(path))
+            judge = SimulatedExpert(str(path))  # path: CLINC150, checked above
             judge.start_in_thread()
             env["DRIFTLABEL_JUDGE_BASE_URL"] = judge.base_url
         seed_values = [
@@ -390,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         print(f"bench: worker ready in {time.monotonic() - t0:.0f}s", flush=True)
         asyncio.run(run_round(kafka, names, texts[:200], "warm", 0))  # group join, first batches
+        if args.after_seed_run:
+            before = metric(metrics_port, "driftlabel_model_version")
+            t, lab = stream[0]
+            human = {"id": "h0", "text": t, "label": lab, "source": "human", "valid": True}
+            asyncio.run(produce(kafka, names.training, [human]))
+            while metric(metrics_port, "driftlabel_model_version") <= before:
+                time.sleep(0.2)
         rounds = []
         for k in range(args.rounds):
             # the embedder alone right before each service round (the worker idles meanwhile), so both
@@ -436,6 +521,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"(idle p99 {lat['p99_ms']:.0f} ms; goal <= 2x)",
                 flush=True,
             )
+        added: dict[str, Any] | None = None
+        if add_ops:
+            n_add = max(50, int(half * max(args.latency_s, 60)))
+            add_texts = (texts * (n_add // len(texts) + 1))[:n_add]
+            added = asyncio.run(add_round(kafka, names, add_texts, half, add_ops, metrics_port))
+            print(
+                f"bench: while {len(add_ops)} classes are added ({added['window_s']:.1f}s, {added['n_in']} "
+                f"texts): p50 {added['p50_in_ms']:.0f} ms, p99 {added['p99_in_ms']:.0f} ms, max "
+                f"{added['max_in_ms']:.0f} ms (idle p99 {lat['p99_ms']:.0f} ms; goal <= 2x)",
+                flush=True,
+            )
     finally:
         if worker is not None:
             worker.terminate()
@@ -460,9 +556,12 @@ Command: `python bench/bench_stream.py {" ".join(argv if argv is not None else s
 Date (UTC): {time.strftime("%Y-%m-%d %H:%M", time.gmtime())}; {platform.platform()}; {os.cpu_count()} CPUs;
 load average before / after: {load_before} / {load_after} (the machine is shared: figures are noisy).
 
-Setup: local Tansu broker, 1 worker process (`driftlabel worker`), {len({lab for _, lab in seeds})} CLINC150
-classes seeded with 10 examples each, {len(texts)} in-scope CLINC150 texts, micro-batch {args.batch_size},
-judge share {args.judge_share:.0%}, embedder {args.embedder}.
+Setup: local Tansu broker, 1 worker process (`driftlabel worker`), {len({lab for _, lab in seeds})}
+{args.dataset} classes seeded with 10 examples each, {len(texts)} in-scope {args.dataset} texts, micro-batch
+{args.batch_size}, judge share {args.judge_share:.0%}, embedder {args.embedder}, seed run
+{"ended by one human record" if args.after_seed_run else "not ended (no judge or human record)"},
+young re-solves
+`{os.environ.get("DRIFTLABEL_EXPERTS_YOUNG_SOLVE", "auto")}`.
 
 | measure | value |
 |---|---|
@@ -481,6 +580,16 @@ judge share {args.judge_share:.0%}, embedder {args.embedder}.
             f"({reform['window_s']:.1f} s from sending {args.reform} training examples to the swap, "
             f"{reform['n_in']} texts) | p50 {reform['p50_in_ms']:.0f} ms, p99 {reform['p99_in_ms']:.0f} ms: "
             f"{ratio:.2f}x the idle p99 (goal <= 2x: {ok}) |\n"
+        )
+    if added is not None:
+        ratio = added["p99_in_ms"] / lat["p99_ms"]
+        ok = "meets" if ratio <= 2.0 else "misses"
+        report += (
+            f"| publish -> first label while {len(add_ops)} classes arrive on `control` at once "
+            f"(`add_class`, 5 examples each; {added['window_s']:.1f} s from sending them to the last one "
+            f"placed, "
+            f"{added['n_in']} texts) | p50 {added['p50_in_ms']:.0f} ms, p99 {added['p99_in_ms']:.0f} ms, max "
+            f"{added['max_in_ms']:.0f} ms: {ratio:.2f}x the idle p99 (goal <= 2x: {ok}) |\n"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report, encoding="utf-8")

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from driftlabel.models import Ranking, RedClassifier
+from driftlabel.models import ModelError, Ranking, RedClassifier
 from driftlabel.streams.messages import ControlMessage, TrainingMessage, decode_vector
 from driftlabel.streams.ports import Classifier, Embedder
 from driftlabel.streams.seed import SeedSet
@@ -159,6 +159,19 @@ def reform_saved_model(src: str, dst: str) -> None:
         model.save(dst)
 
 
+@dataclass(frozen=True)
+class SeedData:
+    """A seed run as arrays: the fit's input, taken on the event loop, handed to the build's thread."""
+
+    X: np.ndarray
+    texts: list[str]
+    labels: list[str]
+    descriptions: dict[str, str]
+    description_vectors: dict[str, np.ndarray]
+    negatives_X: np.ndarray | None
+    negatives: list[tuple[str, str]]
+
+
 @dataclass
 class Reform:
     """A re-forming in flight: the copy, its background job, the live changes to replay onto it."""
@@ -209,6 +222,9 @@ class ModelHost:
         #: True while the model is a fit on the log's leading run of seed records (no judge or human yet):
         #: a seed record that extends the run refits, so the model is the same however the run arrived
         self.seed_run = False
+        #: the seed run's embeddings by text, kept while it lasts, so that a refit on a grown run embeds
+        #: only the new texts (on the model thread, a chunk at a time)
+        self._seed_vectors: dict[str, np.ndarray] = {}
         self.generation = 0  # swaps to a re-formed model
         if reform_every < 0:
             raise ValueError(f"reform_every must be >= 0, got {reform_every}")
@@ -271,15 +287,59 @@ class ModelHost:
         return self.model
 
     def _fit(self, seed: SeedSet, position: int | None = None) -> None:
+        """Model thread: embed and fit in one go (the first fit: there is nothing to label with yet)."""
+        self._embed_seed(seed.texts_to_embed())
+        self._install(self._build(self._seed_data(seed)), position, len(seed.negatives))
+
+    def _embed_seed(self, texts: Sequence[str]) -> int:
+        """Model thread: embed the seed-run texts not embedded yet; returns how many."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._seed_vectors))
+        if missing:
+            X = np.asarray(self.embedder.encode(missing), dtype=np.float32)
+            if X.shape != (len(missing), self.embedder.dim):
+                raise ModelError(f"embedder returned shape {X.shape} for {len(missing)} texts")
+            self._seed_vectors.update(zip(missing, X, strict=True))
+        return len(missing)
+
+    def _seed_data(self, seed: SeedSet) -> SeedData:
+        """What :meth:`_build` needs, as arrays taken now (the build may run on another thread)."""
         texts, labels, descriptions = seed.fit_data()
+        vec = self._seed_vectors
+        negs = seed.negatives
+        return SeedData(
+            X=np.stack([vec[t] for t in texts]) if texts else np.zeros((0, self.embedder.dim), np.float32),
+            texts=texts,
+            labels=labels,
+            descriptions=descriptions,
+            description_vectors={k: vec[d] for k, d in descriptions.items()},
+            negatives_X=np.stack([vec[r.text] for r in negs]) if negs else None,
+            negatives=[(r.text, r.label) for r in negs],
+        )
+
+    def _build(self, data: SeedData) -> Classifier:
+        """A model fitted on a seed run (no state of the host is read or written: safe on any thread).
+
+        Invalid seed records are learned afterwards as hard negatives, as the log order has them."""
         model = RedClassifier(embedder=self.embedder, settings=self.expert_settings)
-        model.fit(texts, labels, descriptions=descriptions or None)
+        model.fit_embeddings(
+            data.X, data.texts, data.labels, data.descriptions or None, data.description_vectors
+        )
+        if data.negatives_X is not None:
+            texts = [t for t, _ in data.negatives]
+            labels = [lab for _, lab in data.negatives]
+            model.learn_embeddings(data.negatives_X, texts, labels, [False] * len(texts))
+        return model
+
+    def _install(self, model: Classifier, position: int | None, n_negatives: int) -> None:
+        """Model thread: make a fit on the seed run the live model, at log ``position``."""
         self.model = model
         self.restore({"position": position or 0, "seed_run": True})
-        if seed.negatives:
-            self._learn(seed.negatives)
-        self.valid_since_refit = 0
-        self.changes_since_checkpoint += 1
+        self.changes_since_checkpoint += 1 + n_negatives
+
+    def end_seed_run(self) -> None:
+        """A judge or human record arrived: from here on the model learns record by record."""
+        self.seed_run = False
+        self._seed_vectors = {}
 
     def _load(self, model_dir: Path, state: dict[str, Any] | None = None) -> None:
         self.model = RedClassifier.load(model_dir, embedder=self.embedder)
@@ -565,6 +625,25 @@ class ModelHost:
     async def fit(self, seed: SeedSet, position: int | None = None) -> None:
         """First fit on the seed records; the model then includes the log up to ``position``."""
         await self.run(self._fit, seed, position)
+
+    async def refit_seed_run(self, seed: SeedSet, position: int, chunk: int = 64) -> float:
+        """Refit on a seed run that grew, without a labelling pause; returns the seconds it took.
+
+        The new texts are embedded on the model thread ``chunk`` at a time (predictions queued meanwhile
+        run between the chunks; every embedder call stays on that thread), the fit runs on the
+        background thread, and the finished model is swapped in by one model-thread job: until then,
+        labels come from the previous fit and carry its version. The result is the model :meth:`fit`
+        builds from the same run (same code, same embeddings), so a worker that fits the run in one go
+        later agrees with this one. (Before 7 December this refit ran on the model thread: labelling
+        stopped for the whole fit, for every ``add_class`` before the first judge or human record.)"""
+        t0 = time.perf_counter()
+        todo = [t for t in dict.fromkeys(seed.texts_to_embed()) if t not in self._seed_vectors]
+        for i in range(0, len(todo), chunk):
+            await self.run(self._embed_seed, todo[i : i + chunk])
+        data = self._seed_data(seed)
+        model = await asyncio.get_running_loop().run_in_executor(self._bg, self._build, data)
+        await self.run(self._install, model, position, len(data.negatives))
+        return time.perf_counter() - t0
 
     async def load(self, model_dir: Path, state: dict[str, Any] | None = None) -> None:
         await self.run(self._load, model_dir, state)

@@ -279,8 +279,9 @@ class Learner:
         """Seed records (or control ops) that extend the seed run: refit on the whole run.
 
         A worker that replays the log later fits the run in one go; refitting here, instead of learning
-        the new seeds incrementally, keeps the two models identical. Refits are rare (seeds are usually
-        published before the stream starts) and each one covers every record read in one poll.
+        the new seeds incrementally, keeps the two models identical. The refit runs in the background
+        (labelling goes on with the previous fit) while this learner waits, so the records that arrive
+        meanwhile are covered together by the next one.
         """
         assert self.follower is not None
         if not any(s.training or s.control for s in plan_steps(records, self.seen, **self._limits())):
@@ -291,17 +292,21 @@ class Learner:
             self.seed = await self._read_seed_run()
         if self.seed is None:
             log.warning("could not re-read the seed run; learning the new seed records incrementally")
-            self.host.seed_run = False
+            self.host.end_seed_run()
             for step in plan_steps(records, self.seen, **self._limits()):
                 await self.apply(step)
             return
         before = len(self.seed.texts)
         self._gather(self.seed, records)
-        await self.host.fit(self.seed, self.position())
+        seconds = await self.host.refit_seed_run(self.seed, self.position())
         self.metrics.training.labels(source="seed", valid="true").inc(len(self.seed.texts) - before)
         n = len(self.seed.texts)
         v = self.host.version
-        print(f"driftlabel worker: seed run grew to {n} examples: refitted (model v{v})", flush=True)
+        print(
+            f"driftlabel worker: seed run grew to {n} examples: refitted in the background in "
+            f"{seconds:.1f}s (model v{v})",
+            flush=True,
+        )
 
     async def _read_seed_run(self, timeout_s: float = 120.0) -> SeedSet | None:
         """Re-read the log from its start to the current position (all of it seed run) into a SeedSet."""
@@ -363,7 +368,7 @@ class Learner:
                 await self._extend_seed_run(records[:cut])
             if cut == len(records):
                 return
-            self.host.seed_run = False  # judge or human: from here on the model learns record by record
+            self.host.end_seed_run()  # judge or human: from here on the model learns record by record
             self.seed = None
             records = records[cut:]
         for step in plan_steps(records, self.seen, **self._limits()):

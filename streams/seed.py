@@ -48,6 +48,11 @@ class SeedSet:
         known = set(labels)
         return texts, labels, {k: v for k, v in self.descriptions.items() if k in known}
 
+    def texts_to_embed(self) -> list[str]:
+        """Every text a fit on this run embeds: examples, descriptions, hard negatives."""
+        texts, _, descriptions = self.fit_data()
+        return texts + list(descriptions.values()) + [r.text for r in self.negatives]
+
     @property
     def n_labels(self) -> int:
         return len(set(self.labels) - self.removed)

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from driftlabel.models import ExpertSettings, RedClassifier
 from driftlabel.streams.host import GENERATION, ModelHost, SeedSet, refit_cuts
-from driftlabel.streams.messages import TrainingMessage
+from driftlabel.streams.messages import ControlMessage, TrainingMessage
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.settings import MetricsSettings, StreamSettings
 
@@ -277,3 +277,95 @@ def test_the_judge_cannot_be_shown_more_candidates_than_a_label_carries() -> Non
     assert StreamSettings(judge_depth_candidates=10, top_k=10).judge_depth_candidates == 10
     with pytest.raises(ValidationError, match="DRIFTLABEL_STREAM_TOP_K"):
         StreamSettings(judge_depth_candidates=10)
+
+
+def _seed_run(n: int, negatives: int = 0) -> SeedSet:
+    seed = SeedSet()
+    seed.add_training(
+        [TrainingMessage(id=r.id, text=r.text, label=r.label, source="seed") for r in _records(0, n)]
+    )
+    if negatives:
+        seed.add_training(
+            [
+                TrainingMessage(id=r.id, text=r.text, label=r.label, source="seed", valid=False)
+                for r in _records(500, negatives, valid=False)
+            ]
+        )
+    return seed
+
+
+class CountingEmbedder(ClusterEmbedder):
+    """Counts the texts it embeds and the threads it is called from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts = 0
+        self.threads: set[str] = set()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts += len(texts)
+        self.threads.add(threading.current_thread().name)
+        return super().encode(texts)
+
+
+def test_a_grown_seed_run_refits_to_the_model_a_fresh_fit_builds() -> None:
+    """The background refit of a grown seed run is the model :meth:`fit` builds from the same run (a
+    late worker fits it in one go), embeds only the texts it has not embedded yet, and only on the
+    model thread."""
+    emb = CountingEmbedder()
+    grown = ModelHost(emb, ExpertSettings(subset_size=2), reform_in="thread")
+    grown._fit(_seed_run(12))
+    assert emb.texts == 12
+    emb.threads.clear()  # that fit ran here, on the test's thread
+    seed = _seed_run(20, negatives=3)
+    seed.add_control(
+        ControlMessage(op="add_class", label="epsilon", description="epsilon things", examples=["alpha 90"])
+    )
+    asyncio.run(grown.refit_seed_run(seed, position=24))
+    assert emb.texts == 12 + 8 + 3 + 2  # the new examples, the negatives, the description and example
+    assert emb.threads == {"driftlabel-model_0"}
+    fresh = ModelHost(ClusterEmbedder(), ExpertSettings(subset_size=2))
+    fresh._fit(seed, position=24)
+    assert grown.state() == fresh.state() and grown.version == 24 and grown.seed_run
+    assert sorted(grown.live.labels) == sorted(fresh.live.labels) == sorted([*LABELS, "epsilon"])
+    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
+    ra, rb = grown.live.rank_embeddings(X, top_k=3), fresh.live.rank_embeddings(X, top_k=3)
+    assert ra.labels == rb.labels
+    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    grown.end_seed_run()
+    assert not grown.seed_run and not grown._seed_vectors
+    grown.close()
+    fresh.close()
+
+
+def test_labelling_goes_on_while_a_seed_run_refits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pause: while the refit of a grown seed run is being built, predictions come from the previous
+    fit with its version; the finished model is swapped in whole (never a half-built one)."""
+    host = ModelHost(ClusterEmbedder(), ExpertSettings(subset_size=2), reform_in="thread")
+    host._fit(_seed_run(12), position=12)
+    gate = threading.Event()
+    real_build = host._build
+
+    def slow_build(data: Any) -> Any:
+        assert gate.wait(30)
+        return real_build(data)
+
+    monkeypatch.setattr(host, "_build", slow_build)
+
+    async def scenario() -> tuple[list[int], int]:
+        refit = asyncio.create_task(host.refit_seed_run(_seed_run(30), position=30))
+        versions = []
+        for _ in range(5):  # each prediction returns while the build waits
+            _, _, version, _ = await asyncio.wait_for(host.predict(["alpha 901", "beta 902"], 2), 10)
+            versions.append(version)
+            await asyncio.sleep(0.01)
+        assert not refit.done()
+        gate.set()
+        await refit
+        _, _, after, _ = await host.predict(["alpha 901"], 2)
+        return versions, after
+
+    versions, after = asyncio.run(scenario())
+    assert versions == [12] * 5 and after == 30
+    assert host.live.n_examples == 30
+    host.close()
