@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if path is not None:
         data = load_clinc150_file(path)
     else:
-        from driftlabel.models import load_dataset
+        from driftlabel.models.datasets import load_dataset
 
         ds = load_dataset(args.dataset, args.data)
         data = {name: list(zip(*ds.split(name), strict=True)) for name in ("train", "val", "test")}

@@ -159,6 +159,27 @@ def reform_saved_model(src: str, dst: str) -> None:
         model.save(dst)
 
 
+def build_seed_model(data: SeedData, settings: Any, embedder: Embedder | None) -> RedClassifier:
+    """A model fitted on a seed run; its invalid records are learned after the fit as hard negatives,
+    where the log has them (the seed run's one code path, for the first fit and for refits)."""
+    model = RedClassifier(embedder=embedder, settings=settings)
+    model.fit_embeddings(data.X, data.texts, data.labels, data.descriptions or None, data.description_vectors)
+    if data.negatives_X is not None:
+        texts = [t for t, _ in data.negatives]
+        labels = [lab for _, lab in data.negatives]
+        model.learn_embeddings(data.negatives_X, texts, labels, [False] * len(texts))
+    return model
+
+
+def fit_seed_model(data: SeedData, settings: Any, dst: str) -> None:
+    """Child process: fit on a seed run at the lowest CPU priority with one BLAS thread; save to ``dst``
+    (as :func:`reform_saved_model`, and for the same reason)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(19)
+    with threadpool_limits(1):
+        build_seed_model(data, settings, None).save(dst)
+
+
 @dataclass(frozen=True)
 class SeedData:
     """A seed run as arrays: the fit's input, taken on the event loop, handed to the build's thread."""
@@ -317,18 +338,18 @@ class ModelHost:
         )
 
     def _build(self, data: SeedData) -> Classifier:
-        """A model fitted on a seed run (no state of the host is read or written: safe on any thread).
+        """A model fitted on a seed run, in this process (any thread: no state of the host is touched)."""
+        return build_seed_model(data, self.expert_settings, self.embedder)
 
-        Invalid seed records are learned afterwards as hard negatives, as the log order has them."""
-        model = RedClassifier(embedder=self.embedder, settings=self.expert_settings)
-        model.fit_embeddings(
-            data.X, data.texts, data.labels, data.descriptions or None, data.description_vectors
-        )
-        if data.negatives_X is not None:
-            texts = [t for t, _ in data.negatives]
-            labels = [lab for _, lab in data.negatives]
-            model.learn_embeddings(data.negatives_X, texts, labels, [False] * len(texts))
-        return model
+    def _build_in_process(self, data: SeedData) -> Classifier:
+        """:meth:`_build` in the background child process (lowest priority, one BLAS thread), so the
+        fit takes idle CPU rather than the embedder's; the model comes back through a saved copy."""
+        if self._proc is None:
+            self._proc = background_pool()
+        with tempfile.TemporaryDirectory(prefix="driftlabel-seedfit-") as tmp:
+            dst = Path(tmp) / "model"
+            self._proc.submit(fit_seed_model, data, self.expert_settings, str(dst)).result()
+            return RedClassifier.load(dst, embedder=self.embedder)
 
     def _install(self, model: Classifier, position: int | None, n_negatives: int) -> None:
         """Model thread: make a fit on the seed run the live model, at log ``position``."""
@@ -632,7 +653,8 @@ class ModelHost:
         The new texts are embedded on the model thread ``chunk`` at a time (predictions queued meanwhile
         run between the chunks; every embedder call stays on that thread), the fit runs on the
         background thread, and the finished model is swapped in by one model-thread job: until then,
-        labels come from the previous fit and carry its version. The result is the model :meth:`fit`
+        labels come from the previous fit and carry its version. The fit runs where re-formings do
+        (``reform_in``: the niced child process, or a thread). The result is the model :meth:`fit`
         builds from the same run (same code, same embeddings), so a worker that fits the run in one go
         later agrees with this one. (Before 7 December this refit ran on the model thread: labelling
         stopped for the whole fit, for every ``add_class`` before the first judge or human record.)"""
@@ -641,7 +663,8 @@ class ModelHost:
         for i in range(0, len(todo), chunk):
             await self.run(self._embed_seed, todo[i : i + chunk])
         data = self._seed_data(seed)
-        model = await asyncio.get_running_loop().run_in_executor(self._bg, self._build, data)
+        build = self._build_in_process if self.reform_in == "process" else self._build
+        model = await asyncio.get_running_loop().run_in_executor(self._bg, build, data)
         await self.run(self._install, model, position, len(data.negatives))
         return time.perf_counter() - t0
 

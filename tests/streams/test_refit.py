@@ -369,3 +369,21 @@ def test_labelling_goes_on_while_a_seed_run_refits(monkeypatch: pytest.MonkeyPat
     assert versions == [12] * 5 and after == 30
     assert host.live.n_examples == 30
     host.close()
+
+
+def test_a_seed_run_refit_in_the_child_process_gives_the_same_model() -> None:
+    """``reform_in = "process"`` (the worker's default) fits in the niced child process and loads the
+    saved model back: the same predictions as the in-process build, with this host's embedder."""
+    seed = _seed_run(20, negatives=3)
+    out = []
+    for where in ("process", "thread"):
+        host = ModelHost(ClusterEmbedder(), ExpertSettings(subset_size=2), reform_in=where)
+        host._fit(_seed_run(12), position=12)
+        asyncio.run(host.refit_seed_run(seed, position=23))
+        assert host.version == 23 and host.live.n_examples == 20
+        assert host.live.embedder is host.embedder
+        X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
+        out.append(host.live.rank_embeddings(X, top_k=3))
+        host.close()
+    assert out[0].labels == out[1].labels
+    np.testing.assert_allclose(np.asarray(out[0].scores), np.asarray(out[1].scores), atol=1e-5)
