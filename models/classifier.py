@@ -538,8 +538,10 @@ class RedClassifier:
         experts: list[Expert] = []
         for si in which:
             expert = make_expert(self.settings) if fresh else self._experts[si]
+            known = set(np.asarray(getattr(expert, "classes_", ())).tolist())  # add_class is O(classes)
             for lab in [*self._subsets[si], *self._noise_classes()]:  # fixed order: labels, then noise
-                expert.add_class(lab)
+                if lab not in known:
+                    expert.add_class(lab)
             experts.append(expert)
         s = self.settings
         softmax_experts = [e for e in experts if isinstance(e, SoftmaxExpert)]

@@ -701,9 +701,10 @@ def solve_columns(
         where[fixed] = np.arange(len(fixed))
         t_fixed = where[codes]
         for lo in range(0, n, chunk_rows):
-            Z = (X32[lo : lo + chunk_rows] @ W32 + b32).astype(np.float64)
+            Z = X32[lo : lo + chunk_rows] @ W32 + b32  # float32 throughout: exp of rows x classes
             top = Z.max(axis=1)
-            lse_fixed[lo : lo + len(Z)] = top + np.log(np.exp(Z - top[:, None]).sum(axis=1))
+            total = np.exp(Z - top[:, None]).sum(axis=1, dtype=np.float64)
+            lse_fixed[lo : lo + len(Z)] = top.astype(np.float64) + np.log(total)
             r = np.flatnonzero(t_fixed[lo : lo + len(Z)] >= 0)
             z_fixed[lo + r] = Z[r, t_fixed[lo + r]]
     on_free = np.flatnonzero(t_free >= 0)

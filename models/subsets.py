@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import sparse
 
 from driftlabel.models.errors import InvalidDataError
 
@@ -61,8 +62,11 @@ def label_embeddings(
     if missing:
         raise InvalidDataError(f"examples have labels not in the label list: {missing[:5]}")
     rows = np.array([pos[u] for u in uniq.tolist()], dtype=np.intp)[inv.reshape(-1)]
-    sums = np.zeros((len(labels), X.shape[1]))
-    np.add.at(sums, rows, X)
+    # per-label sums as a sparse one-hot product (np.add.at took 28 ms of an O*NET add_class's 190)
+    onehot = sparse.csr_matrix(
+        (np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(labels), len(rows))
+    )
+    sums = np.asarray(onehot @ X)
     counts = np.bincount(rows, minlength=len(labels)).astype(np.float64)
     E = _normalize(sums / np.maximum(counts, 1.0)[:, None])
     for lab, vec in (descriptions or {}).items():

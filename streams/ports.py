@@ -69,6 +69,16 @@ class Classifier(Protocol):
         synthetic: bool = False,
     ) -> None: ...
 
+    def add_class_embeddings(
+        self,
+        label: str,
+        X: np.ndarray,
+        texts: Sequence[str],
+        description: str | None = None,
+        description_embedding: np.ndarray | None = None,
+        synthetic: bool = False,
+    ) -> None: ...
+
     def remove_class(self, label: str) -> None: ...
 
     def describe_class(self, label: str, description: str) -> None: ...

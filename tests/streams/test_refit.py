@@ -387,3 +387,68 @@ def test_a_seed_run_refit_in_the_child_process_gives_the_same_model() -> None:
         host.close()
     assert out[0].labels == out[1].labels
     np.testing.assert_allclose(np.asarray(out[0].scores), np.asarray(out[1].scores), atol=1e-5)
+
+
+def _add(label: str, n: int = 4, description: str | None = None) -> ControlMessage:
+    return ControlMessage(
+        op="add_class", label=label, description=description, examples=[f"{label} {i}" for i in range(n)]
+    )
+
+
+def test_a_new_label_is_placed_on_a_copy_and_matches_the_inline_placement() -> None:
+    """``control`` builds a new label on a copy in the background: the same model as applying the op on
+    the model thread (same embeddings, same RNG state), at the op's log position."""
+    a, b = _host(refit_every=0), _host(refit_every=0)
+    msgs = [_add("epsilon", description="the fifth"), _add("zeta"), _add("alpha", 2)]  # alpha: known
+    for k, msg in enumerate(msgs):
+        asyncio.run(a.control(msg, position=20 + k))
+        b._control(msg, position=20 + k)
+    assert a.version == b.version == 22 and a.changes_since_checkpoint == b.changes_since_checkpoint
+    assert a.live.labels == b.live.labels and "zeta" in a.live.labels
+    assert a.live.descriptions == b.live.descriptions
+    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 910) for lab in LABELS])
+    ra, rb = a.live.rank_embeddings(X, top_k=3), b.live.rank_embeddings(X, top_k=3)
+    assert ra.labels == rb.labels
+    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    a.close()
+    b.close()
+
+
+def test_labelling_goes_on_while_a_new_label_is_placed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pause for ``add_class``: predictions are served by the previous model (its version, without
+    the new label) until the placed copy is swapped in whole; a failed placement leaves it untouched."""
+    host = _host(refit_every=0)
+    host.position = 12
+    gate = threading.Event()
+    real = ModelHost._add_class_embedded
+
+    def slow(model: Any, msg: Any, X: Any, d: Any) -> None:
+        assert gate.wait(30)
+        real(model, msg, X, d)
+
+    monkeypatch.setattr(ModelHost, "_add_class_embedded", staticmethod(slow))
+    before = host.live
+
+    async def scenario() -> tuple[list[tuple[int, int]], int, int]:
+        task = asyncio.create_task(host.control(_add("epsilon"), position=13))
+        seen = []
+        for _ in range(5):
+            _, _, version, n_classes = await asyncio.wait_for(host.predict(["alpha 901"], 2), 10)
+            seen.append((version, n_classes))
+            await asyncio.sleep(0.01)
+        assert not task.done() and host.live is before
+        gate.set()
+        await task
+        _, _, version, n_classes = await host.predict(["alpha 901"], 2)
+        return seen, version, n_classes
+
+    seen, version, n_classes = asyncio.run(scenario())
+    assert seen == [(12, 4)] * 5 and (version, n_classes) == (13, 5)
+    assert host.live is not before and "epsilon" not in before.labels
+    monkeypatch.setattr(ModelHost, "_add_class_embedded", staticmethod(real))
+    live = host.live
+    bad = ControlMessage(op="add_class", label="eta", examples=[])
+    with pytest.raises(ValueError):  # no examples and no description: InvalidDataError
+        asyncio.run(host.control(bad, position=14))
+    assert host.live is live and host.version == 13 and "eta" not in live.labels
+    host.close()
