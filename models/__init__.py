@@ -15,7 +15,13 @@ from driftlabel.models.classifier import RESERVED_LABELS, RedClassifier
 from driftlabel.models.combine import OUT_OF_SCOPE, CombinedExperts, Ranking, make_ranking
 from driftlabel.models.drift import DriftEvent, DriftMonitor
 from driftlabel.models.embeddings import Embedder, EmbedderSettings, load_embedder
-from driftlabel.models.errors import InvalidDataError, ModelError, ModelFileError, UnknownLabelError
+from driftlabel.models.errors import (
+    InvalidDataError,
+    ModelError,
+    ModelFileError,
+    SolveStopped,
+    UnknownLabelError,
+)
 from driftlabel.models.experts import (
     NOISE,
     Expert,
@@ -52,6 +58,7 @@ __all__ = [
     "RedClassifier",
     "RiverExpert",
     "SoftmaxExpert",
+    "SolveStopped",
     "UnknownLabelError",
     "entropy",
     "greedy_subsets",

@@ -362,7 +362,7 @@ class RedClassifier:
                 "with add_class(label, description, examples)"
             )
         s = self.settings
-        self._pending = None  # a re-solve of the old model is void
+        self.release_resolve()  # a re-solve of the old model (and of its routing twin) is void
         self._buffer, self._buffered, self._boundary, self._oos_cal = [], 0, None, {}
         self._centroid_cache = None
         self._resolved_at = self._position
@@ -993,9 +993,21 @@ class RedClassifier:
         (~20 s at O*NET's 923 labels). The weights have learned every row since (the job only replays
         them), and the next chunk starts a re-solve on the new structure. Dropped at a log position, so
         every worker drops the same one."""
-        if self._pending is not None:  # the weights stay as they are: no new chunk start
+        job = self._pending
+        if job is not None:  # the weights stay as they are: no new chunk start
             self._pending = None
+            job.release(self)
             self._resolved_at = self._position - self._resolve_trigger()  # due again at the next chunk
+
+    def release_resolve(self) -> None:
+        """Let go of the pending re-solve (this model's and its routing twin's): it stops unless a copy
+        still holds it. For a model being replaced (by a copy that learned more) or refitted from scratch;
+        nothing else changes."""
+        for model in (self, getattr(self, "_router", None)):
+            job = getattr(model, "_pending", None) if model is not None else None
+            if job is not None:
+                model._pending = None  # type: ignore[union-attr]
+                job.release(model)
 
     def copy(self) -> RedClassifier:
         """An independent deep copy (a pending re-solve is shared and swapped into each at its position)."""
@@ -1010,6 +1022,8 @@ class RedClassifier:
                 setattr(new, key, value)
             else:
                 setattr(new, key, copy.deepcopy(value, memo))
+        if new._pending is not None:
+            new._pending.held_by(new)
         return new
 
     def _learn_rows(self, X: np.ndarray, y: np.ndarray, v: np.ndarray, skip: int | None = None) -> None:

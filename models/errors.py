@@ -6,7 +6,8 @@
     └── ModelError                      anything the R.E.D. core refuses or cannot do
         ├── InvalidDataError (ValueError)   bad texts/labels/arrays given to fit/learn/predict
         ├── ModelFileError                  a saved model directory is missing, corrupt or foreign
-        └── UnknownLabelError (KeyError)    a label the model does not know
+        ├── UnknownLabelError (KeyError)    a label the model does not know
+        └── SolveStopped                    a background re-solve nobody waits for any more was stopped
 
 Every message says what was wrong and what to do next; nothing given to a refused call is half-applied.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from driftlabel.errors import DriftlabelError
 
-__all__ = ["InvalidDataError", "ModelError", "ModelFileError", "UnknownLabelError"]
+__all__ = ["InvalidDataError", "ModelError", "ModelFileError", "SolveStopped", "UnknownLabelError"]
 
 
 class ModelError(DriftlabelError):
@@ -28,6 +29,11 @@ class InvalidDataError(ModelError, ValueError):
 
 class ModelFileError(ModelError):
     """A model directory cannot be loaded: missing file, bad checksum, unknown format or version."""
+
+
+class SolveStopped(ModelError):
+    """A background re-solve was stopped because every model that held it dropped it (a new label
+    changed the structure it was solving). Only its abandoned future holds this: no caller sees it."""
 
 
 class UnknownLabelError(ModelError, KeyError):

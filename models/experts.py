@@ -20,8 +20,10 @@ time through dicts and is far below the speed bar (measured in ``bench/bench_mod
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,7 +31,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from driftlabel.config import DriftlabelSettings
-from driftlabel.models.errors import InvalidDataError, UnknownLabelError
+from driftlabel.models.errors import InvalidDataError, SolveStopped, UnknownLabelError
 from driftlabel.models.uncertainty import softmax
 
 __all__ = [
@@ -252,6 +254,27 @@ class ExpertSettings(DriftlabelSettings):
     )
 
 
+_stop = threading.local()
+
+
+@contextlib.contextmanager
+def stoppable(stop: Callable[[], bool]) -> Iterator[None]:
+    """Solves run on this thread inside the block raise :class:`SolveStopped` at their next L-BFGS
+    evaluation once ``stop()`` is true (a background re-solve whose result nobody will use)."""
+    previous = getattr(_stop, "check", None)
+    _stop.check = stop
+    try:
+        yield
+    finally:
+        _stop.check = previous
+
+
+def _check_stop() -> None:
+    check = getattr(_stop, "check", None)
+    if check is not None and check():
+        raise SolveStopped("the re-solve was dropped by every model that held it")
+
+
 @runtime_checkable
 class Expert(Protocol):
     """The contract every expert implements (checked by one parametrised test)."""
@@ -450,6 +473,7 @@ class SoftmaxExpert:
         l2 = self.l2
 
         def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            _check_stop()
             W = theta[: d * c].reshape(d, c)
             b = theta[d * c :]
             loss, gW, gb = self._grad(W, b, Xf, codes, w, v)
@@ -713,6 +737,7 @@ def solve_columns(
     k = d * m
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        _check_stop()
         W = theta[:k].reshape(d, m)
         b = theta[k:]
         Z = (X32 @ W.astype(np.float32)).astype(np.float64) + b  # (n, m)
@@ -836,6 +861,7 @@ def fit_joint(
     n_w = d * S * c
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        _check_stop()
         W = theta[:n_w].reshape(d, S * c)
         b = theta[n_w:]
         W32 = W.astype(np.float32)

@@ -22,12 +22,15 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from driftlabel.models.errors import SolveStopped
+from driftlabel.models.experts import stoppable
 from driftlabel.models.store import UnlabelledPool
 
 if TYPE_CHECKING:
@@ -78,19 +81,46 @@ class ResolveJob:
     swap_at: int
     future: concurrent.futures.Future[list[Expert]]
     batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: shared by every copy of the job: the models that were given it, and the solve's stop flag
+    holders: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def done(self) -> bool:
         return self.future.done()
 
+    def held_by(self, model: Any) -> None:
+        """``model`` holds (a copy of) this job as its pending re-solve."""
+        self.holders.add(model)
+
+    def release(self, model: Any) -> bool:
+        """``model`` dropped the job (a new label voided it, or the model is being replaced). When no model
+        holds it any more, the solve is cancelled if queued and stopped at its next L-BFGS step if running:
+        a dropped O*NET re-solve went on for ~20 s on a core the embedder needs, and the next one queued
+        behind it. Returns whether it was stopped. Models copied from the holder hold it too (a copy
+        built for a re-forming or a control op), so it runs on for them."""
+        self.holders.discard(model)
+        for other in list(self.holders):
+            job = getattr(other, "_pending", None)
+            if job is not None and job.future is self.future:
+                return False
+        self.stop.set()
+        self.future.cancel()
+        return True
+
     def __deepcopy__(self, memo: dict[int, Any]) -> ResolveJob:
-        # the future is shared (its result is read-only: the swap copies it); the rest is copied
-        return ResolveJob(self.position, self.swap_at, self.future, copy.deepcopy(self.batches, memo))
+        # the future, the holders and the stop flag are shared (the result is read-only: the swap copies
+        # it); the rest is copied
+        batches = copy.deepcopy(self.batches, memo)
+        return ResolveJob(self.position, self.swap_at, self.future, batches, self.holders, self.stop)
 
 
-def _solve(shadow: RedClassifier, iterations: int) -> list[Expert]:
-    pseudo = shadow._pseudo_labelled()  # self-training rows, labelled by the weights the solve starts from
-    shadow._refit_experts(range(len(shadow._experts)), fresh=False, max_iter=iterations, pseudo=pseudo)
+def _solve(shadow: RedClassifier, iterations: int, stop: threading.Event) -> list[Expert]:
+    if stop.is_set():
+        raise SolveStopped("the re-solve was dropped before it started")
+    with stoppable(stop.is_set):
+        pseudo = shadow._pseudo_labelled()  # self-training rows, labelled by the weights it starts from
+        shadow._refit_experts(range(len(shadow._experts)), fresh=False, max_iter=iterations, pseudo=pseudo)
     return shadow._experts
 
 
@@ -123,10 +153,13 @@ def start_resolve(
     shadow._rng = np.random.default_rng(list(seed))
     shadow._total_count = 0
     iterations = clf.settings.resolve_iter
+    stop = threading.Event()
     future: concurrent.futures.Future[list[Expert]]
     if background:
-        future = _pool().submit(_solve, shadow, iterations)
+        future = _pool().submit(_solve, shadow, iterations, stop)
     else:
         future = concurrent.futures.Future()
-        future.set_result(_solve(shadow, iterations))
-    return ResolveJob(position, swap_at, future)
+        future.set_result(_solve(shadow, iterations, stop))
+    job = ResolveJob(position, swap_at, future, stop=stop)
+    job.held_by(clf)
+    return job

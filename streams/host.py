@@ -363,9 +363,18 @@ class ModelHost:
 
     def _install(self, model: Classifier, position: int | None, n_negatives: int) -> None:
         """Model thread: make a fit on the seed run the live model, at log ``position``."""
+        self._retire(self.model)
         self.model = model
         self.restore({"position": position or 0, "seed_run": True})
         self.changes_since_checkpoint += 1 + n_negatives
+
+    @staticmethod
+    def _retire(old: Classifier | None) -> None:
+        """A replaced live model lets go of its pending re-solve, which then stops unless the new model
+        (a copy of it) still holds it."""
+        release = getattr(old, "release_resolve", None)
+        if release is not None:
+            release()
 
     def end_seed_run(self) -> None:
         """A judge or human record arrived: from here on the model learns record by record."""
@@ -553,6 +562,7 @@ class ModelHost:
             else:
                 self._apply_control(new, args[0])
         swap_s = time.perf_counter() - t0
+        self._retire(self.model)
         self.model = new
         self.generation += 1
         self.changes_since_checkpoint += 1
@@ -735,6 +745,7 @@ class ModelHost:
 
     def _install_control(self, model: Classifier, msg: ControlMessage, position: int | None) -> None:
         """Model thread: the copy with the control op applied becomes the live model."""
+        self._retire(self.model)
         self.model = model
         if position is not None:
             self.position = position

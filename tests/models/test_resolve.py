@@ -250,6 +250,62 @@ def test_a_new_label_drops_a_running_re_solve_instead_of_waiting_for_it() -> Non
         np.testing.assert_array_equal(wa, wb)
 
 
+def test_a_dropped_re_solve_stops_unless_a_copy_still_holds_it() -> None:
+    """A voided re-solve is cancelled (queued) or stopped at its next L-BFGS step (running) once no model
+    holds it any more, so it stops taking a core; while a copy (a re-forming's, a control op's) still
+    holds it, it runs on and that copy can swap it in."""
+    import concurrent.futures
+
+    from driftlabel.models import SolveStopped
+
+    seeds, stream, _ = _problem()
+    X, texts, y = stream
+    clf = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
+    clf.learn_embeddings(X[:64], texts[:64], y[:64])
+    job = clf._pending
+    assert job is not None
+    twin = clf.copy()
+    new = X[:4] * -1.0
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    clf.add_class_embeddings("newcomer", new, [f"new {i}" for i in range(4)])
+    assert not clf.resolve_pending and not job.stop.is_set()  # the copy still holds it
+    twin.settle()  # ... and swaps it in
+    assert twin.resolves == 1
+
+    clf2 = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
+    clf2.learn_embeddings(X[:64], texts[:64], y[:64])
+    job2 = clf2._pending
+    assert job2 is not None
+    clf2.add_class_embeddings("newcomer", new, [f"new {i}" for i in range(4)])
+    assert job2.stop.is_set()
+    concurrent.futures.wait([job2.future], timeout=60)
+    assert job2.future.cancelled() or isinstance(job2.future.exception(), SolveStopped)
+
+    clf3 = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
+    clf3.learn_embeddings(X[:64], texts[:64], y[:64])
+    job3 = clf3._pending
+    assert job3 is not None
+    clf3.copy().release_resolve()  # a discarded copy does not stop the original's
+    assert not job3.stop.is_set()
+    clf3.release_resolve()
+    assert job3.stop.is_set() and not clf3.resolve_pending
+
+
+def test_solves_stop_at_their_next_step_when_told() -> None:
+    from driftlabel.models import SoftmaxExpert, SolveStopped
+    from driftlabel.models.experts import solve_columns, stoppable
+
+    blobs = make_blobs(n_labels=4, dim=8, noise=0.3, seed=1)
+    X, _, y = blobs.sample(20, seed=0)
+    expert = SoftmaxExpert().fit_many(X, y)
+    with stoppable(lambda: True), pytest.raises(SolveStopped):
+        SoftmaxExpert().fit_many(X, y)
+    codes = np.searchsorted(expert.classes_, y)
+    with stoppable(lambda: True), pytest.raises(SolveStopped):
+        solve_columns(expert, X, codes, np.ones(len(X)), np.ones(len(X), bool), np.array([0]), 10)
+    SoftmaxExpert().fit_many(X, y)  # outside the block: unaffected
+
+
 @pytest.mark.parametrize("mode", ["columns", "all"])
 def test_a_young_label_re_solve_moves_its_own_column_only_in_columns_mode(mode: str) -> None:
     """``young_solve = "columns"``: a young label's re-solve (and a new label's placement) moves that
