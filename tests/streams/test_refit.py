@@ -457,9 +457,8 @@ def test_labelling_goes_on_while_a_new_label_is_placed(monkeypatch: pytest.Monke
 def test_a_placed_label_stops_the_old_models_dropped_re_solve() -> None:
     """The live model a control op replaces lets go of its pending re-solve; the copy that replaced it
     dropped it for the new label, so nobody holds it and it stops (it would take a core for nothing)."""
-    host = ModelHost(
-        ClusterEmbedder(), ExpertSettings(subset_size=2, resolve_every=16, resolve_lag=50.0), reform_in="thread"
-    )
+    settings = ExpertSettings(subset_size=2, resolve_every=16, resolve_lag=50.0)
+    host = ModelHost(ClusterEmbedder(), settings, reform_in="thread")
     host._fit(_seed_run(12))
     host.end_seed_run()
     host._learn(_records(100, 40))
