@@ -676,7 +676,7 @@ class ModelHost:
         labels come from the previous fit and carry its version. The fit runs where re-formings do
         (``reform_in``: the niced child process, or a thread). The result is the model :meth:`fit`
         builds from the same run (same code, same embeddings), so a worker that fits the run in one go
-        later agrees with this one. (Before 7 December this refit ran on the model thread: labelling
+        later agrees with this one. (Until 6 December this refit ran on the model thread: labelling
         stopped for the whole fit, for every ``add_class`` before the first judge or human record.)"""
         t0 = time.perf_counter()
         todo = [t for t in dict.fromkeys(seed.texts_to_embed()) if t not in self._seed_vectors]
