@@ -68,16 +68,21 @@ def plan_steps(
     *,
     max_bytes: int,
     max_chars: int,
+    max_training: int = 0,
 ) -> list[Step]:
     """Cut log records (in log order) into steps: runs of training records, each control op on its own,
-    so that a control op applies exactly between the records before and after it. Records whose digest
-    is in ``seen`` (repeats) are consumed but not applied; ``seen`` is not changed here. ``stream``
-    records (unlabelled) have no digest and are always applied."""
+    so that a control op applies exactly between the records before and after it; a run is cut after
+    ``max_training`` training records (0: never), so each step is one short model-thread job. Records
+    whose digest is in ``seen`` (repeats) are consumed but not applied; ``seen`` is not changed here.
+    ``stream`` records (unlabelled) have no digest and are always applied."""
     seen = seen if seen is not None else set()
     steps: list[Step] = []
     cur = Step()
     batch: set[int] = set()
     for rec in records:
+        if max_training and len(cur.training) >= max_training:
+            steps.append(cur)
+            cur = Step()
         try:
             msg, source = parse_log_record(rec.value, max_bytes=max_bytes, max_chars=max_chars)
         except InvalidMessageError as exc:
@@ -371,7 +376,7 @@ class Learner:
             self.host.end_seed_run()  # judge or human: from here on the model learns record by record
             self.seed = None
             records = records[cut:]
-        for step in plan_steps(records, self.seen, **self._limits()):
+        for step in plan_steps(records, self.seen, **self._limits(), max_training=self.stream.learn_step):
             if self.host.reforming and step.training and self.host.reform_due(step.training):
                 await self.host.settle_reform()  # the next one is due: this one first (labelling goes on)
             await self.apply(step)

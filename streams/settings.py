@@ -170,7 +170,13 @@ class StreamSettings(DriftlabelSettings):
     checkpoint_dir: Path = Field(Path(".driftlabel/checkpoints"), description="where checkpoints are kept")
     checkpoint_every_s: float = Field(60.0, gt=0)
     checkpoint_keep: int = Field(3, ge=1)
-    learn_batch: int = Field(256, ge=1, description="training records learned in one step")
+    learn_batch: int = Field(256, ge=1, description="training records read from the log in one poll")
+    learn_step: int = Field(
+        16,
+        ge=0,
+        description="at most this many training records learned in one model-thread job, so labelling "
+        "runs between them (learning is batch-invariant: the model is the same); 0: a whole poll at once",
+    )
     refit_every: int = Field(
         0,
         ge=0,

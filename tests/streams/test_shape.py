@@ -146,6 +146,30 @@ def test_plan_steps_puts_each_control_op_between_its_neighbours_and_skips_repeat
     assert sum(len(s.records) for s in again) == len(recs)
 
 
+def test_plan_steps_cuts_long_runs_of_training_records_at_record_boundaries() -> None:
+    """``max_training`` keeps each step one short model-thread job: runs are cut after that many
+    training records, every record lands in exactly one step, in order, and a control op still stands
+    alone between its neighbours."""
+    tr = "p.training"
+    ctl = sequenced_control(ControlMessage(op="remove_class", label="x"), "p.control:0:0")
+    recs = [
+        Rec(tr, 0, i, f'{{"id": "{i}", "text": "t{i}", "label": "x", "source": "judge"}}'.encode())
+        for i in range(7)
+    ]
+    recs.insert(3, Rec(tr, 0, 99, b"{bad"))
+    recs.append(Rec(tr, 0, 100, json.dumps(ctl).encode()))
+    recs += [
+        Rec(tr, 0, 7 + i, f'{{"id": "{7 + i}", "text": "u{i}", "label": "y"}}'.encode()) for i in range(3)
+    ]
+    whole = plan_steps(recs, max_bytes=1000, max_chars=100)  # type: ignore[arg-type]
+    cut = plan_steps(recs, max_bytes=1000, max_chars=100, max_training=3)  # type: ignore[arg-type]
+    assert [len(s.training) for s in whole] == [7, 0, 3]
+    assert [len(s.training) for s in cut] == [3, 3, 1, 0, 3]
+    assert [r for s in cut for r in s.records] == recs
+    assert [t.id for s in cut for t in s.training] == [t.id for s in whole for t in s.training]
+    assert cut[3].control is not None and len(cut[1].bad) == 1  # the bad record opens the second step
+
+
 def test_log_digest_identifies_repeats_not_new_answers() -> None:
     a = TrainingMessage(id="i", text="t", label="x", source="judge", valid=False)
     assert log_digest(a) == log_digest(TrainingMessage(id="i", text="t", label="x", source="judge"))
