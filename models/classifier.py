@@ -14,6 +14,7 @@ anything.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import functools
@@ -228,6 +229,20 @@ class RedClassifier:
     def position(self) -> int:
         """Rows learned incrementally so far: the clock the re-solve schedule runs on."""
         return self._position
+
+    def unfinished_resolves(self, within: int | None = None) -> list[concurrent.futures.Future[Any]]:
+        """The background re-solves (this model's and its routing twin's) still running that a call could
+        wait for: those whose swap point is at most ``within`` rows ahead (None: any, as :meth:`save` and
+        :meth:`settle` wait for any). A service awaits them off its model thread before such a call, so
+        the wait never holds predictions; the weights are the same either way."""
+        out = []
+        for model in (self, self._router):
+            if model is None or model._pending is None or model._pending.done:
+                continue
+            job = model._pending
+            if within is None or job.swap_at <= model._position + within:
+                out.append(job.future)
+        return out
 
     @property
     def n_subsets(self) -> int:

@@ -20,7 +20,10 @@ point rather than diverging.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
+import os
+import sys
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -43,12 +46,23 @@ _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    """One background thread per process: re-solves queue rather than compete for the 1-2 cores."""
+def _lower_priority(nice: int) -> None:
+    """Runs on the re-solve thread: Linux gives each thread its own nice value (elsewhere the call
+    would renice the whole process, so it is skipped)."""
+    if nice > 0 and sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
+def _pool(nice: int = 0) -> concurrent.futures.ThreadPoolExecutor:
+    """One background thread per process: re-solves queue rather than compete for the 1-2 cores; its
+    priority (``resolve_nice``) is set once, by the first classifier that starts one."""
     global _executor
     with _executor_lock:
         if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="driftlabel-resolve")
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="driftlabel-resolve", initializer=_lower_priority, initargs=(nice,)
+            )
         return _executor
 
 
@@ -156,7 +170,7 @@ def start_resolve(
     stop = threading.Event()
     future: concurrent.futures.Future[list[Expert]]
     if background:
-        future = _pool().submit(_solve, shadow, iterations, stop)
+        future = _pool(clf.settings.resolve_nice).submit(_solve, shadow, iterations, stop)
     else:
         future = concurrent.futures.Future()
         future.set_result(_solve(shadow, iterations, stop))

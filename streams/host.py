@@ -695,6 +695,20 @@ class ModelHost:
         """(embeddings, ranking, model version, number of classes) of a batch."""
         return await self.run(self._predict, texts, top_k)
 
+    async def wait_for_resolves(self, within: int | None = None) -> int:
+        """Wait here, off the model thread, for the background re-solves the next call could otherwise wait
+        for on it: those that learning ``within`` more rows would swap in (None: any, before a save or a
+        settle). Labelling goes on meanwhile; the model is the same either way (the swap point is a log
+        position). At O*NET a re-solve runs ~20 s: a checkpoint (``save`` keeps its result) or a step that
+        reached its swap point while it ran held labelling that long. Returns how many it waited for."""
+        model = self.model
+        unfinished = getattr(model, "unfinished_resolves", None)
+        futures = unfinished(within) if unfinished is not None else []
+        for fut in futures:
+            with contextlib.suppress(BaseException):  # a failed solve raises where its result is used
+                await asyncio.wrap_future(fut)
+        return len(futures)
+
     async def learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:
         """Learn ``records``; the model then includes the log up to ``position``."""
         return await self.run(self._learn, records, position)

@@ -392,6 +392,7 @@ class Learner:
         else:
             if not self.replaying:  # live: keep the model thread free for predictions between chunks
                 await self.host.prepare(step.training)
+                await self.host.wait_for_resolves(len(step.training))
             await self.host.learn(step.training, position)
             for t in step.training:
                 self.metrics.training.labels(source=t.source, valid=str(t.valid).lower()).inc()
@@ -402,6 +403,8 @@ class Learner:
             self.metrics.log_repeats.inc(duplicates)
 
     async def _apply_control(self, rec: ConsumerRecord, msg: ControlMessage, position: int) -> None:
+        if not self.replaying and msg.op != "add_class":  # these settle a running re-solve (add_class
+            await self.host.wait_for_resolves()  # drops it): wait here, not on the model thread
         try:
             await self.host.control(msg, position)
         except (ModelError, KeyError, ValueError) as exc:
@@ -447,6 +450,7 @@ class Learner:
         offsets = self.follower.snapshot()
         seen = np.fromiter(self.seen, dtype=np.uint64, count=len(self.seen))
         seen.sort()
+        await self.host.wait_for_resolves()  # save keeps a running re-solve's result: wait here, not there
 
         def job() -> Checkpoint:
             ckpt = write_checkpoint(

@@ -360,3 +360,55 @@ def test_auto_young_solve_moves_every_column_only_while_that_is_cheap() -> None:
         assert after is not None
         moved.append(not np.array_equal(np.delete(after, col, axis=1), np.delete(before, col, axis=1)))
     assert moved == [True, False]
+
+
+def test_unfinished_resolves_are_those_a_call_would_wait_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service awaits these off its model thread: the running re-solve counts for a step only when the
+    step's rows reach its swap point, and always for a save or a settle (within=None)."""
+    import threading
+
+    import driftlabel.models.resolve as resolve
+
+    gate = threading.Event()
+    real = resolve._solve
+
+    def slow(*args: object) -> object:
+        assert gate.wait(30)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resolve, "_solve", slow)
+    seeds, stream, _ = _problem()
+    X, texts, y = stream
+    clf = RedClassifier(settings=_settings(resolve_lag=1.0)).fit_embeddings(*seeds)
+    clf.learn_embeddings(X[:64], texts[:64], y[:64])
+    job = clf._pending
+    assert job is not None and not job.done
+    ahead = job.swap_at - clf.position
+    assert ahead > 1
+    assert clf.unfinished_resolves(ahead - 1) == []
+    assert clf.unfinished_resolves(ahead) == [job.future] == clf.unfinished_resolves()
+    gate.set()
+    job.future.result(timeout=30)
+    assert clf.unfinished_resolves() == []
+
+
+def test_the_re_solve_thread_yields_the_cpu_on_linux() -> None:
+    import threading
+
+    from driftlabel.models.resolve import _lower_priority
+
+    if sys.platform != "linux":
+        pytest.skip("per-thread nice values are a Linux feature")
+    seen: list[int] = []
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def probe() -> None:
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        _lower_priority(5)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - before)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    assert seen == [5] or os.getpriority(os.PRIO_PROCESS, 0) >= 15  # (already niced near the top)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # this thread untouched

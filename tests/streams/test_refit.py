@@ -467,3 +467,38 @@ def test_a_placed_label_stops_the_old_models_dropped_re_solve() -> None:
     asyncio.run(host.control(_add("epsilon"), position=5))
     assert job.stop.is_set() and "epsilon" in host.live.labels
     host.close()
+
+
+def test_the_host_waits_for_a_running_re_solve_off_the_model_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a save (checkpoint) or a step that reaches a swap point, the host waits for the unfinished
+    re-solve on the event loop: predictions keep being served meanwhile."""
+    import driftlabel.models.resolve as resolve
+
+    gate = threading.Event()
+    real = resolve._solve
+
+    def slow(*args: Any) -> Any:
+        assert gate.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(resolve, "_solve", slow)
+    settings = ExpertSettings(subset_size=2, resolve_every=16, resolve_lag=1.0)
+    host = ModelHost(ClusterEmbedder(), settings, reform_in="thread")
+    host._fit(_seed_run(12))
+    host.end_seed_run()
+    host._learn(_records(100, 20))
+    assert host.live.unfinished_resolves()
+
+    async def scenario() -> tuple[int, int]:
+        waiting = asyncio.create_task(host.wait_for_resolves())
+        served = 0
+        for _ in range(5):
+            await asyncio.wait_for(host.predict(["alpha 1"], 2), 10)
+            served += 1
+        assert not waiting.done()
+        gate.set()
+        return served, await waiting
+
+    assert asyncio.run(scenario()) == (5, 1)
+    assert not host.live.unfinished_resolves()
+    host.close()
