@@ -704,9 +704,8 @@ class ModelHost:
         model = self.model
         unfinished = getattr(model, "unfinished_resolves", None)
         futures = unfinished(within) if unfinished is not None else []
-        for fut in futures:
-            with contextlib.suppress(BaseException):  # a failed solve raises where its result is used
-                await asyncio.wrap_future(fut)
+        if futures:  # a failed solve raises where its result is used, not here; our own cancel does
+            await asyncio.wait([asyncio.wrap_future(f) for f in futures])
         return len(futures)
 
     async def learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:

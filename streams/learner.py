@@ -447,10 +447,10 @@ class Learner:
     async def checkpoint(self) -> Checkpoint:
         """Write a checkpoint now (model, the offsets and counters of everything it includes, digests)."""
         assert self.follower is not None
+        await self.host.wait_for_resolves()  # save keeps a running re-solve's result: wait here, not there
         offsets = self.follower.snapshot()
         seen = np.fromiter(self.seen, dtype=np.uint64, count=len(self.seen))
         seen.sort()
-        await self.host.wait_for_resolves()  # save keeps a running re-solve's result: wait here, not there
 
         def job() -> Checkpoint:
             ckpt = write_checkpoint(

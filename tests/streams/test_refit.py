@@ -496,6 +496,11 @@ def test_the_host_waits_for_a_running_re_solve_off_the_model_thread(monkeypatch:
             await asyncio.wait_for(host.predict(["alpha 1"], 2), 10)
             served += 1
         assert not waiting.done()
+        other = asyncio.create_task(host.wait_for_resolves())
+        await asyncio.sleep(0.05)
+        other.cancel()  # a shutdown cancels the learner: the wait must not swallow that
+        with pytest.raises(asyncio.CancelledError):
+            await other
         gate.set()
         return served, await waiting
 
