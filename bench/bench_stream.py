@@ -150,9 +150,11 @@ async def disturbed_round(
     fire: Callable[[], Awaitable[None]],
     done: Callable[[], bool],
     delay: float,
+    tag: str,
 ) -> dict[str, Any]:
     """Texts at ``rate``; ``delay`` s in, ``fire()`` starts a disturbance that lasts until ``done()``:
-    the latency of the texts sent inside that window vs the others."""
+    the latency of the texts sent inside that window vs the others. ``tag`` makes the round's ids its
+    own (the service drops an id that already has its final label)."""
     window: dict[str, float] = {}
 
     async def trigger() -> None:
@@ -164,7 +166,7 @@ async def disturbed_round(
         window["end"] = time.time()
 
     task = asyncio.create_task(trigger())
-    r = await run_round(kafka, names, texts, "dist", rate)
+    r = await run_round(kafka, names, texts, tag, rate)
     await task
     inside = (r["sent"] >= window["start"]) & (r["sent"] <= window["end"])
     lat_in, lat_out = r["lat"][inside], r["lat"][~inside]
@@ -196,7 +198,14 @@ async def reform_round(
         await produce(kafka, names.training, training)
 
     return await disturbed_round(
-        kafka, names, texts, rate, fire, lambda: metric(port, "driftlabel_reforms_total") > before, 3.0
+        kafka,
+        names,
+        texts,
+        rate,
+        fire,
+        lambda: metric(port, "driftlabel_reforms_total") > before,
+        3.0,
+        "reform",
     )
 
 
@@ -216,7 +225,31 @@ async def add_round(
         await produce(kafka, names.control, ops)
 
     return await disturbed_round(
-        kafka, names, texts, rate, fire, lambda: metric(port, "driftlabel_classes") >= before + len(ops), 5.0
+        kafka,
+        names,
+        texts,
+        rate,
+        fire,
+        lambda: metric(port, "driftlabel_classes") >= before + len(ops),
+        5.0,
+        "add",
+    )
+
+
+def _repeat(texts: list[str], n: float) -> list[str]:
+    """``texts`` cycled to ``n`` items (at least 50)."""
+    k = max(50, int(n))
+    return (texts * (k // len(texts) + 1))[:k]
+
+
+def _disturbance_text(d: dict[str, Any], idle: dict[str, Any]) -> str:
+    """A disturbed round's latency against the idle round's p99 (the goal: at most 2x)."""
+    ratio = d["p99_in_ms"] / idle["p99_ms"]
+    return (
+        f"{d['window_s']:.1f} s, {d['n_in']} texts: p50 {d['p50_in_ms']:.0f} ms, "
+        f"p99 {d['p99_in_ms']:.0f} ms, max {d['max_in_ms']:.0f} ms: {ratio:.2f}x the idle p99 of "
+        f"{idle['p99_ms']:.0f} ms "
+        f"(goal <= 2x: {'meets' if ratio <= 2.0 else 'misses'})"
     )
 
 
@@ -503,34 +536,21 @@ def main(argv: list[str] | None = None) -> int:
         best = best_round["rate"]
         emb_rate = best_round["alone"]
         half = best / 2
-        n_lat = max(50, int(half * args.latency_s))
-        lat_texts = (texts * (n_lat // len(texts) + 1))[:n_lat]
-        lat = asyncio.run(run_round(kafka, names, lat_texts, "lat", half))
+        lat = asyncio.run(run_round(kafka, names, _repeat(texts, half * args.latency_s), "lat", half))
         print(
             f"bench: at {half:.1f} texts/s: p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms",
             flush=True,
         )
         reform: dict[str, Any] | None = None
+        disturbed = _repeat(texts, half * max(args.latency_s, 60))
         if args.reform:
-            n_ref = max(50, int(half * max(args.latency_s, 60)))
-            ref_texts = (texts * (n_ref // len(texts) + 1))[:n_ref]
-            reform = asyncio.run(reform_round(kafka, names, ref_texts, half, extra, metrics_port))
-            print(
-                f"bench: during a re-forming ({reform['window_s']:.1f}s, {reform['n_in']} texts): "
-                f"p50 {reform['p50_in_ms']:.0f} ms, p99 {reform['p99_in_ms']:.0f} ms "
-                f"(idle p99 {lat['p99_ms']:.0f} ms; goal <= 2x)",
-                flush=True,
-            )
+            reform = asyncio.run(reform_round(kafka, names, disturbed, half, extra, metrics_port))
+            print(f"bench: during a re-forming: {_disturbance_text(reform, lat)}", flush=True)
         added: dict[str, Any] | None = None
         if add_ops:
-            n_add = max(50, int(half * max(args.latency_s, 60)))
-            add_texts = (texts * (n_add // len(texts) + 1))[:n_add]
-            added = asyncio.run(add_round(kafka, names, add_texts, half, add_ops, metrics_port))
+            added = asyncio.run(add_round(kafka, names, disturbed, half, add_ops, metrics_port))
             print(
-                f"bench: while {len(add_ops)} classes are added ({added['window_s']:.1f}s, {added['n_in']} "
-                f"texts): p50 {added['p50_in_ms']:.0f} ms, p99 {added['p99_in_ms']:.0f} ms, max "
-                f"{added['max_in_ms']:.0f} ms (idle p99 {lat['p99_ms']:.0f} ms; goal <= 2x)",
-                flush=True,
+                f"bench: while {len(add_ops)} classes are added: {_disturbance_text(added, lat)}", flush=True
             )
     finally:
         if worker is not None:
@@ -573,23 +593,15 @@ young re-solves
 | publish -> first label at {half:.1f} texts/s (half the max), {lat["n"]} texts | {lat_txt} |
 """
     if reform is not None:
-        ratio = reform["p99_in_ms"] / lat["p99_ms"]
-        ok = "meets" if ratio <= 2.0 else "misses"
         report += (
-            f"| publish -> first label while the subsets are re-formed in the background "
-            f"({reform['window_s']:.1f} s from sending {args.reform} training examples to the swap, "
-            f"{reform['n_in']} texts) | p50 {reform['p50_in_ms']:.0f} ms, p99 {reform['p99_in_ms']:.0f} ms: "
-            f"{ratio:.2f}x the idle p99 (goal <= 2x: {ok}) |\n"
+            f"| publish -> first label while the subsets are re-formed in the background (from sending "
+            f"{args.reform} training examples to the swap) | {_disturbance_text(reform, lat)} |\n"
         )
     if added is not None:
-        ratio = added["p99_in_ms"] / lat["p99_ms"]
-        ok = "meets" if ratio <= 2.0 else "misses"
         report += (
             f"| publish -> first label while {len(add_ops)} classes arrive on `control` at once "
-            f"(`add_class`, 5 examples each; {added['window_s']:.1f} s from sending them to the last one "
-            f"placed, "
-            f"{added['n_in']} texts) | p50 {added['p50_in_ms']:.0f} ms, p99 {added['p99_in_ms']:.0f} ms, max "
-            f"{added['max_in_ms']:.0f} ms: {ratio:.2f}x the idle p99 (goal <= 2x: {ok}) |\n"
+            f"(`add_class`, 5 examples each; from sending them to the last one placed) | "
+            f"{_disturbance_text(added, lat)} |\n"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report, encoding="utf-8")
