@@ -415,8 +415,14 @@ class ModelHost:
         predictions queued meanwhile run between them (a batch of human records would otherwise hold
         the model thread for one long embedding)."""
         texts = [r.text for r in records if not self._carries_vector(r) and self.cache.get(r.text) is None]
-        for i in range(0, len(texts), chunk):
-            await self.run(self._cache_missing, texts[i : i + chunk])
+        await self.run_chunked(self._cache_missing, texts, chunk)
+
+    async def run_chunked(
+        self, fn: Callable[[Sequence[str]], T], texts: Sequence[str], chunk: int = EMBED_CHUNK
+    ) -> list[T]:
+        """``fn`` on ``chunk`` texts at a time, each call its own model-thread job, so that predictions
+        queued meanwhile run between them; the results in order."""
+        return [await self.run(fn, texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
 
     def _carries_vector(self, record: TrainingMessage) -> bool:
         """Does the record carry an embedding made by this worker's embedder?"""
@@ -680,8 +686,7 @@ class ModelHost:
         stopped for the whole fit, for every ``add_class`` before the first judge or human record.)"""
         t0 = time.perf_counter()
         todo = [t for t in dict.fromkeys(seed.texts_to_embed()) if t not in self._seed_vectors]
-        for i in range(0, len(todo), chunk):
-            await self.run(self._embed_seed, todo[i : i + chunk])
+        await self.run_chunked(self._embed_seed, todo, chunk)
         data = self._seed_data(seed)
         build = self._build_in_process if self.reform_in == "process" else self._build
         model = await asyncio.get_running_loop().run_in_executor(self._side, build, data)
@@ -737,9 +742,7 @@ class ModelHost:
     async def _embed_chunked(self, texts: Sequence[str], chunk: int = EMBED_CHUNK) -> np.ndarray:
         """Embeddings of ``texts`` computed on the model thread ``chunk`` at a time (predictions queued
         meanwhile run between the chunks)."""
-        parts = [
-            await self.run(self._embed_cached, texts[i : i + chunk]) for i in range(0, len(texts), chunk)
-        ]
+        parts = await self.run_chunked(self._embed_cached, texts, chunk)
         return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), dtype=np.float32)
 
     @staticmethod
