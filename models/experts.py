@@ -242,10 +242,11 @@ class ExpertSettings(DriftlabelSettings):
         ge=0,
         le=19,
         description="Linux: the background re-solve thread's nice value, so that it takes the CPU the "
-        "embedder leaves (0: the process's own). Measured at O*NET on 2 cores, a 300-record burst learned "
-        "during a re-forming: first-label p99 1.3 s at 0, 0.61 s at 10, 0.58 s with re-solves off. A "
-        "service waits for an unfinished re-solve off its model thread, so a slower one delays learning, "
-        "never labelling",
+        "embedder leaves (0: the process's own). Measured once each at O*NET on 2 cores, a 300-record "
+        "burst learned during a re-forming, before the service waited for re-solves off its model thread: "
+        "first-label p99 1.3 s at 0, 0.61 s at 10, 0.58 s with re-solves off (with that wait too: "
+        "1.00 / 1.14 s in two runs; docs/streaming.md). As the service waits off its model thread, a "
+        "slower re-solve delays learning, never labelling",
     )
     joint_updates: bool = Field(
         True, description="incremental steps of all softmax experts in one matmul (same result, faster)"

@@ -250,7 +250,7 @@ def test_a_new_label_drops_a_running_re_solve_instead_of_waiting_for_it() -> Non
         np.testing.assert_array_equal(wa, wb)
 
 
-def test_a_dropped_re_solve_stops_unless_a_copy_still_holds_it() -> None:
+def test_a_dropped_re_solve_stops_unless_a_copy_still_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A voided re-solve is cancelled (queued) or stopped at its next L-BFGS step (running) once no model
     holds it any more, so it stops taking a core; while a copy (a re-forming's, a control op's) still
     holds it, it runs on and that copy can swap it in."""
@@ -272,14 +272,29 @@ def test_a_dropped_re_solve_stops_unless_a_copy_still_holds_it() -> None:
     twin.settle()  # ... and swaps it in
     assert twin.resolves == 1
 
+    import threading
+
+    import driftlabel.models.resolve as resolve
+
+    gate = threading.Event()  # the solve is held until the label is added: it cannot finish first
+    real = resolve._solve
+
+    def held(*args: object) -> object:
+        assert gate.wait(30)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resolve, "_solve", held)
     clf2 = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
     clf2.learn_embeddings(X[:64], texts[:64], y[:64])
     job2 = clf2._pending
-    assert job2 is not None
+    assert job2 is not None and not job2.done
     clf2.add_class_embeddings("newcomer", new, [f"new {i}" for i in range(4)])
     assert job2.stop.is_set()
+    gate.set()
     concurrent.futures.wait([job2.future], timeout=60)
+    # cancelled if it was still queued behind another solve, else stopped at its first check
     assert job2.future.cancelled() or isinstance(job2.future.exception(), SolveStopped)
+    monkeypatch.setattr(resolve, "_solve", real)
 
     clf3 = RedClassifier(settings=_settings(resolve_lag=10.0)).fit_embeddings(*seeds)
     clf3.learn_embeddings(X[:64], texts[:64], y[:64])
