@@ -8,8 +8,10 @@ long the stream runs: ``labels x cap x dim x 4`` bytes at most.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,9 @@ class _Buffer:
     texts: list[str] = field(default_factory=list)
     representative: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
+    def __post_init__(self) -> None:
+        _freeze(self.X, self.representative)
+
     def extend(self, X: np.ndarray, texts: list[str], cap: int, representative: np.ndarray) -> None:
         self.X = np.concatenate([self.X, X]) if len(self.X) else X.copy()
         self.texts.extend(texts)
@@ -33,6 +38,19 @@ class _Buffer:
             self.X = self.X[cut:].copy()
             self.representative = self.representative[cut:].copy()
             del self.texts[:cut]
+        _freeze(self.X, self.representative)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Buffer:
+        """Shares the arrays (read-only, replaced rather than written) and copies the text list: a
+        model copy at O*NET's 923 labels took 20 ms, 15 of them deep-copying these buffers."""
+        return _Buffer(self.X, list(self.texts), self.representative)
+
+
+def _freeze(*arrays: np.ndarray) -> None:
+    """Stored arrays are never written in place (every change builds new ones), so copies may share
+    them; read-only makes a write that would leak into a copy fail loudly instead."""
+    for a in arrays:
+        a.flags.writeable = False
 
 
 class ExampleStore:
@@ -51,6 +69,16 @@ class ExampleStore:
         self._pos: dict[str, _Buffer] = {}
         self._neg: dict[str, _Buffer] = {}
         self._cache: dict[bool, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ExampleStore:
+        """An independent store sharing the read-only arrays (see :class:`_Buffer`); the cached
+        concatenations are shared too (rebuilt, never written, after a change)."""
+        new = ExampleStore(self.dim, self.max_per_label, self.max_negatives_per_label)
+        memo[id(self)] = new
+        new._pos = {lab: copy.deepcopy(buf, memo) for lab, buf in self._pos.items()}
+        new._neg = {lab: copy.deepcopy(buf, memo) for lab, buf in self._neg.items()}
+        new._cache = dict(self._cache)
+        return new
 
     # -- writing --------------------------------------------------------------------------------------
     def add(
@@ -147,6 +175,7 @@ class ExampleStore:
                 texts = [t for lab in labs for t in book[lab].texts]
             else:
                 X, y, texts = np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=object), []
+            _freeze(X, y)
             self._cache[valid] = (X, y, texts)
         return self._cache[valid]
 

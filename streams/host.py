@@ -35,13 +35,9 @@ reach the same model.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
-import multiprocessing
-import os
 import tempfile
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -53,13 +49,21 @@ from typing import Any, TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from driftlabel.models import ModelError, Ranking, RedClassifier
+from driftlabel.models import ExpertSettings, ModelError, Ranking, RedClassifier
+from driftlabel.models.resolve import lower_thread_priority
+from driftlabel.streams.builds import (
+    SeedData,
+    background_pool,
+    build_seed_model,
+    fit_seed_model,
+    reform_saved_model,
+)
 from driftlabel.streams.messages import ControlMessage, TrainingMessage, decode_vector
 from driftlabel.streams.ports import Classifier, Embedder
 from driftlabel.streams.seed import SeedSet
 from driftlabel.streams.settings import StreamSettings
 
-__all__ = ["GENERATION", "EmbeddingCache", "ModelHost", "SeedSet", "background_pool", "refit_cuts"]
+__all__ = ["GENERATION", "EmbeddingCache", "ModelHost", "SeedSet", "refit_cuts"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,83 +124,15 @@ def refit_cuts(valid: np.ndarray, counted: int, every: int, *more: tuple[int, in
     return cuts
 
 
-def _exit_with_parent(parent: int, every_s: float) -> None:
-    """Child process initializer: exit as soon as the process that started it is gone.
-
-    A worker killed with SIGKILL cannot stop its pool, and a spawned pool child holds both ends of its
-    call queue, so it never sees EOF: it would wait forever (measured: four 420 MB orphans left by the
-    kill -9 chaos run). Polling the parent id works everywhere, costs nothing, and needs no signal."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every_s)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="driftlabel-parent-watch", daemon=True).start()
-
-
-def background_pool(check_parent_every_s: float = 1.0) -> ProcessPoolExecutor:
-    """One spawned child process for background re-forming; it exits when this process dies."""
-    return ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(), check_parent_every_s),
-    )
-
-
-def reform_saved_model(src: str, dst: str) -> None:
-    """Child process: load the copy saved at ``src``, re-form its subsets, save it to ``dst``.
-
-    Runs at the lowest CPU priority with one BLAS thread, so it takes idle CPU rather than the
-    embedder's. (Not a niced *thread* in the worker: a low-priority thread that holds the GIL when the
-    OS pauses it stalls every other thread; measured: 139 s re-forming, p99 9.6 s on a busy machine.)"""
-    with contextlib.suppress(AttributeError, OSError):
-        os.nice(19)
-    with threadpool_limits(1):
-        model = RedClassifier.load(src, embedder=None)
-        model.refit(resubset=True)
-        model.save(dst)
-
-
-def build_seed_model(data: SeedData, settings: Any, embedder: Embedder | None) -> RedClassifier:
-    """A model fitted on a seed run; its invalid records are learned after the fit as hard negatives,
-    where the log has them (the seed run's one code path, for the first fit and for refits)."""
-    model = RedClassifier(embedder=embedder, settings=settings)
-    model.fit_embeddings(data.X, data.texts, data.labels, data.descriptions or None, data.description_vectors)
-    if data.negatives_X is not None:
-        texts = [t for t, _ in data.negatives]
-        labels = [lab for _, lab in data.negatives]
-        model.learn_embeddings(data.negatives_X, texts, labels, [False] * len(texts))
-    return model
-
-
-def fit_seed_model(data: SeedData, settings: Any, dst: str) -> None:
-    """Child process: fit on a seed run at the lowest CPU priority with one BLAS thread; save to ``dst``
-    (as :func:`reform_saved_model`, and for the same reason)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.nice(19)
-    with threadpool_limits(1):
-        build_seed_model(data, settings, None).save(dst)
-
-
 EMBED_CHUNK = 8
-"""Texts the model thread embeds in one job for learning (training records, seed runs, new labels), so a
+"""Texts the model thread embeds in one job for learning (training records, seed runs), so a
 labelling batch queued meanwhile waits for at most one such job: 64 O*NET texts take ~0.7 s here, and an
 O*NET seed run that grew by 240 texts held first labels up to 1.8 s (p99) when embedded 64 at a time."""
 
-
-@dataclass(frozen=True)
-class SeedData:
-    """A seed run as arrays: the fit's input, taken on the event loop, handed to the build's thread."""
-
-    X: np.ndarray
-    texts: list[str]
-    labels: list[str]
-    descriptions: dict[str, str]
-    description_vectors: dict[str, np.ndarray]
-    negatives_X: np.ndarray | None
-    negatives: list[tuple[str, str]]
+PLACE_CHUNK = 2
+"""A new label's examples and description are embedded 2 at a time (~9 ms a job; 10 % more per text
+than 8 at a time): each job is no longer than a labelling batch, so 50 O*NET labels added at once hold
+first labels to 1.5x their idle p99 (2.2-2.5x at 8 at a time, the description a job of its own)."""
 
 
 @dataclass
@@ -265,7 +201,18 @@ class ModelHost:
         self._bg = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-reform")
         # builds the learner waits for (a grown seed run's fit, a new label's placement): not queued
         # behind a re-forming, which may hold the reform thread for minutes
-        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-build")
+        # at the re-solve thread's priority: a placement's CPU is what the embedder leaves
+        nice = (
+            expert_settings.resolve_nice
+            if expert_settings is not None
+            else ExpertSettings.model_fields["resolve_nice"].default
+        )
+        self._side = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="driftlabel-build",
+            initializer=lower_thread_priority,
+            initargs=(nice,),
+        )
         self._proc: ProcessPoolExecutor | None = None
 
     @property
@@ -732,8 +679,9 @@ class ModelHost:
             await self.run(self._control, msg, position)
             return
         texts = list(msg.examples or ())
-        X = await self._embed_chunked(texts)
-        D = (await self._embed_chunked([msg.description]))[0] if msg.description else None
+        # the description with the examples: one model-thread job for a handful of texts, not two
+        E = await self._embed_chunked(texts + ([msg.description] if msg.description else []), PLACE_CHUNK)
+        X, D = E[: len(texts)], (E[len(texts)] if msg.description else None)
         clone = await self.run(self.copy_model)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._side, self._add_class_embedded, clone, msg, X, D)

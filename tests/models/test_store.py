@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,28 @@ def test_arrays_never_change_once_handed_out() -> None:
     assert len(X2) == 8 and t2[:5] == ["a2", "a3", "a4", "a5", "a9"] and "b0" not in t2
     Xs, labs = store.sample(4, np.random.default_rng(0))
     assert Xs.shape == (4, 4) and set(labs.tolist()) <= {"a", "b"}
+
+
+def test_a_copy_shares_arrays_but_not_changes() -> None:
+    """A deep copy shares the (read-only) arrays and copies the rest: writes to either side stay there."""
+    store = ExampleStore(dim=4, max_per_label=3)
+    store.add(_rows(3, 0), ["a0", "a1", "a2"], ["a"] * 3, representative=True)
+    store.add(_rows(1, 1), ["n0"], ["a"], valid=[False])
+    X, _, _ = store.arrays()
+    twin = copy.deepcopy(store)
+    assert twin.arrays()[0] is X  # shared until one side changes
+    with pytest.raises(ValueError, match="read-only"):
+        X[0, 0] = 1.0  # a write in place would leak into the copy: it fails instead
+    twin.add(_rows(2, 2), ["a3", "b0"], ["a", "b"])
+    twin.remove_texts("a", {"a1"})
+    assert store.arrays()[2] == ["a0", "a1", "a2"] and store.labels == ["a"]
+    assert twin.arrays()[2] == ["a2", "a3", "b0"] and twin.labels == ["a", "b"]
+    assert store.n_negatives == twin.n_negatives == 1
+    np.testing.assert_array_equal(store.arrays()[0], X)
+    store.add(_rows(1, 3), ["a4"], ["a"])
+    assert twin.arrays()[2] == ["a2", "a3", "b0"]
+    assert store.representative().tolist() == [True, True, False]
+    assert twin.representative().tolist() == [True, False, False]
 
 
 def test_representative_flags_follow_their_rows() -> None:

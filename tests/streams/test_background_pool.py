@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from driftlabel.streams.host import background_pool
+from driftlabel.streams.builds import background_pool
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process semantics")
 
@@ -42,7 +42,7 @@ def test_the_pool_child_exits_when_its_parent_is_killed() -> None:
     script = textwrap.dedent(
         """
         import os, sys, time
-        from driftlabel.streams.host import background_pool
+        from driftlabel.streams.builds import background_pool
         pool = background_pool(check_parent_every_s=0.2)
         print(pool.submit(os.getpid).result(), flush=True)
         time.sleep(600)
