@@ -302,8 +302,8 @@ def scaling(args: argparse.Namespace, seeds: list[tuple[str, str]], texts: list[
                 }
                 log = (work / f"worker{k}.log").open("ab")
                 procs.append(
-                    subprocess.Popen([sys.executable, "-m", "driftlabel.streams.cli", "worker"], env=env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+                    subprocess.Popen([sys.executable, "-m", "driftlabel.streams.cli", "-v", "worker"],
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
                 )  # fmt: skip
                 t0 = time.monotonic()
                 while ": ready (" not in (work / f"worker{k}.log").read_text(errors="replace"):
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         asyncio.run(produce(kafka, names.training, seed_values))
         log = (work / "worker.log").open("ab")
-        worker = subprocess.Popen([sys.executable, "-m", "driftlabel.streams.cli", "worker"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "driftlabel.streams.cli", "-v", "worker"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         t0 = time.monotonic()
         while ": ready (" not in (work / "worker.log").read_text(errors="replace"):

@@ -41,13 +41,11 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from driftlabel.models import ExpertSettings, ModelError, Ranking, RedClassifier
 from driftlabel.models.resolve import lower_thread_priority
@@ -56,14 +54,15 @@ from driftlabel.streams.builds import (
     background_pool,
     build_seed_model,
     fit_seed_model,
-    reform_saved_model,
 )
 from driftlabel.streams.messages import ControlMessage, TrainingMessage, decode_vector
 from driftlabel.streams.ports import Classifier, Embedder
+from driftlabel.streams.reforming import Reform, Reforming
+from driftlabel.streams.schedule import refit_cuts
 from driftlabel.streams.seed import SeedSet
 from driftlabel.streams.settings import StreamSettings
 
-__all__ = ["GENERATION", "EmbeddingCache", "ModelHost", "SeedSet", "refit_cuts"]
+__all__ = ["GENERATION", "EmbeddingCache", "ModelHost", "SeedSet"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,38 +95,13 @@ class EmbeddingCache:
         return len(self._d)
 
 
-def trigger_points(valid: np.ndarray, counted: int, every: int) -> list[int]:
-    """Ends (exclusive) of the records of a batch after which the count of valid examples, ``counted``
-    before it, reaches a multiple of ``every`` (0: never)."""
-    if not every or len(valid) == 0:
-        return []
-    cum = counted + np.cumsum(valid.astype(np.int64))
-    return [int(i) + 1 for i in np.flatnonzero((cum % every == 0) & valid & (cum > 0))]
-
-
-def refit_cuts(valid: np.ndarray, counted: int, every: int, *more: tuple[int, int]) -> list[tuple[int, int]]:
-    """Cut a batch into pieces so that a refit (or a re-forming: more ``(counted, every)`` schedules)
-    falls right after the record that makes the count of valid examples reach ``every``: the points are
-    then positions in the log, the same however the log happens to be batched."""
-    n = len(valid)
-    ends = set(trigger_points(valid, counted, every))
-    for c, e in more:
-        ends.update(trigger_points(valid, c, e))
-    if not ends or n == 0:
-        return [(0, n)]
-    cuts, lo = [], 0
-    for hi in sorted(ends):
-        cuts.append((lo, hi))
-        lo = hi
-    if lo < n:
-        cuts.append((lo, n))
-    return cuts
-
-
 EMBED_CHUNK = 8
 """Texts the model thread embeds in one job for learning (training records, seed runs), so a
 labelling batch queued meanwhile waits for at most one such job: 64 O*NET texts take ~0.7 s here, and an
 O*NET seed run that grew by 240 texts held first labels up to 1.8 s (p99) when embedded 64 at a time."""
+
+SLOW_JOB_S = 0.2
+"""A model-thread job longer than this is logged (INFO, ``driftlabel worker -v``)."""
 
 PLACE_CHUNK = 2
 """A new label's examples and description are embedded 2 at a time (~9 ms a job; 10 % more per text
@@ -135,18 +109,7 @@ than 8 at a time): each job is no longer than a labelling batch, so 50 O*NET lab
 first labels to 1.5x their idle p99 (2.2-2.5x at 8 at a time, the description a job of its own)."""
 
 
-@dataclass
-class Reform:
-    """A re-forming in flight: the copy, its background job, the live changes to replay onto it."""
-
-    copy: Any
-    started_at: int  # log position of the copy
-    future: Future[tuple[Any, float]]
-    replay: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    t0: float = field(default_factory=time.perf_counter)
-
-
-class ModelHost:
+class ModelHost(Reforming):
     """Owns the classifier and the single model thread; every method that touches the model is async."""
 
     def __init__(
@@ -243,7 +206,19 @@ class ModelHost:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the model thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, fn, args)
+
+    @staticmethod
+    def _timed(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn(*args)``, logged (INFO) when it held the model thread, i.e. labelling, past
+        ``SLOW_JOB_S``: what to look at when first-label latency jumps."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            held = time.perf_counter() - t0
+            if held > SLOW_JOB_S:
+                log.info("model thread: %s held labelling %.2fs", getattr(fn, "__name__", fn), held)
 
     def close(self) -> None:
         self._bg.shutdown(wait=False, cancel_futures=True)
@@ -434,16 +409,6 @@ class ModelHost:
             if self.reform_every and self.valid_since_reform >= self.reform_every:
                 self._begin_reform()
 
-    def _remember(self, op: str, args: tuple[Any, ...]) -> None:
-        """A change of the live model, to be replayed onto a copy being re-formed."""
-        if self.reform is not None:
-            self.reform.replay.append((op, args))
-
-    # -- re-forming (background) -------------------------------------------------------------------------
-    @property
-    def reforming(self) -> bool:
-        return self.reform is not None
-
     def copy_model(self) -> Classifier:
         """An independent copy of the live model sharing the embedder (``RedClassifier.copy`` when it
         has one)."""
@@ -451,106 +416,6 @@ class ModelHost:
         if hasattr(model, "copy"):
             return model.copy()
         return copy.deepcopy(model, {id(self.embedder): self.embedder})
-
-    def _begin_reform(self) -> None:
-        """Model thread: copy the model as it is now and re-form the copy in the background."""
-        if self.reform is not None:  # the learner settles one before the next is due; be safe anyway
-            self._wait_reform(self.reform)
-            self._swap()
-        self.valid_since_reform = 0
-        clone = self.copy_model()
-        if self.reform_in == "process":
-            job = self._process_job(clone)
-        else:
-
-            def job() -> tuple[Any, float]:
-                t0 = time.perf_counter()
-                with threadpool_limits(1):  # one core: the embedder keeps the other (measured: 14 s -> 6 s)
-                    clone.refit(resubset=True)
-                return clone, time.perf_counter() - t0
-
-        self.reform = Reform(copy=clone, started_at=self.position, future=self._bg.submit(job))
-        log.info(
-            "re-forming the label subsets in the background (%s; copy at log position %d)",
-            self.reform_in, self.position,
-        )  # fmt: skip
-
-    def _process_job(self, clone: Classifier) -> Callable[[], tuple[Any, float]]:
-        """The re-forming in a child process: no share of this process's GIL, lowest CPU priority."""
-        if self._proc is None:
-            self._proc = background_pool()
-        proc = self._proc
-        embedder = self.embedder
-
-        def job() -> tuple[Any, float]:
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="driftlabel-reform-") as tmp:
-                src, dst = Path(tmp) / "in", Path(tmp) / "out"
-                clone.save(src)
-                proc.submit(reform_saved_model, str(src), str(dst)).result()
-                new = RedClassifier.load(dst, embedder=embedder)
-            return new, time.perf_counter() - t0
-
-        return job
-
-    @staticmethod
-    def _wait_reform(reform: Reform) -> None:
-        reform.future.result()
-
-    def _swap(self) -> bool:
-        """Model thread: if the re-formed copy is done, replay the live changes onto it and swap it in."""
-        reform = self.reform
-        if reform is None or not reform.future.done():
-            return False
-        self.reform = None
-        new, background_s = reform.future.result()  # a failure in the background raises here
-        t0 = time.perf_counter()
-        for op, args in reform.replay:
-            if op == "learn":
-                new.learn_embeddings(*args)
-            elif op == "observe":
-                new.observe_embeddings(*args)
-            elif op == "refit":
-                new.refit()
-            else:
-                self._apply_control(new, args[0])
-        swap_s = time.perf_counter() - t0
-        self._retire(self.model)
-        self.model = new
-        self.generation += 1
-        self.changes_since_checkpoint += 1
-        log.info(
-            "swapped in the re-formed model: %d subsets, %d changes replayed, v%d (background %.1fs, "
-            "swap %.2fs)", new.n_subsets, len(reform.replay), self.version, background_s, swap_s,
-        )  # fmt: skip
-        if self.on_reform is not None:
-            self.on_reform(background_s, swap_s)
-        return True
-
-    async def maybe_swap(self) -> bool:
-        """Swap in a finished re-forming (cheap when there is none)."""
-        if self.reform is None or not self.reform.future.done():
-            return False
-        return await self.run(self._swap)
-
-    async def settle_reform(self) -> None:
-        """Wait (off the model thread: labelling goes on) for the re-forming in flight, then swap it in."""
-        reform = self.reform
-        if reform is None:
-            return
-        await asyncio.wrap_future(reform.future)
-        await self.run(self._swap)
-
-    def reform_due(self, records: Sequence[TrainingMessage]) -> bool:
-        """Would learning ``records`` start a re-forming?"""
-        valid = np.array([r.valid for r in records], dtype=bool)
-        return bool(trigger_points(valid, self.valid_since_reform, self.reform_every))
-
-    async def request_reform(self) -> None:
-        """Re-form now (the caller must call this at a point of the log, e.g. on a control op, so that
-        every worker re-forms at the same record)."""
-        await self.settle_reform()
-        await self.run(self._begin_reform)
 
     def _refit(self) -> None:
         """Full refit of the experts from the stored examples (model thread; blocks predictions)."""
@@ -660,9 +525,59 @@ class ModelHost:
             await asyncio.wait([asyncio.wrap_future(f) for f in futures])
         return len(futures)
 
-    async def learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:
-        """Learn ``records``; the model then includes the log up to ``position``."""
-        return await self.run(self._learn, records, position)
+    async def learn(
+        self, records: Sequence[TrainingMessage], position: int | None = None, *, on_copy: bool = False
+    ) -> None:
+        """Learn ``records``; the model then includes the log up to ``position``.
+
+        ``on_copy`` (the learner, when live): labelled records that trigger no refit or re-forming are
+        learned on a copy of the model on the build thread and the copy is swapped in, as a new label
+        is placed (:meth:`control`). Learning is cheap until a young label reaches a milestone and its
+        column is re-solved against every stored row: ~0.15 s at O*NET's 923 labels, 0.3-0.5 s in a busy
+        worker, a hold of labelling that 300 human records arriving at once turned into a first-label
+        p99 of ~1 s. The model thread now embeds (a chunk at a time), copies (3-4 ms at O*NET) and swaps;
+        the copy makes the same calls, so every worker gets the same model."""
+        if not (on_copy and self._learns_on_copy(records)):
+            return await self.run(self._learn, records, position)
+        texts = [r.text for r in records]
+        X = await self._embed_chunked(texts)
+        base, clone = await self.run(lambda: (self.live, self.copy_model()))
+        args = (X, texts, [r.label for r in records], [r.valid for r in records])
+        await asyncio.get_running_loop().run_in_executor(self._side, lambda: clone.learn_embeddings(*args))
+        await self.run(self._install_learned, base, clone, args, position)
+
+    def _learns_on_copy(self, records: Sequence[TrainingMessage]) -> bool:
+        """Can :meth:`learn` take ``records`` on a copy? Labelled records only (unlabelled ones go to a
+        pool, cheaply), a model that copies itself, and no refit or re-forming due within them (those
+        start from the live model on the model thread)."""
+        if not records or not self.ready or not hasattr(self.live, "copy"):
+            return False
+        if any(r.source == "stream" for r in records):
+            return False
+        n_valid = sum(bool(r.valid) for r in records)
+        due_refit = self.refit_every and self.valid_since_refit + n_valid >= self.refit_every
+        due_reform = self.reform_every and self.valid_since_reform + n_valid >= self.reform_every
+        return not (due_refit or due_reform)
+
+    def _install_learned(
+        self, base: Classifier, clone: Classifier, args: tuple[Any, ...], position: int | None
+    ) -> None:
+        """Model thread: swap in the copy that learned ``args`` and count the change as :meth:`_learn`
+        does. Only the learner changes the model, so the live one is still ``base``; were it not, the
+        batch is learned on it here instead (the same model, only not off the thread)."""
+        if self.live is base:
+            self._retire(base)
+            self.model = clone
+        else:  # pragma: no cover - defensive
+            self._retire(clone)
+            self.live.learn_embeddings(*args)
+        if position is not None:
+            self.position = position
+        self._remember("learn", args)
+        n_valid = sum(bool(v) for v in args[3])
+        self.changes_since_checkpoint += len(args[1])
+        self.valid_since_refit += n_valid
+        self.valid_since_reform += n_valid
 
     async def control(self, msg: ControlMessage, position: int | None = None) -> None:
         """Apply a control op at log ``position``.

@@ -393,7 +393,7 @@ class Learner:
             if not self.replaying:  # live: keep the model thread free for predictions between chunks
                 await self.host.prepare(step.training)
                 await self.host.wait_for_resolves(len(step.training))
-            await self.host.learn(step.training, position)
+            await self.host.learn(step.training, position, on_copy=not self.replaying)
             for t in step.training:
                 self.metrics.training.labels(source=t.source, valid=str(t.valid).lower()).inc()
         self.seen.update(step.digests)

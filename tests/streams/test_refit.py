@@ -21,9 +21,10 @@ import pytest
 from pydantic import ValidationError
 
 from driftlabel.models import ExpertSettings, RedClassifier
-from driftlabel.streams.host import GENERATION, ModelHost, SeedSet, refit_cuts
+from driftlabel.streams.host import GENERATION, ModelHost, SeedSet
 from driftlabel.streams.messages import ControlMessage, TrainingMessage
 from driftlabel.streams.metrics import ServiceMetrics
+from driftlabel.streams.schedule import refit_cuts
 from driftlabel.streams.settings import MetricsSettings, StreamSettings
 
 LABELS = ["alpha", "beta", "gamma", "delta"]
@@ -229,6 +230,123 @@ def test_reform_runs_on_a_copy_and_swaps_atomically(monkeypatch: pytest.MonkeyPa
     assert version == GENERATION + 25
     assert _counter(metrics, "driftlabel_reforms_total") == 1.0
     host.close()
+
+
+def test_the_changes_made_during_a_re_forming_are_replayed_off_the_model_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The swap's replay of what the live model learned meanwhile runs on the build thread while labels
+    keep coming from the live model; the model thread then swaps with nothing left to replay, and the
+    result is the model the inline swap builds."""
+
+    def started(host: ModelHost) -> None:
+        host._learn(_records(100, 10), position=22)  # the 10th valid example starts a re-forming
+        for k in range(3):
+            host._learn(_records(200 + 10 * k, 3), position=23 + k)
+        assert host.reform is not None and len(host.reform.replay) == 3
+        host.reform.future.result(timeout=60)
+
+    inline = _host(refit_every=0, reform_every=10)
+    started(inline)
+    assert inline._swap()
+    host = _host(refit_every=0, reform_every=10)
+    started(host)
+    live = host.live
+    gate = threading.Event()
+    calls: list[tuple[str, int]] = []
+    real = ModelHost._replay
+
+    def replay(self: ModelHost, new: Any, changes: Any) -> None:
+        calls.append((threading.current_thread().name, len(changes)))
+        if changes:
+            assert gate.wait(30)
+        real(self, new, changes)
+
+    monkeypatch.setattr(ModelHost, "_replay", replay)
+
+    async def scenario() -> list[int]:
+        task = asyncio.create_task(host.maybe_swap())
+        seen = []
+        for _ in range(4):
+            _, _, version, _ = await asyncio.wait_for(host.predict(["alpha 901"], 2), 10)
+            seen.append(version)
+            await asyncio.sleep(0.01)
+        assert not task.done() and host.live is live
+        gate.set()
+        assert await task
+        return seen
+
+    assert asyncio.run(scenario()) == [25] * 4  # the live model, its version, while the copy catches up
+    assert [(name.split("_")[0], n) for name, n in calls] == [
+        ("driftlabel-build", 3),
+        ("driftlabel-model", 0),
+    ]
+    assert host.version == inline.version == GENERATION + 25 and host.live is not live
+    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
+    ra, rb = host.live.rank_embeddings(X, top_k=2), inline.live.rank_embeddings(X, top_k=2)
+    assert ra.labels == rb.labels
+    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    for h in (host, inline):
+        h.close()
+
+
+def test_labelled_records_are_learned_on_a_copy_while_labels_keep_coming(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The live learner's path: a copy learns on the build thread (predictions meanwhile come from the
+    live model, with its version) and is swapped in; the model and the counters are those of learning
+    on the model thread, and a step that is due to start a re-forming is learned there."""
+    steps = [_records(100, 4), _records(110, 3, valid=False), _records(120, 4), _records(130, 4)]
+    inline = _host(refit_every=0, reform_every=12)
+    host = _host(refit_every=0, reform_every=12)
+    host.position = inline.position = 12  # the 12 seed records
+    gate = threading.Event()
+    real = RedClassifier.learn_embeddings
+    where: list[str] = []
+
+    def learn(self: Any, *args: Any, **kwargs: Any) -> Any:
+        where.append(threading.current_thread().name.split("_")[0])
+        if where[-1] == "driftlabel-build" and len(where) == 1:
+            assert gate.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedClassifier, "learn_embeddings", learn)
+
+    async def scenario() -> list[int]:
+        first = host.live
+        task = asyncio.create_task(host.learn(steps[0], position=16, on_copy=True))
+        seen = []
+        for _ in range(4):
+            _, _, version, _ = await asyncio.wait_for(host.predict(["alpha 901"], 2), 10)
+            seen.append(version)
+            await asyncio.sleep(0.01)
+        assert not task.done() and host.live is first
+        gate.set()
+        await task
+        assert host.live is not first and host.version == 16
+        for k, step in enumerate(steps[1:], start=1):
+            await host.learn(step, position=16 + sum(map(len, steps[1 : k + 1])), on_copy=True)
+        return seen
+
+    assert asyncio.run(scenario()) == [12] * 4
+    # the last step brings the valid count since the fit to 4 + 4 + 4 = 12 = reform_every: due to
+    # start a re-forming, it is learned on the model thread
+    assert where == ["driftlabel-build"] * 3 + ["driftlabel-model"]
+    assert host.reforming
+    position = 12
+    for step in steps:
+        position += len(step)
+        inline._learn(step, position=position)
+    assert host.state() == inline.state() and host.version == inline.version == 27
+    for h in (host, inline):
+        h.reform.future.result(timeout=60)
+        assert h._swap()
+    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
+    ra, rb = host.live.rank_embeddings(X, top_k=2), inline.live.rank_embeddings(X, top_k=2)
+    assert ra.labels == rb.labels
+    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    for h in (host, inline):
+        h.close()
 
 
 def _feed(host: ModelHost, records: list[TrainingMessage], size: int, eager: bool) -> list[int]:
