@@ -58,7 +58,7 @@ from driftlabel.streams.builds import (
 from driftlabel.streams.messages import ControlMessage, TrainingMessage, decode_vector
 from driftlabel.streams.ports import Classifier, Embedder
 from driftlabel.streams.reforming import Reform, Reforming
-from driftlabel.streams.schedule import refit_cuts
+from driftlabel.streams.schedule import refit_cuts, trigger_points
 from driftlabel.streams.seed import SeedSet
 from driftlabel.streams.settings import StreamSettings
 
@@ -548,16 +548,16 @@ class ModelHost(Reforming):
 
     def _learns_on_copy(self, records: Sequence[TrainingMessage]) -> bool:
         """Can :meth:`learn` take ``records`` on a copy? Labelled records only (unlabelled ones go to a
-        pool, cheaply), a model that copies itself, and no refit or re-forming due within them (those
-        start from the live model on the model thread)."""
+        pool, cheaply), a model that copies itself, no refit due within them, and no re-forming due
+        before their last record (one due at it starts from the installed copy, on the model thread)."""
         if not records or not self.ready or not hasattr(self.live, "copy"):
             return False
         if any(r.source == "stream" for r in records):
             return False
-        n_valid = sum(bool(r.valid) for r in records)
-        due_refit = self.refit_every and self.valid_since_refit + n_valid >= self.refit_every
-        due_reform = self.reform_every and self.valid_since_reform + n_valid >= self.reform_every
-        return not (due_refit or due_reform)
+        valid = np.array([r.valid for r in records], dtype=bool)
+        if trigger_points(valid, self.valid_since_refit, self.refit_every):
+            return False
+        return trigger_points(valid, self.valid_since_reform, self.reform_every) in ([], [len(records)])
 
     def _install_learned(
         self, base: Classifier, clone: Classifier, args: tuple[Any, ...], position: int | None
@@ -578,6 +578,8 @@ class ModelHost(Reforming):
         self.changes_since_checkpoint += len(args[1])
         self.valid_since_refit += n_valid
         self.valid_since_reform += n_valid
+        if self.reform_every and self.valid_since_reform >= self.reform_every:
+            self._begin_reform()  # due at the last record (_learns_on_copy): as _learn_labelled does
 
     async def control(self, msg: ControlMessage, position: int | None = None) -> None:
         """Apply a control op at log ``position``.
