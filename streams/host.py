@@ -218,7 +218,7 @@ class ModelHost(Reforming):
         finally:
             held = time.perf_counter() - t0
             if held > SLOW_JOB_S:
-                log.info("model thread: %s held labelling %.2fs", getattr(fn, "__name__", fn), held)
+                log.info("model thread: %s ran %.2fs (labels waited)", getattr(fn, "__name__", fn), held)
 
     def close(self) -> None:
         self._bg.shutdown(wait=False, cancel_futures=True)
@@ -588,7 +588,7 @@ class ModelHost(Reforming):
         in whole: the placement re-solves the new label's column against every stored row (~0.14 s at
         O*NET's 923 labels on this machine, ~0.65 s through a busy worker) and 50 classes added at once
         held the model thread for 33 s, first-label p50 ~1 s. Now the model thread only embeds the
-        examples (a chunk at a time), copies the model (~20 ms at O*NET) and swaps; labels come from the
+        examples (a chunk at a time), copies the model (3-4 ms at O*NET) and swaps; labels come from the
         previous model, with its version, until the swap. The copy applies the same call the live model
         would have (same embeddings, same RNG state), so every worker gets the same model. Other ops
         (and a label that exists already) are cheap and run on the model thread."""
