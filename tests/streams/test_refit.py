@@ -628,3 +628,19 @@ def test_the_host_waits_for_a_running_re_solve_off_the_model_thread(monkeypatch:
     assert asyncio.run(scenario()) == (5, 1)
     assert not host.live.unfinished_resolves()
     host.close()
+
+
+def test_a_long_model_thread_job_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What held labelling shows in the worker's log (``-v``): jobs past ``SLOW_JOB_S``, by name."""
+    import driftlabel.streams.host as host_module
+
+    host = _host(refit_every=0)
+    caplog.set_level(logging.INFO, logger="driftlabel.streams.host")
+    asyncio.run(host.predict(["alpha 1"], 2))
+    assert "model thread" not in caplog.text
+    monkeypatch.setattr(host_module, "SLOW_JOB_S", 0.0)
+    asyncio.run(host.predict(["alpha 1"], 2))
+    assert "model thread: _predict ran" in caplog.text
+    host.close()
