@@ -409,10 +409,10 @@ class ModelHost(Reforming):
             if self.reform_every and self.valid_since_reform >= self.reform_every:
                 self._begin_reform()
 
-    def copy_model(self) -> Classifier:
-        """An independent copy of the live model sharing the embedder (``RedClassifier.copy`` when it
-        has one)."""
-        model = self.live
+    def copy_model(self, model: Classifier | None = None) -> Classifier:
+        """An independent copy of ``model`` (default: the live one) sharing the embedder
+        (``RedClassifier.copy`` when it has one)."""
+        model = self.live if model is None else model
         if hasattr(model, "copy"):
             return model.copy()
         return copy.deepcopy(model, {id(self.embedder): self.embedder})
@@ -530,26 +530,42 @@ class ModelHost(Reforming):
     ) -> None:
         """Learn ``records``; the model then includes the log up to ``position``.
 
-        ``on_copy`` (the learner, when live): labelled records that trigger no refit or re-forming are
-        learned on a copy of the model on the build thread and the copy is swapped in, as a new label
-        is placed (:meth:`control`). Learning is cheap until a young label reaches a milestone and its
-        column is re-solved against every stored row: ~0.15 s at O*NET's 923 labels, 0.3-0.5 s in a busy
-        worker, a hold of labelling that 300 human records arriving at once turned into a first-label
-        p99 of ~1 s. The model thread now embeds (a chunk at a time), copies (3-4 ms at O*NET) and swaps;
-        the copy makes the same calls, so every worker gets the same model."""
+        ``on_copy`` (the learner, when live): labelled records with no refit due are learned on a copy
+        of the model on the build thread and the copy is swapped in, as a new label is placed
+        (:meth:`control`). Learning is cheap until a young label reaches a milestone and its column is
+        re-solved against every stored row: ~0.15 s at O*NET's 923 labels, 0.3-0.5 s in a busy worker,
+        a hold of labelling that 300 human records arriving at once turned into a first-label p99 of
+        ~1 s. The model thread now embeds (a chunk at a time), copies (3-4 ms at O*NET) and swaps; the
+        copy makes the same calls, so every worker gets the same model. A re-forming due at one of the
+        records starts from a copy taken there, on the build thread, as :meth:`_learn` would take it."""
         if not (on_copy and self._learns_on_copy(records)):
             return await self.run(self._learn, records, position)
         texts = [r.text for r in records]
         X = await self._embed_chunked(texts)
+        labels = [r.label for r in records]
+        valid = [bool(r.valid) for r in records]
+        due = trigger_points(np.array(valid, dtype=bool), self.valid_since_reform, self.reform_every)
+        parts, lo = [], 0
+        for hi in sorted({*due, len(records)}):  # learned in two parts around a re-forming, as _learn does
+            parts.append((X[lo:hi], texts[lo:hi], labels[lo:hi], valid[lo:hi]))
+            lo = hi
         base, clone = await self.run(lambda: (self.live, self.copy_model()))
-        args = (X, texts, [r.label for r in records], [r.valid for r in records])
-        await asyncio.get_running_loop().run_in_executor(self._side, lambda: clone.learn_embeddings(*args))
-        await self.run(self._install_learned, base, clone, args, position)
+
+        def build() -> Classifier | None:
+            at_reform = None
+            for i, args in enumerate(parts):
+                clone.learn_embeddings(*args)
+                if due and i == 0:
+                    at_reform = self.copy_model(clone)
+            return at_reform
+
+        at_reform = await asyncio.get_running_loop().run_in_executor(self._side, build)
+        await self.run(self._install_learned, base, clone, parts, position, at_reform)
 
     def _learns_on_copy(self, records: Sequence[TrainingMessage]) -> bool:
         """Can :meth:`learn` take ``records`` on a copy? Labelled records only (unlabelled ones go to a
-        pool, cheaply), a model that copies itself, no refit due within them, and no re-forming due
-        before their last record (one due at it starts from the installed copy, on the model thread)."""
+        pool, cheaply), a model that copies itself, no refit due within them (a refit runs on the model
+        thread) and at most one re-forming."""
         if not records or not self.ready or not hasattr(self.live, "copy"):
             return False
         if any(r.source == "stream" for r in records):
@@ -557,29 +573,33 @@ class ModelHost(Reforming):
         valid = np.array([r.valid for r in records], dtype=bool)
         if trigger_points(valid, self.valid_since_refit, self.refit_every):
             return False
-        return trigger_points(valid, self.valid_since_reform, self.reform_every) in ([], [len(records)])
+        return len(trigger_points(valid, self.valid_since_reform, self.reform_every)) <= 1
 
     def _install_learned(
-        self, base: Classifier, clone: Classifier, args: tuple[Any, ...], position: int | None
+        self,
+        base: Classifier,
+        clone: Classifier,
+        parts: Sequence[tuple[Any, ...]],
+        position: int | None,
+        at_reform: Classifier | None,
     ) -> None:
-        """Model thread: swap in the copy that learned ``args`` and count the change as :meth:`_learn`
-        does. Only the learner changes the model, so the live one is still ``base``; were it not, the
-        batch is learned on it here instead (the same model, only not off the thread)."""
-        if self.live is base:
-            self._retire(base)
-            self.model = clone
-        else:  # pragma: no cover - defensive
+        """Model thread: swap in the copy that learned ``parts`` and count them as :meth:`_learn` does,
+        starting the re-forming from ``at_reform`` (the copy after the first part) when one is due."""
+        if self.live is not base:  # only the learner changes the model, one step at a time
             self._retire(clone)
-            self.live.learn_embeddings(*args)
+            raise RuntimeError("the live model changed while a copy of it learned: the step is not applied")
+        self._retire(base)
+        self.model = clone
         if position is not None:
             self.position = position
-        self._remember("learn", args)
-        n_valid = sum(bool(v) for v in args[3])
-        self.changes_since_checkpoint += len(args[1])
-        self.valid_since_refit += n_valid
-        self.valid_since_reform += n_valid
-        if self.reform_every and self.valid_since_reform >= self.reform_every:
-            self._begin_reform()  # due at the last record (_learns_on_copy): as _learn_labelled does
+        for i, args in enumerate(parts):
+            self._remember("learn", args)
+            n_valid = sum(args[3])
+            self.changes_since_checkpoint += len(args[1])
+            self.valid_since_refit += n_valid
+            self.valid_since_reform += n_valid
+            if i == 0 and at_reform is not None:
+                self._begin_reform(at_reform)
 
     async def control(self, msg: ControlMessage, position: int | None = None) -> None:
         """Apply a control op at log ``position``.

@@ -67,7 +67,7 @@ class Reforming:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:  # pragma: no cover - the host's
         raise NotImplementedError
 
-    def copy_model(self) -> Classifier:  # pragma: no cover - the host's
+    def copy_model(self, model: Classifier | None = None) -> Classifier:  # pragma: no cover - the host's
         raise NotImplementedError
 
     @staticmethod
@@ -87,13 +87,14 @@ class Reforming:
     def reforming(self) -> bool:
         return self.reform is not None
 
-    def _begin_reform(self) -> None:
-        """Model thread: copy the model as it is now and re-form the copy in the background."""
+    def _begin_reform(self, clone: Classifier | None = None) -> None:
+        """Model thread: copy the model as it is now (or take ``clone``, a copy of it made elsewhere) and
+        re-form the copy in the background."""
         if self.reform is not None:  # the learner settles one before the next is due; be safe anyway
             self._wait_reform(self.reform)
             self._swap()
         self.valid_since_reform = 0
-        clone = self.copy_model()
+        clone = self.copy_model() if clone is None else clone
         if self.reform_in == "process":
             job = self._process_job(clone)
         else:

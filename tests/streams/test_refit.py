@@ -290,17 +290,17 @@ def test_the_changes_made_during_a_re_forming_are_replayed_off_the_model_thread(
         h.close()
 
 
-@pytest.mark.parametrize("reform_every", [10, 12])
+@pytest.mark.parametrize(("refit_every", "reform_every"), [(0, 10), (0, 12), (10, 0)])
 def test_labelled_records_are_learned_on_a_copy_while_labels_keep_coming(
-    monkeypatch: pytest.MonkeyPatch, reform_every: int
+    monkeypatch: pytest.MonkeyPatch, refit_every: int, reform_every: int
 ) -> None:
     """The live learner's path: a copy learns on the build thread (predictions meanwhile come from the
     live model, with its version) and is swapped in; the model and the counters are those of learning
-    on the model thread. A re-forming due at a step's last record starts from the installed copy; one
-    due before it has the step learned on the model thread."""
+    on the model thread. A re-forming due in a step starts from a copy taken at its record; a step with
+    a refit due is learned on the model thread."""
     steps = [_records(100, 4), _records(110, 3, valid=False), _records(120, 4), _records(130, 4)]
-    inline = _host(refit_every=0, reform_every=reform_every)
-    host = _host(refit_every=0, reform_every=reform_every)
+    inline = _host(refit_every=refit_every, reform_every=reform_every)
+    host = _host(refit_every=refit_every, reform_every=reform_every)
     host.position = inline.position = 12  # the 12 seed records
     gate = threading.Event()
     real = RedClassifier.learn_embeddings
@@ -332,18 +332,21 @@ def test_labelled_records_are_learned_on_a_copy_while_labels_keep_coming(
 
     assert asyncio.run(scenario()) == [12] * 4
     # the last step brings the valid count since the fit from 8 to 12: a re-forming every 12 is due at
-    # its last record, one every 10 at its second (learned in two parts there, around the copy it takes)
-    last = ["driftlabel-build"] if reform_every == 12 else ["driftlabel-model"] * 2
-    assert where == ["driftlabel-build"] * 3 + last
-    assert host.reforming
+    # its last record, one every 10 at its second (learned in two parts, around the copy it starts
+    # from); a refit every 10 is learned on the model thread (in two parts too, around the refit)
+    last = {(0, 12): ["driftlabel-build"], (0, 10): ["driftlabel-build"] * 2}
+    assert where == ["driftlabel-build"] * 3 + last.get((refit_every, reform_every), ["driftlabel-model"] * 2)
     position = 12
     for step in steps:
         position += len(step)
         inline._learn(step, position=position)
     assert host.state() == inline.state() and host.version == inline.version == 27
+    assert host.reforming == inline.reforming == bool(reform_every)
     for h in (host, inline):
-        h.reform.future.result(timeout=60)
-        assert h._swap()
+        if h.reform is not None:
+            assert len(h.reform.replay) == (1 if reform_every == 10 else 0)  # the step's second part
+            h.reform.future.result(timeout=60)
+            assert h._swap()
     X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
     ra, rb = host.live.rank_embeddings(X, top_k=2), inline.live.rank_embeddings(X, top_k=2)
     assert ra.labels == rb.labels
