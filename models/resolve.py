@@ -40,15 +40,15 @@ if TYPE_CHECKING:
     from driftlabel.models.classifier import RedClassifier
     from driftlabel.models.experts import Expert
 
-__all__ = ["FrozenStore", "ResolveJob", "lower_thread_priority"]
+__all__ = ["FrozenStore", "ResolveJob"]
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
 
-def lower_thread_priority(nice: int) -> None:
-    """Runs on a background thread (re-solves, a new label's placement): Linux gives each thread its
-    own nice value (elsewhere the call would renice the whole process, so it is skipped)."""
+def _lower_priority(nice: int) -> None:
+    """Runs on the re-solve thread: Linux gives each thread its own nice value (elsewhere the call
+    would renice the whole process, so it is skipped)."""
     if nice > 0 and sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
@@ -63,7 +63,7 @@ def _pool(nice: int = 0) -> concurrent.futures.ThreadPoolExecutor:
             _executor = concurrent.futures.ThreadPoolExecutor(
                 1,
                 thread_name_prefix="driftlabel-resolve",
-                initializer=lower_thread_priority,
+                initializer=_lower_priority,
                 initargs=(nice,),
             )
         return _executor

@@ -47,8 +47,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from driftlabel.models import ExpertSettings, ModelError, Ranking, RedClassifier
-from driftlabel.models.resolve import lower_thread_priority
+from driftlabel.models import ModelError, Ranking, RedClassifier
 from driftlabel.streams.builds import (
     SeedData,
     background_pool,
@@ -164,18 +163,7 @@ class ModelHost(Reforming):
         self._bg = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-reform")
         # builds the learner waits for (a grown seed run's fit, a new label's placement): not queued
         # behind a re-forming, which may hold the reform thread for minutes
-        # at the re-solve thread's priority: a placement's CPU is what the embedder leaves
-        nice = (
-            expert_settings.resolve_nice
-            if expert_settings is not None
-            else ExpertSettings.model_fields["resolve_nice"].default
-        )
-        self._side = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="driftlabel-build",
-            initializer=lower_thread_priority,
-            initargs=(nice,),
-        )
+        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftlabel-build")
         self._proc: ProcessPoolExecutor | None = None
 
     @property
@@ -399,15 +387,20 @@ class ModelHost(Reforming):
             labels = [r.label for r in records[lo:hi]]
             args = (X[lo:hi], texts[lo:hi], labels, valid[lo:hi].tolist())
             self.live.learn_embeddings(*args)
-            self._remember("learn", args)
-            self.changes_since_checkpoint += hi - lo
-            n_valid = int(valid[lo:hi].sum())
-            self.valid_since_refit += n_valid
-            self.valid_since_reform += n_valid
+            self._learned(args)
             if self.refit_every and self.valid_since_refit >= self.refit_every:
                 self._refit()
             if self.reform_every and self.valid_since_reform >= self.reform_every:
                 self._begin_reform()
+
+    def _learned(self, args: tuple[Any, ...]) -> None:
+        """Count a learned ``learn_embeddings(*args)`` (the refit and re-forming schedules, the
+        checkpoint's change count) and keep it for a re-forming in flight."""
+        self._remember("learn", args)
+        n_valid = sum(bool(v) for v in args[3])
+        self.changes_since_checkpoint += len(args[1])
+        self.valid_since_refit += n_valid
+        self.valid_since_reform += n_valid
 
     def copy_model(self, model: Classifier | None = None) -> Classifier:
         """An independent copy of ``model`` (default: the live one) sharing the embedder
@@ -526,25 +519,29 @@ class ModelHost(Reforming):
         return len(futures)
 
     async def learn(
-        self, records: Sequence[TrainingMessage], position: int | None = None, *, on_copy: bool = False
+        self, records: Sequence[TrainingMessage], position: int | None = None, *, live: bool = False
     ) -> None:
         """Learn ``records``; the model then includes the log up to ``position``.
 
-        ``on_copy`` (the learner, when live): labelled records with no refit due are learned on a copy
-        of the model on the build thread and the copy is swapped in, as a new label is placed
-        (:meth:`control`). Learning is cheap until a young label reaches a milestone and its column is
-        re-solved against every stored row: ~0.15 s at O*NET's 923 labels, 0.3-0.5 s in a busy worker,
-        a hold of labelling that 300 human records arriving at once turned into a first-label p99 of
-        ~1 s. The model thread now embeds (a chunk at a time), copies (3-4 ms at O*NET) and swaps; the
-        copy makes the same calls, so every worker gets the same model. A re-forming due at one of the
-        records starts from a copy taken there, on the build thread, as :meth:`_learn` would take it."""
-        if not (on_copy and self._learns_on_copy(records)):
+        ``live`` (the learner, once it has caught up) keeps the model thread free for predictions.
+        Labelled records with no refit due are learned on a copy of the model on the build thread and
+        the copy is swapped in, as a new label is placed (:meth:`control`). Learning is cheap until a
+        young label reaches a milestone and its column is re-solved against every stored row: ~0.15 s at
+        O*NET's 923 labels, 0.3-0.5 s in a busy worker, a hold of labelling that 300 human records
+        arriving at once turned into a first-label p99 of ~1 s. The model thread now embeds (a chunk at
+        a time), copies (3-4 ms at O*NET) and swaps; the copy makes the same calls, so every worker gets
+        the same model. A re-forming due at one of the records starts from a copy taken there, on the
+        build thread, as :meth:`_learn` would take it. Other records are embedded a chunk at a time
+        (:meth:`prepare`) and learned on the model thread."""
+        due = self._copy_plan(records) if live else None
+        if due is None:
+            if live:
+                await self.prepare(records)
             return await self.run(self._learn, records, position)
         texts = [r.text for r in records]
         X = await self._embed_chunked(texts)
         labels = [r.label for r in records]
         valid = [bool(r.valid) for r in records]
-        due = trigger_points(np.array(valid, dtype=bool), self.valid_since_reform, self.reform_every)
         parts, lo = [], 0
         for hi in sorted({*due, len(records)}):  # learned in two parts around a re-forming, as _learn does
             parts.append((X[lo:hi], texts[lo:hi], labels[lo:hi], valid[lo:hi]))
@@ -562,18 +559,20 @@ class ModelHost(Reforming):
         at_reform = await asyncio.get_running_loop().run_in_executor(self._side, build)
         await self.run(self._install_learned, base, clone, parts, position, at_reform)
 
-    def _learns_on_copy(self, records: Sequence[TrainingMessage]) -> bool:
-        """Can :meth:`learn` take ``records`` on a copy? Labelled records only (unlabelled ones go to a
-        pool, cheaply), a model that copies itself, no refit due within them (a refit runs on the model
-        thread) and at most one re-forming."""
+    def _copy_plan(self, records: Sequence[TrainingMessage]) -> list[int] | None:
+        """Where a re-forming falls in ``records`` (an empty list: nowhere) if :meth:`learn` can take
+        them on a copy, else None: labelled records only (unlabelled ones go to a pool, cheaply), a model
+        that copies itself, no refit due within them (a refit runs on the model thread), at most one
+        re-forming."""
         if not records or not self.ready or not hasattr(self.live, "copy"):
-            return False
+            return None
         if any(r.source == "stream" for r in records):
-            return False
+            return None
         valid = np.array([r.valid for r in records], dtype=bool)
         if trigger_points(valid, self.valid_since_refit, self.refit_every):
-            return False
-        return len(trigger_points(valid, self.valid_since_reform, self.reform_every)) <= 1
+            return None
+        due = trigger_points(valid, self.valid_since_reform, self.reform_every)
+        return due if len(due) <= 1 else None
 
     def _install_learned(
         self,
@@ -593,11 +592,7 @@ class ModelHost(Reforming):
         if position is not None:
             self.position = position
         for i, args in enumerate(parts):
-            self._remember("learn", args)
-            n_valid = sum(args[3])
-            self.changes_since_checkpoint += len(args[1])
-            self.valid_since_refit += n_valid
-            self.valid_since_reform += n_valid
+            self._learned(args)
             if i == 0 and at_reform is not None:
                 self._begin_reform(at_reform)
 

@@ -390,10 +390,9 @@ class Learner:
         if step.control is not None:
             await self._apply_control(step.records[-1], step.control, position)
         else:
-            if not self.replaying:  # live: keep the model thread free for predictions between chunks
-                await self.host.prepare(step.training)
+            if not self.replaying:  # live: keep the model thread free for predictions
                 await self.host.wait_for_resolves(len(step.training))
-            await self.host.learn(step.training, position, on_copy=not self.replaying)
+            await self.host.learn(step.training, position, live=not self.replaying)
             for t in step.training:
                 self.metrics.training.labels(source=t.source, valid=str(t.valid).lower()).inc()
         self.seen.update(step.digests)

@@ -410,7 +410,7 @@ def test_unfinished_resolves_are_those_a_call_would_wait_for(monkeypatch: pytest
 def test_the_re_solve_thread_yields_the_cpu_on_linux() -> None:
     import threading
 
-    from driftlabel.models.resolve import lower_thread_priority
+    from driftlabel.models.resolve import _lower_priority
 
     if sys.platform != "linux":
         pytest.skip("per-thread nice values are a Linux feature")
@@ -419,7 +419,7 @@ def test_the_re_solve_thread_yields_the_cpu_on_linux() -> None:
 
     def probe() -> None:
         before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        lower_thread_priority(5)
+        _lower_priority(5)
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - before)
 
     t = threading.Thread(target=probe)

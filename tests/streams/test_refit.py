@@ -12,9 +12,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -28,6 +28,7 @@ from driftlabel.streams.schedule import refit_cuts
 from driftlabel.streams.settings import MetricsSettings, StreamSettings
 
 LABELS = ["alpha", "beta", "gamma", "delta"]
+T = TypeVar("T")
 DIM = 16
 
 
@@ -184,6 +185,24 @@ def test_same_batches_same_model_and_the_count_is_checkpointed(tmp_path: Path) -
         h.close()
 
 
+async def _labels_while_held(
+    host: ModelHost, work: Coroutine[Any, Any, T], gate: threading.Event, n: int = 4
+) -> tuple[list[tuple[int, int]], T]:
+    """Start ``work``, which waits behind ``gate`` off the model thread; label ``n`` times meanwhile
+    (each returns while it waits, from the live model as it was); then release it. Returns the labels'
+    (version, classes) and what ``work`` returned."""
+    before = host.live
+    task = asyncio.create_task(work)
+    seen = []
+    for _ in range(n):
+        _, _, version, n_classes = await asyncio.wait_for(host.predict(["alpha 901"], 2), 10)
+        seen.append((version, n_classes))
+        await asyncio.sleep(0.01)
+    assert not task.done() and host.live is before
+    gate.set()
+    return seen, await task
+
+
 def test_reform_runs_on_a_copy_and_swaps_atomically(monkeypatch: pytest.MonkeyPatch) -> None:
     """While the copy is half built, the live model labels and learns; the swap replays what it learned
     meanwhile and the next prediction comes from the finished copy, with a higher version."""
@@ -264,19 +283,8 @@ def test_the_changes_made_during_a_re_forming_are_replayed_off_the_model_thread(
 
     monkeypatch.setattr(ModelHost, "_replay", replay)
 
-    async def scenario() -> list[int]:
-        task = asyncio.create_task(host.maybe_swap())
-        seen = []
-        for _ in range(4):
-            _, _, version, _ = await asyncio.wait_for(host.predict(["alpha 901"], 2), 10)
-            seen.append(version)
-            await asyncio.sleep(0.01)
-        assert not task.done() and host.live is live
-        gate.set()
-        assert await task
-        return seen
-
-    assert asyncio.run(scenario()) == [25] * 4  # the live model, its version, while the copy catches up
+    seen, swapped = asyncio.run(_labels_while_held(host, host.maybe_swap(), gate))
+    assert seen == [(25, 4)] * 4 and swapped  # the live model, its version, while the copy catches up
     assert [(name.split("_")[0], n) for name, n in calls] == [
         ("driftlabel-build", 3),
         ("driftlabel-model", 0),
@@ -314,23 +322,15 @@ def test_labelled_records_are_learned_on_a_copy_while_labels_keep_coming(
 
     monkeypatch.setattr(RedClassifier, "learn_embeddings", learn)
 
-    async def scenario() -> list[int]:
+    async def scenario() -> list[tuple[int, int]]:
         first = host.live
-        task = asyncio.create_task(host.learn(steps[0], position=16, on_copy=True))
-        seen = []
-        for _ in range(4):
-            _, _, version, _ = await asyncio.wait_for(host.predict(["alpha 901"], 2), 10)
-            seen.append(version)
-            await asyncio.sleep(0.01)
-        assert not task.done() and host.live is first
-        gate.set()
-        await task
+        seen, _ = await _labels_while_held(host, host.learn(steps[0], position=16, live=True), gate)
         assert host.live is not first and host.version == 16
         for k, step in enumerate(steps[1:], start=1):
-            await host.learn(step, position=16 + sum(map(len, steps[1 : k + 1])), on_copy=True)
+            await host.learn(step, position=16 + sum(map(len, steps[1 : k + 1])), live=True)
         return seen
 
-    assert asyncio.run(scenario()) == [12] * 4
+    assert asyncio.run(scenario()) == [(12, 4)] * 4
     # the last step brings the valid count since the fit from 8 to 12: a re-forming every 12 is due at
     # its last record, one every 10 at its second (learned in two parts, around the copy it starts
     # from); a refit every 10 is learned on the model thread (in two parts too, around the refit)
@@ -476,21 +476,13 @@ def test_labelling_goes_on_while_a_seed_run_refits(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(host, "_build", slow_build)
 
-    async def scenario() -> tuple[list[int], int]:
-        refit = asyncio.create_task(host.refit_seed_run(_seed_run(30), position=30))
-        versions = []
-        for _ in range(5):  # each prediction returns while the build waits
-            _, _, version, _ = await asyncio.wait_for(host.predict(["alpha 901", "beta 902"], 2), 10)
-            versions.append(version)
-            await asyncio.sleep(0.01)
-        assert not refit.done()
-        gate.set()
-        await refit
+    async def scenario() -> tuple[list[tuple[int, int]], int]:
+        seen, _ = await _labels_while_held(host, host.refit_seed_run(_seed_run(30), position=30), gate, 5)
         _, _, after, _ = await host.predict(["alpha 901"], 2)
-        return versions, after
+        return seen, after
 
-    versions, after = asyncio.run(scenario())
-    assert versions == [12] * 5 and after == 30
+    seen, after = asyncio.run(scenario())
+    assert [version for version, _ in seen] == [12] * 5 and after == 30
     assert host.live.n_examples == 30
     host.close()
 
@@ -554,15 +546,7 @@ def test_labelling_goes_on_while_a_new_label_is_placed(monkeypatch: pytest.Monke
     before = host.live
 
     async def scenario() -> tuple[list[tuple[int, int]], int, int]:
-        task = asyncio.create_task(host.control(_add("epsilon"), position=13))
-        seen = []
-        for _ in range(5):
-            _, _, version, n_classes = await asyncio.wait_for(host.predict(["alpha 901"], 2), 10)
-            seen.append((version, n_classes))
-            await asyncio.sleep(0.01)
-        assert not task.done() and host.live is before
-        gate.set()
-        await task
+        seen, _ = await _labels_while_held(host, host.control(_add("epsilon"), position=13), gate, 5)
         _, _, version, n_classes = await host.predict(["alpha 901"], 2)
         return seen, version, n_classes
 
