@@ -296,7 +296,7 @@ def run_loop(
                     if valid:
                         accepted = lab
                         break
-                n_calls = len(answered)
+                n_calls = len(answered) / batch  # judge.batch_size questions share one call
             for lab, valid in answered:
                 learn_X.append(Xb[i])
                 learn_t.append(t)
@@ -474,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch",
         type=int,
         default=1,
-        help="items per judge call for the choose methods (judge.batch_size): each is charged 1/batch calls",
+        help="judged items (choose methods) or yes/no questions (the others) per judge call "
+        "(judge.batch_size): each is charged 1/batch calls",
     )
     parser.add_argument(
         "--maintenance",

@@ -98,7 +98,7 @@ class Spec:
     scenario: str
     error: float
     method: str = "red"
-    batch: int = 1  # judge.batch_size (choose methods): items per judge call
+    batch: int = 1  # judge.batch_size: items (choose) or yes/no questions (validate) per judge call
     verify: float = 0.0  # judge.verify_below (choose methods): unlikely picks asked again as yes/no
     #: judge.batch_wait_ms: how long a batch (of choices, of checks) may wait to fill
     batch_wait_ms: float = BATCH_WAIT_MS
@@ -704,9 +704,9 @@ def write_service_report(
             c = r.sim_counts
             single = c.get("yes", 0) + c.get("no", 0)
             body.append(
-                f"- {r.spec.tag}: {c.get('requests', 0)} requests: {c.get('choose', 0)} choices for "
-                f"{r.routed} judged texts ({r.routed / max(c.get('choose', 0), 1):.2f} a call), "
-                f"{c.get('validate_batch', 0)} batched checks, {single} single yes/no"
+                f"- {r.spec.tag}: {c.get('requests', 0)} requests for {r.routed} judged texts "
+                f"({r.routed / max(c.get('requests', 0), 1):.2f} a call): {c.get('choose', 0)} choices, "
+                f"{c.get('validate_batch', 0)} batched yes/no calls, {single} single yes/no"
             )
     body += [
         "",
@@ -755,7 +755,8 @@ def build_plan(args: argparse.Namespace) -> list[Spec]:
                     # baselines once per dataset (stationary, 5 %): they do not depend on the judge error
                     if m == "red" or (sc == "stationary" and (e == 0.05 or len(args.errors) == 1)):
                         choose = m in ("choose", "chooseself")
-                        batch, verify = (args.batch, args.verify) if choose else (1, 0.0)
+                        batch = args.batch if m != "seeds" else 1  # validate batches questions
+                        verify = args.verify if choose else 0.0
                         plan.append(Spec(ds, sc, e, m, batch, verify, args.batch_wait_ms))
     return plan
 
@@ -803,8 +804,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch",
         type=int,
         default=1,
-        help="judge.batch_size for the choose methods: items per judge call (calls are then the endpoint's "
-        "request count)",
+        help="judge.batch_size: judged items (choose methods) or yes/no questions (the others) per judge "
+        "call (calls are then the endpoint's request count)",
     )
     parser.add_argument(
         "--verify",

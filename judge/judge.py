@@ -304,6 +304,8 @@ class Judge:
             if self.settings.batch_size > 1:
                 return await self._choices.submit((request, asked))
             return await self._choose(request, asked)
+        if self.settings.batch_size > 1:
+            return await self._validate_batched(request, asked)
         calls = _ItemCalls(self.settings.max_calls_per_item)
         verdicts: list[Verdict] = []
         for depth, cand in enumerate(asked, start=1):
@@ -339,6 +341,45 @@ class Judge:
             None,
             verdicts,
             f"the judge rejected all {len(asked)} candidate(s) asked (max_depth={self.settings.max_depth})",
+        )
+
+    async def _validate_batched(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
+        """PRODUCT.md's recursion with ``batch_size > 1``: the same yes/no question per candidate, best
+        first, until a yes; each question shares a call with up to ``batch_size - 1`` questions about other
+        items (a rejected item's next question joins a later call) and is charged its share of it (a cached
+        answer: nothing, and no wait). A call that cannot be made raises, as :meth:`judge` documents; the
+        answers already had are cached, so the retry pays only for the rest."""
+        verdicts: list[Verdict] = []
+        calls = 0.0
+        for depth, cand in enumerate(asked, start=1):
+            try:
+                hit = self._cached(request.text, cand, request.id, depth)
+                if hit is not None:
+                    verdict, cost = hit, 0.0
+                else:
+                    verdict, cost = await self._checks.submit(_Check(request.text, cand, request.id, depth))
+            except (MalformedAnswerError, _ItemBudgetSpent) as exc:
+                why = str(exc) or f"per-item budget of {self.settings.max_calls_per_item} calls spent"
+                return self._outcome(
+                    request.id,
+                    "unresolved",
+                    None,
+                    verdicts,
+                    f"no usable answer about {cand.label!r} at depth {depth} ({why}); send to human review",
+                    calls + 1,
+                )
+            verdicts.append(verdict)
+            calls += cost
+            if verdict.valid:
+                status = "validated" if depth == 1 else "corrected"
+                return self._outcome(request.id, status, cand.label, verdicts, None, calls)
+        return self._outcome(
+            request.id,
+            "unresolved",
+            None,
+            verdicts,
+            f"the judge rejected all {len(asked)} candidate(s) asked (max_depth={self.settings.max_depth})",
+            calls,
         )
 
     async def validate(self, text: str, candidate: Candidate, *, item_id: str, depth: int = 1) -> Verdict:
@@ -815,7 +856,8 @@ class Judge:
         return labels
 
     async def _validate_many(self, checks: list[_Check]) -> list[tuple[Verdict, float] | BaseException]:
-        """Several yes/no questions in one call (the cross-checks of a batch): per check its verdict and
+        """Several yes/no questions in one call (items' questions with ``question = "validate"``, or the
+        cross-checks of choices): per question its verdict and
         the calls it cost (its share of the batch call; 0 for a cached answer). A check the answer leaves
         out is asked again alone (its share plus that call); one that then gets no usable answer comes back
         as its exception. A call that cannot be made raises, for every check of the batch."""
@@ -839,13 +881,13 @@ class Judge:
                     VERDICTS_SCHEMA,
                     "verdicts",
                     lambda content: parse_verdicts(content, len(todo)),
-                    what=f"a batch of {len(todo)} cross-checks",
+                    what=f"a batch of {len(todo)} yes/no questions",
                     max_tokens=s.max_answer_tokens * len(todo) + 16,
                     calls=_ItemCalls(s.max_calls_per_item),
                 )
                 answers, latency_ms, tokens = answer.value, answer.latency_ms, answer.tokens
             except (MalformedAnswerError, _ItemBudgetSpent) as exc:
-                log.warning("judge: no usable answer to a batch of %d cross-checks (%s); asking them alone",
+                log.warning("judge: no usable answer to a batch of %d yes/no questions (%s); asking them alone",
                             len(todo), exc)  # fmt: skip
         for n, i in enumerate(todo, start=1):
             if n not in answers:

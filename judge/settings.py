@@ -60,15 +60,16 @@ class JudgeSettings(DriftlabelSettings):
         1,
         ge=1,
         le=32,
-        description="with question = choose: up to this many items share ONE call (a numbered list of "
-        "texts, each with its candidates; the labels' descriptions and examples shown once). 1 = one call "
-        "per item. Cuts calls, not tokens much (docs/judge.md)",
+        description="up to this many items share ONE call: with question = choose a numbered list of "
+        "texts, each with its candidates; with validate a numbered list of yes/no questions (text, proposed "
+        "label), a rejected item's next candidate joining a later call; the labels' descriptions and "
+        "examples shown once. 1 = one call per question. Cuts calls, not tokens much (docs/judge.md)",
     )
     batch_wait_ms: float = Field(
         300.0,
         ge=0,
         le=60_000,
-        description="how long the first item of a batch (of choices, or of cross-checks) waits for others "
+        description="how long the first item of a batch (of choices or yes/no questions) waits for others "
         "to join it: at R judged texts/s a batch of B fills in about B/R s, a partial one costs a whole "
         "call (BANKING77 through the service at ~15 judged texts/s: 300 ms gave 3.5 texts a call, 2000 ms "
         "4.0; docs/judge.md)",
@@ -127,11 +128,6 @@ class JudgeSettings(DriftlabelSettings):
     def _check(self) -> JudgeSettings:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
-        if self.batch_size > 1 and self.question != "choose":
-            raise ValueError(
-                "batch_size > 1 needs question = 'choose' (a yes/no question is about one text and one "
-                "label); set DRIFTLABEL_JUDGE_QUESTION=choose or batch_size = 1"
-            )
         if self.verify_below > 0 and self.question != "choose":
             raise ValueError(
                 "verify_below > 0 needs question = 'choose' (yes/no questions are already one label at a "

@@ -1,4 +1,5 @@
-"""``judge.batch_size``: several items' choices in one call (``question = "choose"``).
+"""``judge.batch_size``: several items' choices in one call (``question = "choose"``); the yes/no
+questions of several items in one call (``question = "validate"``): tests/judge/test_batch_validate.py.
 
 The real ``openai`` client against a real simulated expert over loopback HTTP; the endpoint behaviours it
 does not have (an answer that leaves an item out) on ``httpx.MockTransport``."""
@@ -161,10 +162,11 @@ def test_closing_the_judge_keeps_waiting_items(judge_for: JudgeFor) -> None:
     asyncio.run(scenario())
 
 
-def test_batching_needs_the_choose_question(settings_for: SettingsFor) -> None:
-    with pytest.raises(ConfigError, match="batch_size > 1 needs question = 'choose'"):
-        settings_for("http://127.0.0.1:1/v1", batch_size=4)
+def test_batching_works_with_either_question(settings_for: SettingsFor) -> None:
+    assert settings_for("http://127.0.0.1:1/v1", batch_size=4).question == "validate"
     assert settings_for("http://127.0.0.1:1/v1", batch_size=4, question="choose").batch_size == 4
+    with pytest.raises(ConfigError, match="BATCH_SIZE"):
+        settings_for("http://127.0.0.1:1/v1", batch_size=0)
 
 
 def test_batch_prompt_keeps_untrusted_strings_inert() -> None:
