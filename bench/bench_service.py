@@ -49,6 +49,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -166,6 +167,8 @@ class ServiceRun:
     representative: tuple[int, int] | None = None
     #: seconds from each streamed item's send to its first label arriving here, in send order (nan: none)
     latency: list[float] = field(default_factory=list)
+    #: model-thread jobs that held labelling over ``host.SLOW_JOB_S`` (the worker's ``-v`` log): name, s
+    slow_jobs: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def final_acc(self) -> float:
@@ -332,6 +335,14 @@ def _judge_calls(records: Sequence[chaos.Rec], choose: bool) -> int:
     )
 
 
+_SLOW_JOB = re.compile(r"model thread: (\S+) ran ([0-9.]+)s")
+
+
+def slow_jobs(log_text: str) -> list[tuple[str, float]]:
+    """The model-thread jobs a ``-v`` worker log reports as having held labelling: (job, seconds)."""
+    return [(m[1], float(m[2])) for m in _SLOW_JOB.finditer(log_text)]
+
+
 def run_service(
     spec: Spec,
     ds: Dataset,
@@ -395,7 +406,7 @@ def run_service(
         proposals = chaos.Follower(broker.bootstrap, [names.proposals]).start()
         seed_rows = [(texts[i], str(y[i])) for i in plan.seeds.tolist()]
         cluster.send(names.training, chaos.seed_training(seed_rows, per_class=10**6))
-        worker = cluster.worker("w0")
+        worker = cluster.worker("w0", args=("-v",))  # -v: model-thread jobs over 0.2 s are logged
         run.ready_s = worker.start(timeout=600)
         ckpt_dir = work / "ckpt-w0"
         ids = [f"s{k}" for k in range(len(plan.order))]
@@ -504,6 +515,7 @@ def run_service(
         evaluate(len(values), final=True)
         run.items = len(values)
         run.worker_alive = worker.alive
+        run.slow_jobs = slow_jobs(worker.log())
         # ---- what the topics say
         label_recs = follower.snapshot(names.labels)
         arrived: dict[str, float] = {}
@@ -708,6 +720,13 @@ def write_service_report(
                 f"({r.routed / max(c.get('requests', 0), 1):.2f} a call): {c.get('choose', 0)} choices, "
                 f"{c.get('validate_batch', 0)} batched yes/no calls, {single} single yes/no"
             )
+    body += ["", "Model-thread jobs that held labelling over 0.2 s (the worker's `-v` log), by job:", ""]
+    for r in runs:
+        by_job: dict[str, list[float]] = {}
+        for job, held in r.slow_jobs:
+            by_job.setdefault(job, []).append(held)
+        jobs = "; ".join(f"{job} {len(hs)}x, longest {max(hs):.2f} s" for job, hs in sorted(by_job.items()))
+        body.append(f"- {r.spec.tag}: {len(r.slow_jobs)}{' (' + jobs + ')' if jobs else ''}")
     body += [
         "",
         "Columns: *final test acc* is the held-out test split scored with the worker's last checkpoint "

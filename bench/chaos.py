@@ -205,6 +205,7 @@ class Worker:
     env: dict[str, str]
     log_path: Path
     metrics_port: int
+    args: tuple[str, ...] = ()  # extra ``driftlabel worker`` arguments, e.g. ("-v",)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _log_offset: int = 0
@@ -214,7 +215,7 @@ class Worker:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "driftlabel.streams.cli", "worker"],
+                [sys.executable, "-m", "driftlabel.streams.cli", "worker", *self.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -404,8 +405,9 @@ class Cluster:
         self.judge.fail_always(kind)
 
     # ---- workers
-    def worker(self, name: str = "w0", **stream_env: str) -> Worker:
-        """A worker (not started) on this cluster's topics and group, with its own checkpoint dir."""
+    def worker(self, name: str = "w0", *, args: tuple[str, ...] = (), **stream_env: str) -> Worker:
+        """A worker (not started) on this cluster's topics and group, with its own checkpoint dir;
+        ``args``: extra command-line arguments (``("-v",)`` logs model-thread jobs over 0.2 s)."""
         assert self.kafka is not None, "start the cluster first"
         port = free_port()
         env = {
@@ -422,7 +424,7 @@ class Cluster:
             **{f"DRIFTLABEL_STREAM_{k.upper()}": v for k, v in {**self.stream_env, **stream_env}.items()},
             **{f"DRIFTLABEL_JUDGE_{k.upper()}": v for k, v in self.judge_env.items()},
         }
-        w = Worker(name=name, env=env, log_path=self.work / f"{name}.log", metrics_port=port)
+        w = Worker(name=name, env=env, log_path=self.work / f"{name}.log", metrics_port=port, args=args)
         self.workers.append(w)
         return w
 

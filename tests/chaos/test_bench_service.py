@@ -87,6 +87,7 @@ def test_incremental_through_the_service(chaos_broker: Any, data_dir: Path, tmp_
         compare=False,
     )
     text = path.read_text()
+    assert "Model-thread jobs that held labelling over 0.2 s" in text  # the worker ran with -v
     assert "| clinc150 | incremental | red | 5% | 400 |" in text
     assert "5+" in text and "of 10" in text
     assert (tmp_path / "results" / "service_test_clinc150_incremental.png").stat().st_size > 1000
@@ -102,3 +103,24 @@ def test_onet_judge_file_holds_the_train_split_as_text_and_label(data_dir: Path,
     train = load_dataset("onet", data_dir).train
     rows = read_labelled(path)
     assert rows == list(zip(train.texts, train.labels, strict=True))
+
+
+def test_slow_model_thread_jobs_are_read_from_the_worker_log() -> None:
+    log = (
+        "2026-12-06 INFO driftlabel.streams.host: model thread: _learn ran 0.31s (labels waited)\n"
+        "2026-12-06 INFO driftlabel.streams.worker: ready (model v10)\n"
+        "2026-12-06 INFO driftlabel.streams.host: model thread: _swap ran 1.20s (labels waited)\n"
+    )
+    assert bs.slow_jobs(log) == [("_learn", 0.31), ("_swap", 1.2)]
+    assert bs.slow_jobs("") == []
+
+
+def test_batch_applies_to_every_judging_method_and_verify_to_choose_only() -> None:
+    args = bs.argparse.Namespace(
+        datasets=["clinc150"], scenarios=["stationary"], errors=[0.05], error_scenarios=None,
+        methods=["red", "seeds", "choose"], batch=4, verify=1.0, batch_wait_ms=2000.0,
+    )  # fmt: skip
+    plan = {spec.method: spec for spec in bs.build_plan(args)}
+    assert (plan["red"].batch, plan["red"].verify) == (4, 0.0)  # yes/no questions, batched
+    assert (plan["choose"].batch, plan["choose"].verify) == (4, 1.0)
+    assert plan["seeds"].batch == 1  # no judge
