@@ -887,8 +887,8 @@ class Judge:
                 )
                 answers, latency_ms, tokens = answer.value, answer.latency_ms, answer.tokens
             except (MalformedAnswerError, _ItemBudgetSpent) as exc:
-                log.warning("judge: no usable answer to a batch of %d yes/no questions (%s); asking them alone",
-                            len(todo), exc)  # fmt: skip
+                log.warning("judge: no usable answer to a batch of %d yes/no questions (%s); asking each "
+                            "alone", len(todo), exc)  # fmt: skip
         for n, i in enumerate(todo, start=1):
             if n not in answers:
                 continue
