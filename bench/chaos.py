@@ -205,7 +205,7 @@ class Worker:
     env: dict[str, str]
     log_path: Path
     metrics_port: int
-    args: tuple[str, ...] = ()  # extra ``driftlabel worker`` arguments, e.g. ("-v",)
+    args: tuple[str, ...] = ()  # ``driftlabel`` options before the command, e.g. ("-v",)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _log_offset: int = 0
@@ -215,7 +215,7 @@ class Worker:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "driftlabel.streams.cli", "worker", *self.args],
+                [sys.executable, "-m", "driftlabel.streams.cli", *self.args, "worker"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
