@@ -26,10 +26,11 @@ not written while a re-forming is in flight (a restart replays the log from befo
 the same record), so the generation at a given log position is the same on every worker once swapped.
 
 After every ``refit_every`` newly learned *valid* training examples (counted since the last refit or fit,
-and kept in the checkpoint; hard negatives do not count) the model thread runs a full
-:meth:`RedClassifier.refit` right after the incremental step of that batch. A refit is a function of the
-stored examples, so workers that learn the same records in the same batches from the same starting point
-reach the same model.
+and kept in the checkpoint; hard negatives do not count) a full :meth:`RedClassifier.refit` runs right
+after the incremental step of that record: on the copy the live learner's step is applied to (labels
+meanwhile come from the model before it), or on the model thread while the log is replayed at start-up.
+A refit is a function of the stored examples, so workers that learn the same records from the same
+starting point reach the same model.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from driftlabel.streams.builds import (
 from driftlabel.streams.messages import ControlMessage, TrainingMessage, decode_vector
 from driftlabel.streams.ports import Classifier, Embedder
 from driftlabel.streams.reforming import Reform, Reforming
-from driftlabel.streams.schedule import refit_cuts, trigger_points
+from driftlabel.streams.schedule import Op, plan_step
 from driftlabel.streams.seed import SeedSet
 from driftlabel.streams.settings import StreamSettings
 
@@ -106,6 +107,14 @@ PLACE_CHUNK = 2
 """A new label's examples and description are embedded 2 at a time (~9 ms a job; 10 % more per text
 than 8 at a time): each job is no longer than a labelling batch, so 50 O*NET labels added at once hold
 first labels to 1.5x their idle p99 (2.2-2.5x at 8 at a time, the description a job of its own)."""
+
+
+def _apply(model: Classifier, op: Op, args: tuple[Any, ...]) -> None:
+    """Apply an observe or learn op of a step to ``model`` (the live one, or a copy)."""
+    if op.kind == "observe":
+        model.observe_embeddings(*args)
+    else:
+        model.learn_embeddings(*args)
 
 
 class ModelHost(Reforming):
@@ -347,51 +356,66 @@ class ModelHost(Reforming):
         return x if len(x) == self.embedder.dim else None
 
     def _learn(self, records: Sequence[TrainingMessage], position: int | None = None) -> None:
-        """Learn a batch of training records in log order (the model adds new labels of valid rows, drops
-        "not L" for unknown L; ``stream`` records go to its unlabelled pool); ``position``: the log
-        position the model includes afterwards."""
+        """Learn a batch of training records in log order on the model thread (the model adds new labels
+        of valid rows, drops "not L" for unknown L; ``stream`` records go to its unlabelled pool), with
+        the refits and the re-forming they make due (:meth:`_plan`); ``position``: the log position the
+        model includes afterwards."""
         if position is not None:
             self.position = position
-        lo = 0
-        while lo < len(records):  # runs of labelled and of unlabelled records, in log order
-            unlabelled = records[lo].source == "stream"
-            hi = lo + 1
-            while hi < len(records) and (records[hi].source == "stream") == unlabelled:
-                hi += 1
-            if unlabelled:
-                self._observe(records[lo:hi])
-            else:
-                self._learn_labelled(records[lo:hi])
-            lo = hi
-
-    def _observe(self, records: Sequence[TrainingMessage]) -> None:
-        vectors = [self._vector(r) for r in records]
-        todo = [i for i, v in enumerate(vectors) if v is None]
-        if todo:
-            X_todo = self._embed_cached([records[i].text for i in todo])
-            for j, i in enumerate(todo):
-                vectors[i] = X_todo[j]
-        X = np.stack([v for v in vectors if v is not None]).astype(np.float32, copy=False)
-        self.live.observe_embeddings(X)
-        self._remember("observe", (X,))
-        self.changes_since_checkpoint += len(records)
-
-    def _learn_labelled(self, records: Sequence[TrainingMessage]) -> None:
-        texts = [r.text for r in records]
-        X = self._embed_cached(texts)
-        valid = np.array([r.valid for r in records], dtype=bool)
-        cuts = refit_cuts(
-            valid, self.valid_since_refit, self.refit_every, (self.valid_since_reform, self.reform_every)
-        )
-        for lo, hi in cuts:
-            labels = [r.label for r in records[lo:hi]]
-            args = (X[lo:hi], texts[lo:hi], labels, valid[lo:hi].tolist())
-            self.live.learn_embeddings(*args)
-            self._learned(args)
-            if self.refit_every and self.valid_since_refit >= self.refit_every:
+        rows = self._stream_vectors(records)
+        todo = [i for i, v in enumerate(rows) if v is None]
+        X = self._stack(rows, todo, self._embed_cached([records[i].text for i in todo]))
+        for op in self._plan(records):
+            if op.kind == "refit":
                 self._refit()
-            if self.reform_every and self.valid_since_reform >= self.reform_every:
+            elif op.kind == "reform":
                 self._begin_reform()
+            else:
+                args = self._op_args(op, records, X)
+                _apply(self.live, op, args)
+                self._count(op, args)
+
+    def _plan(self, records: Sequence[TrainingMessage]) -> list[Op]:
+        """What learning ``records`` does to the model, in order (:func:`plan_step`)."""
+        unlabelled = np.array([r.source == "stream" for r in records], dtype=bool)
+        valid = np.array([bool(r.valid) for r in records], dtype=bool)
+        return plan_step(
+            unlabelled, valid, self.valid_since_refit, self.refit_every, self.valid_since_reform,
+            self.reform_every,
+        )  # fmt: skip
+
+    def _stream_vectors(self, records: Sequence[TrainingMessage]) -> list[np.ndarray | None]:
+        """The embedding each ``stream`` record carries (when this worker's embedder made it); None where
+        the text must be embedded (every labelled record: its text, as every worker embeds it)."""
+        return [self._vector(r) if r.source == "stream" else None for r in records]
+
+    @staticmethod
+    def _stack(rows: list[np.ndarray | None], todo: Sequence[int], X_todo: np.ndarray) -> np.ndarray:
+        """A step's embeddings: ``rows`` with the ``todo`` ones filled from ``X_todo``."""
+        for j, i in enumerate(todo):
+            rows[i] = X_todo[j]
+        return np.stack([r for r in rows if r is not None]).astype(np.float32, copy=False)
+
+    @staticmethod
+    def _op_args(op: Op, records: Sequence[TrainingMessage], X: np.ndarray) -> tuple[Any, ...]:
+        """The arguments of ``observe_embeddings`` / ``learn_embeddings`` for an op of a step."""
+        if op.kind == "observe":
+            return (X[op.lo : op.hi],)
+        part = records[op.lo : op.hi]
+        return (
+            X[op.lo : op.hi],
+            [r.text for r in part],
+            [r.label for r in part],
+            [bool(r.valid) for r in part],
+        )
+
+    def _count(self, op: Op, args: tuple[Any, ...]) -> None:
+        """Count an applied observe or learn op (:meth:`_learned`)."""
+        if op.kind == "observe":
+            self._remember("observe", args)
+            self.changes_since_checkpoint += len(args[0])
+        else:
+            self._learned(args)
 
     def _learned(self, args: tuple[Any, ...]) -> None:
         """Count a learned ``learn_embeddings(*args)`` (the refit and re-forming schedules, the
@@ -412,12 +436,15 @@ class ModelHost(Reforming):
 
     def _refit(self) -> None:
         """Full refit of the experts from the stored examples (model thread; blocks predictions)."""
-        n = self.valid_since_refit
         t0 = time.perf_counter()
+        self.live.refit()
+        self._refitted(time.perf_counter() - t0)
+
+    def _refitted(self, dt: float) -> None:
+        """Count a refit of the live model that took ``dt`` seconds (here or on a copy)."""
+        n = self.valid_since_refit
         model = self.live
-        model.refit()
         self._remember("refit", ())
-        dt = time.perf_counter() - t0
         self.valid_since_refit = 0
         self.refits += 1
         self.refit_seconds += dt
@@ -523,67 +550,68 @@ class ModelHost(Reforming):
     ) -> None:
         """Learn ``records``; the model then includes the log up to ``position``.
 
-        ``live`` (the learner, once it has caught up) keeps the model thread free for predictions.
-        Labelled records with no refit due are learned on a copy of the model on the build thread and
-        the copy is swapped in, as a new label is placed (:meth:`control`). Learning is cheap until a
+        ``live`` (the learner, once it has caught up) keeps the model thread free for predictions: the
+        step (labelled and ``stream`` records, and a refit or a re-forming it makes due) is applied to a
+        copy of the model on the build thread and the copy is swapped in, as a new label is placed
+        (:meth:`control`). Learning is cheap until a
         young label reaches a milestone and its column is re-solved against every stored row: ~0.15 s at
         O*NET's 923 labels, 0.3-0.5 s in a busy worker, a hold of labelling that 300 human records
         arriving at once turned into a first-label p99 of ~1 s. The model thread now embeds (a chunk at
         a time), copies (3-4 ms at O*NET) and swaps; the copy makes the same calls, so every worker gets
         the same model. A re-forming due at one of the records starts from a copy taken there, on the
-        build thread, as :meth:`_learn` would take it. Other records are embedded a chunk at a time
-        (:meth:`prepare`) and learned on the model thread."""
-        due = self._copy_plan(records) if live else None
-        if due is None:
+        build thread, as :meth:`_learn` would take it; a refit due (``refit_every``) runs on the copy
+        too, labels coming from the model before it meanwhile. A step that makes two re-formings due
+        (or one while one is in flight) is embedded a chunk at a time (:meth:`prepare`) and learned on
+        the model thread."""
+        plan = self._copy_plan(records) if live else None
+        if plan is None:
             if live:
                 await self.prepare(records)
             return await self.run(self._learn, records, position)
-        texts = [r.text for r in records]
-        X = await self._embed_chunked(texts)
-        labels = [r.label for r in records]
-        valid = [bool(r.valid) for r in records]
-        parts, lo = [], 0
-        for hi in sorted({*due, len(records)}):  # learned in two parts around a re-forming, as _learn does
-            parts.append((X[lo:hi], texts[lo:hi], labels[lo:hi], valid[lo:hi]))
-            lo = hi
+        rows = self._stream_vectors(records)
+        todo = [i for i, v in enumerate(rows) if v is None]
+        X = self._stack(rows, todo, await self._embed_chunked([records[i].text for i in todo]))
+        steps = [(op, self._op_args(op, records, X)) for op in plan]
         base, clone = await self.run(lambda: (self.live, self.copy_model()))
 
-        def build() -> Classifier | None:
-            at_reform = None
-            for i, args in enumerate(parts):
-                clone.learn_embeddings(*args)
-                if due and i == 0:
-                    at_reform = self.copy_model(clone)
-            return at_reform
+        def build() -> list[Any]:
+            """The step on the copy, op by op: a refit's seconds, a re-forming's starting copy."""
+            done: list[Any] = []
+            for op, args in steps:
+                if op.kind == "refit":
+                    t0 = time.perf_counter()
+                    clone.refit()
+                    done.append(time.perf_counter() - t0)
+                elif op.kind == "reform":
+                    done.append(self.copy_model(clone))
+                else:
+                    _apply(clone, op, args)
+                    done.append(None)
+            return done
 
-        at_reform = await asyncio.get_running_loop().run_in_executor(self._side, build)
-        await self.run(self._install_learned, base, clone, parts, position, at_reform)
+        done = await asyncio.get_running_loop().run_in_executor(self._side, build)
+        await self.run(self._install_learned, base, clone, steps, done, position)
 
-    def _copy_plan(self, records: Sequence[TrainingMessage]) -> list[int] | None:
-        """Where a re-forming falls in ``records`` (an empty list: nowhere) if :meth:`learn` can take
-        them on a copy, else None: labelled records only (unlabelled ones go to a pool, cheaply), a model
-        that copies itself, no refit due within them (a refit runs on the model thread), at most one
-        re-forming."""
+    def _copy_plan(self, records: Sequence[TrainingMessage]) -> list[Op] | None:
+        """The plan of ``records`` (:meth:`_plan`) if :meth:`learn` can apply it to a copy, else None: a
+        model that copies itself, and at most one re-forming due, none in flight (a second one would
+        first wait for the one before and swap it in, on the model thread)."""
         if not records or not self.ready or not hasattr(self.live, "copy"):
             return None
-        if any(r.source == "stream" for r in records):
-            return None
-        valid = np.array([r.valid for r in records], dtype=bool)
-        if trigger_points(valid, self.valid_since_refit, self.refit_every):
-            return None
-        due = trigger_points(valid, self.valid_since_reform, self.reform_every)
-        return due if len(due) <= 1 else None
+        plan = self._plan(records)
+        reforms = sum(op.kind == "reform" for op in plan)
+        return plan if reforms == 0 or (reforms == 1 and self.reform is None) else None
 
     def _install_learned(
         self,
         base: Classifier,
         clone: Classifier,
-        parts: Sequence[tuple[Any, ...]],
+        steps: Sequence[tuple[Op, tuple[Any, ...]]],
+        done: Sequence[Any],
         position: int | None,
-        at_reform: Classifier | None,
     ) -> None:
-        """Model thread: swap in the copy that learned ``parts`` and count them as :meth:`_learn` does,
-        starting the re-forming from ``at_reform`` (the copy after the first part) when one is due."""
+        """Model thread: swap in the copy that applied ``steps`` and count them as :meth:`_learn` does,
+        a re-forming starting from the copy taken at its point of the step (``done``)."""
         if self.live is not base:  # only the learner changes the model, one step at a time
             self._retire(clone)
             raise RuntimeError("the live model changed while a copy of it learned: the step is not applied")
@@ -591,10 +619,13 @@ class ModelHost(Reforming):
         self.model = clone
         if position is not None:
             self.position = position
-        for i, args in enumerate(parts):
-            self._learned(args)
-            if i == 0 and at_reform is not None:
-                self._begin_reform(at_reform)
+        for (op, args), result in zip(steps, done, strict=True):
+            if op.kind == "refit":
+                self._refitted(result)
+            elif op.kind == "reform":
+                self._begin_reform(result)
+            else:
+                self._count(op, args)
 
     async def control(self, msg: ControlMessage, position: int | None = None) -> None:
         """Apply a control op at log ``position``.

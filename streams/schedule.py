@@ -3,9 +3,12 @@ so that every worker refits and re-forms at the same records however its polls c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
-__all__ = ["refit_cuts", "trigger_points"]
+__all__ = ["Op", "plan_step", "refit_cuts", "trigger_points"]
 
 
 def trigger_points(valid: np.ndarray, counted: int, every: int) -> list[int]:
@@ -34,3 +37,50 @@ def refit_cuts(valid: np.ndarray, counted: int, every: int, *more: tuple[int, in
     if lo < n:
         cuts.append((lo, n))
     return cuts
+
+
+@dataclass(frozen=True)
+class Op:
+    """One change of a learning step: ``observe`` or ``learn`` records ``[lo, hi)``, or a ``refit`` or a
+    ``reform`` (copy the model and re-form the copy) right after the records before it."""
+
+    kind: Literal["observe", "learn", "refit", "reform"]
+    lo: int = 0
+    hi: int = 0
+
+
+def plan_step(
+    unlabelled: np.ndarray,
+    valid: np.ndarray,
+    since_refit: int,
+    refit_every: int,
+    since_reform: int,
+    reform_every: int,
+) -> list[Op]:
+    """The changes that learning a step of records makes, in log order: runs of unlabelled (``stream``)
+    records are observed, runs of labelled ones learned, cut so that a refit or a re-forming falls right
+    after the record whose valid example reaches its schedule (``since_*``: valid examples counted before
+    the step). One plan, whether the step is applied to the live model or to a copy of it."""
+    ops: list[Op] = []
+    n, lo = len(valid), 0
+    while lo < n:
+        hi = lo + 1
+        while hi < n and unlabelled[hi] == unlabelled[lo]:
+            hi += 1
+        if unlabelled[lo]:
+            ops.append(Op("observe", lo, hi))
+        else:
+            run = valid[lo:hi]
+            for a, b in refit_cuts(run, since_refit, refit_every, (since_reform, reform_every)):
+                ops.append(Op("learn", lo + a, lo + b))
+                n_valid = int(run[a:b].sum())
+                since_refit += n_valid
+                since_reform += n_valid
+                if refit_every and since_refit >= refit_every:
+                    ops.append(Op("refit"))
+                    since_refit = 0
+                if reform_every and since_reform >= reform_every:
+                    ops.append(Op("reform"))
+                    since_reform = 0
+        lo = hi
+    return ops

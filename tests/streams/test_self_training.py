@@ -6,6 +6,7 @@ Kafka; the service path runs in tests/streams/test_service.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from driftlabel.models import RedClassifier
 from driftlabel.streams.errors import InvalidMessageError
 from driftlabel.streams.learner import plan_steps
 from driftlabel.streams.messages import (
@@ -110,13 +112,21 @@ def _stream_records(texts: list[str], emb: ClusterEmbedder, carry: bool = True) 
     ]
 
 
-def test_the_host_keeps_stream_records_in_log_order_without_embedding_them() -> None:
+def test_the_host_keeps_stream_records_in_log_order_without_embedding_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     host = _host(refit_every=None)
     calls: list[tuple[str, int]] = []
     model = host.live
-    learn, observe = host._learn_labelled, host._observe
-    host._learn_labelled = lambda rs: (calls.append(("learn", len(rs))), learn(rs))[1]  # type: ignore[method-assign]
-    host._observe = lambda rs: (calls.append(("observe", len(rs))), observe(rs))[1]  # type: ignore[method-assign]
+    for kind in ("learn", "observe"):
+        real = getattr(RedClassifier, f"{kind}_embeddings")
+
+        def spy(self: Any, X: Any, *a: Any, _kind: str = kind, _real: Any = real) -> Any:
+            if self is model:  # not the self-training twin it mirrors the call to
+                calls.append((_kind, len(X)))
+            return _real(self, X, *a)
+
+        monkeypatch.setattr(RedClassifier, f"{kind}_embeddings", spy)
     emb = host.embedder
     encoded = 0
     real_encode = emb.encode
@@ -136,6 +146,31 @@ def test_the_host_keeps_stream_records_in_log_order_without_embedding_them() -> 
     assert calls == [("observe", 2), ("learn", 3), ("observe", 1)]
     assert encoded == 4  # the 3 judge texts and the one without a vector; never the carried ones
     assert model.n_unlabelled == 3  # type: ignore[attr-defined]
+
+
+def test_a_step_with_stream_records_is_learned_on_a_copy_as_on_the_model_thread() -> None:
+    """The live learner applies a step with ``stream`` records to a copy too: the same model, pool and
+    counters as the model thread's, swapped in whole."""
+    records = [
+        *_stream_records(["alpha 900", "beta 901"], ClusterEmbedder()),
+        *_records(300, 3),
+        *_stream_records(["gamma 902"], ClusterEmbedder(), carry=False),
+    ]
+    host, inline = _host(refit_every=None), _host(refit_every=None)
+    host.position = inline.position = 12
+    before = host.live
+    asyncio.run(host.learn(records, position=18, live=True))
+    inline._learn(records, position=18)
+    assert host.live is not before, "not learned on a copy"
+    assert host.state() == inline.state()
+    assert host.changes_since_checkpoint == inline.changes_since_checkpoint
+    assert host.live.n_unlabelled == inline.live.n_unlabelled == 3  # type: ignore[attr-defined]
+    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(950, 960) for lab in ("alpha", "beta")])
+    ra, rb = host.live.rank_embeddings(X, top_k=2), inline.live.rank_embeddings(X, top_k=2)
+    assert ra.labels == rb.labels
+    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    host.close()
+    inline.close()
 
 
 @pytest.mark.slow
