@@ -187,9 +187,11 @@ async def reform_round(
     rate: float,
     training: list[dict[str, Any]],
     port: int,
+    counter: str = "driftlabel_reforms_total",
 ) -> dict[str, Any]:
-    """Texts at ``rate`` while ``training`` (enough valid examples to start one re-forming) is learned."""
-    before = metric(port, "driftlabel_reforms_total")
+    """Texts at ``rate`` while ``training`` (enough valid examples to start one re-forming, or one refit
+    with ``counter = "driftlabel_refits_total"``) is learned, until ``counter`` moves."""
+    before = metric(port, counter)
     # the examples are labelled first, as accepted items are, so the worker has their embeddings
     await produce(kafka, names.texts, [{"id": f"pre-{v['id']}", "text": v["text"]} for v in training])
     await asyncio.sleep(3.0)
@@ -203,9 +205,9 @@ async def reform_round(
         texts,
         rate,
         fire,
-        lambda: metric(port, "driftlabel_reforms_total") > before,
+        lambda: metric(port, counter) > before,
         3.0,
-        "reform",
+        counter.split("_")[1],
     )
 
 
@@ -395,6 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure latency while a subset re-forming runs (N valid training examples start one)",
     )
     ap.add_argument(
+        "--refit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure latency while a full refit runs (stream.refit_every = N; N valid training "
+        "examples start one)",
+    )
+    ap.add_argument(
         "--add-classes",
         type=int,
         default=0,
@@ -446,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = [t for t, _ in stream][: args.texts]
     extra = [
         {"id": f"x{i}", "text": t, "label": lab, "source": "human"}
-        for i, (t, lab) in enumerate(stream[args.texts : args.texts + args.reform])
-    ]
+        for i, (t, lab) in enumerate(stream[args.texts : args.texts + args.reform + args.refit])
+    ]  # the re-forming's records, then the refit's
     print(f"bench: {len(texts)} texts, {len({lab for _, lab in seeds})} classes; load {load()}", flush=True)
     if args.workers:
         if args.out == RESULTS:
@@ -478,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             "DRIFTLABEL_EMBEDDER_KIND": EMBEDDER_KINDS[args.embedder],
             # no re-forming except the measured one (the judge, if on, also adds examples)
             "DRIFTLABEL_STREAM_REFORM_EVERY": str(args.reform or 10**9),
+            "DRIFTLABEL_STREAM_REFIT_EVERY": str(args.refit),
         }
         if args.judge_share > 0:
             from driftlabel.judge import SimulatedExpert
@@ -544,8 +555,24 @@ def main(argv: list[str] | None = None) -> int:
         reform: dict[str, Any] | None = None
         disturbed = _repeat(texts, half * max(args.latency_s, 60))
         if args.reform:
-            reform = asyncio.run(reform_round(kafka, names, disturbed, half, extra, metrics_port))
+            reform = asyncio.run(
+                reform_round(kafka, names, disturbed, half, extra[: args.reform], metrics_port)
+            )
             print(f"bench: during a re-forming: {_disturbance_text(reform, lat)}", flush=True)
+        refit: dict[str, Any] | None = None
+        if args.refit:
+            refit = asyncio.run(
+                reform_round(
+                    kafka,
+                    names,
+                    disturbed,
+                    half,
+                    extra[args.reform :],
+                    metrics_port,
+                    "driftlabel_refits_total",
+                )
+            )
+            print(f"bench: during a refit: {_disturbance_text(refit, lat)}", flush=True)
         added: dict[str, Any] | None = None
         if add_ops:
             added = asyncio.run(add_round(kafka, names, disturbed, half, add_ops, metrics_port))
@@ -596,6 +623,12 @@ young re-solves
         report += (
             f"| publish -> first label while the subsets are re-formed in the background (from sending "
             f"{args.reform} training examples to the swap) | {_disturbance_text(reform, lat)} |\n"
+        )
+    if refit is not None:
+        report += (
+            f"| publish -> first label while the experts are refitted (`stream.refit_every = {args.refit}`; "
+            f"from sending {args.refit} training examples to the refit's end) | "
+            f"{_disturbance_text(refit, lat)} |\n"
         )
     if added is not None:
         report += (
