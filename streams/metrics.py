@@ -168,7 +168,7 @@ class ServiceMetrics:
         )
         self.refit_seconds = Histogram(
             "driftlabel_refit_seconds",
-            "Duration of one full refit (the model thread is blocked meanwhile)",
+            "Duration of one full refit (on a copy of the model while the worker is live)",
             buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
             registry=r,
         )

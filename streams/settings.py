@@ -180,8 +180,9 @@ class StreamSettings(DriftlabelSettings):
     refit_every: int = Field(
         0,
         ge=0,
-        description="blocking full refit of the experts after this many newly learned valid examples "
-        "(0: never; the default, since an incremental update is exact)",
+        description="full refit of the experts after this many newly learned valid examples, on the copy "
+        "the live learner's step is applied to, so labelling goes on (0: never; the default, since an "
+        "incremental update is exact)",
     )
     reform_every: int = Field(
         2000,
