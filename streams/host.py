@@ -362,6 +362,8 @@ class ModelHost(Reforming):
         model includes afterwards."""
         if position is not None:
             self.position = position
+        if not records:  # advance(): the position moves, the model does not
+            return
         rows = self._stream_vectors(records)
         todo = [i for i, v in enumerate(rows) if v is None]
         X = self._stack(rows, todo, self._embed_cached([records[i].text for i in todo]))

@@ -140,6 +140,15 @@ def test_hard_negatives_do_not_count() -> None:
     assert host.refits == 1 and host.valid_since_refit == 0
 
 
+def test_advancing_over_no_records_moves_only_the_position() -> None:
+    host = _host(refit_every=None)
+    before = host.state()
+    asyncio.run(host.advance(40))
+    asyncio.run(host.learn([], position=41, live=True))
+    assert host.state() == {**before, "position": 41} and host.version == 41
+    host.close()
+
+
 def test_refit_every_zero_disables() -> None:
     host = _host(refit_every=0)
     for k in range(5):
