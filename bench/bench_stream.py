@@ -188,6 +188,7 @@ async def reform_round(
     training: list[dict[str, Any]],
     port: int,
     counter: str = "driftlabel_reforms_total",
+    tag: str = "reform",
 ) -> dict[str, Any]:
     """Texts at ``rate`` while ``training`` (enough valid examples to start one re-forming, or one refit
     with ``counter = "driftlabel_refits_total"``) is learned, until ``counter`` moves."""
@@ -207,7 +208,7 @@ async def reform_round(
         fire,
         lambda: metric(port, counter) > before,
         3.0,
-        counter.split("_")[1],
+        tag,
     )
 
 
@@ -570,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                     extra[args.reform :],
                     metrics_port,
                     "driftlabel_refits_total",
+                    "refit",
                 )
             )
             print(f"bench: during a refit: {_disturbance_text(refit, lat)}", flush=True)

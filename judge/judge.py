@@ -304,15 +304,36 @@ class Judge:
             if self.settings.batch_size > 1:
                 return await self._choices.submit((request, asked))
             return await self._choose(request, asked)
-        if self.settings.batch_size > 1:
-            return await self._validate_batched(request, asked)
-        calls = _ItemCalls(self.settings.max_calls_per_item)
+        return await self._recurse(request, asked)
+
+    async def _recurse(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
+        """PRODUCT.md's recursion: one yes/no question per candidate, best first, until a yes. With
+        ``batch_size > 1`` each question shares a call with up to ``batch_size - 1`` questions about other
+        items (a rejected item's next question joins a later call) and is charged its share of it (a
+        cached answer: nothing, and no wait); the outcome's ``calls`` then holds the sum. A call that
+        cannot be made raises, as :meth:`judge` documents; the answers already had are cached, so the
+        retry pays only for the rest."""
+        s = self.settings
+        per_item = _ItemCalls(s.max_calls_per_item)
+        batched = s.batch_size > 1
         verdicts: list[Verdict] = []
+        spent = 0.0
+
+        def charged(extra: float = 0.0) -> float | None:
+            return spent + extra if batched else None
+
         for depth, cand in enumerate(asked, start=1):
             try:
-                verdict = await self._validate(
-                    request.text, cand, item_id=request.id, depth=depth, calls=calls
-                )
+                hit = self._cached(request.text, cand, request.id, depth) if batched else None
+                if hit is not None:  # answered before: no call, and no wait for a batch
+                    verdict, cost = hit, 0.0
+                elif batched:
+                    verdict, cost = await self._checks.submit(_Check(request.text, cand, request.id, depth))
+                else:
+                    verdict = await self._validate(
+                        request.text, cand, item_id=request.id, depth=depth, calls=per_item
+                    )
+                    cost = 0.0 if verdict.cached else 1.0
             except MalformedAnswerError as exc:
                 return self._outcome(
                     request.id,
@@ -320,6 +341,7 @@ class Judge:
                     None,
                     verdicts,
                     f"no usable answer about {cand.label!r} at depth {depth} ({exc}); send to human review",
+                    charged(1.0),
                 )
             except _ItemBudgetSpent:
                 return self._outcome(
@@ -327,59 +349,22 @@ class Judge:
                     "unresolved",
                     None,
                     verdicts,
-                    f"per-item budget of {calls.limit} calls spent before a yes (depth {depth}); "
+                    f"per-item budget of {s.max_calls_per_item} calls spent before a yes (depth {depth}); "
                     "send to human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
+                    charged(1.0),
                 )
             verdicts.append(verdict)
-            if verdict.valid:
-                return self._outcome(
-                    request.id, "validated" if depth == 1 else "corrected", cand.label, verdicts, None
-                )
-        return self._outcome(
-            request.id,
-            "unresolved",
-            None,
-            verdicts,
-            f"the judge rejected all {len(asked)} candidate(s) asked (max_depth={self.settings.max_depth})",
-        )
-
-    async def _validate_batched(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
-        """PRODUCT.md's recursion with ``batch_size > 1``: the same yes/no question per candidate, best
-        first, until a yes; each question shares a call with up to ``batch_size - 1`` questions about other
-        items (a rejected item's next question joins a later call) and is charged its share of it (a cached
-        answer: nothing, and no wait). A call that cannot be made raises, as :meth:`judge` documents; the
-        answers already had are cached, so the retry pays only for the rest."""
-        verdicts: list[Verdict] = []
-        calls = 0.0
-        for depth, cand in enumerate(asked, start=1):
-            try:
-                hit = self._cached(request.text, cand, request.id, depth)
-                if hit is not None:
-                    verdict, cost = hit, 0.0
-                else:
-                    verdict, cost = await self._checks.submit(_Check(request.text, cand, request.id, depth))
-            except (MalformedAnswerError, _ItemBudgetSpent) as exc:
-                why = str(exc) or f"per-item budget of {self.settings.max_calls_per_item} calls spent"
-                return self._outcome(
-                    request.id,
-                    "unresolved",
-                    None,
-                    verdicts,
-                    f"no usable answer about {cand.label!r} at depth {depth} ({why}); send to human review",
-                    calls + 1,
-                )
-            verdicts.append(verdict)
-            calls += cost
+            spent += cost
             if verdict.valid:
                 status = "validated" if depth == 1 else "corrected"
-                return self._outcome(request.id, status, cand.label, verdicts, None, calls)
+                return self._outcome(request.id, status, cand.label, verdicts, None, charged())
         return self._outcome(
             request.id,
             "unresolved",
             None,
             verdicts,
-            f"the judge rejected all {len(asked)} candidate(s) asked (max_depth={self.settings.max_depth})",
-            calls,
+            f"the judge rejected all {len(asked)} candidate(s) asked (max_depth={s.max_depth})",
+            charged(),
         )
 
     async def validate(self, text: str, candidate: Candidate, *, item_id: str, depth: int = 1) -> Verdict:
@@ -556,10 +541,17 @@ class Judge:
         verdicts: list[Verdict],
         reason: str | None,
         calls: float | None = None,
+        chosen: bool = False,
     ) -> JudgeOutcome:
         self._c.outcomes[status] += 1
         return JudgeOutcome(
-            id=item_id, status=status, label=label, verdicts=verdicts, reason=reason, calls=calls
+            id=item_id,
+            status=status,
+            label=label,
+            verdicts=verdicts,
+            reason=reason,
+            calls=calls,
+            chosen=chosen,
         )
 
     async def _choose(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
@@ -582,7 +574,7 @@ class Judge:
             )
         except MalformedAnswerError as exc:
             return self._outcome(
-                request.id, "unresolved", None, [], f"no usable choice ({exc}); send to human review", 1
+                request.id, "unresolved", None, [], f"no usable choice ({exc}); send to human review", 1, True
             )
         except _ItemBudgetSpent:
             return self._outcome(
@@ -593,6 +585,7 @@ class Judge:
                 f"per-item budget of {s.max_calls_per_item} calls spent before a usable choice; send to "
                 "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
                 s.max_calls_per_item,
+                True,
             )
         return await self._chosen(request, asked, int(answer.value), answer.latency_ms, answer.tokens, 1)
 
@@ -687,9 +680,10 @@ class Judge:
                 verdicts,
                 f"the judge chose none of the {len(asked)} candidate(s) shown; send to human review",
                 calls,
+                True,
             )
         status = "validated" if pick == 1 else "corrected"
-        picked = JudgeOutcome(request.id, status, asked[pick - 1].label, verdicts, calls=calls)
+        picked = JudgeOutcome(request.id, status, asked[pick - 1].label, verdicts, calls=calls, chosen=True)
         out = await self._cross_check(request, asked, picked)
         self._c.outcomes[out.status] += 1
         return out

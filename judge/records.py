@@ -102,10 +102,12 @@ class JudgeOutcome:
     label: str | None
     verdicts: list[Verdict] = field(default_factory=list)
     reason: str | None = None
-    #: endpoint questions asked for the item; None: one per verdict (``question = "validate"``), while a
-    #: ``choose`` question answers every candidate's verdict in one call, and a batch of k items
-    #: (``judge.batch_size``) charges each 1/k of its call
+    #: endpoint calls charged to the item; None: one per verdict (``question = "validate"``, one question a
+    #: call), while a ``choose`` question answers every candidate's verdict in one call, and a batch of k
+    #: items or questions (``judge.batch_size``) charges each 1/k of its call
     calls: float | None = None
+    #: the verdicts (but a cross-check) came from one answer to a ``choose`` question
+    chosen: bool = False
     #: the yes/no cross-check of an unlikely pick (``judge.verify_below``), also the last of ``verdicts``
     check: Verdict | None = None
 
@@ -126,9 +128,10 @@ class JudgeOutcome:
     @property
     def answers(self) -> list[tuple[bool, float, int]]:
         """``(accepted, latency_ms, tokens)`` per answered question, for metrics that count requests: a
-        verdict each with ``validate``; one for a ``choose`` call (accepted: a candidate was picked), whose
-        verdicts all came from that one answer, and one more for its cross-check (``check``), if any."""
-        if self.calls is None:
+        verdict each with ``validate`` (batched or not); one for a ``choose`` call (accepted: a candidate
+        was picked), whose verdicts all came from that one answer, and one more for its cross-check
+        (``check``), if any."""
+        if not self.chosen:
             return [(v.valid, v.latency_ms, v.tokens) for v in self.verdicts]
         chosen = [v for v in self.verdicts if v is not self.check]
         out = []

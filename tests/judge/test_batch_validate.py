@@ -46,6 +46,8 @@ def test_questions_of_several_items_share_a_call(judge_for: JudgeFor) -> None:
         ]
         assert outs[1].hard_negatives == ["alarm"] and outs[2].hard_negatives == ["weather", "transfer"]
         assert sum(o.tokens for o in outs) == stats.tokens > 0
+        # the worker's request metrics count every yes/no answered, not one per item as for a choice
+        assert [[a[0] for a in o.answers] for o in outs] == [[True], [False, True], [False, False], [True]]
 
     asyncio.run(scenario())
 

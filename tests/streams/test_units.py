@@ -273,7 +273,9 @@ def test_a_refuted_cross_check_is_learned_as_its_no_only() -> None:
     """``judge.verify_below``: the choice said "a", the yes/no about "a" said no; only that no is learned."""
     chose = [Verdict("i3", "b", False, 1, "m", 5.0, 90), Verdict("i3", "a", True, 2, "m", 5.0, 0)]
     check = Verdict("i3", "a", False, 2, "m", 4.0, 60)
-    out = JudgeOutcome("i3", "unresolved", None, [*chose, check], "refuted", calls=2.0, check=check)
+    out = JudgeOutcome(
+        "i3", "unresolved", None, [*chose, check], "refuted", calls=2.0, chosen=True, check=check
+    )
     r = judge_result_messages(_request(), out, 7, 3.0)
     assert [(t.label, t.valid) for t in r.training] == [("a", False)]
     assert [(v.label, v.valid) for v in r.verdicts] == [("b", False), ("a", True), ("a", False)]
