@@ -24,7 +24,7 @@ from driftlabel.models import ExpertSettings, RedClassifier
 from driftlabel.streams.host import GENERATION, ModelHost, SeedSet
 from driftlabel.streams.messages import ControlMessage, TrainingMessage
 from driftlabel.streams.metrics import ServiceMetrics
-from driftlabel.streams.schedule import refit_cuts
+from driftlabel.streams.schedule import Op, plan_step, refit_cuts
 from driftlabel.streams.settings import MetricsSettings, StreamSettings
 
 LABELS = ["alpha", "beta", "gamma", "delta"]
@@ -138,6 +138,19 @@ def test_hard_negatives_do_not_count() -> None:
     assert host.refits == 0 and host.valid_since_refit == 4
     host._learn(_records(400, 1) + _records(500, 3, valid=False))
     assert host.refits == 1 and host.valid_since_refit == 0
+
+
+def test_a_step_plan_cuts_where_refits_and_re_formings_fall_due() -> None:
+    unlabelled = np.array([0, 0, 1, 1, 0, 0, 0, 0], dtype=bool)
+    valid = np.array([1, 1, 0, 0, 1, 0, 1, 1], dtype=bool)
+    # 1 valid counted toward a refit every 3, none toward a re-forming every 4
+    assert plan_step(unlabelled, valid, 1, 3, 0, 4) == [
+        Op("learn", 0, 2), Op("refit"), Op("observe", 2, 4), Op("learn", 4, 7), Op("reform"),
+        Op("learn", 7, 8), Op("refit"),
+    ]  # fmt: skip
+    never = plan_step(unlabelled, valid, 0, 0, 0, 0)
+    assert never == [Op("learn", 0, 2), Op("observe", 2, 4), Op("learn", 4, 8)]
+    assert plan_step(unlabelled[:0], valid[:0], 0, 3, 0, 4) == []
 
 
 def test_advancing_over_no_records_moves_only_the_position() -> None:
