@@ -333,7 +333,7 @@ class Judge:
                     verdict = await self._validate(
                         request.text, cand, item_id=request.id, depth=depth, calls=per_item
                     )
-                    cost = 0.0 if verdict.cached else 1.0
+                    cost = 0.0  # unbatched: the outcome counts a call per verdict (calls None)
             except MalformedAnswerError as exc:
                 return self._outcome(
                     request.id,

@@ -148,10 +148,11 @@ def test_an_item_the_answer_leaves_out_is_asked_alone(settings_for: SettingsFor)
     asyncio.run(scenario())
 
 
-def test_closing_the_judge_keeps_waiting_items(judge_for: JudgeFor) -> None:
+@pytest.mark.parametrize("question", ["choose", "validate"])
+def test_closing_the_judge_keeps_waiting_items(judge_for: JudgeFor, question: str) -> None:
     async def scenario() -> None:
         async with SimulatedExpert(DATA) as sim:
-            judge = judge_for(sim.base_url, question="choose", batch_size=4, batch_wait_ms=60_000)
+            judge = judge_for(sim.base_url, question=question, batch_size=4, batch_wait_ms=60_000)
             waiting = asyncio.ensure_future(judge.judge(four()[0]))
             await asyncio.sleep(0.05)
             await judge.aclose()

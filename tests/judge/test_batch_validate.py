@@ -1,5 +1,6 @@
 """``judge.batch_size`` with ``question = "validate"``: PRODUCT.md's recursion (one yes/no question per
-candidate, best first, until a yes), several items' questions sharing one call.
+candidate, best first, until a yes), several items' questions sharing one call
+(closing the judge with items waiting: tests/judge/test_batch.py).
 
 The real ``openai`` client against a real simulated expert over loopback HTTP; an answer that leaves a
 question out on ``httpx.MockTransport``."""
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from driftlabel.judge import Judge, JudgeSettings, JudgeUnavailableError, SimulatedExpert
+from driftlabel.judge import Judge, JudgeSettings, SimulatedExpert
 from driftlabel.judge.prompts import TASK_VALIDATE_BATCH, extract_blocks, task_of
 
 from .test_batch import DATA, ask, four
@@ -108,19 +109,5 @@ def test_an_answer_had_before_costs_nothing_and_does_not_wait(judge_for: JudgeFo
         assert first.label == again.label == "weather"
         assert again.n_calls == 0 and again.verdicts[0].cached and waited < 0.15
         assert sim.counts["requests"] == 1  # the lone first question left after the wait, alone
-
-    asyncio.run(scenario())
-
-
-def test_an_item_waiting_when_the_judge_closes_is_kept(judge_for: JudgeFor) -> None:
-    async def scenario() -> None:
-        async with SimulatedExpert(DATA) as sim:
-            judge = judge_for(sim.base_url, batch_size=4, batch_wait_ms=60_000)
-            waiting = asyncio.ensure_future(judge.judge(four()[0]))
-            await asyncio.sleep(0.05)
-            await judge.aclose()
-            with pytest.raises(JudgeUnavailableError):  # the worker keeps the item and retries it
-                await waiting
-        assert sim.counts["requests"] == 0
 
     asyncio.run(scenario())

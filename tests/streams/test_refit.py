@@ -93,6 +93,14 @@ def _host(
     return host
 
 
+def _assert_same_model(a: Any, b: Any, top_k: int = 2, n: int = 20) -> None:
+    """Two classifiers rank ``n`` probe texts per label alike, score for score."""
+    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 900 + n) for lab in LABELS])
+    ra, rb = a.rank_embeddings(X, top_k=top_k), b.rank_embeddings(X, top_k=top_k)
+    assert ra.labels == rb.labels
+    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+
+
 def _counter(metrics: ServiceMetrics, name: str) -> float:
     v = metrics.registry.get_sample_value(name)
     return float(v) if v is not None else 0.0
@@ -312,10 +320,7 @@ def test_the_changes_made_during_a_re_forming_are_replayed_off_the_model_thread(
         ("driftlabel-model", 0),
     ]
     assert host.version == inline.version == GENERATION + 25 and host.live is not live
-    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
-    ra, rb = host.live.rank_embeddings(X, top_k=2), inline.live.rank_embeddings(X, top_k=2)
-    assert ra.labels == rb.labels
-    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    _assert_same_model(host.live, inline.live)
     for h in (host, inline):
         h.close()
 
@@ -376,10 +381,7 @@ def test_labelled_records_are_learned_on_a_copy_while_labels_keep_coming(
             assert len(h.reform.replay) == (1 if reform_every == 10 else 0)  # the step's second part
             h.reform.future.result(timeout=60)
             assert h._swap()
-    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
-    ra, rb = host.live.rank_embeddings(X, top_k=2), inline.live.rank_embeddings(X, top_k=2)
-    assert ra.labels == rb.labels
-    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    _assert_same_model(host.live, inline.live)
     for h in (host, inline):
         h.close()
 
@@ -481,10 +483,7 @@ def test_a_grown_seed_run_refits_to_the_model_a_fresh_fit_builds() -> None:
     fresh._fit(seed, position=24)
     assert grown.state() == fresh.state() and grown.version == 24 and grown.seed_run
     assert sorted(grown.live.labels) == sorted(fresh.live.labels) == sorted([*LABELS, "epsilon"])
-    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 920) for lab in LABELS])
-    ra, rb = grown.live.rank_embeddings(X, top_k=3), fresh.live.rank_embeddings(X, top_k=3)
-    assert ra.labels == rb.labels
-    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    _assert_same_model(grown.live, fresh.live, top_k=3)
     grown.end_seed_run()
     assert not grown.seed_run and not grown._seed_vectors
     grown.close()
@@ -551,10 +550,7 @@ def test_a_new_label_is_placed_on_a_copy_and_matches_the_inline_placement() -> N
     assert a.version == b.version == 22 and a.changes_since_checkpoint == b.changes_since_checkpoint
     assert a.live.labels == b.live.labels and "zeta" in a.live.labels
     assert a.live.descriptions == b.live.descriptions
-    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(900, 910) for lab in LABELS])
-    ra, rb = a.live.rank_embeddings(X, top_k=3), b.live.rank_embeddings(X, top_k=3)
-    assert ra.labels == rb.labels
-    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    _assert_same_model(a.live, b.live, top_k=3, n=10)
     a.close()
     b.close()
 

@@ -27,7 +27,7 @@ from driftlabel.streams.messages import (
 )
 from driftlabel.streams.pipeline import sampled, unlabelled_values
 
-from .test_refit import ClusterEmbedder, _host, _records
+from .test_refit import ClusterEmbedder, _assert_same_model, _host, _records
 from .test_shape import Rec
 
 
@@ -165,10 +165,7 @@ def test_a_step_with_stream_records_is_learned_on_a_copy_as_on_the_model_thread(
     assert host.state() == inline.state()
     assert host.changes_since_checkpoint == inline.changes_since_checkpoint
     assert host.live.n_unlabelled == inline.live.n_unlabelled == 3  # type: ignore[attr-defined]
-    X = ClusterEmbedder().encode([f"{lab} {i}" for i in range(950, 960) for lab in ("alpha", "beta")])
-    ra, rb = host.live.rank_embeddings(X, top_k=2), inline.live.rank_embeddings(X, top_k=2)
-    assert ra.labels == rb.labels
-    np.testing.assert_array_equal(np.asarray(ra.scores), np.asarray(rb.scores))
+    _assert_same_model(host.live, inline.live)
     host.close()
     inline.close()
 
