@@ -97,6 +97,9 @@ class Run:
     final_right: int = 0
     added: list[str] = field(default_factory=list)
     proposals: int = 0
+    far: int = 0
+    wrong_unknown: int = 0  # wrong labels learned for a text whose true class the model did not have yet
+    groups: dict[str, tuple[float, float]] = field(default_factory=dict)  # incremental: acc, stored/class
     drift_events: list[tuple[int, str]] = field(default_factory=list)
     worst_learn_s: float = 0.0
     add_s: list[float] = field(default_factory=list)  # seconds of each add_class call (model thread)
@@ -166,6 +169,8 @@ def run_loop(
     verify: float = 0.0,
     single_checks: bool = False,
     lag: int = 0,
+    far_depth: int | None = None,
+    min_ratio: float = 0.0,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -268,10 +273,15 @@ def run_loop(
         rejected_top1: list[bool] = []
         checked: list[int] = []  # indices into calls_each of the items whose pick was cross-checked
         final = top1.copy()
+        far_item = np.zeros(len(rows), dtype=bool)
+        if far_depth is not None and routed.any():
+            far_item = clf.nearest_similarity(Xb) < clf.oos_similarity_threshold()
         for i in np.flatnonzero(routed).tolist():
             t, truth = texts[rows[i]], yb[i]
             accepted = None
-            asked = [lab for lab, _p in r.candidates[i][:depth]]
+            cands = r.candidates[i][: far_depth if far_item[i] else depth]
+            asked = [lab for lab, p in cands if p >= min_ratio * cands[0][1]]
+            run.far += int(far_item[i])
             if method.startswith("choose"):  # one call: "which of these candidates, if any?"
                 n_calls = 1 / batch  # judge.batch_size items share one call
                 accepted = truth if truth in asked else None
@@ -310,6 +320,7 @@ def run_loop(
                 final[i] = accepted
                 run.accepted += 1
                 run.wrong_accepted += int(accepted != truth)
+                run.wrong_unknown += int(accepted != truth and truth not in clf.labels)
             elif scenario == "incremental":
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
         if checked:  # the chunk's checks share calls of up to `batch` questions (judge.batch_size)
@@ -367,6 +378,19 @@ def run_loop(
         if run.items >= next_eval or run.items == len(order):
             evaluate(run.items)
             next_eval += eval_every
+    if scenario == "incremental":  # where the points go: classes known at the start, described, discovered
+        pred = np.array(clf.predict_embeddings(Xt))
+        stored = clf.store.counts()
+        for name, group in (
+            ("known", set(labels) - late),
+            ("described", described),
+            ("discovered", late - described),
+        ):
+            m = np.isin(yt, sorted(group))
+            run.groups[name] = (
+                float(np.mean(pred[m] == yt[m])) if m.any() else float("nan"),
+                float(np.mean([stored.get(lab, 0) for lab in group])) if group else float("nan"),
+            )
     run.seconds = time.perf_counter() - t_start
     return run
 
@@ -506,6 +530,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="ablation: every cross-check costs a whole call (the judge before checks were batched)",
     )
+    parser.add_argument(
+        "--far-depth",
+        type=int,
+        default=None,
+        help="ablation, yes/no methods: candidates asked for a judged item whose nearest stored example is "
+        "below the out-of-scope threshold (nearest mode), i.e. one that may belong to no known class",
+    )
+    parser.add_argument(
+        "--min-ratio",
+        type=float,
+        default=0.0,
+        help="ablation, yes/no methods: a candidate after the first is asked only if the experts gave it at "
+        "least this fraction of the first candidate's probability",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -549,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify=args.verify,
             single_checks=args.single_checks,
             lag=args.lag,
+            far_depth=args.far_depth,
+            min_ratio=args.min_ratio,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -556,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"[{n}/{len(plan)} {elapsed:6.0f}s] {ds} {sc:<11} {m:<6} err {e:.2f}: final test acc "
             f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
             f"accepted {run.accepted} (wrong {run.wrong_accepted}) verified {run.verified} "
-            f"refuted {run.refuted} added {len(run.added)} "
+            f"refuted {run.refuted} added {len(run.added)} far {run.far} "
             f"({run.seconds:.0f}s)",
             file=sys.stderr,
             flush=True,
@@ -661,6 +701,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             flag_rows.append(row)
         header = ["dataset", "scenario", "method", "picks", "wrong", *(f"r = {r}" for r in ratios)]
         body.append(markdown_table(header, flag_rows))
+    grouped = [run for run in results if run.groups]
+    if grouped:  # the class-incremental scenario by class group
+        body += [
+            "",
+            "Class-incremental, by class group at the end of the stream: test accuracy % / stored examples "
+            "per class, for the classes known from the start, those added through `control` with a "
+            "description, and those left to be discovered; *wrong before its class* counts the wrong labels "
+            "learned for a text whose true class the model did not have yet.",
+            "",
+        ]
+        group_rows = [
+            [run.dataset, run.method, f"{run.error:.0%}"]
+            + [f"{100 * acc:.1f} / {n:.1f}" for acc, n in run.groups.values()]
+            + [f"{run.wrong_unknown} of {run.wrong_accepted}"]
+            for run in grouped
+        ]
+        header = ["dataset", "method", "judge error", "known", "described", "discovered"]
+        body.append(markdown_table([*header, "wrong before its class"], group_rows))
     scoped = [run for run in results if run.oos]
     if scoped:  # out-of-scope on the loop's own store (oos = "centroid"), at the seeds and at the end
         body += [

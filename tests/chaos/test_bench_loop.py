@@ -1,5 +1,6 @@
-"""``bench_loop``'s knobs on a small synthetic set: ``lag`` delays learning but loses no label, and
-``single_checks`` charges each cross-check a whole call instead of a share of a batched one."""
+"""``bench_loop``'s knobs on a small synthetic set: ``lag`` delays learning but loses no label,
+``single_checks`` charges each cross-check a whole call instead of a share of a batched one, ``min_ratio``
+cuts the recursion, and the class-incremental scenario reports each class group."""
 
 from __future__ import annotations
 
@@ -52,3 +53,22 @@ def test_single_checks_cost_a_whole_call_each(data: dict[str, SimpleNamespace]) 
     # the same stream: the checks of the first chunk are the same, and cost more when asked one by one
     per_item_b, per_item_s = batched.calls / batched.items, single.calls / single.items
     assert per_item_s > per_item_b
+
+
+def test_min_ratio_one_asks_only_the_first_candidate(data: dict[str, SimpleNamespace]) -> None:
+    kw = {"budget": 0.3, "limit": None, "eval_every": 128, "batch": 1}
+    every = bench_loop.run_loop(data, "blobs", "stationary", "red", 0.05, **kw)
+    first = bench_loop.run_loop(data, "blobs", "stationary", "red", 0.05, min_ratio=1.0, **kw)
+    assert every.calls > every.judged  # some items needed a second question ...
+    assert first.judged > 0 and first.calls == first.judged  # ... here each judged item is asked once
+
+
+def test_incremental_run_reports_each_class_group(data: dict[str, SimpleNamespace]) -> None:
+    run = bench_loop.run_loop(
+        data, "blobs", "incremental", "red", 0.05, budget=0.3, limit=None, eval_every=128, batch=4
+    )
+    assert list(run.groups) == ["known", "described", "discovered"]
+    for acc, stored in run.groups.values():
+        assert 0.0 <= acc <= 1.0 and stored >= 0
+    assert run.groups["known"][1] >= 10  # the seeds
+    assert 0 <= run.wrong_unknown <= run.wrong_accepted
