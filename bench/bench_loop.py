@@ -12,8 +12,12 @@ counted. The held-out test split is scored every ``--eval-every`` items. Scenari
 - ``incremental``: a third of the classes are absent from the seeds and from the first half of the stream;
   at half-way half of them are added through ``add_class`` with a description and 5 generated examples
   (what ``Judge.generate_examples`` returns from the simulated expert: real texts of the class, each from
-  another class with probability ``error``), the other half must be discovered (dense groups of unplaced
-  texts -> proposal -> the judge names it -> added);
+  another class with probability ``error``), the other half must be discovered (as the worker does: each
+  unresolved text, and each unjudged text far from every stored example (``--no-pool-far``: not those),
+  joins the pool, which is then searched for dense groups -> proposals -> the judge names each -> added
+  through ``control`` with up to 50 of its texts, which a name the model knows learns instead; until 6
+  December the bench searched only every 320 items, took one group at a time, needed 10 texts and dropped
+  a group named after a known class, and the worker pooled no far texts);
 - ``shift``: the class mix flips half-way (75 % / 25 % of each class's items before / after, for half the
   classes, and the reverse for the other half).
 
@@ -65,8 +69,9 @@ from bench.common import (
 )
 from driftlabel.models import ExpertSettings, RedClassifier
 from driftlabel.models.drift import JudgeRateController
-from driftlabel.models.emerging import NoveltyPool
+from driftlabel.models.emerging import NoveltyPool, Proposal
 from driftlabel.streams.routing import AdaptiveRouter, uncertainty
+from driftlabel.streams.settings import StreamSettings
 
 EMBEDDER = CachedArrayEmbedder("all-MiniLM-L6-v2", 384)
 BATCH = 64
@@ -98,6 +103,8 @@ class Run:
     added: list[str] = field(default_factory=list)
     proposals: int = 0
     far: int = 0
+    proposal_rows: int = 0  # texts added with discovered classes
+    proposal_wrong: int = 0  # ... of them of another class
     wrong_unknown: int = 0  # wrong labels learned for a text whose true class the model did not have yet
     groups: dict[str, tuple[float, float]] = field(default_factory=dict)  # incremental: acc, stored/class
     drift_events: list[tuple[int, str]] = field(default_factory=list)
@@ -171,6 +178,7 @@ def run_loop(
     lag: int = 0,
     far_depth: int | None = None,
     min_ratio: float = 0.0,
+    pool_far: bool = True,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -225,7 +233,11 @@ def run_loop(
         calls_per_item=budget, **({} if maintenance is None else {"maintenance": min(maintenance, budget)})
     )
     router = AdaptiveRouter(target=ctrl.target_share)
-    pool = NoveltyPool(min_size=10, similarity=0.55)
+    stream_defaults = StreamSettings.model_fields
+    pool = NoveltyPool(  # the worker's pool and defaults (streams/worker.py: gather_unresolved)
+        min_size=stream_defaults["proposal_min_size"].default,
+        similarity=stream_defaults["proposal_similarity"].default,
+    )
     recent = np.zeros((0, X.shape[1]), dtype=X.dtype)  # the latest judged embeddings ("diverse")
     next_eval = eval_every
     lagging: deque[tuple[np.ndarray, list[str], list[str], list[bool]]] = deque()
@@ -272,6 +284,7 @@ def run_loop(
         calls_each: list[float] = []
         rejected_top1: list[bool] = []
         checked: list[int] = []  # indices into calls_each of the items whose pick was cross-checked
+        found: list[Proposal] = []  # dense groups of pooled texts: proposed new classes
         final = top1.copy()
         far_item = np.zeros(len(rows), dtype=bool)
         if far_depth is not None and routed.any():
@@ -321,8 +334,9 @@ def run_loop(
                 run.accepted += 1
                 run.wrong_accepted += int(accepted != truth)
                 run.wrong_unknown += int(accepted != truth and truth not in clf.labels)
-            elif scenario == "incremental":
+            elif scenario == "incremental":  # the worker pools each unresolved text and looks for a group
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
+                found += pool.find_groups()
         if checked:  # the chunk's checks share calls of up to `batch` questions (judge.batch_size)
             per = 1 if single_checks else batch
             cost = -(-len(checked) // per) / len(checked)
@@ -337,22 +351,26 @@ def run_loop(
                 learn_t.append(texts[rows[i]])
                 learn_y.append(str(top1[i]))
                 learn_v.append(True)
-        if scenario == "incremental":
-            far = clf.nearest_similarity(Xb) < clf.oos_similarity_threshold()
-            far &= ~routed
-            if far.any():
+        if pool_far and scenario == "incremental":  # unjudged texts far from every stored example join too
+            far = np.flatnonzero(~routed & (clf.nearest_similarity(Xb) < clf.oos_similarity_threshold()))
+            if len(far):  # (stream.proposal_far_texts: the worker's texts agent, per micro-batch)
                 pool.add(Xb[far], [texts[j] for j in rows[far].tolist()], [str(j) for j in rows[far]])
-            proposal = pool.find_group() if lo // BATCH % 5 == 0 else None
-            if proposal is not None:
-                run.proposals += 1
-                run.calls += 1  # one propose_class call
-                truths = [y[int(i)] for i in proposal.ids]
-                name, count = max(((lab, truths.count(lab)) for lab in set(truths)), key=lambda p: p[1])
-                if count / len(truths) >= 0.6 and name not in clf.labels:  # the judge names it
-                    t_add = time.perf_counter()
-                    clf.add_class_embeddings(name, proposal.embeddings, proposal.texts)
-                    run.add_s.append(time.perf_counter() - t_add)
-                    run.added.append(name)
+                found += pool.find_groups()
+        for proposal in found:
+            run.proposals += 1
+            run.calls += 1  # one propose_class call
+            truths = [y[int(i)] for i in proposal.ids]
+            # the judge names it by its majority (the simulated expert's propose-class rule) and the worker
+            # adds it through `control` with up to 50 of its texts; a known name learns them instead
+            name = min(set(truths), key=lambda lab: (-truths.count(lab), lab))
+            new_class = name not in clf.labels
+            t_add = time.perf_counter()
+            clf.add_class_embeddings(name, proposal.embeddings[:50], proposal.texts[:50])
+            if new_class:
+                run.proposal_rows += len(truths[:50])
+                run.proposal_wrong += sum(t != name for t in truths[:50])
+                run.add_s.append(time.perf_counter() - t_add)
+                run.added.append(name)
         if method == "nohardneg" and learn_X:  # ablation: learn only the accepted pairs
             keep_v = [i for i, v in enumerate(learn_v) if v]
             learn_X = [learn_X[i] for i in keep_v]
@@ -544,6 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="ablation, yes/no methods: a candidate after the first is asked only if the experts gave it at "
         "least this fraction of the first candidate's probability",
     )
+    parser.add_argument(
+        "--no-pool-far",
+        dest="pool_far",
+        action="store_false",
+        help="ablation, incremental: only unresolved texts join the new-class pool, not the unjudged ones "
+        "whose nearest stored example is below the out-of-scope threshold (stream.proposal_far_texts = "
+        "false)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -589,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lag=args.lag,
             far_depth=args.far_depth,
             min_ratio=args.min_ratio,
+            pool_far=args.pool_far,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -708,17 +735,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Class-incremental, by class group at the end of the stream: test accuracy % / stored examples "
             "per class, for the classes known from the start, those added through `control` with a "
             "description, and those left to be discovered; *wrong before its class* counts the wrong labels "
-            "learned for a text whose true class the model did not have yet.",
+            "learned for a text whose true class the model did not have yet; the last column counts the "
+            "texts a discovered class was added with and, in brackets, those of another class.",
             "",
         ]
         group_rows = [
             [run.dataset, run.method, f"{run.error:.0%}"]
             + [f"{100 * acc:.1f} / {n:.1f}" for acc, n in run.groups.values()]
-            + [f"{run.wrong_unknown} of {run.wrong_accepted}"]
+            + [f"{run.wrong_unknown} of {run.wrong_accepted}", f"{run.proposal_rows} ({run.proposal_wrong})"]
             for run in grouped
         ]
         header = ["dataset", "method", "judge error", "known", "described", "discovered"]
-        body.append(markdown_table([*header, "wrong before its class"], group_rows))
+        header += ["wrong before its class", "texts added with discovered classes (of another class)"]
+        body.append(markdown_table(header, group_rows))
     scoped = [run for run in results if run.oos]
     if scoped:  # out-of-scope on the loop's own store (oos = "centroid"), at the seeds and at the end
         body += [

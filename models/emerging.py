@@ -87,6 +87,13 @@ class NoveltyPool:
             del self._texts[:cut]
             del self._ids[:cut]
 
+    def find_groups(self) -> list[Proposal]:
+        """Every dense group the pool holds now, densest first (:meth:`find_group` until it finds none)."""
+        groups: list[Proposal] = []
+        while (group := self.find_group()) is not None:
+            groups.append(group)
+        return groups
+
     def find_group(self) -> Proposal | None:
         """Take the densest neighbourhood out of the pool if it has ``min_size`` texts, else None."""
         if self._X is None or len(self._texts) < self.min_size:

@@ -698,6 +698,17 @@ class ModelHost(Reforming):
     ) -> list[list[dict[str, Any]]]:
         return await self.run(self._candidates, X, rows, cands, n, c)
 
+    async def far_from_store(self, X: np.ndarray) -> np.ndarray:
+        """Which embeddings sit farther from every stored example than the calibrated out-of-scope
+        similarity (``nearest_similarity`` below ``oos_similarity_threshold``): texts no known class
+        covers, whatever the experts' ranking says; candidates for a new class."""
+
+        def job() -> np.ndarray:
+            m = self.live
+            return np.asarray(m.nearest_similarity(X) < m.oos_similarity_threshold(), dtype=bool)
+
+        return await self.run(job)
+
     async def describe(self) -> tuple[int, int, int]:
         """(classes, subsets, model_version)."""
 

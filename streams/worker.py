@@ -144,6 +144,8 @@ class WorkerService:
         )
         self.audit = VerdictAudit()
         self.novelty = NoveltyPool(stream.proposal_min_size, stream.proposal_similarity)
+        self._novelty_lock = asyncio.Lock()  # the texts and judge agents both pool texts
+        self._proposing: set[asyncio.Task[None]] = set()  # proposals named off the texts agent's path
         self.n_proposals = 0
         self.ready = asyncio.Event()
         self.finals = TopicLedger(kafka, self.names.labels, final_label_key)
@@ -510,6 +512,8 @@ class WorkerService:
                     )
                 )
         await asyncio.gather(*sent)  # acknowledged before the batch's offsets can be committed
+        if st.proposals and st.proposal_far_texts:
+            await self.gather_far(items, X, ~routed & ~done)
 
     # -- judge -------------------------------------------------------------------------------------------
     @property
@@ -579,10 +583,39 @@ class WorkerService:
     async def gather_unresolved(self, req: JudgeRequestMessage) -> None:
         """Pool an unresolved text; when the pool holds a dense group, propose it as a new class."""
         X = await self.host.embed([req.text])
-        self.novelty.add(X, [req.text], [req.id])
-        group = self.novelty.find_group()
-        if group is not None:
+        for group in await self.pool_texts(X, [req.text], [req.id]):
             await self.propose(group)
+
+    async def gather_far(self, items: Sequence[TextMessage], X: np.ndarray, unjudged: np.ndarray) -> None:
+        """Pool the unjudged texts of a batch that no stored example is near; a dense group of them is
+        proposed as a new class in the background (naming it is a judge call: labelling goes on)."""
+        rows = np.flatnonzero(unjudged)
+        if not len(rows):
+            return
+        far = rows[await self.host.far_from_store(X[rows])]
+        if not len(far):
+            return
+        groups = await self.pool_texts(X[far], [items[i].text for i in far], [items[i].id for i in far])
+        for group in groups:
+            task = asyncio.get_running_loop().create_task(self.propose_logged(group))
+            self._proposing.add(task)
+            task.add_done_callback(self._proposing.discard)
+
+    async def propose_logged(self, group: Proposal) -> None:
+        """:meth:`propose` as a background task: a failure is logged (the group is lost, as the pool is on
+        a restart), not left in a task nobody awaits."""
+        try:
+            await self.propose(group)
+        except Exception:
+            n = len(group.texts)
+            log.exception("proposal of %d far texts failed; their class can still be proposed later", n)
+
+    async def pool_texts(self, X: np.ndarray, texts: list[str], ids: list[str]) -> list[Proposal]:
+        """Add texts to the new-class pool and take out every dense group it then holds (the search, a
+        matmul over up to 2,000 pooled rows, runs off the event loop)."""
+        async with self._novelty_lock:
+            self.novelty.add(X, texts, ids)
+            return await asyncio.get_running_loop().run_in_executor(None, self.novelty.find_groups)
 
     async def propose(self, group: Proposal) -> None:
         """Publish a proposal on ``proposals`` (named by the judge endpoint if it can); maybe add it."""
@@ -768,6 +801,8 @@ class WorkerService:
     async def shutdown(self) -> None:
         """Final checkpoint and cleanup (called by faust before it stops)."""
         self._stopping = True
+        for task in list(self._proposing):  # proposals are best effort, as the in-memory pool is
+            task.cancel()
         try:
             await self.learner.final_checkpoint()
         except Exception:

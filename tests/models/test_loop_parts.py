@@ -107,6 +107,24 @@ def test_a_dense_group_of_unplaced_texts_makes_one_proposal() -> None:
     assert len(pool) == len(X) - len(proposal.texts)
 
 
+def test_find_groups_takes_every_dense_group_out_densest_first() -> None:
+    rng = np.random.default_rng(3)
+    dim = 32
+    parts, texts = [rng.normal(size=(100, dim))], [f"scattered {i}" for i in range(100)]
+    for name, n, spread in (("loose", 14, 0.3), ("tight", 20, 0.1)):
+        center = rng.normal(size=dim)
+        parts.append(center + spread * rng.normal(size=(n, dim)) * np.linalg.norm(center) / np.sqrt(dim))
+        texts += [f"{name} {i}" for i in range(n)]
+    X = np.concatenate(parts)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    pool = NoveltyPool(min_size=10, similarity=0.6)
+    pool.add(X, texts)
+    groups = pool.find_groups()
+    assert [g.texts[0].split()[0] for g in groups] == ["tight", "loose"]  # the most neighbours first
+    assert all(len({t.split()[0] for t in g.texts}) == 1 for g in groups)  # each one intent
+    assert pool.find_groups() == [] and len(pool) == len(X) - sum(len(g.texts) for g in groups)
+
+
 def test_a_recurring_text_is_not_a_dense_group() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(1, 16)).astype(np.float32)

@@ -1,0 +1,47 @@
+"""New classes nobody declared, found without the judge: texts labelled directly whose nearest stored
+example is far (``stream.proposal_far_texts``) gather in the worker's pool, and a dense group of them is
+proposed. Real Tansu broker, real worker process, the simulated expert over loopback HTTP names the group."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_far_unjudged_texts_of_an_unknown_intent_are_proposed_as_a_class(
+    broker: Any, judge_server: Any, clinc: Any, h: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    """No text goes to the judge (share 0), so none is left unresolved: the proposal can only come from
+    the far texts the texts agent pools, and the judge endpoint is asked only to name it."""
+    from driftlabel.streams.demo import load_clinc150_file
+
+    prefix = f"em{int(time.time() * 1000) % 10**8}."
+    w = h.make_worker(
+        broker, prefix, tmp_path, judge_server.base_url,
+        judge_target_share="0", checkpoint_every_s="3600",
+    )  # fmt: skip
+    names = w.names
+    h.send(w.kafka, names.training, h.seed_records(clinc))
+    w.start()
+    try:
+        rows = load_clinc150_file(data_dir / "clinc150" / "data_full.json")["train"]
+        texts = [t for t, lab in rows if lab == "pto_request"][:30]
+        h.send(w.kafka, names.texts, [{"id": f"far-{i}", "text": t} for i, t in enumerate(texts)])
+
+        def proposed(records: list[tuple[str, Any]]) -> bool:
+            return any(isinstance(v, dict) and v.get("name") == "pto_request" for _, v in records)
+
+        recs = h.read_until(w.kafka, [names.proposals], proposed, timeout=120)
+        prop = next(v for _, v in recs if isinstance(v, dict) and v.get("name") == "pto_request")
+        assert prop["size"] >= 8 and set(prop["examples"]) <= set(texts)
+        assert all(i.startswith("far-") for i in prop["ids"])
+        labels = h.read_until(w.kafka, [names.labels], lambda r: len(r) >= len(texts), timeout=60)
+        assert all(v["status"] != "unresolved" for _, v in labels if isinstance(v, dict))  # nothing judged
+        assert "driftlabel_proposals_total" in w.metrics()
+    finally:
+        w.stop()
