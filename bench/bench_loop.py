@@ -234,7 +234,7 @@ def run_loop(
     )
     router = AdaptiveRouter(target=ctrl.target_share)
     stream_defaults = StreamSettings.model_fields
-    pool = NoveltyPool(  # the worker's pool and defaults (streams/worker.py: gather_unresolved)
+    pool = NoveltyPool(  # the worker's pool and defaults (streams/proposals.py)
         min_size=stream_defaults["proposal_min_size"].default,
         similarity=stream_defaults["proposal_similarity"].default,
     )

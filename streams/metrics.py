@@ -124,7 +124,7 @@ class ServiceMetrics:
         )
         self.proposals = Counter(
             "driftlabel_proposals",
-            "Emerging classes proposed (dense groups of unresolved texts), by outcome",
+            "Emerging classes proposed (dense groups of unresolved or far texts), by outcome",
             ["outcome"],
             registry=r,
         )

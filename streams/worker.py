@@ -46,7 +46,6 @@ import orjson
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import ExpertSettings, load_embedder
 from driftlabel.models.drift import JudgeRateController
-from driftlabel.models.emerging import NoveltyPool, Proposal
 from driftlabel.streams.errors import InvalidMessageError, TopicError
 from driftlabel.streams.faust_app import DriftlabelApp, faust_broker_options
 from driftlabel.streams.health import Heartbeat
@@ -74,6 +73,7 @@ from driftlabel.streams.pipeline import (
     unlabelled_values,
 )
 from driftlabel.streams.ports import Embedder, JudgeClient
+from driftlabel.streams.proposals import NewClassProposals, Publish
 from driftlabel.streams.routing import AdaptiveRouter, judged_share, uncertainty
 from driftlabel.streams.settings import KafkaSettings, MetricsSettings, StreamSettings
 from driftlabel.streams.topics import TopicNames, partitions_of
@@ -143,10 +143,6 @@ class WorkerService:
             calls_per_item=budget, maintenance=min(stream.judge_maintenance_share, budget)
         )
         self.audit = VerdictAudit()
-        self.novelty = NoveltyPool(stream.proposal_min_size, stream.proposal_similarity)
-        self._novelty_lock = asyncio.Lock()  # the texts and judge agents both pool texts
-        self._proposing: set[asyncio.Task[None]] = set()  # proposals named off the texts agent's path
-        self.n_proposals = 0
         self.ready = asyncio.Event()
         self.finals = TopicLedger(kafka, self.names.labels, final_label_key)
         self.dead_letters = TopicLedger(kafka, self.names.dead_letter, dead_letter_key)
@@ -158,6 +154,15 @@ class WorkerService:
         self.heartbeat = Heartbeat(self.metrics.settings.liveness_timeout_s)
         self.joined = False  # the consumer got its first assignment
         self.app = self._build_app()
+        self.proposals = NewClassProposals(
+            stream,
+            self.host,
+            self.judge,
+            self.metrics,
+            self.worker_id,
+            self._publisher(self.t_proposals),
+            self._publisher(self.t_control),
+        )
 
     # -- wiring ------------------------------------------------------------------------------------------
     def _build_app(self) -> faust.App:
@@ -251,6 +256,15 @@ class WorkerService:
         app.on_before_shutdown.connect(before_shutdown)
         app.on_partitions_assigned.connect(assigned)
         return app
+
+    @staticmethod
+    def _publisher(topic: Any) -> Publish:
+        """An awaitable send of one raw record to ``topic`` (acknowledged before it returns)."""
+
+        async def publish(key: bytes, value: bytes) -> None:
+            await (await topic.send(key=key, value=value))
+
+        return publish
 
     async def topology(self) -> dict[str, int]:
         """Partition counts of the topics whose partition numbers must agree (checked once)."""
@@ -513,7 +527,7 @@ class WorkerService:
                 )
         await asyncio.gather(*sent)  # acknowledged before the batch's offsets can be committed
         if st.proposals and st.proposal_far_texts:
-            await self.gather_far(items, X, ~routed & ~done)
+            await self.proposals.gather_far([it.id for it in items], texts, X, ~routed & ~done)
 
     # -- judge -------------------------------------------------------------------------------------------
     @property
@@ -575,86 +589,9 @@ class WorkerService:
         await fut
         self.metrics.judge_outcomes.labels(status=outcome.status).inc()
         if outcome.status == "unresolved" and self.stream.proposals:
-            await self.gather_unresolved(req)
+            await self.proposals.gather_unresolved(req.id, req.text)
         self.metrics.count_labels([result.label.status], [True])
         self.metrics.e2e_latency.labels(path="judge").observe(now - req.received_ts)
-
-    # -- emerging classes --------------------------------------------------------------------------------
-    async def gather_unresolved(self, req: JudgeRequestMessage) -> None:
-        """Pool an unresolved text; when the pool holds a dense group, propose it as a new class."""
-        X = await self.host.embed([req.text])
-        for group in await self.pool_texts(X, [req.text], [req.id]):
-            await self.propose(group)
-
-    async def gather_far(self, items: Sequence[TextMessage], X: np.ndarray, unjudged: np.ndarray) -> None:
-        """Pool the unjudged texts of a batch that no stored example is near; a dense group of them is
-        proposed as a new class in the background (naming it is a judge call: labelling goes on)."""
-        rows = np.flatnonzero(unjudged)
-        if not len(rows):
-            return
-        far = rows[await self.host.far_from_store(X[rows])]
-        if not len(far):
-            return
-        groups = await self.pool_texts(X[far], [items[i].text for i in far], [items[i].id for i in far])
-        for group in groups:
-            task = asyncio.get_running_loop().create_task(self.propose_logged(group))
-            self._proposing.add(task)
-            task.add_done_callback(self._proposing.discard)
-
-    async def propose_logged(self, group: Proposal) -> None:
-        """:meth:`propose` as a background task: a failure is logged (the group is lost, as the pool is on
-        a restart), not left in a task nobody awaits."""
-        try:
-            await self.propose(group)
-        except Exception:
-            n = len(group.texts)
-            log.exception("proposal of %d far texts failed; their class can still be proposed later", n)
-
-    async def pool_texts(self, X: np.ndarray, texts: list[str], ids: list[str]) -> list[Proposal]:
-        """Add texts to the new-class pool and take out every dense group it then holds (the search, a
-        matmul over up to 2,000 pooled rows, runs off the event loop)."""
-        async with self._novelty_lock:
-            self.novelty.add(X, texts, ids)
-            return await asyncio.get_running_loop().run_in_executor(None, self.novelty.find_groups)
-
-    async def propose(self, group: Proposal) -> None:
-        """Publish a proposal on ``proposals`` (named by the judge endpoint if it can); maybe add it."""
-        self.n_proposals += 1
-        examples = group.examples(10)
-        name: str | None = None
-        description: str | None = None
-        known = await self.host.labels()
-        try:
-            propose = getattr(self.judge.judge, "propose_class", None)
-            if propose is not None:
-                name, description = await propose(examples, known_labels=known)
-        except Exception as exc:  # unnamed is still worth a human's look
-            log.warning("proposal %d: the judge endpoint did not name it (%s)", self.n_proposals, exc)
-        value = {
-            "id": f"{self.worker_id}-{self.n_proposals}",
-            "name": name,
-            "description": description,
-            "examples": examples,
-            "size": len(group.texts),
-            "density": round(group.density, 4),
-            "ids": group.ids[:50],
-            "ts": time.time(),
-        }
-        fut = await self.t_proposals.send(key=str(value["id"]).encode(), value=orjson.dumps(value))
-        await fut
-        added = bool(name and self.stream.auto_add_proposals)
-        if added:
-            op = {"op": "add_class", "label": name, "description": description, "examples": group.texts[:50]}
-            await (await self.t_control.send(key=str(name).encode(), value=orjson.dumps(op)))
-        self.metrics.proposals.labels(outcome="added" if added else ("named" if name else "unnamed")).inc()
-        what = f"class {name!r}" if name else "an unnamed class (a human can name it from the examples)"
-        log.warning(  # the default log level shows it: a proposed class wants a human's look
-            "proposal %s: %s from %d unresolved texts%s",
-            value["id"],
-            what,
-            len(group.texts),
-            ", added through control" if added else "",
-        )
 
     # -- learning ----------------------------------------------------------------------------------------
     async def run_learner(self) -> None:
@@ -695,7 +632,7 @@ class WorkerService:
             "embedder_cache": len(getattr(self.host.embedder, "_cache", ())),
             "judge_verdict_cache": len(cache) if cache is not None else 0,
             "model_examples": int(getattr(model, "n_examples", 0) or 0),
-            "novelty_pool": len(self.novelty),
+            "novelty_pool": len(self.proposals.pool),
             "drift_events": len(self.rate.events),
             "judging": len(self._judging),
         }
@@ -801,8 +738,7 @@ class WorkerService:
     async def shutdown(self) -> None:
         """Final checkpoint and cleanup (called by faust before it stops)."""
         self._stopping = True
-        for task in list(self._proposing):  # proposals are best effort, as the in-memory pool is
-            task.cancel()
+        self.proposals.cancel()
         try:
             await self.learner.final_checkpoint()
         except Exception:

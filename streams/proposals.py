@@ -1,0 +1,139 @@
+"""The worker's new-class proposals: texts no known class covers gather in a pool, and each dense group of
+them is named by the judge endpoint and published on the ``proposals`` topic (added through ``control``
+when ``auto_add_proposals`` is on).
+
+Two agents feed the pool: the judge agent with the texts the judge left ``unresolved``, and the texts
+agent with the unjudged texts of a micro-batch whose nearest stored example is farther than the
+calibrated out-of-scope similarity (``stream.proposal_far_texts``). The pool and its group search are
+``models.emerging``'s; this module only wires them to the host, the judge endpoint and the topics. The
+pool lives in memory: a restart empties it, and the texts still unplaced gather again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import numpy as np
+import orjson
+
+from driftlabel.models.emerging import NoveltyPool, Proposal
+from driftlabel.streams.host import ModelHost
+from driftlabel.streams.judging import JudgeCaller
+from driftlabel.streams.metrics import ServiceMetrics
+from driftlabel.streams.settings import StreamSettings
+
+__all__ = ["NewClassProposals"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[bytes, bytes], Awaitable[None]]
+
+
+class NewClassProposals:
+    """Pools unplaced texts and proposes each dense group of them as a new class."""
+
+    def __init__(
+        self,
+        stream: StreamSettings,
+        host: ModelHost,
+        judge: JudgeCaller,
+        metrics: ServiceMetrics,
+        worker_id: str,
+        publish_proposal: Publish,
+        publish_control: Publish,
+    ) -> None:
+        self.stream = stream
+        self.host = host
+        self.judge = judge
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.publish_proposal = publish_proposal
+        self.publish_control = publish_control
+        self.pool = NoveltyPool(stream.proposal_min_size, stream.proposal_similarity)
+        self.n_proposals = 0
+        self._lock = asyncio.Lock()  # the texts and judge agents both pool texts
+        self._naming: set[asyncio.Task[None]] = set()  # far groups, named off the texts agent's path
+
+    async def gather_unresolved(self, item_id: str, text: str) -> None:
+        """Pool an unresolved text; propose every dense group the pool then holds."""
+        X = await self.host.embed([text])
+        for group in await self.pool_texts(X, [text], [item_id]):
+            await self.propose(group)
+
+    async def gather_far(
+        self, ids: Sequence[str], texts: Sequence[str], X: np.ndarray, unjudged: np.ndarray
+    ) -> None:
+        """Pool the unjudged texts of a batch that no stored example is near; a dense group of them is
+        proposed in the background (naming it is a judge call: labelling goes on meanwhile)."""
+        rows = np.flatnonzero(unjudged)
+        if not len(rows):
+            return
+        far = rows[await self.host.far_from_store(X[rows])]
+        if not len(far):
+            return
+        groups = await self.pool_texts(X[far], [texts[i] for i in far], [ids[i] for i in far])
+        for group in groups:
+            task = asyncio.get_running_loop().create_task(self._propose_logged(group))
+            self._naming.add(task)
+            task.add_done_callback(self._naming.discard)
+
+    async def pool_texts(self, X: np.ndarray, texts: list[str], ids: list[str]) -> list[Proposal]:
+        """Add texts to the pool and take out every dense group it then holds (the search, a matmul over
+        up to 2,000 pooled rows, runs off the event loop)."""
+        async with self._lock:
+            self.pool.add(X, texts, ids)
+            return await asyncio.get_running_loop().run_in_executor(None, self.pool.find_groups)
+
+    def cancel(self) -> None:
+        """Drop the proposals still being named (best effort, as the in-memory pool is)."""
+        for task in list(self._naming):
+            task.cancel()
+
+    async def _propose_logged(self, group: Proposal) -> None:
+        """:meth:`propose` as a background task: a failure is logged, not left in a task nobody awaits."""
+        try:
+            await self.propose(group)
+        except Exception:
+            n = len(group.texts)
+            log.exception("proposal of %d far texts failed; their class can still be proposed later", n)
+
+    async def propose(self, group: Proposal) -> None:
+        """Publish a proposal on ``proposals`` (named by the judge endpoint if it can); maybe add it."""
+        self.n_proposals += 1
+        examples = group.examples(10)
+        name: str | None = None
+        description: str | None = None
+        known = await self.host.labels()
+        try:
+            propose = getattr(self.judge.judge, "propose_class", None)
+            if propose is not None:
+                name, description = await propose(examples, known_labels=known)
+        except Exception as exc:  # unnamed is still worth a human's look
+            log.warning("proposal %d: the judge endpoint did not name it (%s)", self.n_proposals, exc)
+        value = {
+            "id": f"{self.worker_id}-{self.n_proposals}",
+            "name": name,
+            "description": description,
+            "examples": examples,
+            "size": len(group.texts),
+            "density": round(group.density, 4),
+            "ids": group.ids[:50],
+            "ts": time.time(),
+        }
+        await self.publish_proposal(str(value["id"]).encode(), orjson.dumps(value))
+        added = bool(name and self.stream.auto_add_proposals)
+        if added:
+            op = {"op": "add_class", "label": name, "description": description, "examples": group.texts[:50]}
+            await self.publish_control(str(name).encode(), orjson.dumps(op))
+        self.metrics.proposals.labels(outcome="added" if added else ("named" if name else "unnamed")).inc()
+        what = f"class {name!r}" if name else "an unnamed class (a human can name it from the examples)"
+        log.warning(  # the default log level shows it: a proposed class wants a human's look
+            "proposal %s: %s from %d pooled texts%s",
+            value["id"],
+            what,
+            len(group.texts),
+            ", added through control" if added else "",
+        )
