@@ -638,9 +638,11 @@ class ModelHost(Reforming):
         held the model thread for 33 s, first-label p50 ~1 s. Now the model thread only embeds the
         examples (a chunk at a time), copies the model (3-4 ms at O*NET) and swaps; labels come from the
         previous model, with its version, until the swap. The copy applies the same call the live model
-        would have (same embeddings, same RNG state), so every worker gets the same model. Other ops
-        (and a label that exists already) are cheap and run on the model thread."""
-        if msg.op != "add_class" or msg.label in self.live.labels:
+        would have (same embeddings, same RNG state), so every worker gets the same model. An
+        ``add_class`` of a label that exists already learns its examples, the same way on a copy (a
+        proposal named after a known class held a CLINC150 worker's model thread 2.96 s inline).
+        ``remove_class`` and ``describe_class`` are cheap and run on the model thread."""
+        if msg.op != "add_class":
             await self.run(self._control, msg, position)
             return
         texts = list(msg.examples or ())
@@ -662,7 +664,7 @@ class ModelHost(Reforming):
     def _add_class_embedded(
         model: Classifier, msg: ControlMessage, X: np.ndarray, description: np.ndarray | None
     ) -> None:
-        """``add_class`` of a new label with its embeddings given (any thread: ``model`` is a copy)."""
+        """``add_class`` with its embeddings given (any thread: ``model`` is a copy)."""
         model.add_class_embeddings(
             msg.label,
             X,

@@ -539,14 +539,17 @@ def _add(label: str, n: int = 4, description: str | None = None) -> ControlMessa
     )
 
 
-def test_a_new_label_is_placed_on_a_copy_and_matches_the_inline_placement() -> None:
-    """``control`` builds a new label on a copy in the background: the same model as applying the op on
-    the model thread (same embeddings, same RNG state), at the op's log position."""
+def test_add_class_is_applied_on_a_copy_and_matches_the_inline_placement() -> None:
+    """``control`` builds a new label on a copy in the background, and learns a known label's examples
+    there too: the same model as applying the op on the model thread (same embeddings, same RNG state),
+    at the op's log position."""
     a, b = _host(refit_every=0), _host(refit_every=0)
     msgs = [_add("epsilon", description="the fifth"), _add("zeta"), _add("alpha", 2)]  # alpha: known
     for k, msg in enumerate(msgs):
+        before = a.live
         asyncio.run(a.control(msg, position=20 + k))
         b._control(msg, position=20 + k)
+        assert a.live is not before, f"{msg.label} not applied on a copy"
     assert a.version == b.version == 22 and a.changes_since_checkpoint == b.changes_since_checkpoint
     assert a.live.labels == b.live.labels and "zeta" in a.live.labels
     assert a.live.descriptions == b.live.descriptions
