@@ -103,6 +103,7 @@ class Run:
     added: list[str] = field(default_factory=list)
     proposals: int = 0
     far: int = 0
+    pooled_first: int = 0  # routed texts pooled instead of judged (--pool-first)
     proposal_rows: int = 0  # texts added with discovered classes
     proposal_wrong: int = 0  # ... of them of another class
     wrong_unknown: int = 0  # wrong labels learned for a text whose true class the model did not have yet
@@ -179,6 +180,8 @@ def run_loop(
     far_depth: int | None = None,
     min_ratio: float = 0.0,
     pool_far: bool = True,
+    pool_first: bool = False,
+    proposal_own: bool = True,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -289,6 +292,16 @@ def run_loop(
         far_item = np.zeros(len(rows), dtype=bool)
         if far_depth is not None and routed.any():
             far_item = clf.nearest_similarity(Xb) < clf.oos_similarity_threshold()
+        if pool_first and routed.any() and len(pool):
+            # a routed text nearer a pooled text than any stored example joins the pool unjudged
+            psim = pool.nearest_similarity(Xb)
+            pooled = routed & (psim >= pool.similarity) & (psim > clf.nearest_similarity(Xb))
+            if pooled.any():
+                run.pooled_first += int(pooled.sum())
+                idx = np.flatnonzero(pooled).tolist()
+                pool.add(Xb[idx], [texts[rows[j]] for j in idx], [str(rows[j]) for j in idx])
+                found += pool.find_groups()
+                routed = routed & ~pooled
         for i in np.flatnonzero(routed).tolist():
             t, truth = texts[rows[i]], yb[i]
             accepted = None
@@ -359,6 +372,11 @@ def run_loop(
         for proposal in found:
             run.proposals += 1
             run.calls += 1  # one propose_class call
+            if proposal_own:  # the worker's rule (Proposal.own): not the texts a stored example is nearer
+                own = proposal.own(clf.nearest_similarity(proposal.embeddings))
+                if not own.texts:  # published for a human, not added
+                    continue
+                proposal = own
             truths = [y[int(i)] for i in proposal.ids]
             # the judge names it by its majority (the simulated expert's propose-class rule) and the worker
             # adds it through `control` with up to 50 of its texts; a known name learns them instead
@@ -563,6 +581,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "least this fraction of the first candidate's probability",
     )
     parser.add_argument(
+        "--all-proposal-texts",
+        dest="proposal_own",
+        action="store_false",
+        help="ablation, incremental: a proposed class is added with all its group's texts, also those nearer "
+        "a stored example than the group's centroid (the worker before 7 December)",
+    )
+    parser.add_argument(
+        "--pool-first",
+        action="store_true",
+        help="ablation: a routed text nearer a pooled text than any stored example joins the new-class pool "
+        "instead of being judged",
+    )
+    parser.add_argument(
         "--no-pool-far",
         dest="pool_far",
         action="store_false",
@@ -616,6 +647,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             far_depth=args.far_depth,
             min_ratio=args.min_ratio,
             pool_far=args.pool_far,
+            pool_first=args.pool_first,
+            proposal_own=args.proposal_own,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -623,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"[{n}/{len(plan)} {elapsed:6.0f}s] {ds} {sc:<11} {m:<6} err {e:.2f}: final test acc "
             f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
             f"accepted {run.accepted} (wrong {run.wrong_accepted}) verified {run.verified} "
-            f"refuted {run.refuted} added {len(run.added)} far {run.far} "
+            f"refuted {run.refuted} added {len(run.added)} far {run.far} pooled-first {run.pooled_first} "
             f"({run.seconds:.0f}s)",
             file=sys.stderr,
             flush=True,

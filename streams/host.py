@@ -711,6 +711,10 @@ class ModelHost(Reforming):
 
         return await self.run(job)
 
+    async def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
+        """Each embedding's cosine similarity to its nearest stored example (the live model's store)."""
+        return await self.run(lambda: np.asarray(self.live.nearest_similarity(X), dtype=np.float32))
+
     async def describe(self) -> tuple[int, int, int]:
         """(classes, subsets, model_version)."""
 

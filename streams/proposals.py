@@ -101,9 +101,14 @@ class NewClassProposals:
             log.exception("proposal of %d far texts failed; their class can still be proposed later", n)
 
     async def propose(self, group: Proposal) -> None:
-        """Publish a proposal on ``proposals`` (named by the judge endpoint if it can); maybe add it."""
+        """Publish a proposal on ``proposals`` (named by the judge endpoint if it can); maybe add it.
+
+        The judge is shown, and ``add_class`` carries, only the group's own texts (:meth:`Proposal.own`:
+        not those a stored example is nearer than the group's centroid); a group with none is published
+        for a human but not added."""
         self.n_proposals += 1
-        examples = group.examples(10)
+        own = group.own(await self.host.nearest_similarity(group.embeddings))
+        examples = (own if own.texts else group).examples(10)
         name: str | None = None
         description: str | None = None
         known = await self.host.labels()
@@ -124,16 +129,19 @@ class NewClassProposals:
             "ts": time.time(),
         }
         await self.publish_proposal(str(value["id"]).encode(), orjson.dumps(value))
-        added = bool(name and self.stream.auto_add_proposals)
+        added = bool(name and self.stream.auto_add_proposals and own.texts)
         if added:
-            op = {"op": "add_class", "label": name, "description": description, "examples": group.texts[:50]}
+            op = {"op": "add_class", "label": name, "description": description, "examples": own.texts[:50]}
             await self.publish_control(str(name).encode(), orjson.dumps(op))
         self.metrics.proposals.labels(outcome="added" if added else ("named" if name else "unnamed")).inc()
         what = f"class {name!r}" if name else "an unnamed class (a human can name it from the examples)"
+        if added:
+            what += f", added through control with {len(own.texts[:50])} of its texts"
+        elif name and not own.texts:
+            what += ", not added: each of its texts sits nearer a known class's example than the group"
         log.warning(  # the default log level shows it: a proposed class wants a human's look
-            "proposal %s: %s from %d pooled texts%s",
+            "proposal %s: %s (%d pooled texts)",
             value["id"],
             what,
             len(group.texts),
-            ", added through control" if added else "",
         )

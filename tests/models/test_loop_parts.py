@@ -7,7 +7,8 @@ import pytest
 
 from driftlabel.models import ExpertSettings, RedClassifier
 from driftlabel.models.drift import JudgeRateController
-from driftlabel.models.emerging import NoveltyPool
+from driftlabel.models.emerging import NoveltyPool, Proposal
+from driftlabel.models.errors import InvalidDataError
 
 from .conftest import make_blobs
 
@@ -125,6 +126,15 @@ def test_find_groups_takes_every_dense_group_out_densest_first() -> None:
     assert pool.find_groups() == [] and len(pool) == len(X) - sum(len(g.texts) for g in groups)
 
 
+def test_nearest_similarity_is_to_the_nearest_pooled_text() -> None:
+    pool = NoveltyPool(min_size=3)
+    eye = np.eye(4, dtype=np.float32)
+    assert pool.nearest_similarity(eye[:2]).tolist() == [-1.0, -1.0]  # empty pool: nothing is near
+    pool.add(eye[:2], ["a", "b"])
+    q = np.array([[0.6, 0.8, 0, 0], [0, 0, 1, 0]], dtype=np.float32)
+    assert np.allclose(pool.nearest_similarity(q), [0.8, 0.0])
+
+
 def test_a_recurring_text_is_not_a_dense_group() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(1, 16)).astype(np.float32)
@@ -176,3 +186,16 @@ def test_description_only_class_with_synthetic_examples_is_predicted_then_replac
     assert clf.synthetic_labels == []
     assert not any(t.startswith("generated") for t in clf.store.label_examples("label_11")[1])
     assert np.mean(np.array(clf.predict_embeddings(Xn[test])) == "label_11") >= 0.8
+
+
+def test_own_texts_leave_out_those_a_stored_example_is_nearer() -> None:
+    c = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    E = np.array([[0.9, 0.1, 0.0], [1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.8, 0.0, 0.6]], dtype=np.float32)
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    group = Proposal(texts=list("abcd"), embeddings=E, centroid=c, density=0.8, ids=["1", "2", "3", "4"])
+    own = group.own(np.array([0.5, 0.5, 0.7, 0.2], dtype=np.float32))  # c: 0.6 to the centroid, 0.7 stored
+    assert own.texts == ["b", "a", "d"] and own.ids == ["2", "1", "4"]  # nearest the centroid first
+    assert np.allclose(own.embeddings, E[[1, 0, 3]]) and own.centroid is c
+    assert group.own(np.ones(4, dtype=np.float32)).texts == []  # a stored example nearer every text
+    with pytest.raises(InvalidDataError):
+        group.own(np.ones(3, dtype=np.float32))

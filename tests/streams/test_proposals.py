@@ -1,0 +1,109 @@
+"""``NewClassProposals.propose`` with small fakes for the host, the judge endpoint and the topics: what a
+proposal publishes and which of its texts an ``add_class`` op carries (``Proposal.own``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import orjson
+
+from driftlabel.models.emerging import Proposal
+from driftlabel.streams.metrics import ServiceMetrics
+from driftlabel.streams.proposals import NewClassProposals
+from driftlabel.streams.settings import StreamSettings
+
+
+class FakeHost:
+    """The two host calls a proposal makes: the store similarities and the known labels."""
+
+    def __init__(self, store_similarity: np.ndarray) -> None:
+        self.store_similarity = store_similarity
+
+    async def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
+        assert len(X) == len(self.store_similarity)
+        return self.store_similarity
+
+    async def labels(self) -> list[str]:
+        return ["balance", "card_arrival"]
+
+
+class FakeEndpoint:
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+
+    async def propose_class(self, examples: list[str], known_labels: list[str]) -> tuple[str, str]:
+        self.shown = list(examples)
+        return "pto_request", "asking for time off"
+
+
+class FakeCaller:
+    def __init__(self) -> None:
+        self.judge = FakeEndpoint()
+
+
+def _group(n_own: int, n_edge: int) -> tuple[Proposal, np.ndarray]:
+    """A group whose first ``n_own`` texts sit near its centroid and far from the store, the rest nearer a
+    stored example than the centroid."""
+    rng = np.random.default_rng(0)
+    c = np.eye(16, dtype=np.float32)[0]
+    E = c + 0.2 * rng.normal(size=(n_own + n_edge, 16)).astype(np.float32)
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    to_c = E @ c
+    store = np.concatenate([to_c[:n_own] - 0.2, to_c[n_own:] + 0.05]).astype(np.float32)
+    texts = [f"own {i}" for i in range(n_own)] + [f"edge {i}" for i in range(n_edge)]
+    ids = [f"id-{i}" for i in range(len(texts))]
+    return Proposal(texts=texts, embeddings=E, centroid=c, density=float(to_c.mean()), ids=ids), store
+
+
+def _propose(group: Proposal, store: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+    published: list[dict[str, Any]] = []
+    control: list[dict[str, Any]] = []
+
+    async def pub(_key: bytes, value: bytes) -> None:
+        published.append(orjson.loads(value))
+
+    async def ctl(_key: bytes, value: bytes) -> None:
+        control.append(orjson.loads(value))
+
+    caller = FakeCaller()
+    metrics = ServiceMetrics()
+    proposals = NewClassProposals(
+        StreamSettings(auto_add_proposals=True),
+        FakeHost(store),  # type: ignore[arg-type]
+        caller,  # type: ignore[arg-type]
+        metrics,
+        "w0",
+        pub,
+        ctl,
+    )
+    asyncio.run(proposals.propose(group))
+    return published, control, (caller.judge, metrics)
+
+
+def test_an_added_class_carries_only_the_groups_own_texts() -> None:
+    group, store = _group(n_own=9, n_edge=3)
+    published, control, (endpoint, metrics) = _propose(group, store)
+    assert len(published) == 1 and published[0]["size"] == 12  # the whole group is reported
+    assert published[0]["name"] == "pto_request"
+    assert all(t.startswith("own") for t in endpoint.shown) and len(endpoint.shown) == 9
+    assert control == [
+        {
+            "op": "add_class",
+            "label": "pto_request",
+            "description": "asking for time off",
+            "examples": group.own(store).texts,
+        }
+    ]
+    assert sorted(control[0]["examples"]) == sorted(f"own {i}" for i in range(9))
+    assert metrics.proposals.labels(outcome="added")._value.get() == 1
+
+
+def test_a_group_of_texts_known_classes_cover_is_published_not_added() -> None:
+    group, store = _group(n_own=0, n_edge=10)
+    published, control, (endpoint, metrics) = _propose(group, store)
+    assert published and published[0]["name"] == "pto_request" and published[0]["size"] == 10
+    assert len(endpoint.shown) == 10  # a human still sees the group's examples
+    assert control == []
+    assert metrics.proposals.labels(outcome="named")._value.get() == 1
