@@ -103,6 +103,7 @@ class Run:
     added: list[str] = field(default_factory=list)
     proposals: int = 0
     far: int = 0
+    evicted: int = 0  # learned rows dropped when a class was added (--evict-on-add)
     pooled_first: int = 0  # routed texts pooled instead of judged (--pool-first)
     proposal_rows: int = 0  # texts added with discovered classes
     proposal_wrong: int = 0  # ... of them of another class
@@ -182,6 +183,7 @@ def run_loop(
     pool_far: bool = True,
     pool_first: bool = False,
     proposal_own: bool = True,
+    evict_on_add: bool = False,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
     t_start = time.perf_counter()
@@ -262,6 +264,8 @@ def run_loop(
                 )
                 run.add_s.append(time.perf_counter() - t_add)
                 run.added.append(lab)
+                if evict_on_add:
+                    run.evicted += _evict_nearer(clf, lab)
                 run.calls += 1  # one generate_examples call
         rows = order[lo : lo + BATCH]
         Xb, yb = X[rows], y[rows]
@@ -389,6 +393,8 @@ def run_loop(
                 run.proposal_wrong += sum(t != name for t in truths[:50])
                 run.add_s.append(time.perf_counter() - t_add)
                 run.added.append(name)
+                if evict_on_add:
+                    run.evicted += _evict_nearer(clf, name)
         if method == "nohardneg" and learn_X:  # ablation: learn only the accepted pairs
             keep_v = [i for i, v in enumerate(learn_v) if v]
             learn_X = [learn_X[i] for i in keep_v]
@@ -429,6 +435,32 @@ def run_loop(
             )
     run.seconds = time.perf_counter() - t_start
     return run
+
+
+def _evict_nearer(clf: RedClassifier, new: str) -> int:
+    """Prototype (--evict-on-add): drop the learned (not representative) rows of every other label that
+    sit nearer the new label's centroid than their own label's: texts of the new class accepted under a
+    known label before it existed."""
+    store = clf.store
+    Xn, _ = store.label_examples(new)
+    if not len(Xn):
+        return 0
+    cn = Xn.mean(axis=0)
+    cn /= np.linalg.norm(cn)
+    dropped = 0
+    for lab in list(store.labels):
+        if lab == new:
+            continue
+        buf = store._pos[lab]
+        learned = ~buf.representative
+        if not learned.any():
+            continue
+        c = buf.X.mean(axis=0)
+        c /= np.linalg.norm(c)
+        out = learned & (buf.X @ cn > buf.X @ c)
+        if out.any():
+            dropped += store.remove_texts(lab, {t for t, o in zip(buf.texts, out.tolist(), strict=True) if o})
+    return dropped
 
 
 def _rows_as_bytes(X: np.ndarray) -> np.ndarray:
@@ -588,6 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "a stored example than the group's centroid (the worker before 7 December)",
     )
     parser.add_argument(
+        "--evict-on-add",
+        action="store_true",
+        help="prototype, incremental: when a class is added, drop other labels' learned rows nearer its "
+        "centroid than their own label's",
+    )
+    parser.add_argument(
         "--pool-first",
         action="store_true",
         help="ablation: a routed text nearer a pooled text than any stored example joins the new-class pool "
@@ -649,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool_far=args.pool_far,
             pool_first=args.pool_first,
             proposal_own=args.proposal_own,
+            evict_on_add=args.evict_on_add,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -657,6 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
             f"accepted {run.accepted} (wrong {run.wrong_accepted}) verified {run.verified} "
             f"refuted {run.refuted} added {len(run.added)} far {run.far} pooled-first {run.pooled_first} "
+            f"evicted {run.evicted} "
             f"({run.seconds:.0f}s)",
             file=sys.stderr,
             flush=True,
