@@ -14,8 +14,9 @@ counted. The held-out test split is scored every ``--eval-every`` items. Scenari
   (what ``Judge.generate_examples`` returns from the simulated expert: real texts of the class, each from
   another class with probability ``error``), the other half must be discovered (as the worker does: each
   unresolved text, and each unjudged text far from every stored example (``--no-pool-far``: not those),
-  joins the pool, which is then searched for dense groups -> proposals -> the judge names each -> added
-  through ``control`` with up to 50 of its texts, which a name the model knows learns instead; until 6
+  joins the pool, which is then searched for dense groups -> proposals -> the judge names each from the
+  group's own texts (``Proposal.own``; ``--all-proposal-texts``: every text, the worker before 7 December)
+  -> added through ``control`` with up to 50 of them, which a name the model knows learns instead; until 6
   December the bench searched only every 320 items, took one group at a time, needed 10 texts and dropped
   a group named after a known class, and the worker pooled no far texts);
 - ``shift``: the class mix flips half-way (75 % / 25 % of each class's items before / after, for half the
