@@ -443,24 +443,20 @@ def _evict_nearer(clf: RedClassifier, new: str) -> int:
     sit nearer the new label's centroid than their own label's: texts of the new class accepted under a
     known label before it existed."""
     store = clf.store
-    Xn, _ = store.label_examples(new)
-    if not len(Xn):
+    X, y, texts = store.arrays()
+    if not np.any(y == new):
         return 0
-    cn = Xn.mean(axis=0)
-    cn /= np.linalg.norm(cn)
+    labels, codes = np.unique(y.astype(str), return_inverse=True)
+    C = np.zeros((len(labels), X.shape[1]), dtype=np.float64)
+    np.add.at(C, codes, X)  # each label's centroid
+    C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    to_new = X @ C[int(np.searchsorted(labels, new))]
+    to_own = np.einsum("ij,ij->i", X, C[codes])
+    out = ~store.representative() & (y != new) & (to_new > to_own)
     dropped = 0
-    for lab in list(store.labels):
-        if lab == new:
-            continue
-        buf = store._pos[lab]
-        learned = ~buf.representative
-        if not learned.any():
-            continue
-        c = buf.X.mean(axis=0)
-        c /= np.linalg.norm(c)
-        out = learned & (buf.X @ cn > buf.X @ c)
-        if out.any():
-            dropped += store.remove_texts(lab, {t for t, o in zip(buf.texts, out.tolist(), strict=True) if o})
+    for lab in np.unique(y[out]).tolist():
+        rows = np.flatnonzero(out & (y == lab)).tolist()
+        dropped += store.remove_texts(lab, {texts[i] for i in rows})
     return dropped
 
 

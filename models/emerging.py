@@ -47,8 +47,8 @@ class Proposal:
         Why: a dense group of unplaced texts can take in texts of known classes along its edge (close
         intents, new wording); learned as the new class's examples they teach it another class's texts.
         A text a known class covers better is no evidence for a new one. (Class-incremental BANKING77,
-        batched yes/no: the texts added with discovered classes held 28-37 of another class in 105-106,
-        7-12 in 73-78 with this, docs/models.md.)
+        batched yes/no, three seeds: the texts added with discovered classes held 28-38 of another class
+        in 106, 7-10 in 72-78 with this; docs/models.md.)
         """
         sim = np.asarray(store_similarity, dtype=np.float32).reshape(-1)
         if len(sim) != len(self.texts):

@@ -1,6 +1,7 @@
 """``bench_loop``'s knobs on a small synthetic set: ``lag`` delays learning but loses no label,
 ``single_checks`` charges each cross-check a whole call instead of a share of a batched one, ``min_ratio``
-cuts the recursion, and the class-incremental scenario reports each class group."""
+cuts the recursion, the class-incremental scenario reports each class group, and the ``--evict-on-add``
+prototype drops only the learned rows nearer the new label."""
 
 from __future__ import annotations
 
@@ -72,3 +73,24 @@ def test_incremental_run_reports_each_class_group(data: dict[str, SimpleNamespac
         assert 0.0 <= acc <= 1.0 and stored >= 0
     assert run.groups["known"][1] >= 10  # the seeds
     assert 0 <= run.wrong_unknown <= run.wrong_accepted
+
+
+def test_evict_nearer_drops_learned_rows_nearer_the_new_label_only() -> None:
+    from driftlabel.models import RedClassifier
+
+    rng = np.random.default_rng(1)
+    a, b, new = (np.eye(384, dtype=np.float32)[i] for i in range(3))
+    seeds = np.stack(
+        [a + 0.1 * rng.standard_normal(384) for _ in range(5)]
+        + [b + 0.1 * rng.standard_normal(384) for _ in range(5)]
+    )
+    seeds /= np.linalg.norm(seeds, axis=1, keepdims=True)
+    clf = RedClassifier(embedder=bench_loop.EMBEDDER)
+    clf.fit_embeddings(seeds.astype(np.float32), [f"s{i}" for i in range(10)], ["a"] * 5 + ["b"] * 5)
+    wrong = (0.4 * a + new) / np.linalg.norm(0.4 * a + new)  # a text of `new` learned as `a`
+    right = (a + 0.2 * new) / np.linalg.norm(a + 0.2 * new)
+    clf.learn_embeddings(np.stack([wrong, right]).astype(np.float32), ["wrong", "right"], ["a", "a"])
+    clf.add_class_embeddings("new", np.stack([new, new]).astype(np.float32), ["n0", "n1"])
+    assert bench_loop._evict_nearer(clf, "new") == 1
+    _, y, texts = clf.store.arrays()
+    assert "wrong" not in texts and "right" in texts and sum(lab == "a" for lab in y) == 6
