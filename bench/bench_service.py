@@ -33,8 +33,13 @@ worker asks the judge endpoint for examples; the other half must be discovered: 
 configured: ``judge_target_share`` ``--judge-share``, rate control on) and ``seeds`` (no judge:
 ``judge_target_share`` 0, the seed model labels everything), ``selftrain`` (``stream.unlabelled_share`` 1),
 ``choose`` (``judge.question = "choose"``: one call per judged item; calls are then counted as the items'
-depth-1 verdicts) and ``chooseself`` (both). The worker has no setting for random
-routing or an every-item judge at share < 1, so random routing stays a bench_loop figure.
+depth-1 verdicts) and ``chooseself`` (both); the baselines ``random`` (the same budget, texts routed by a
+hash of their id: ``stream.uncertainty = random``), ``subsets`` (PRODUCT.md's experts of 8 labels:
+``experts.subset_size = 8``) and ``every`` (the judge asked about every text, no budget: an LLM per item,
+its cost in calls and tokens); the full-data LogisticRegression ceiling is fitted in this process.
+
+    driftlabel bench stream --quick  # = python bench/bench_service.py --quick
+    driftlabel bench stream          # the full matrix (bench/cli.py's STREAM_FULL): ~2 h on 2 cores
 
     python bench/bench_service.py --quick       # static embedder, CLINC150, 3 scenarios, 5 % error
     python bench/bench_service.py               # CLINC150 + BANKING77, 0/5/15 % error, seeds baseline
@@ -296,6 +301,17 @@ def test_embeddings(embedder: Embedder, dataset: str, texts: Sequence[str]) -> n
     return cached_embeddings(embedder, list(texts), f"{dataset}-test", progress=False)
 
 
+def full_data_ceiling(embedder: Embedder, dataset: str, ds: Dataset, Xt: np.ndarray) -> float:
+    """Test accuracy of LogisticRegression (C=10) on the whole train split, true labels, same vectors:
+    what a stream could reach if every text were labelled right (PRODUCT.md's reference figures)."""
+    from sklearn.linear_model import LogisticRegression
+
+    X = cached_embeddings(embedder, list(ds.train.texts), f"{dataset}-train", progress=False)
+    y = np.asarray(ds.train.labels, dtype=object).astype(str)
+    lr = LogisticRegression(C=10, max_iter=1000).fit(X, y)
+    return float(np.mean(lr.predict(Xt) == np.asarray(ds.test.labels, dtype=object).astype(str)))
+
+
 # ---- one run through the service
 
 
@@ -376,6 +392,11 @@ def run_service(
         # selftrain: every text labelled without the judge goes to `training` as a `stream` record
         "unlabelled_share": "1.0" if spec.method in ("selftrain", "chooseself") else "0.0",
     }
+    if spec.method == "random":  # the same budget, texts chosen by id instead of by uncertainty
+        stream_env["uncertainty"] = "random"
+    if spec.method == "every":  # the LLM-for-every-text baseline: no budget, no rate control
+        stream_env |= {"judge_target_share": "1.0", "judge_calls_per_text": "0"}
+        stream_env["judge_rate_control"] = "false"
     choose = spec.method in ("choose", "chooseself")  # judge.question = "choose": one call per item
     cluster = chaos.Cluster(
         work,
@@ -398,6 +419,8 @@ def run_service(
             **({"verify_below": str(spec.verify)} if spec.verify > 0 else {}),
         },
         embedder=embedder_kind,
+        # subsets: PRODUCT.md's experts of 8 labels each instead of the default one expert
+        experts_env={"subset_size": "8"} if spec.method == "subsets" else None,
     )
     cluster.start()
     proposals: chaos.Follower | None = None
@@ -618,8 +641,10 @@ def write_service_report(
     out_dir: Path = RESULTS_DIR,
     compare: bool = True,
     note: str = "",
+    ceilings: dict[str, float] | None = None,
 ) -> Path:
-    """``<out_dir>/<name>.md`` with a table per run, the comparison with bench_loop, and PNGs."""
+    """``<out_dir>/<name>.md`` with a table per run, the comparison with bench_loop, and PNGs;
+    ``ceilings``: each dataset's full-data LogisticRegression test accuracy on the same vectors."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for run in runs:
@@ -683,6 +708,14 @@ def write_service_report(
             rows,
         ),
     ]
+    if ceilings:
+        body += [
+            "",
+            "The ceiling: LogisticRegression (C=10) fitted on the whole train split with its true labels, "
+            "on the same embedder's vectors, scored on the same test split: "
+            + ", ".join(f"{ds} **{100 * acc:.2f} %**" for ds, acc in sorted(ceilings.items()))
+            + ".",
+        ]
     combos = sorted({(r.spec.dataset, r.spec.scenario) for r in runs})
     for ds, sc in combos:
         sel = [r for r in runs if r.spec.dataset == ds and r.spec.scenario == sc and len(r.curve) > 1]
@@ -797,7 +830,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="scenarios run at every --errors value; the others at 5 %% only (default: all at every one)",
     )
     parser.add_argument(
-        "--methods", nargs="*", default=None, choices=["red", "seeds", "selftrain", "choose", "chooseself"]
+        "--methods",
+        nargs="*",
+        default=None,
+        choices=["red", "seeds", "random", "subsets", "every", "selftrain", "choose", "chooseself"],
+        help="red: the service as configured; baselines: seeds (no judge), random (the same budget routed "
+        "at random: stream.uncertainty = random), subsets (experts of 8 labels, PRODUCT.md's design, "
+        "instead of one), every (the judge asked about every text: an LLM per item, its cost)",
+    )
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the full-data LogisticRegression ceiling (fitted in this process on the embedder's "
+        "vectors of the whole train split)",
     )
     parser.add_argument("--embedder", default="static", choices=["static", "sentence-transformers", "onnx"])
     parser.add_argument("--rate", type=float, default=None, help="texts/s sent to the service")
@@ -888,7 +933,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(bench_loop's subsample); judge_target_share {args.judge_share}"
             f"{f', judge_calls_per_text {args.judge_calls}' if args.judge_calls else ''}"
             " with rate control (the "
-            "worker's defaults otherwise); 10 seeds per class; test split held out "
+            "worker's defaults otherwise; `every`: share 1, no budget, rate control off; `random`: "
+            "`stream.uncertainty = random`; `subsets`: `experts.subset_size = 8`); 10 seeds per class; "
+            "test split held out "
             f"({len(cache[runs[0].spec.dataset][0].test)} texts"
             f"{', first ' + str(args.classes) + ' classes' if args.classes else ''}); scored every "
             f"{eval_every} sent items from the newest checkpoint (every 2 s)."
@@ -904,10 +951,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # bench_loop's figures are MiniLM on the whole stream: only such a run is the same setting
             compare=args.embedder == "sentence-transformers" and limit is None and not args.classes,
             note="\n\n".join([args.note, *(f"FAILED: {f}" for f in failed)]).strip(),
+            ceilings=ceilings,
         )
         print(f"report: {path}", flush=True)
 
     cache: dict[str, tuple[Dataset, np.ndarray]] = {}
+    ceilings: dict[str, float] = {}
     try:
         for n, spec in enumerate(plan, 1):
             if spec.dataset not in cache:
@@ -917,6 +966,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ds = Dataset(ds.name, ds.train, ds.test.take(np.sort(pick).tolist()))
                 Xt = test_embeddings(embedder, spec.dataset, ds.test.texts)
                 cache[spec.dataset] = (ds, Xt)
+                if not args.no_ceiling:
+                    ceilings[spec.dataset] = full_data_ceiling(embedder, spec.dataset, ds, Xt)
+                    print(f"{spec.dataset}: full-data LogisticRegression "
+                          f"{100 * ceilings[spec.dataset]:.2f} %", flush=True)  # fmt: skip
             ds, Xt = cache[spec.dataset]
             sp = plan_stream(np.asarray(ds.train.labels, dtype=object), spec.scenario, limit, seed=args.seed)
             print(f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: {len(sp.order)} items "

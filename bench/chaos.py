@@ -314,6 +314,7 @@ class Cluster:
         stream_env: dict[str, str] | None = None,
         judge_env: dict[str, str] | None = None,
         embedder: str = "static",
+        experts_env: dict[str, str] | None = None,
     ) -> None:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -327,6 +328,7 @@ class Cluster:
         self.judge: Any = None
         self.stream_env = {**BASE_STREAM_ENV, **(stream_env or {})}
         self.judge_env = {**BASE_JUDGE_ENV, **(judge_env or {})}
+        self.experts_env = dict(experts_env or {})
         self.embedder = embedder
         self.workers: list[Worker] = []
         self.follower: Follower | None = None
@@ -423,6 +425,7 @@ class Cluster:
             "DRIFTLABEL_METRICS_PORT": str(port),
             **{f"DRIFTLABEL_STREAM_{k.upper()}": v for k, v in {**self.stream_env, **stream_env}.items()},
             **{f"DRIFTLABEL_JUDGE_{k.upper()}": v for k, v in self.judge_env.items()},
+            **{f"DRIFTLABEL_EXPERTS_{k.upper()}": v for k, v in self.experts_env.items()},
         }
         w = Worker(name=name, env=env, log_path=self.work / f"{name}.log", metrics_port=port, args=args)
         self.workers.append(w)

@@ -8,7 +8,6 @@ what is routed, what the judge is asked, what is learned) without a broker. The 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from driftlabel.streams.messages import (
     encode_vector,
     parse_text,
 )
+from driftlabel.streams.routing import id_unit
 
 __all__ = [
     "OUT_OF_SCOPE",
@@ -213,8 +213,7 @@ def sampled(item_id: str, share: float) -> bool:
         return True
     if share <= 0.0:
         return False
-    h = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2**64 < share
+    return id_unit(item_id) < share
 
 
 def unlabelled_values(

@@ -10,11 +10,13 @@ credit, the most uncertain go first. All of it is vectorised over the micro-batc
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-__all__ = ["AdaptiveRouter", "RateSource", "judged_share", "uncertainty"]
+__all__ = ["AdaptiveRouter", "RateSource", "id_unit", "judged_share", "uncertainty"]
 
 
 class RateSource(Protocol):
@@ -51,15 +53,34 @@ def judged_share(
     return target_share
 
 
+def id_unit(item_id: str) -> float:
+    """A number in [0, 1) fixed by the id alone (a hash), so a retry or a second worker draws the same."""
+    h = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64
+
+
 def uncertainty(
-    entropy: np.ndarray, margin: np.ndarray, kind: str = "margin", n_classes: int = 2
+    entropy: np.ndarray,
+    margin: np.ndarray,
+    kind: str = "margin",
+    n_classes: int = 2,
+    ids: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Per-text uncertainty in [0, 1]: ``1 - margin`` (p1 - p2) or entropy normalised by log(n_classes)."""
+    """Per-text uncertainty in [0, 1]: ``1 - margin`` (p1 - p2) or entropy normalised by log(n_classes).
+
+    ``random`` ignores the model and draws a number per id (:func:`id_unit`): the router then sends the
+    same share of texts, chosen at random. It is a control, to measure what routing by uncertainty buys
+    on one's own stream (``bench/bench_service.py --methods random``), not a way to run the service.
+    """
     if kind == "margin":
         return np.clip(1.0 - np.asarray(margin, dtype=np.float64), 0.0, 1.0)
     if kind == "entropy":
         return np.clip(np.asarray(entropy, dtype=np.float64) / np.log(max(n_classes, 2)), 0.0, 1.0)
-    raise ValueError(f"unknown uncertainty kind {kind!r}; use 'margin' or 'entropy'")
+    if kind == "random":
+        if ids is None or len(ids) != len(np.asarray(margin)):
+            raise ValueError("uncertainty kind 'random' needs one id per text")
+        return np.array([id_unit(i) for i in ids], dtype=np.float64)
+    raise ValueError(f"unknown uncertainty kind {kind!r}; use 'margin', 'entropy' or 'random'")
 
 
 class AdaptiveRouter:

@@ -166,7 +166,12 @@ class StreamSettings(DriftlabelSettings):
     )
     judge_max_burst: float = Field(20.0, ge=1.0, description="routing credit that may pile up in quiet times")
     routing_window: int = Field(2000, ge=10, description="recent uncertainties the threshold is taken from")
-    uncertainty: Literal["margin", "entropy"] = "margin"
+    uncertainty: Literal["margin", "entropy", "random"] = Field(
+        "margin",
+        description="what routes a text to the judge: 1 - margin (p1 - p2), or normalised entropy; "
+        "random (a control, not for production) routes the same share chosen by id, to measure what "
+        "uncertainty routing buys on a stream",
+    )
     judge_depth_candidates: int = Field(3, ge=1, description="candidates (with examples) sent to the judge")
     judge_retry_s: float = Field(1.0, gt=0, description="first wait when the judge is unavailable")
     judge_retry_max_s: float = Field(30.0, gt=0)

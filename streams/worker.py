@@ -453,7 +453,8 @@ class WorkerService:
         before = self.host.embed_seconds
         X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
         self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
-        u = uncertainty(ranking.entropy, ranking.margin, self.stream.uncertainty, n_classes)
+        kind = self.stream.uncertainty
+        u = uncertainty(ranking.entropy, ranking.margin, kind, n_classes, ids=[it.id for it in items])
         st = self.stream
         self.router.target = judged_share(
             st.judge_target_share, st.judge_calls_per_text, st.judge_rate_control, self.rate

@@ -60,6 +60,27 @@ def test_uncertainty_kinds() -> None:
         uncertainty(np.zeros(1), np.zeros(1), "weird")
 
 
+def test_random_routing_is_a_control_fixed_by_the_id() -> None:
+    """``random`` (the bench's routing baseline) ignores the model's scores: the router sends the same
+    share, and the same ids whatever the scores or the worker, so a retry decides alike."""
+    n = 4000
+    ids = [f"t{i}" for i in range(n)]
+    rng = np.random.default_rng(0)
+    margin = rng.random(n)
+    u = uncertainty(rng.random(n), margin, "random", ids=ids)
+    assert np.array_equal(u, uncertainty(np.zeros(n), np.zeros(n), "random", ids=ids))
+    assert u.min() >= 0.0 and u.max() < 1.0
+    routed = np.zeros(n, dtype=bool)
+    router = AdaptiveRouter(target=0.1)
+    for lo in range(0, n, 200):
+        routed[lo : lo + 200] = router.route(u[lo : lo + 200])
+    assert 0.07 < routed.mean() < 0.13
+    # by margin the routed texts would be the least sure ones; at random they are like any others
+    assert abs(margin[routed].mean() - margin.mean()) < 0.05
+    with pytest.raises(ValueError, match="one id per text"):
+        uncertainty(np.zeros(2), np.zeros(2), "random")
+
+
 class _Rate:
     def __init__(self, rate: float, per_judged: float) -> None:
         self.rate = rate
