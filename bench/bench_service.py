@@ -78,7 +78,7 @@ from driftlabel.models.datasets import Dataset, default_data_dir, k_shot_indices
 from driftlabel.models.embeddings import Embedder, EmbedderSettings, load_embedder
 from driftlabel.streams.broker import LocalBroker
 
-__all__ = ["ServiceRun", "Spec", "StreamPlan", "main", "plan_stream", "run_service"]
+__all__ = ["ServiceRun", "Spec", "StreamPlan", "main", "plan_stream", "run_service", "worker_env"]
 
 #: the judge's own default, which the reports leave unnamed
 BATCH_WAIT_MS: float = JudgeSettings.model_fields["batch_wait_ms"].default
@@ -359,6 +359,39 @@ def slow_jobs(log_text: str) -> list[tuple[str, float]]:
     return [(m[1], float(m[2])) for m in _SLOW_JOB.finditer(log_text)]
 
 
+def worker_env(spec: Spec, judge_share: float, judge_calls: float) -> dict[str, dict[str, str]]:
+    """The worker's settings for one run, by concern (``stream``, ``judge``, ``experts``; names without
+    their ``DRIFTLABEL_<CONCERN>_`` prefix): what each method changes from the worker's defaults."""
+    stream = {
+        "checkpoint_every_s": "2",
+        "checkpoint_keep": "8",
+        "judge_target_share": str(0.0 if spec.method == "seeds" else judge_share),
+        "judge_calls_per_text": str(0.0 if spec.method == "seeds" else judge_calls),
+        "auto_add_proposals": "true" if spec.scenario == "incremental" else "false",
+        # selftrain: every text labelled without the judge goes to `training` as a `stream` record
+        "unlabelled_share": "1.0" if spec.method in ("selftrain", "chooseself") else "0.0",
+    }
+    if spec.method == "random":  # the same budget, texts chosen by id instead of by uncertainty
+        stream["uncertainty"] = "random"
+    if spec.method == "every":  # the LLM-for-every-text baseline: no budget, no rate control
+        stream |= {"judge_target_share": "1.0", "judge_calls_per_text": "0", "judge_rate_control": "false"}
+    choose = spec.method in ("choose", "chooseself")  # judge.question = "choose": one call per item
+    judge = {  # a benchmark, not a fault test: the judge's ordinary retries and timeouts
+        "max_retries": "3",
+        "breaker_failures": "5",
+        "breaker_reset_s": "2",
+        "timeout_s": "30",
+        "question": "choose" if choose else "validate",
+    }
+    if spec.batch > 1:
+        judge |= {"batch_size": str(spec.batch), "batch_wait_ms": f"{spec.batch_wait_ms:g}"}
+    if spec.verify > 0:
+        judge["verify_below"] = str(spec.verify)
+    # subsets: PRODUCT.md's experts of 8 labels each instead of the default one expert
+    experts = {"subset_size": "8"} if spec.method == "subsets" else {}
+    return {"stream": stream, "judge": judge, "experts": experts}
+
+
 def run_service(
     spec: Spec,
     ds: Dataset,
@@ -383,44 +416,17 @@ def run_service(
     yt = np.asarray(ds.test.labels, dtype=object)
     run = ServiceRun(spec, late=len(plan.late))
     holdout = ds.test.texts if spec.dataset != "clinc150" else ()
-    stream_env = {
-        "checkpoint_every_s": "2",
-        "checkpoint_keep": "8",
-        "judge_target_share": str(0.0 if spec.method == "seeds" else judge_share),
-        "judge_calls_per_text": str(0.0 if spec.method == "seeds" else judge_calls),
-        "auto_add_proposals": "true" if spec.scenario == "incremental" else "false",
-        # selftrain: every text labelled without the judge goes to `training` as a `stream` record
-        "unlabelled_share": "1.0" if spec.method in ("selftrain", "chooseself") else "0.0",
-    }
-    if spec.method == "random":  # the same budget, texts chosen by id instead of by uncertainty
-        stream_env["uncertainty"] = "random"
-    if spec.method == "every":  # the LLM-for-every-text baseline: no budget, no rate control
-        stream_env |= {"judge_target_share": "1.0", "judge_calls_per_text": "0"}
-        stream_env["judge_rate_control"] = "false"
-    choose = spec.method in ("choose", "chooseself")  # judge.question = "choose": one call per item
+    env = worker_env(spec, judge_share, judge_calls)
+    choose = spec.method in ("choose", "chooseself")  # calls are then the items' depth-1 verdicts
     cluster = chaos.Cluster(
         work,
         data_file,
         broker=broker,
         judge_kwargs={"error_rate": spec.error, "holdout": holdout},
-        stream_env=stream_env,
-        # a benchmark, not a fault test: the judge's ordinary retries and timeouts
-        judge_env={
-            "max_retries": "3",
-            "breaker_failures": "5",
-            "breaker_reset_s": "2",
-            "timeout_s": "30",
-            "question": "choose" if choose else "validate",
-            **(
-                {"batch_size": str(spec.batch), "batch_wait_ms": f"{spec.batch_wait_ms:g}"}
-                if spec.batch > 1
-                else {}
-            ),
-            **({"verify_below": str(spec.verify)} if spec.verify > 0 else {}),
-        },
+        stream_env=env["stream"],
+        judge_env=env["judge"],
         embedder=embedder_kind,
-        # subsets: PRODUCT.md's experts of 8 labels each instead of the default one expert
-        experts_env={"subset_size": "8"} if spec.method == "subsets" else None,
+        experts_env=env["experts"],
     )
     cluster.start()
     proposals: chaos.Follower | None = None

@@ -123,3 +123,37 @@ def test_batch_applies_to_every_judging_method_and_verify_to_choose_only() -> No
     assert (plan["red"].batch, plan["red"].verify) == (4, 0.0)  # yes/no questions, batched
     assert (plan["choose"].batch, plan["choose"].verify) == (4, 1.0)
     assert plan["seeds"].batch == 1  # no judge
+
+
+def test_each_baseline_changes_only_its_own_setting() -> None:
+    """The report's baselines are the same worker with one setting changed: ``random`` routes the same
+    budget by id, ``subsets`` uses PRODUCT.md's experts of 8, ``every`` asks the judge about every text
+    with no budget, ``seeds`` never asks; and each name is a real setting of its concern."""
+    from driftlabel.judge import JudgeSettings
+    from driftlabel.models.experts import ExpertSettings
+    from driftlabel.streams.settings import StreamSettings
+
+    base = bs.worker_env(bs.Spec("clinc150", "stationary", 0.05, "red"), 0.5, 0.10)
+    assert base["stream"]["judge_calls_per_text"] == "0.1" and base["experts"] == {}
+    assert base["judge"]["question"] == "validate" and "batch_size" not in base["judge"]
+    changed = {
+        "random": {"uncertainty": "random"},
+        "every": {"judge_target_share": "1.0", "judge_calls_per_text": "0", "judge_rate_control": "false"},
+        "seeds": {"judge_target_share": "0.0", "judge_calls_per_text": "0.0"},
+    }
+    for method, diff in changed.items():
+        env = bs.worker_env(bs.Spec("clinc150", "stationary", 0.05, method), 0.5, 0.10)
+        got = {k: v for k, v in env["stream"].items() if base["stream"].get(k) != v}
+        assert got == diff, method
+        assert env["judge"] == base["judge"] and env["experts"] == {}, method
+    subsets = bs.worker_env(bs.Spec("clinc150", "stationary", 0.05, "subsets"), 0.5, 0.10)
+    assert subsets["experts"] == {"subset_size": "8"} and subsets["stream"] == base["stream"]
+    concerns = {"stream": StreamSettings, "judge": JudgeSettings, "experts": ExpertSettings}
+    for method in ("red", "random", "every", "subsets", "choose"):
+        env = bs.worker_env(bs.Spec("clinc150", "incremental", 0.05, method, batch=4, verify=1.0), 0.5, 0.1)
+        for concern, cls in concerns.items():
+            assert set(env[concern]) <= set(cls.model_fields), (method, concern)
+        assert (method, env["stream"]["auto_add_proposals"]) == (method, "true")
+    # every value the worker would read parses as its setting
+    assert StreamSettings(**changed["every"]).judge_rate_control is False  # type: ignore[arg-type]
+    assert StreamSettings(uncertainty="random").uncertainty == "random"
