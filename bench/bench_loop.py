@@ -123,6 +123,7 @@ class Run:
     #: datasets with an out-of-scope split: (items, in-scope test flagged, streamed-not-learned flagged,
     #: out-of-scope caught) with ``oos = "centroid"`` on the store the loop has built so far
     oos: list[tuple[int, float, float, float]] = field(default_factory=list)
+    phase2: int = 0  # where the second phase starts (shift: the flip; incremental: the new classes)
 
     @property
     def final_acc(self) -> float:
@@ -221,7 +222,7 @@ def run_loop(
         settings = settings.model_copy(update={"young_examples": young})
     clf = RedClassifier(embedder=EMBEDDER, settings=settings)
     clf.fit_embeddings(X[seeds], [texts[i] for i in seeds], y[seeds])
-    run = Run(dataset, scenario, method, error)
+    run = Run(dataset, scenario, method, error, phase2=phase2)
 
     def evaluate(at: int) -> None:
         clf.settle()
@@ -514,6 +515,13 @@ def recovery_items(run: Run, phase2: int, window: int = 500, tolerance: float = 
     return None
 
 
+def _recovery_text(run: Run, rec: int | None) -> str:
+    """``-`` for a stationary stream, ``> N`` when not back by the end of it."""
+    if run.scenario not in ("shift", "incremental"):
+        return "-"
+    return f"> {len(run.preq) - run.phase2}" if rec is None else str(rec)
+
+
 def logreg_ceiling(data: dict[str, Any]) -> float:
     from sklearn.linear_model import LogisticRegression
 
@@ -728,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     rows = []
     for run in results:
-        rec = recovery_items(run, len(run.preq) // 2) if run.scenario == "shift" else None
+        rec = recovery_items(run, run.phase2) if run.scenario in ("shift", "incremental") else None
         rows.append(
             [
                 run.dataset,
@@ -745,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run.accepted} ({run.wrong_accepted})",
                 f"{run.verified} ({run.refuted})" if run.verified else "-",
                 len(run.added),
-                "-" if rec is None else rec,
+                _recovery_text(run, rec),
                 len(run.drift_events),
                 f"{run.worst_learn_s:.2f}",
                 f"{np.median(run.add_s):.2f} / {max(run.add_s):.2f}" if run.add_s else "-",
@@ -854,8 +862,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "asked) was right; *labels learned (wrong)* counts the judge's accepted labels and, in brackets, "
         "those that are not the text's true label; *cross-checked* the picks asked again as yes/no "
         "(`--verify`, judge.verify_below) and how many of those the check refuted; *recovery items* "
-        "(shift) counts items after the flip until the rolling 500-item prequential accuracy of "
-        "the experts' top-1 is back within 2 points of its value before; *worst learn call* is the "
+        "counts items after the change (shift: the flip; class-incremental: the first texts of the new "
+        "classes) until the rolling 500-item prequential accuracy of the experts' top-1 is back within 2 "
+        "points of its value before; *worst learn call* is the "
         "longest `learn_embeddings` call (a swap waiting for its re-solve shows here).",
     ]
     path = write_report(args.name, "The learning loop on real data (bench/bench_loop.py)", "\n".join(body))

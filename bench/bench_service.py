@@ -219,8 +219,9 @@ class ServiceRun:
         return self.latency_text(self.phase2, self.phase2 + 1000)
 
     def recovery(self) -> int | None:
-        """Items after the flip until the rolling 500-item prequential accuracy is back within 2 points."""
-        if self.spec.scenario != "shift":
+        """Items after the change (the flip, the new classes' first texts) until the rolling 500-item
+        prequential accuracy is back within 2 points."""
+        if self.spec.scenario not in ("shift", "incremental"):
             return None
         run = LoopRun(self.spec.dataset, self.spec.scenario, self.spec.method, self.spec.error)
         run.preq = self.preq
@@ -228,7 +229,7 @@ class ServiceRun:
 
     def recovery_text(self) -> str:
         """The recovery for the report: items, ``> N`` when not back by the end, ``n/a`` when too short."""
-        if self.spec.scenario != "shift":
+        if self.spec.scenario not in ("shift", "incremental"):
             return "-"
         rec = self.recovery()
         if rec is not None:
@@ -775,7 +776,8 @@ def write_service_report(
         "(every recursive call) plus one call per description-only `add_class` and per proposal, over the "
         "streamed items; *uncertain*: items whose first label was not final (routed to the judge); *final "
         "labels right*: streamed items whose final label (the judge's where asked) is the true one; "
-        "*recovery items* (shift): items after the flip until the rolling 500-item accuracy of the "
+        "*recovery items*: items after the change (shift: the flip; class-incremental: the first texts "
+        "of the new classes) until the rolling 500-item accuracy of the "
         "experts' first labels is back within 2 points of its value before (bench_loop's rule); *first "
         "label s*: from each item's send to its first `labels` record arriving at this process (same clock), "
         "over the whole stream and over the 1,000 items sent from the change on (incremental: the "
@@ -1009,7 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{100 * run.final_acc:.2f} % (seeds {100 * run.curve[0][2]:.1f}), calls/item "
                 f"{run.calls_per_item:.3f}, uncertain {100 * run.uncertain_share:.1f} %, final labels "
                 f"{100 * run.final_labels_acc:.1f} % right ({run.finals}/{run.items} final)"
-                + (f", recovery {run.recovery_text()} items" if spec.scenario == "shift" else "")
+                + (f", recovery {run.recovery_text()} items" if spec.scenario != "stationary" else "")
                 + (
                     f", added {len(run.added_described)} described + {len(run.added_discovered)} "
                     f"discovered of {run.late}"

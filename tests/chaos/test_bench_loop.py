@@ -94,3 +94,17 @@ def test_evict_nearer_drops_learned_rows_nearer_the_new_label_only() -> None:
     assert bench_loop._evict_nearer(clf, "new") == 1
     _, y, texts = clf.store.arrays()
     assert "wrong" not in texts and "right" in texts and sum(lab == "a" for lab in y) == 6
+
+
+def test_recovery_is_counted_from_the_change_in_both_drift_scenarios() -> None:
+    """Items after the change until the rolling 500-item prequential accuracy is back within 2 points;
+    ``> N`` when the stream ends first, ``-`` for a stationary stream."""
+    run = bench_loop.Run("d", "incremental", "red", 0.05, phase2=1000)
+    run.preq = [1] * 1000 + [0] * 300 + [1] * 1000
+    rec = bench_loop.recovery_items(run, run.phase2)
+    assert rec == 800  # the first 500-item window ending on a multiple of 50 with at most 10 misses
+    assert bench_loop._recovery_text(run, rec) == "800"
+    run.preq = [1] * 1000 + [0] * 900 + [1] * 400
+    assert bench_loop._recovery_text(run, bench_loop.recovery_items(run, run.phase2)) == "> 1300"
+    steady = bench_loop.Run("d", "stationary", "red", 0.05, phase2=1000)
+    assert bench_loop._recovery_text(steady, None) == "-"
