@@ -176,6 +176,7 @@ def run_loop(
     depth: int = 3,
     batch: int = 1,
     maintenance: float | None = None,
+    drift_boost: float = 1.0,
     young: int | None = None,
     verify: float = 0.0,
     single_checks: bool = False,
@@ -237,7 +238,9 @@ def run_loop(
         run.seconds = time.perf_counter() - t_start
         return run
     ctrl = JudgeRateController(
-        calls_per_item=budget, **({} if maintenance is None else {"maintenance": min(maintenance, budget)})
+        calls_per_item=budget,
+        drift_boost=drift_boost,
+        **({} if maintenance is None else {"maintenance": min(maintenance, budget)}),
     )
     router = AdaptiveRouter(target=ctrl.target_share)
     stream_defaults = StreamSettings.model_fields
@@ -575,6 +578,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(judge.batch_size): each is charged 1/batch calls",
     )
     parser.add_argument(
+        "--drift-boost",
+        type=float,
+        default=1.0,
+        help="judge rate for drift_items items after a drift event, x the budget (borrowed: paid back "
+        "after; models.drift.JudgeRateController.drift_boost)",
+    )
+    parser.add_argument(
         "--maintenance",
         type=float,
         default=None,
@@ -683,6 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             depth=args.depth,
             batch=args.batch,
             maintenance=args.maintenance,
+            drift_boost=args.drift_boost,
             young=args.young,
             verify=args.verify,
             single_checks=args.single_checks,
@@ -730,6 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         + (f" Maintenance rate once saturated: {args.maintenance} calls/item." if args.maintenance else "")
+        + (f" Drift boost {args.drift_boost:g}x the budget (borrowed)." if args.drift_boost != 1.0 else "")
         + (f" young_examples = {args.young}." if args.young is not None else "")
         + (f" Each chunk's labels are learned {args.lag} chunks of 64 late (`--lag`)." if args.lag else ""),
         "",

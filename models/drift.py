@@ -123,8 +123,8 @@ class JudgeRateController:
     (ADWIN) watch the entropy of every item, the share of judged items whose top-1 the judge rejected,
     and the distance between the recent predicted-class mix and the one before; an upward change of any of
     them is a :class:`DriftEvent` and puts the controller in ``drift`` for ``drift_items`` items at
-    ``drift_boost`` x the learning rate (1.0 by default: back from maintenance to the full budget,
-    which keeps the calls per item within it; a 1.5 boost overspent it in ``bench/bench_loop.py``).
+    ``drift_boost`` x the learning rate (1.0 by default: back from maintenance to the full budget; a
+    boost above 1 is borrowed from the budget and paid back after, see :attr:`target_share`).
     Rates are *calls per item*: :attr:`target_share` divides by the measured calls per judged item
     (recursive delegation asks several candidates), so the judge budget holds whatever the depth; calls
     spent beyond the budget so far (texts of a class the experts do not know yet exhaust every candidate
@@ -215,7 +215,9 @@ class JudgeRateController:
         for lab in predicted:
             self._mix_now[lab] = self._mix_now.get(lab, 0) + 1
         self.n += len(ent)
-        self._allowed += self.rate * len(ent)
+        # a boost above the budget is borrowed: the budget accrues at calls_per_item, so what a drift
+        # spends beyond it is an overspend, paid back over the following window
+        self._allowed += min(self.rate, self.calls_per_item) * len(ent)
         self._win_sum += float(ent.sum())
         self._win_n += len(ent)
         if self._win_n >= self.window:

@@ -70,6 +70,24 @@ def test_a_shift_raises_a_drift_event_and_the_rate() -> None:
     assert max(e.position for e in ctrl.events) > n  # fired after the shift, not before
 
 
+def test_a_drift_boost_is_borrowed_from_the_budget() -> None:
+    """``drift_boost`` 3: the drift spends up to 3x the budget, but the budget itself still accrues at
+    ``calls_per_item``, so the extra is an overspend the following items pay back."""
+    ctrl = JudgeRateController(calls_per_item=0.1, window=500, drift_boost=3.0, drift_items=500)
+    ctrl._enter_drift([])  # as a drift event would
+    assert ctrl.rate == pytest.approx(0.3)
+    for _ in range(10):  # 500 items in drift, spending what the controller asks for
+        k = round(ctrl.target_share * 50)
+        ctrl.observe(np.full(50, 0.5), ["a"] * 50, [1] * k, [False] * k)
+    assert ctrl.state == "learning"
+    assert ctrl._allowed == pytest.approx(0.1 * 500)  # the budget, not the boosted rate
+    assert ctrl.overspent > 20.0 and ctrl.target_share < 0.1  # now paid back
+    for _ in range(60):
+        k = round(ctrl.target_share * 50)
+        ctrl.observe(np.full(50, 0.5), ["a"] * 50, [1] * k, [False] * k)
+    assert ctrl._calls <= 0.1 * ctrl.n * 1.05, (ctrl._calls, ctrl.n)
+
+
 def test_calls_per_judged_item_sets_the_routed_share() -> None:
     ctrl = JudgeRateController(calls_per_item=0.1)
     for _ in range(10):
