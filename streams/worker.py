@@ -454,7 +454,8 @@ class WorkerService:
         X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
         self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
         kind = self.stream.uncertainty
-        u = uncertainty(ranking.entropy, ranking.margin, kind, n_classes, ids=[it.id for it in items])
+        ids = [it.id for it in items] if kind == "random" else None  # the control routes by id
+        u = uncertainty(ranking.entropy, ranking.margin, kind, n_classes, ids=ids)
         st = self.stream
         self.router.target = judged_share(
             st.judge_target_share, st.judge_calls_per_text, st.judge_rate_control, self.rate
