@@ -505,9 +505,12 @@ def _diverse(u: np.ndarray, routed: np.ndarray, Xb: np.ndarray, recent: np.ndarr
     return out
 
 
-def recovery_items(run: Run, phase2: int, window: int = 500, tolerance: float = 0.02) -> int | None:
-    """Items after the drift until the rolling prequential accuracy is back within ``tolerance``."""
-    p = np.asarray(run.preq, dtype=np.float64)
+def recovery_items(
+    preq: Sequence[int], phase2: int, window: int = 500, tolerance: float = 0.02
+) -> int | None:
+    """Items after the change at ``phase2`` until the rolling ``window``-item prequential accuracy is back
+    within ``tolerance`` of the ``window`` items before it (checked every 50 items)."""
+    p = np.asarray(preq, dtype=np.float64)
     if phase2 <= window or len(p) <= phase2:
         return None
     before = p[phase2 - window : phase2].mean()
@@ -518,11 +521,17 @@ def recovery_items(run: Run, phase2: int, window: int = 500, tolerance: float = 
     return None
 
 
-def _recovery_text(run: Run, rec: int | None) -> str:
-    """``-`` for a stationary stream, ``> N`` when not back by the end of it."""
-    if run.scenario not in ("shift", "incremental"):
+def recovery_text(scenario: str, preq: Sequence[int], phase2: int, window: int = 500) -> str:
+    """The recovery column of both benches' reports: ``-`` for a stationary stream, the items, ``> N``
+    when not back by the end, ``n/a`` when a phase is shorter than the window."""
+    if scenario not in ("shift", "incremental"):
         return "-"
-    return f"> {len(run.preq) - run.phase2}" if rec is None else str(rec)
+    rec = recovery_items(preq, phase2, window)
+    if rec is not None:
+        return str(rec)
+    if phase2 <= window or len(preq) < phase2 + window:
+        return "n/a (stream too short)"
+    return f"> {len(preq) - phase2}"
 
 
 def logreg_ceiling(data: dict[str, Any]) -> float:
@@ -748,7 +757,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     rows = []
     for run in results:
-        rec = recovery_items(run, run.phase2) if run.scenario in ("shift", "incremental") else None
         rows.append(
             [
                 run.dataset,
@@ -765,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run.accepted} ({run.wrong_accepted})",
                 f"{run.verified} ({run.refuted})" if run.verified else "-",
                 len(run.added),
-                _recovery_text(run, rec),
+                recovery_text(run.scenario, run.preq, run.phase2),
                 len(run.drift_events),
                 f"{run.worst_learn_s:.2f}",
                 f"{np.median(run.add_s):.2f} / {max(run.add_s):.2f}" if run.add_s else "-",

@@ -68,9 +68,14 @@ from typing import Any
 import numpy as np
 
 from driftlabel.bench import chaos
-from driftlabel.bench.bench_loop import Run as LoopRun
-from driftlabel.bench.bench_loop import _stream_order, oos_rates, recovery_items
-from driftlabel.bench.common import RESULTS_DIR, cached_embeddings, machine_info, markdown_table
+from driftlabel.bench.bench_loop import _stream_order, oos_rates, recovery_text
+from driftlabel.bench.common import (
+    RESULTS_DIR,
+    cached_embeddings,
+    logreg_accuracy,
+    machine_info,
+    markdown_table,
+)
 from driftlabel.datafiles import read_rows
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import RedClassifier
@@ -218,25 +223,9 @@ class ServiceRun:
             return "-"
         return self.latency_text(self.phase2, self.phase2 + 1000)
 
-    def recovery(self) -> int | None:
-        """Items after the change (the flip, the new classes' first texts) until the rolling 500-item
-        prequential accuracy is back within 2 points."""
-        if self.spec.scenario not in ("shift", "incremental"):
-            return None
-        run = LoopRun(self.spec.dataset, self.spec.scenario, self.spec.method, self.spec.error)
-        run.preq = self.preq
-        return recovery_items(run, self.phase2)
-
     def recovery_text(self) -> str:
-        """The recovery for the report: items, ``> N`` when not back by the end, ``n/a`` when too short."""
-        if self.spec.scenario not in ("shift", "incremental"):
-            return "-"
-        rec = self.recovery()
-        if rec is not None:
-            return str(rec)
-        if self.phase2 <= 500 or len(self.preq) < self.phase2 + 500:
-            return "n/a (stream too short)"
-        return f"> {len(self.preq) - self.phase2}"
+        """The recovery for the report (bench_loop's rule and wording)."""
+        return recovery_text(self.spec.scenario, self.preq, self.phase2)
 
 
 # ---- data
@@ -305,12 +294,9 @@ def test_embeddings(embedder: Embedder, dataset: str, texts: Sequence[str]) -> n
 def full_data_ceiling(embedder: Embedder, dataset: str, ds: Dataset, Xt: np.ndarray) -> float:
     """Test accuracy of LogisticRegression (C=10) on the whole train split, true labels, same vectors:
     what a stream could reach if every text were labelled right (PRODUCT.md's reference figures)."""
-    from sklearn.linear_model import LogisticRegression
-
     X = cached_embeddings(embedder, list(ds.train.texts), f"{dataset}-train", progress=False)
-    y = np.asarray(ds.train.labels, dtype=object).astype(str)
-    lr = LogisticRegression(C=10, max_iter=1000).fit(X, y)
-    return float(np.mean(lr.predict(Xt) == np.asarray(ds.test.labels, dtype=object).astype(str)))
+    y, yt = (np.asarray(split.labels, dtype=object).astype(str) for split in (ds.train, ds.test))
+    return logreg_accuracy(X, y, Xt, yt)
 
 
 # ---- one run through the service

@@ -98,13 +98,11 @@ def test_evict_nearer_drops_learned_rows_nearer_the_new_label_only() -> None:
 
 def test_recovery_is_counted_from_the_change_in_both_drift_scenarios() -> None:
     """Items after the change until the rolling 500-item prequential accuracy is back within 2 points;
-    ``> N`` when the stream ends first, ``-`` for a stationary stream."""
-    run = bench_loop.Run("d", "incremental", "red", 0.05, phase2=1000)
-    run.preq = [1] * 1000 + [0] * 300 + [1] * 1000
-    rec = bench_loop.recovery_items(run, run.phase2)
-    assert rec == 800  # the first 500-item window ending on a multiple of 50 with at most 10 misses
-    assert bench_loop._recovery_text(run, rec) == "800"
-    run.preq = [1] * 1000 + [0] * 900 + [1] * 400
-    assert bench_loop._recovery_text(run, bench_loop.recovery_items(run, run.phase2)) == "> 1300"
-    steady = bench_loop.Run("d", "stationary", "red", 0.05, phase2=1000)
-    assert bench_loop._recovery_text(steady, None) == "-"
+    ``> N`` when the stream ends first, ``n/a`` when a phase is shorter than the window, ``-`` for a
+    stationary stream (the same column in bench_loop's and bench_service's reports)."""
+    preq = [1] * 1000 + [0] * 300 + [1] * 1000
+    assert bench_loop.recovery_items(preq, 1000) == 800  # first 500-window ending on a 50 with <= 10 misses
+    assert bench_loop.recovery_text("incremental", preq, 1000) == "800"
+    assert bench_loop.recovery_text("shift", [1] * 1000 + [0] * 900 + [1] * 400, 1000) == "> 1300"
+    assert bench_loop.recovery_text("shift", [1] * 1200, 1000) == "n/a (stream too short)"
+    assert bench_loop.recovery_text("stationary", preq, 1000) == "-"
