@@ -16,9 +16,11 @@ counted. The held-out test split is scored every ``--eval-every`` items. Scenari
   unresolved text, and each unjudged text far from every stored example (``--no-pool-far``: not those),
   joins the pool, which is then searched for dense groups -> proposals -> the judge names each from the
   group's own texts (``Proposal.own``; ``--all-proposal-texts``: every text, the worker before 7 December)
-  -> added through ``control`` with up to 50 of them, which a name the model knows learns instead; until 6
-  December the bench searched only every 320 items, took one group at a time, needed 10 texts and dropped
-  a group named after a known class, and the worker pooled no far texts);
+  -> added through ``control`` with up to 50 of them; a group named after a known class is only published,
+  as the worker does; until 6 December the bench searched only every 320 items, took one group at a time
+  and needed 10 texts, and the worker pooled no far texts; from 6 to 7 December it taught a known-named
+  group's texts to that class, which the worker never did; "far" is below the ``--far-quantile`` (0.15,
+  ``stream.proposal_far_quantile``) quantile of the store's leave-one-out similarities, 0.05 before);
 - ``shift``: the class mix flips half-way (75 % / 25 % of each class's items before / after, for half the
   classes, and the reverse for the other half).
 
@@ -184,6 +186,7 @@ def run_loop(
     far_depth: int | None = None,
     min_ratio: float = 0.0,
     pool_far: bool = True,
+    far_quantile: float = StreamSettings.model_fields["proposal_far_quantile"].default,
     pool_first: bool = False,
     proposal_own: bool = True,
     evict_on_add: bool = False,
@@ -271,7 +274,8 @@ def run_loop(
                 run.added.append(lab)
                 if evict_on_add:
                     run.evicted += _evict_nearer(clf, lab)
-                run.calls += 1  # one generate_examples call
+                run.calls += 1  # one generate_examples call, paid from the budget (as the worker does)
+                ctrl.charge(1.0)
         rows = order[lo : lo + BATCH]
         Xb, yb = X[rows], y[rows]
         r = clf.rank_embeddings(Xb, top_k=max(3, depth))  # --depth above 3 was cut to 3 before 6 December
@@ -356,7 +360,7 @@ def run_loop(
                 run.accepted += 1
                 run.wrong_accepted += int(accepted != truth)
                 run.wrong_unknown += int(accepted != truth and truth not in clf.labels)
-            elif scenario == "incremental":  # the worker pools each unresolved text and looks for a group
+            else:  # the worker pools each unresolved text and looks for a group (in every scenario)
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
                 found += pool.find_groups()
         if checked:  # the chunk's checks share calls of up to `batch` questions (judge.batch_size)
@@ -373,14 +377,16 @@ def run_loop(
                 learn_t.append(texts[rows[i]])
                 learn_y.append(str(top1[i]))
                 learn_v.append(True)
-        if pool_far and scenario == "incremental":  # unjudged texts far from every stored example join too
-            far = np.flatnonzero(~routed & (clf.nearest_similarity(Xb) < clf.oos_similarity_threshold()))
+        if pool_far:  # unjudged texts far from every stored example join too
+            line = clf.oos_similarity_threshold(far_quantile)  # stream.proposal_far_quantile
+            far = np.flatnonzero(~routed & (clf.nearest_similarity(Xb) < line))
             if len(far):  # (stream.proposal_far_texts: the worker's texts agent, per micro-batch)
                 pool.add(Xb[far], [texts[j] for j in rows[far].tolist()], [str(j) for j in rows[far]])
                 found += pool.find_groups()
         for proposal in found:
             run.proposals += 1
-            run.calls += 1  # one propose_class call
+            run.calls += 1  # one propose_class call, paid from the budget (as the worker does)
+            ctrl.charge(1.0)
             if proposal_own:  # the worker's rule (Proposal.own): not the texts a stored example is nearer
                 own = proposal.own(clf.nearest_similarity(proposal.embeddings))
                 if not own.texts:  # published for a human, not added
@@ -388,12 +394,14 @@ def run_loop(
                 proposal = own
             truths = [y[int(i)] for i in proposal.ids]
             # the judge names it by its majority (the simulated expert's propose-class rule) and the worker
-            # adds it through `control` with up to 50 of its texts; a known name learns them instead
+            # adds it through `control` with up to 50 of its texts; a known name is refused
+            # (Judge.propose_class: KnownClassProposedError) and the group only published, so nothing is
+            # learned from it (until 7 December the bench taught the texts to the known class here, which
+            # the worker never did)
             name = min(set(truths), key=lambda lab: (-truths.count(lab), lab))
-            new_class = name not in clf.labels
-            t_add = time.perf_counter()
-            clf.add_class_embeddings(name, proposal.embeddings[:50], proposal.texts[:50])
-            if new_class:
+            if name not in clf.labels:
+                t_add = time.perf_counter()
+                clf.add_class_embeddings(name, proposal.embeddings[:50], proposal.texts[:50])
                 run.proposal_rows += len(truths[:50])
                 run.proposal_wrong += sum(t != name for t in truths[:50])
                 run.add_s.append(time.perf_counter() - t_add)
@@ -663,6 +671,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "whose nearest stored example is below the out-of-scope threshold (stream.proposal_far_texts = "
         "false)",
     )
+    parser.add_argument(
+        "--far-quantile",
+        type=float,
+        default=StreamSettings.model_fields["proposal_far_quantile"].default,
+        help="incremental: an unjudged text joins the new-class pool when its nearest stored example is "
+        "below this quantile of the store's leave-one-out similarities (stream.proposal_far_quantile; "
+        "0.05, the out-of-scope line, before 7 December)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -710,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             far_depth=args.far_depth,
             min_ratio=args.min_ratio,
             pool_far=args.pool_far,
+            far_quantile=args.far_quantile,
             pool_first=args.pool_first,
             proposal_own=args.proposal_own,
             evict_on_add=args.evict_on_add,
@@ -720,7 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"[{n}/{len(plan)} {elapsed:6.0f}s] {ds} {sc:<11} {m:<6} err {e:.2f}: final test acc "
             f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
             f"accepted {run.accepted} (wrong {run.wrong_accepted}) verified {run.verified} "
-            f"refuted {run.refuted} added {len(run.added)} far {run.far} pooled-first {run.pooled_first} "
+            f"refuted {run.refuted} added {len(run.added)} proposals {run.proposals} far {run.far} "
+            f"pooled-first {run.pooled_first} "
             f"evicted {run.evicted} "
             f"({run.seconds:.0f}s)",
             file=sys.stderr,

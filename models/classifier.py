@@ -1485,15 +1485,22 @@ class RedClassifier:
         )
         return float(np.quantile(0.5 * (near + P.max(axis=1)), self.settings.oos_quantile))
 
-    def oos_similarity_threshold(self) -> float:
-        """The ``oos_quantile`` quantile of the store's leave-one-out nearest-neighbour similarities.
+    def oos_similarity_threshold(self, quantile: float | None = None) -> float:
+        """The ``quantile`` (default ``oos_quantile``) quantile of the store's leave-one-out
+        nearest-neighbour similarities.
 
         Calibrated on the model's own examples (no held-out data needed), computed on a fixed-seed sample
-        of at most 512 stored rows and cached until the store changes size by 10 %.
+        of at most 512 stored rows and cached until the store changes size by 10 %. Another ``quantile``
+        than ``oos_quantile``: a looser line, e.g. which texts may belong to a class nobody declared
+        (``StreamSettings.proposal_far_quantile``).
         """
-        return self._calibrated("nearest", self._similarity_quantile)
+        q = self.settings.oos_quantile if quantile is None else float(quantile)
+        if not 0.0 < q < 1.0:
+            raise InvalidDataError(f"quantile must be within (0, 1), got {quantile}")
+        key = "nearest" if q == self.settings.oos_quantile else f"nearest@{q}"
+        return self._calibrated(key, lambda: self._similarity_quantile(q))
 
-    def _similarity_quantile(self) -> float:
+    def _similarity_quantile(self, quantile: float | None = None) -> float:
         """:meth:`oos_similarity_threshold` computed now, from the store alone (no cache: a function of the
         log position, which the re-solves' self-training needs)."""
         Xs, _, _ = self.store.arrays()
@@ -1502,7 +1509,8 @@ class RedClassifier:
             return -1.0
         rng = np.random.default_rng(self.settings.seed)
         rows = np.sort(rng.choice(n, size=min(n, 512), replace=False))
-        return float(np.quantile(self._loo_nearest(Xs, rows), self.settings.oos_quantile))
+        q = self.settings.oos_quantile if quantile is None else quantile
+        return float(np.quantile(self._loo_nearest(Xs, rows), q))
 
     @staticmethod
     def _loo_nearest(Xs: np.ndarray, rows: np.ndarray) -> np.ndarray:

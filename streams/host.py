@@ -700,14 +700,15 @@ class ModelHost(Reforming):
     ) -> list[list[dict[str, Any]]]:
         return await self.run(self._candidates, X, rows, cands, n, c)
 
-    async def far_from_store(self, X: np.ndarray) -> np.ndarray:
-        """Which embeddings sit farther from every stored example than the calibrated out-of-scope
-        similarity (``nearest_similarity`` below ``oos_similarity_threshold``): texts no known class
-        covers, whatever the experts' ranking says; candidates for a new class."""
+    async def far_from_store(self, X: np.ndarray, quantile: float | None = None) -> np.ndarray:
+        """Which embeddings sit farther from every stored example than the calibrated similarity
+        (``nearest_similarity`` below ``oos_similarity_threshold(quantile)``; default: the out-of-scope
+        one): texts no known class may cover, whatever the experts' ranking says; candidates for a new
+        class."""
 
         def job() -> np.ndarray:
             m = self.live
-            return np.asarray(m.nearest_similarity(X) < m.oos_similarity_threshold(), dtype=bool)
+            return np.asarray(m.nearest_similarity(X) < m.oos_similarity_threshold(quantile), dtype=bool)
 
         return await self.run(job)
 

@@ -124,7 +124,8 @@ class ServiceMetrics:
         )
         self.proposals = Counter(
             "driftlabel_proposals",
-            "Emerging classes proposed (dense groups of unresolved or far texts), by outcome",
+            "Dense groups of unresolved or far texts, by outcome: added, named and unnamed (published), "
+            "known (named after a known class: not published)",
             ["outcome"],
             registry=r,
         )

@@ -3,8 +3,11 @@ them is named by the judge endpoint and published on the ``proposals`` topic (ad
 when ``auto_add_proposals`` is on).
 
 Two agents feed the pool: the judge agent with the texts the judge left ``unresolved``, and the texts
-agent with the unjudged texts of a micro-batch whose nearest stored example is farther than the
-calibrated out-of-scope similarity (``stream.proposal_far_texts``). The pool and its group search are
+agent with the unjudged texts of a micro-batch whose nearest stored example is less similar than the
+``stream.proposal_far_quantile`` quantile of the store's own leave-one-out similarities
+(``stream.proposal_far_texts``). That line is looser than the out-of-scope one, so texts of known classes
+gather too; a group of them the endpoint names after its known class is counted, not published. Each
+naming call is paid from the judge budget (``charge``). The pool and its group search are
 ``models.emerging``'s; this module only wires them to the host, the judge endpoint and the topics. The
 pool lives in memory: a restart empties it, and the texts still unplaced gather again.
 """
@@ -19,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import numpy as np
 import orjson
 
+from driftlabel.judge.errors import KnownClassProposedError
 from driftlabel.models.emerging import NoveltyPool, Proposal
 from driftlabel.streams.host import ModelHost
 from driftlabel.streams.judging import JudgeCaller
@@ -44,8 +48,10 @@ class NewClassProposals:
         worker_id: str,
         publish_proposal: Publish,
         publish_control: Publish,
+        charge: Callable[[float], None] | None = None,
     ) -> None:
         self.stream = stream
+        self.charge = charge  # a naming call counts against the judge budget (JudgeRateController.charge)
         self.host = host
         self.judge = judge
         self.metrics = metrics
@@ -71,7 +77,7 @@ class NewClassProposals:
         rows = np.flatnonzero(unjudged)
         if not len(rows):
             return
-        far = rows[await self.host.far_from_store(X[rows])]
+        far = rows[await self.host.far_from_store(X[rows], self.stream.proposal_far_quantile)]
         if not len(far):
             return
         groups = await self.pool_texts(X[far], [texts[i] for i in far], [ids[i] for i in far])
@@ -105,7 +111,9 @@ class NewClassProposals:
 
         The judge is shown, and ``add_class`` carries, only the group's own texts (:meth:`Proposal.own`:
         not those a stored example is nearer than the group's centroid); a group with none is published
-        for a human but not added."""
+        for a human but not added. A group the endpoint names after a known class is no new class: it is
+        counted (``outcome="known"``) and logged, not published. Why: the far line pools texts of known
+        classes too, and on a stationary BANKING77 stream such groups would be most of the topic."""
         self.n_proposals += 1
         own = group.own(await self.host.nearest_similarity(group.embeddings))
         examples = (own if own.texts else group).examples(10)
@@ -115,7 +123,18 @@ class NewClassProposals:
         try:
             propose = getattr(self.judge.judge, "propose_class", None)
             if propose is not None:
+                if self.charge is not None:
+                    self.charge(1.0)
                 name, description = await propose(examples, known_labels=known)
+        except KnownClassProposedError as exc:  # more likely the edge of that class, or its new wording
+            self.metrics.proposals.labels(outcome="known").inc()
+            log.info(
+                "group %d of %d texts: named after the known class %r",
+                self.n_proposals,
+                len(group.texts),
+                exc.label,
+            )
+            return
         except Exception as exc:  # unnamed is still worth a human's look
             log.warning("proposal %d: the judge endpoint did not name it (%s)", self.n_proposals, exc)
         value = {

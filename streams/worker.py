@@ -162,6 +162,7 @@ class WorkerService:
             self.worker_id,
             self._publisher(self.t_proposals),
             self._publisher(self.t_control),
+            self.charge_judge_call,
         )
 
     # -- wiring ------------------------------------------------------------------------------------------
@@ -380,6 +381,7 @@ class WorkerService:
             gen = getattr(self.judge.judge, "generate_examples", None)
             if gen is None:
                 return msg
+            self.charge_judge_call()
             examples = await gen(msg.label, msg.description, self.stream.generated_examples)
         except Exception as exc:  # the endpoint is down or answered garbage: the description still works
             log.warning(
@@ -390,6 +392,12 @@ class WorkerService:
         return type(msg)(
             op=msg.op, label=msg.label, description=msg.description, examples=list(examples), synthetic=True
         )
+
+    def charge_judge_call(self, calls: float = 1.0) -> None:
+        """A judge call for no streamed text (naming a proposal, generating examples) is paid from the
+        calls budget, when there is one (without, the budget is a share of texts: nothing to charge)."""
+        if self.stream.judge_calls_per_text > 0:
+            self.rate.charge(calls)
 
     async def on_texts(self, records: Sequence[Any]) -> None:
         """Validate a micro-batch of raw ``texts`` records and label the good ones. Never raises."""

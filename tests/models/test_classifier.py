@@ -86,6 +86,20 @@ def test_out_of_scope_nearest_flags_far_texts_and_few_known_ones(fitted: RedClas
     assert fitted.rank_embeddings(noisy).out_of_scope.mean() <= 0.1  # calibrated: few in-scope flagged
 
 
+def test_a_looser_similarity_line_for_new_class_candidates(fitted: RedClassifier) -> None:
+    """``oos_similarity_threshold(q)``: the store's own q-quantile, so a larger q draws the line higher
+    (more texts count as far: stream.proposal_far_quantile), each cached apart from the out-of-scope one."""
+    Xs = fitted.store.arrays()[0]
+    base = fitted.oos_similarity_threshold()
+    assert base == fitted.oos_similarity_threshold(fitted.settings.oos_quantile)
+    loose = fitted.oos_similarity_threshold(0.3)
+    assert loose >= base and fitted.oos_similarity_threshold() == base
+    loo = np.sort((Xs @ Xs.T - 2 * np.eye(len(Xs))).max(axis=1))  # every row here: <= 512 stored
+    assert np.mean(loo < loose) == pytest.approx(0.3, abs=0.05)
+    with pytest.raises(InvalidDataError):
+        fitted.oos_similarity_threshold(1.0)
+
+
 def test_out_of_scope_centroid_flags_far_texts_and_few_known_ones(fitted: RedClassifier) -> None:
     fitted.settings = fitted.settings.model_copy(update={"oos": "centroid", "oos_quantile": 0.05})
     Xs = fitted.store.arrays()[0]

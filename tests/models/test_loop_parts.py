@@ -91,6 +91,24 @@ def test_a_drift_boost_is_borrowed_from_the_budget() -> None:
     assert ctrl.overspent <= 5.0 and ctrl.target_share == pytest.approx(0.1, abs=0.011)
 
 
+def test_calls_for_no_item_are_charged_to_the_budget() -> None:
+    """Naming a proposal or generating examples is a judge call too: it is owed, then paid back by routing
+    fewer items, and it leaves the calls per judged item alone."""
+    ctrl = JudgeRateController(calls_per_item=0.1, maintenance=0.1, window=500)
+    for _ in range(10):  # 1,000 items, 100 calls allowed, 100 spent on 50 judged items
+        ctrl.observe(np.full(100, 0.5), ["x"] * 100, judged_calls=[2] * 5, top1_rejected=[False] * 5)
+    assert ctrl.overspent == 0.0 and ctrl.target_share == pytest.approx(0.05)
+    ctrl.charge(25)  # e.g. 25 description-only classes, one generate-examples call each
+    assert ctrl.overspent == pytest.approx(25.0) and ctrl.calls_per_judged == pytest.approx(2.0)
+    assert ctrl.target_share == pytest.approx((0.1 - 25 / 500) / 2.0)
+    for _ in range(20):
+        k = round(ctrl.target_share * 100)
+        ctrl.observe(np.full(100, 0.5), ["x"] * 100, judged_calls=[2] * k, top1_rejected=[False] * k)
+    assert ctrl.overspent <= 5.0  # paid back to what rounding 100-item batches to whole items leaves
+    with pytest.raises(InvalidDataError):
+        ctrl.charge(-1)
+
+
 def test_calls_per_judged_item_sets_the_routed_share() -> None:
     ctrl = JudgeRateController(calls_per_item=0.1)
     for _ in range(10):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from driftlabel.judge.errors import KnownClassProposedError
 from driftlabel.models.emerging import Proposal
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.proposals import NewClassProposals
@@ -30,17 +31,21 @@ class FakeHost:
 
 
 class FakeEndpoint:
-    def __init__(self) -> None:
+    def __init__(self, known: str | None = None) -> None:
         self.shown: list[str] = []
+        self.known = known  # name this known class (as Judge.propose_class reports it)
 
     async def propose_class(self, examples: list[str], known_labels: list[str]) -> tuple[str, str]:
         self.shown = list(examples)
+        if self.known is not None:
+            assert self.known in known_labels
+            raise KnownClassProposedError(f"named the known class {self.known!r}", label=self.known)
         return "pto_request", "asking for time off"
 
 
 class FakeCaller:
-    def __init__(self) -> None:
-        self.judge = FakeEndpoint()
+    def __init__(self, known: str | None = None) -> None:
+        self.judge = FakeEndpoint(known)
 
 
 def _group(n_own: int, n_edge: int) -> tuple[Proposal, np.ndarray]:
@@ -57,7 +62,9 @@ def _group(n_own: int, n_edge: int) -> tuple[Proposal, np.ndarray]:
     return Proposal(texts=texts, embeddings=E, centroid=c, density=float(to_c.mean()), ids=ids), store
 
 
-def _propose(group: Proposal, store: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+def _propose(
+    group: Proposal, store: np.ndarray, known: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
     published: list[dict[str, Any]] = []
     control: list[dict[str, Any]] = []
 
@@ -67,8 +74,9 @@ def _propose(group: Proposal, store: np.ndarray) -> tuple[list[dict[str, Any]], 
     async def ctl(_key: bytes, value: bytes) -> None:
         control.append(orjson.loads(value))
 
-    caller = FakeCaller()
+    caller = FakeCaller(known)
     metrics = ServiceMetrics()
+    charged: list[float] = []
     proposals = NewClassProposals(
         StreamSettings(auto_add_proposals=True),
         FakeHost(store),  # type: ignore[arg-type]
@@ -77,8 +85,10 @@ def _propose(group: Proposal, store: np.ndarray) -> tuple[list[dict[str, Any]], 
         "w0",
         pub,
         ctl,
+        charged.append,
     )
     asyncio.run(proposals.propose(group))
+    assert charged == [1.0]  # the naming call is paid from the judge budget
     return published, control, (caller.judge, metrics)
 
 
@@ -112,3 +122,12 @@ def test_a_group_of_texts_known_classes_cover_is_published_not_added() -> None:
     assert len(endpoint.shown) == 10  # a human still sees the group's examples
     assert control == []
     assert _proposals(metrics, "named") == 1 and not _proposals(metrics, "added")
+
+
+def test_a_group_the_endpoint_names_after_a_known_class_is_counted_not_published() -> None:
+    """The far line pools texts of known classes too; a group of them named after its class is no new class:
+    nothing published, added or learned, one ``known`` on the metrics page (the naming call still paid)."""
+    group, store = _group(n_own=9, n_edge=0)
+    published, control, (_endpoint, metrics) = _propose(group, store, known="balance")
+    assert published == [] and control == []
+    assert _proposals(metrics, "known") == 1 and not _proposals(metrics, "unnamed")
