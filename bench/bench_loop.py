@@ -16,10 +16,12 @@ counted. The held-out test split is scored every ``--eval-every`` items. Scenari
   unresolved text, and each unjudged text far from every stored example (``--no-pool-far``: not those),
   joins the pool, which is then searched for dense groups -> proposals -> the judge names each from the
   group's own texts (``Proposal.own``; ``--all-proposal-texts``: every text, the worker before 7 December)
-  -> added through ``control`` with up to 50 of them; a group named after a known class is only published,
-  as the worker does; until 6 December the bench searched only every 320 items, took one group at a time
-  and needed 10 texts, and the worker pooled no far texts; from 6 to 7 December it taught a known-named
-  group's texts to that class, which the worker never did; "far" is below the ``--far-quantile`` (0.15,
+  -> added through ``control`` with up to 50 of them; a group named after a known class is counted, not
+  added, as the worker does (which pools in every scenario, and so does the bench since 7 December; each
+  naming or generate-examples call is paid from the budget, ``JudgeRateController.charge``); until 6
+  December the bench searched only every 320 items, took one group at a time and needed 10 texts, and
+  the worker pooled no far texts; from 6 to 7 December it taught a known-named group's texts to that
+  class, which the worker never did; "far" is below the ``--far-quantile`` (0.15,
   ``stream.proposal_far_quantile``) quantile of the store's leave-one-out similarities, 0.05 before);
 - ``shift``: the class mix flips half-way (75 % / 25 % of each class's items before / after, for half the
   classes, and the reverse for the other half).
