@@ -20,7 +20,8 @@ child process per run. Per run:
 
 Read from the topics: accuracy of the streamed final labels, judge calls per streamed item (every
 ``judge-verdicts`` record, i.e. every recursive call, plus one call per description-only ``add_class``
-(generated examples) and one per proposal (naming), as bench_loop counts them), the uncertain share (items
+(generated examples) and one per naming call, the simulated expert's count, since a group named after a
+known class is not published; as bench_loop counts them), the uncertain share (items
 whose first label was not final, i.e. routed to the judge), the experts' own first labels (the
 prequential accuracy, for the recovery after the shift), the classes added, and each item's first-label
 latency (send to first ``labels`` record, p50 / p99 / max; also over the 1,000 items from the change,
@@ -158,7 +159,10 @@ class ServiceRun:
     curve: list[tuple[int, int, float, int]] = field(default_factory=list)
     verdicts: int = 0
     generate_calls: int = 0
-    proposals: int = 0
+    proposals: int = 0  # published on the proposals topic
+    #: naming calls: the simulated expert's count (groups named after a known class are not published),
+    #: else the published proposals
+    naming_calls: int = 0
     routed: int = 0
     finals: int = 0
     final_right: int = 0
@@ -189,7 +193,7 @@ class ServiceRun:
         """Judge calls; with batches or cross-checks the endpoint's own request count."""
         if self.spec.counts_requests:
             return self.endpoint_calls
-        return self.verdicts + self.generate_calls + self.proposals
+        return self.verdicts + self.generate_calls + self.naming_calls
 
     @property
     def calls_per_item(self) -> float:
@@ -567,6 +571,7 @@ def run_service(
         if cluster.judge is not None:
             run.sim_counts = {k: int(v) for k, v in cluster.judge.counts.items()}
             run.endpoint_calls = run.sim_counts.get("requests", 0)
+        run.naming_calls = run.sim_counts.get("propose", run.proposals)
     finally:
         if proposals is not None:
             proposals.stop()
@@ -759,7 +764,8 @@ def write_service_report(
         "(every class, the late ones too), after every item had its final label and the worker had "
         "learned every `training` record; *bench_loop* is the in-process figure for the same setting "
         "(full stream, MiniLM; `bench/results/loop_*.md`); *judge calls/item*: `judge-verdicts` records "
-        "(every recursive call) plus one call per description-only `add_class` and per proposal, over the "
+        "(every recursive call) plus one call per description-only `add_class` and per naming call (also "
+        "the groups named after a known class, which are not published), over the "
         "streamed items; *uncertain*: items whose first label was not final (routed to the judge); *final "
         "labels right*: streamed items whose final label (the judge's where asked) is the true one; "
         "*recovery items*: items after the change (shift: the flip; class-incremental: the first texts "
@@ -996,7 +1002,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"[{n}/{len(plan)} {time.monotonic() - t0:5.0f}s] {spec.tag}: final test acc "
                 f"{100 * run.final_acc:.2f} % (seeds {100 * run.curve[0][2]:.1f}), calls/item "
                 f"{run.calls_per_item:.3f}, uncertain {100 * run.uncertain_share:.1f} %, final labels "
-                f"{100 * run.final_labels_acc:.1f} % right ({run.finals}/{run.items} final)"
+                f"{100 * run.final_labels_acc:.1f} % right ({run.finals}/{run.items} final), naming calls "
+                f"{run.naming_calls} ({run.proposals} published)"
                 + (f", recovery {run.recovery_text()} items" if spec.scenario != "stationary" else "")
                 + (
                     f", added {len(run.added_described)} described + {len(run.added_discovered)} "
