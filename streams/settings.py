@@ -147,8 +147,9 @@ class StreamSettings(DriftlabelSettings):
     proposal_far_texts: bool = Field(
         True,
         description="texts labelled without the judge join the pool too when their nearest stored example "
-        "is farther than the calibrated out-of-scope similarity (class-incremental CLINC150 / BANKING77, "
-        "default judge, seed 0: 81.4 / 79.4 % without, 83.2 / 85.7 % with; bench_loop.py, docs/models.md)",
+        "is below the proposal_far_quantile line (class-incremental CLINC150 / BANKING77, default judge, "
+        "seed 0, at the out-of-scope line: 81.4 / 79.4 % without, 83.2 / 85.7 % with; bench_loop.py, "
+        "docs/models.md)",
     )
     proposal_far_quantile: float = Field(
         0.15,

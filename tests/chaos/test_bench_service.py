@@ -64,10 +64,12 @@ def test_incremental_through_the_service(chaos_broker: Any, data_dir: Path, tmp_
     assert [v for *_, v in run.curve] == sorted(v for *_, v in run.curve), "model versions went backwards"
     assert run.curve[-1][3] > run.curve[0][3], "the worker learned nothing from the judge"
     assert run.curve[-1][0] == 400
-    # judge calls: every verdict record, plus one generated-examples call per described class
+    # judge calls: every verdict record, plus one generated-examples call per described class and one per
+    # naming request the endpoint answered (published proposals, and groups named after a known class)
     assert run.verdicts >= run.routed > 0
     assert run.generate_calls == len(plan.described)
-    assert run.calls == run.verdicts + run.generate_calls + run.proposals
+    assert run.naming_calls >= run.proposals
+    assert run.calls == run.verdicts + run.generate_calls + run.naming_calls
     assert 0.0 < run.uncertain_share < 1.0
     assert len(run.preq) == 400 and 0 < sum(run.preq) < 400
     assert 0.5 < run.final_labels_acc <= 1.0
