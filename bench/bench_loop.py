@@ -397,7 +397,7 @@ def run_loop(
             truths = [y[int(i)] for i in proposal.ids]
             # the judge names it by its majority (the simulated expert's propose-class rule) and the worker
             # adds it through `control` with up to 50 of its texts; a known name is refused
-            # (Judge.propose_class: KnownClassProposedError) and the group only published, so nothing is
+            # (Judge.propose_class: KnownClassProposedError) and the group only counted, so nothing is
             # learned from it (until 7 December the bench taught the texts to the known class here, which
             # the worker never did)
             name = min(set(truths), key=lambda lab: (-truths.count(lab), lab))
@@ -669,15 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-pool-far",
         dest="pool_far",
         action="store_false",
-        help="ablation, incremental: only unresolved texts join the new-class pool, not the unjudged ones "
-        "whose nearest stored example is below the out-of-scope threshold (stream.proposal_far_texts = "
-        "false)",
+        help="ablation: only unresolved texts join the new-class pool, not the unjudged ones whose nearest "
+        "stored example is below the --far-quantile line (stream.proposal_far_texts = false)",
     )
     parser.add_argument(
         "--far-quantile",
         type=float,
         default=StreamSettings.model_fields["proposal_far_quantile"].default,
-        help="incremental: an unjudged text joins the new-class pool when its nearest stored example is "
+        help="an unjudged text joins the new-class pool when its nearest stored example is "
         "below this quantile of the store's leave-one-out similarities (stream.proposal_far_quantile; "
         "0.05, the out-of-scope line, before 7 December)",
     )
