@@ -523,7 +523,7 @@ class RedClassifier:
         # a row far from every stored example may belong to a class the model does not know yet: naming
         # it after a known one would teach that class the newcomer's texts (a guard: in the measured
         # class-incremental runs it moved nothing beyond run-to-run spread; docs/models.md)
-        near = self.nearest_similarity(X) >= self._similarity_quantile()
+        near = self.nearest_similarity(X) >= self._similarity_quantile(self.settings.oos_quantile)
         return X[near], np.asarray(self._labels, dtype=object)[top[near]]
 
     def _refit_experts(
@@ -1500,7 +1500,7 @@ class RedClassifier:
         key = "nearest" if q == self.settings.oos_quantile else f"nearest@{q}"
         return self._calibrated(key, lambda: self._similarity_quantile(q))
 
-    def _similarity_quantile(self, quantile: float | None = None) -> float:
+    def _similarity_quantile(self, quantile: float) -> float:
         """:meth:`oos_similarity_threshold` computed now, from the store alone (no cache: a function of the
         log position, which the re-solves' self-training needs)."""
         Xs, _, _ = self.store.arrays()
@@ -1509,8 +1509,7 @@ class RedClassifier:
             return -1.0
         rng = np.random.default_rng(self.settings.seed)
         rows = np.sort(rng.choice(n, size=min(n, 512), replace=False))
-        q = self.settings.oos_quantile if quantile is None else quantile
-        return float(np.quantile(self._loo_nearest(Xs, rows), q))
+        return float(np.quantile(self._loo_nearest(Xs, rows), quantile))
 
     @staticmethod
     def _loo_nearest(Xs: np.ndarray, rows: np.ndarray) -> np.ndarray:
