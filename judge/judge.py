@@ -211,6 +211,9 @@ class Judge:
         self._cache = VerdictCache(s.cache_size)
         self._rng = rng or random.Random()
         self._answer_format: str = s.answer_format
+        #: response_format types the endpoint has refused: a call queued with one is not sent (it would be
+        #: refused too), it falls back at once
+        self._refused_formats: set[str] = set()
         self._descriptions: dict[str, str] = {}
         if s.descriptions_file:
             self.reload_descriptions()
@@ -975,6 +978,11 @@ class Judge:
                 finally:
                     self._waiting -= 1
                 try:
+                    if response_format is not None and response_format.get("type") in self._refused_formats:
+                        # refused while this call waited for its turn: fall back without sending it
+                        if calls is not None:
+                            calls.used -= 1
+                        raise _FormatRefused
                     self._budget.take()
                     self._in_flight += 1
                     self._c.calls += 1
@@ -986,7 +994,7 @@ class Judge:
                         self._in_flight -= 1
                 finally:
                     self._sem.release()
-            except (BudgetExceededError, _ItemBudgetSpent, asyncio.CancelledError):
+            except (BudgetExceededError, _ItemBudgetSpent, _FormatRefused, asyncio.CancelledError):
                 self._breaker.release_probe()
                 raise
             except openai.APITimeoutError:
@@ -1008,6 +1016,7 @@ class Judge:
                     # (llama-cpp-python answers an unsupported response_format with HTTP 500)
                     self._breaker.record_success()  # the endpoint is up; it refuses this request
                     self._c.failures[f"http_{code}"] += 1
+                    self._refused_formats.add(str(response_format.get("type")))
                     raise _FormatRefused from exc
                 if code >= 500 or code in (408, 409):  # the same set the openai client retries
                     last_problem = f"HTTP {code}"

@@ -73,6 +73,7 @@ class LocalLlamaServer:
         n_threads: int | None = None,
         model_alias: str = "smollm2-135m",
         log_file: str | os.PathLike[str] | None = None,
+        python: str | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else find_gguf()
         self.host = host
@@ -81,6 +82,8 @@ class LocalLlamaServer:
         self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
         self.model_alias = model_alias
         self.log_file = Path(log_file) if log_file is not None else None
+        #: the interpreter that runs the server: one whose environment has llama-cpp-python[server]
+        self.python = python or sys.executable
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,10 +92,10 @@ class LocalLlamaServer:
 
     def start(self, timeout_s: float = 120.0) -> LocalLlamaServer:
         """Start the server and wait until ``/v1/models`` answers."""
-        if not llama_cpp_available():
+        if self.python == sys.executable and not llama_cpp_available():
             raise JudgeError(f"llama-cpp-python[server] is not installed; install it with: {INSTALL_HINT}")
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            self.python, "-m", "llama_cpp.server",
             "--model", str(self.model_path),
             "--model_alias", self.model_alias,
             "--host", self.host,
@@ -101,7 +104,13 @@ class LocalLlamaServer:
             "--n_threads", str(self.n_threads),
         ]  # fmt: skip
         out = self.log_file.open("wb") if self.log_file is not None else subprocess.DEVNULL
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            raise JudgeError(
+                f"cannot run {self.python!r} to serve the model ({exc}); pass python= an interpreter whose "
+                f"environment has llama-cpp-python[server]: {INSTALL_HINT}"
+            ) from exc
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

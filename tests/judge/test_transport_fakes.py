@@ -87,6 +87,30 @@ def test_refused_response_format_falls_back_to_strict_text(settings_for: Setting
     ]
 
 
+def test_calls_queued_behind_a_refusal_fall_back_without_being_sent(settings_for: SettingsFor) -> None:
+    """Eight questions wait for one connection; once json_schema is refused, the seven queued behind it
+    are not sent with it (each would be refused too, costing a call)."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        kind = json.loads(request.content).get("response_format", {}).get("type")
+        seen.append(kind)
+        if kind == "json_schema":
+            return httpx.Response(400, json={"error": {"message": "response_format not supported"}})
+        return completion('{"valid": true}')
+
+    async def scenario() -> None:
+        judge = make_judge(settings_for("http://fake/v1", concurrency=1), handler)
+        reqs = [JudgeRequest(f"i{k}", f"will it rain {k}", [Candidate("weather")]) for k in range(8)]
+        outs = await asyncio.gather(*(judge.judge(r) for r in reqs))
+        assert all(o.status == "validated" for o in outs)
+        assert judge.stats.calls == 9 and judge.stats.answer_format == "json_object"
+        await judge.aclose()
+
+    asyncio.run(scenario())
+    assert seen == ["json_schema"] + ["json_object"] * 8
+
+
 def test_auth_error_is_unavailable_with_a_hint_and_no_key_leak(settings_for: SettingsFor) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.headers["authorization"] == "Bearer sk-test"
