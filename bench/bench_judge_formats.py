@@ -15,7 +15,7 @@ gets), labels per call, calls, tokens and wall time. The model is served by ``ll
 from a GGUF file (``--gguf``), or any OpenAI-compatible endpoint is used as it is (``--base-url``)::
 
     python bench/bench_judge_formats.py --gguf qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --items 48
-    python bench/bench_judge_formats.py --base-url http://127.0.0.1:8000/v1 --model my-model
+    python bench/bench_judge_formats.py --base-url http://127.0.0.1:8000/v1 --model my-model --data mine.csv
 
 Writes ``bench/results/<name>.md`` and a PNG. The server it starts is always stopped.
 """
@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,8 @@ from driftlabel.judge import (
     load_judge_settings,
 )
 from driftlabel.models import ExpertSettings, RedClassifier
+from driftlabel.models.datasets import read_examples
+from driftlabel.models.embeddings import load_embedder
 
 EMBEDDER = CachedArrayEmbedder("all-MiniLM-L6-v2", 384)
 FORMATS = ("validate:1", "validate:4", "choose:1", "choose:4")
@@ -85,26 +88,38 @@ class FormatRun:
         return self.right / self.calls if self.calls else 0.0
 
 
-def build_requests(dataset: str, n: int, seed: int) -> tuple[list[JudgeRequest], dict[str, str]]:
-    """The ``n`` least-margin non-seed training texts of a 10-shot model, with its top-3 candidates."""
-    data = dataset_embeddings(EMBEDDER, dataset, ["train"], progress=False)["train"]
-    y = np.asarray(data.labels, dtype=object).astype(str)
+def labelled_sample(dataset: str, data_file: Path | None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Embeddings, texts and labels: a dataset's training split, or a labelled file of your own."""
+    if data_file is None:
+        data = dataset_embeddings(EMBEDDER, dataset, ["train"], progress=False)["train"]
+        return data.X, data.texts, np.asarray(data.labels, dtype=object).astype(str)
+    texts, labels = read_examples(data_file)
+    embedder = load_embedder()
+    return embedder.encode(texts), texts, np.asarray(labels, dtype=object).astype(str)
+
+
+def build_requests(
+    X: np.ndarray, texts: list[str], y: np.ndarray, n: int, seed: int, embedder: Any
+) -> tuple[list[JudgeRequest], dict[str, str]]:
+    """The ``n`` least-margin non-seed texts of a 10-shot model, with its top-3 candidates."""
     seeds = k_shot_indices(y, 10, seed=seed)
-    clf = RedClassifier(embedder=EMBEDDER, settings=ExpertSettings())
-    clf.fit_embeddings(data.X[seeds], [data.texts[i] for i in seeds], y[seeds].tolist())
+    clf = RedClassifier(embedder=embedder, settings=ExpertSettings())
+    clf.fit_embeddings(X[seeds], [texts[i] for i in seeds], y[seeds].tolist())
     rest = np.setdiff1d(np.arange(len(y)), seeds)
+    if not len(rest):
+        raise SystemExit("every text is a seed (10 per label): the sample needs more than 10 texts per label")
     rest = np.random.default_rng(seed).permutation(rest)[:4000]  # a stream's worth to choose from
-    r = clf.rank_embeddings(data.X[rest], top_k=3)
+    r = clf.rank_embeddings(X[rest], top_k=3)
     picked = np.argsort(np.asarray(r.margin), kind="stable")[:n]
     reqs, truth = [], {}
     for j in picked.tolist():
         i = int(rest[j])
         cands = [
-            Candidate(lab, float(p), None, clf.nearest_examples(lab, data.X[i], c=6))
+            Candidate(lab, float(p), None, clf.nearest_examples(lab, X[i], c=6))
             for lab, p in r.candidates[j][:3]
         ]
-        item = f"{dataset}-{i}"
-        reqs.append(JudgeRequest(item, data.texts[i], cands))
+        item = f"item-{i}"
+        reqs.append(JudgeRequest(item, texts[i], cands))
         truth[item] = str(y[i])
     return reqs, truth
 
@@ -158,7 +173,7 @@ def score(
     )
 
 
-def plot(name: str, runs: list[FormatRun]) -> Path:
+def plot(name: str, runs: list[FormatRun], out_dir: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +189,8 @@ def plot(name: str, runs: list[FormatRun]) -> Path:
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
-    path = RESULTS_DIR / f"{name}.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -183,6 +199,9 @@ def plot(name: str, runs: list[FormatRun]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="clinc150", choices=["clinc150", "banking77"])
+    ap.add_argument(
+        "--data", type=Path, help="a labelled CSV/TSV/JSONL/JSON file of your own (text, label) instead"
+    )
     ap.add_argument("--items", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -202,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=int, default=1, help="calls in flight (llama.cpp answers one at a time)"
     )
     ap.add_argument("--name", default="judge_formats")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = ap.parse_args(argv)
     for f in args.formats:
         q, _, b = f.partition(":")
@@ -211,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --gguf FILE (served here) or --base-url URL (an endpoint already running)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the server below is stopped
 
-    reqs, truth = build_requests(args.dataset, args.items, args.seed)
+    X, texts, y = labelled_sample(args.dataset, args.data)
+    embedder = EMBEDDER if args.data is None else load_embedder()
+    reqs, truth = build_requests(X, texts, y, args.items, args.seed, embedder)
     in_cands = sum(truth[r.id] in {c.label for c in r.candidates} for r in reqs)
     print(f"{len(reqs)} requests; the true label is among the 3 candidates for {in_cands}", file=sys.stderr)
     server: LocalLlamaServer | None = None
@@ -263,14 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in runs
     ]
-    png = plot(args.name, runs)
+    png = plot(args.name, runs, args.out_dir)
+    source = f"{args.dataset} training" if args.data is None else f"`{args.data.name}`"
     command = " ".join(argv if argv is not None else sys.argv[1:])
     served = f"llama-cpp-python server on loopback, {args.threads} threads" if server else args.base_url
     body = "\n".join(
         [
             f"- command: `python bench/bench_judge_formats.py {command}`",
             f"- model: `{args.gguf.name if args.gguf else args.model}` ({served})",
-            f"- items: the {len(reqs)} least-margin of 4,000 {args.dataset} training texts under a 10-shot "
+            f"- items: the {len(reqs)} least-margin of 4,000 {source} texts under a 10-shot "
             f"model (seed {args.seed}); top-3 candidates, 6 nearest examples each, no descriptions; the true "
             f"label is among the candidates for {in_cands}. Cache off, max_depth 3.",
             "",
@@ -295,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             f"![precision and right labels per call]({png.name})",
         ]
     )
-    title = f"One question per call against several, asked of a real LLM ({args.dataset})"
-    path = write_report(args.name, title, body)
+    title = f"One question per call against several, asked of a real LLM ({args.data or args.dataset})"
+    path = write_report(args.name, title, body, args.out_dir)
     print(f"report: {path}", file=sys.stderr)
     return 0
 

@@ -226,10 +226,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(name: str, title: str, body: str) -> Path:
-    """Write ``bench/results/<name>.md`` with a title, the machine line and the body; returns the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.md"
+def write_report(name: str, title: str, body: str, out_dir: Path | None = None) -> Path:
+    """Write ``<out_dir>/<name>.md`` (default ``bench/results``) with a title, the machine line and the
+    body; returns the path."""
+    out_dir = RESULTS_DIR if out_dir is None else out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.md"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     path.write_text(f"# {title}\n\n_{stamp}; {machine_info()}_\n\n{body.rstrip()}\n", encoding="utf-8")
     return path
