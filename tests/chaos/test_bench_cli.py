@@ -18,7 +18,7 @@ def test_list_names_every_benchmark() -> None:
     out = subprocess.run([sys.executable, "-m", "driftlabel.streams.cli", "bench", "--list"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    for name in ("models", "embedders", "judge", "stream", "reliability", "loop"):
+    for name in ("models", "embedders", "judge", "stream", "reliability", "loop", "judge-formats"):
         assert name in out.stdout
 
 
@@ -69,3 +69,16 @@ def test_a_command_without_own_arguments_refuses_them(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         parse_with_passthrough(build_parser(), ["demo", "--", "--limit", "5"])
     assert "unrecognized arguments after --: --limit 5" in capsys.readouterr().err
+
+
+def test_all_leaves_out_a_benchmark_that_needs_what_only_the_user_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "fake_bench.py").write_text("def main(argv):\n    print('RAN')\n    return 0\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    endpoint = cli.Benchmark("fake_bench", "needs an endpoint", not_in_all="it needs a real LLM endpoint")
+    monkeypatch.setattr(cli, "BENCHMARKS", {"plain": cli.Benchmark("fake_bench", "a fake"), "llm": endpoint})
+    assert cli.main(["all", "--quick", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("RAN") == 1 and "skipping llm (it needs a real LLM endpoint)" in out
