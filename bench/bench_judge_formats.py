@@ -196,6 +196,67 @@ def plot(name: str, runs: list[FormatRun], out_dir: Path) -> Path:
     return path
 
 
+def write_formats_report(
+    args: argparse.Namespace, argv: list[str] | None, runs: list[FormatRun], n_items: int, in_cands: int,
+    served: str, complete: bool,
+) -> Path:  # fmt: skip
+    """The report of the formats asked so far: rewritten after each format, so a run cut short (a
+    timeout, a dead endpoint) keeps what it had measured, and says it was cut short."""
+    rows = [
+        [
+            r.fmt,
+            r.calls,
+            r.accepted,
+            f"{r.right} ({100 * r.precision:.1f} %)",
+            r.unresolved,
+            r.truth_rejected,
+            f"{r.labels_per_call:.2f}",
+            f"{r.right_per_call:.2f}",
+            f"{r.tokens / max(1, n_items):.0f}",
+            r.malformed,
+            r.answer_format,
+            f"{r.seconds:.0f}",
+        ]
+        for r in runs
+    ]
+    png = plot(args.name, runs, args.out_dir)
+    source = f"{args.dataset} training" if args.data is None else f"`{args.data.name}`"
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    body = "\n".join(
+        [
+            f"- command: `python bench/bench_judge_formats.py {command}`",
+            f"- model: `{args.gguf.name if args.gguf else args.model}` ({served})",
+            f"- items: the {n_items} least-margin of 4,000 {source} texts under a 10-shot "
+            f"model (seed {args.seed}); top-3 candidates, 6 nearest examples each, no descriptions; the true "
+            f"label is among the candidates for {in_cands}. Cache off, max_depth 3.",
+            "",
+            markdown_table(
+                [
+                    "format",
+                    "calls",
+                    "accepted",
+                    "right (precision)",
+                    "unresolved",
+                    "true label shown, not taken",
+                    "labels / call",
+                    "right labels / call",
+                    "tokens / item",
+                    "malformed",
+                    "answer format",
+                    "wall s",
+                ],
+                rows,
+            ),
+            "",
+            f"![precision and right labels per call]({png.name})",
+            "" if complete else f"\n**Cut short**: {len(runs)} of {len(args.formats)} formats asked.",
+        ]
+    )
+    title = f"One question per call against several, asked of a real LLM ({args.data or args.dataset})"
+    path = write_report(args.name, title, body, args.out_dir)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="clinc150", choices=["clinc150", "banking77"])
@@ -250,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         server.start(timeout_s=300)
         print(f"serving {args.gguf.name} at {server.base_url} (log {log})", file=sys.stderr)
     base_url = args.base_url or (server.base_url if server else "")
+    served = f"llama-cpp-python server on loopback, {args.threads} threads" if server else args.base_url
     runs: list[FormatRun] = []
+    path: Path | None = None
     try:
         for fmt in args.formats:
             outs, seconds, judge = asyncio.run(
@@ -264,62 +327,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{seconds:.0f} s",
                 file=sys.stderr,
             )
+            done = len(runs) == len(args.formats)
+            path = write_formats_report(args, argv, runs, len(reqs), in_cands, served, done)
     finally:
         if server is not None:
             server.stop()
-
-    rows = [
-        [
-            r.fmt,
-            r.calls,
-            r.accepted,
-            f"{r.right} ({100 * r.precision:.1f} %)",
-            r.unresolved,
-            r.truth_rejected,
-            f"{r.labels_per_call:.2f}",
-            f"{r.right_per_call:.2f}",
-            f"{r.tokens / max(1, len(reqs)):.0f}",
-            r.malformed,
-            r.answer_format,
-            f"{r.seconds:.0f}",
-        ]
-        for r in runs
-    ]
-    png = plot(args.name, runs, args.out_dir)
-    source = f"{args.dataset} training" if args.data is None else f"`{args.data.name}`"
-    command = " ".join(argv if argv is not None else sys.argv[1:])
-    served = f"llama-cpp-python server on loopback, {args.threads} threads" if server else args.base_url
-    body = "\n".join(
-        [
-            f"- command: `python bench/bench_judge_formats.py {command}`",
-            f"- model: `{args.gguf.name if args.gguf else args.model}` ({served})",
-            f"- items: the {len(reqs)} least-margin of 4,000 {source} texts under a 10-shot "
-            f"model (seed {args.seed}); top-3 candidates, 6 nearest examples each, no descriptions; the true "
-            f"label is among the candidates for {in_cands}. Cache off, max_depth 3.",
-            "",
-            markdown_table(
-                [
-                    "format",
-                    "calls",
-                    "accepted",
-                    "right (precision)",
-                    "unresolved",
-                    "true label shown, not taken",
-                    "labels / call",
-                    "right labels / call",
-                    "tokens / item",
-                    "malformed",
-                    "answer format",
-                    "wall s",
-                ],
-                rows,
-            ),
-            "",
-            f"![precision and right labels per call]({png.name})",
-        ]
-    )
-    title = f"One question per call against several, asked of a real LLM ({args.data or args.dataset})"
-    path = write_report(args.name, title, body, args.out_dir)
     print(f"report: {path}", file=sys.stderr)
     return 0
 
