@@ -225,7 +225,7 @@ def write_formats_report(
     body = "\n".join(
         [
             f"- command: `python bench/bench_judge_formats.py {command}`",
-            f"- model: `{args.gguf.name if args.gguf else args.model}` ({served})",
+            f"- model: `{args.model}`" + (f" from `{args.gguf.name}`" if args.gguf else "") + f" ({served})",
             f"- items: the {n_items} least-margin of 4,000 {source} texts under a 10-shot "
             f"model (seed {args.seed}); top-3 candidates, 6 nearest examples each, no descriptions; the true "
             f"label is among the candidates for {in_cands}. Cache off, max_depth 3.",
