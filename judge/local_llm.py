@@ -107,6 +107,8 @@ class LocalLlamaServer:
         try:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         except OSError as exc:
+            if not isinstance(out, int):  # the log file we opened, not DEVNULL
+                out.close()
             raise JudgeError(
                 f"cannot run {self.python!r} to serve the model ({exc}); pass python= an interpreter whose "
                 f"environment has llama-cpp-python[server]: {INSTALL_HINT}"
