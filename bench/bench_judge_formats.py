@@ -47,6 +47,7 @@ from bench.common import (
 from driftlabel.judge import (
     Candidate,
     Judge,
+    JudgeError,
     JudgeOutcome,
     JudgeRequest,
     LocalLlamaServer,
@@ -316,9 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     path: Path | None = None
     try:
         for fmt in args.formats:
-            outs, seconds, judge = asyncio.run(
-                run_format(fmt, base_url, args.model, reqs, args.answer_format, args.concurrency)
-            )
+            try:
+                outs, seconds, judge = asyncio.run(
+                    run_format(fmt, base_url, args.model, reqs, args.answer_format, args.concurrency)
+                )
+            except JudgeError as exc:  # endpoint down, key refused, ...: say so, keep what was measured
+                print(f"{fmt}: the judge failed: {exc}", file=sys.stderr)
+                if path is not None:
+                    print(f"report of the formats before it: {path}", file=sys.stderr)
+                return 1
             run = score(fmt, outs, seconds, judge, reqs, truth)
             runs.append(run)
             print(

@@ -43,6 +43,19 @@ def test_formats_on_your_own_file(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert accepted > 0 and right.startswith(f"{accepted} (100.0 %)")
     calls = {ln.split("|")[1].strip(): int(ln.split("|")[2]) for ln in lines}
     assert calls["validate:4"] < calls["validate:1"]  # four questions share a call
+    capsys.readouterr()
+    down = [
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--data",
+        str(data),
+        "--items",
+        "4",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert bench_judge_formats.main([*down, "--formats", "validate:1", "--name", "down"]) == 1
+    assert "validate:1: the judge failed" in capsys.readouterr().err  # what failed, not a traceback
     with pytest.raises(SystemExit):  # a format that is not question:batch_size is refused up front
         bench_judge_formats.main(["--base-url", "http://127.0.0.1:9/v1", "--formats", "maybe:2"])
     assert "expected validate:N or choose:N" in capsys.readouterr().err
