@@ -89,20 +89,22 @@ class FormatRun:
         return self.right / self.calls if self.calls else 0.0
 
 
-def labelled_sample(dataset: str, data_file: Path | None) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Embeddings, texts and labels: a dataset's training split, or a labelled file of your own."""
+def labelled_sample(dataset: str, data_file: Path | None) -> tuple[np.ndarray, list[str], np.ndarray, Any]:
+    """Embeddings, texts, labels and the embedder that made them: a dataset's training split (cached
+    MiniLM vectors), or a labelled file of your own (the packaged default embedder)."""
     if data_file is None:
         data = dataset_embeddings(EMBEDDER, dataset, ["train"], progress=False)["train"]
-        return data.X, data.texts, np.asarray(data.labels, dtype=object).astype(str)
+        return data.X, data.texts, np.asarray(data.labels, dtype=object).astype(str), EMBEDDER
     texts, labels = read_examples(data_file)
     embedder = load_embedder()
-    return embedder.encode(texts), texts, np.asarray(labels, dtype=object).astype(str)
+    return embedder.encode(texts), texts, np.asarray(labels, dtype=object).astype(str), embedder
 
 
 def build_requests(
     X: np.ndarray, texts: list[str], y: np.ndarray, n: int, seed: int, embedder: Any
-) -> tuple[list[JudgeRequest], dict[str, str]]:
-    """The ``n`` least-margin non-seed texts of a 10-shot model, with its top-3 candidates."""
+) -> tuple[list[JudgeRequest], dict[str, str], int]:
+    """The ``n`` least-margin non-seed texts of a 10-shot model, with its top-3 candidates, the true
+    labels, and how many texts they were chosen from."""
     seeds = k_shot_indices(y, 10, seed=seed)
     clf = RedClassifier(embedder=embedder, settings=ExpertSettings())
     clf.fit_embeddings(X[seeds], [texts[i] for i in seeds], y[seeds].tolist())
@@ -122,7 +124,7 @@ def build_requests(
         item = f"item-{i}"
         reqs.append(JudgeRequest(item, texts[i], cands))
         truth[item] = str(y[i])
-    return reqs, truth
+    return reqs, truth, len(rest)
 
 
 async def run_format(
@@ -198,8 +200,8 @@ def plot(name: str, runs: list[FormatRun], out_dir: Path) -> Path:
 
 
 def write_formats_report(
-    args: argparse.Namespace, argv: list[str] | None, runs: list[FormatRun], n_items: int, in_cands: int,
-    served: str, complete: bool,
+    args: argparse.Namespace, argv: list[str] | None, runs: list[FormatRun], n_items: int, pool: int,
+    in_cands: int, served: str, complete: bool,
 ) -> Path:  # fmt: skip
     """The report of the formats asked so far: rewritten after each format, so a run cut short (a
     timeout, a dead endpoint) keeps what it had measured, and says it was cut short."""
@@ -227,7 +229,7 @@ def write_formats_report(
         [
             f"- command: `python bench/bench_judge_formats.py {command}`",
             f"- model: `{args.model}`" + (f" from `{args.gguf.name}`" if args.gguf else "") + f" ({served})",
-            f"- items: the {n_items} least-margin of 4,000 {source} texts under a 10-shot "
+            f"- items: the {n_items} least-margin of {pool:,} {source} texts under a 10-shot "
             f"model (seed {args.seed}); top-3 candidates, 6 nearest examples each, no descriptions; the true "
             f"label is among the candidates for {in_cands}. Cache off, max_depth 3.",
             "",
@@ -278,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--base-url", help="use this OpenAI-compatible endpoint instead of serving --gguf")
     ap.add_argument("--model", default="local", help="the model name to ask for (and the served alias)")
-    ap.add_argument("--answer-format", default="json_schema", choices=["json_schema", "json_object", "text"])
+    ap.add_argument(
+        "--answer-format",
+        choices=["json_schema", "json_object", "text"],
+        help="default: json_object with --gguf (llama-cpp-python refuses json_schema, and each format's "
+        "first call would be a refused one), else json_schema",
+    )
     ap.add_argument(
         "--concurrency", type=int, default=1, help="calls in flight (llama.cpp answers one at a time)"
     )
@@ -291,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"format {f!r}: expected validate:N or choose:N with N >= 1")
     if args.base_url is None and args.gguf is None:
         ap.error("give --gguf FILE (served here) or --base-url URL (an endpoint already running)")
+    if args.answer_format is None:
+        args.answer_format = "json_object" if args.base_url is None else "json_schema"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the server below is stopped
 
-    X, texts, y = labelled_sample(args.dataset, args.data)
-    embedder = EMBEDDER if args.data is None else load_embedder()
-    reqs, truth = build_requests(X, texts, y, args.items, args.seed, embedder)
+    X, texts, y, embedder = labelled_sample(args.dataset, args.data)
+    reqs, truth, pool = build_requests(X, texts, y, args.items, args.seed, embedder)
     in_cands = sum(truth[r.id] in {c.label for c in r.candidates} for r in reqs)
     print(f"{len(reqs)} requests; the true label is among the 3 candidates for {in_cands}", file=sys.stderr)
     server: LocalLlamaServer | None = None
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             done = len(runs) == len(args.formats)
-            path = write_formats_report(args, argv, runs, len(reqs), in_cands, served, done)
+            path = write_formats_report(args, argv, runs, len(reqs), pool, in_cands, served, done)
     finally:
         if server is not None:
             server.stop()

@@ -138,6 +138,7 @@ class _Counters:
 
 
 _FORMAT_FALLBACK = {"json_schema": "json_object", "json_object": "text"}
+_FORMAT_ORDER = ("json_schema", "json_object", "text")  # strictest first
 
 
 class _ItemBudgetSpent(Exception):
@@ -145,7 +146,12 @@ class _ItemBudgetSpent(Exception):
 
 
 class _FormatRefused(Exception):
-    """Internal: the endpoint rejected ``response_format`` with HTTP 400."""
+    """Internal: the endpoint rejected ``response_format`` (``sent``), or the call was not sent because
+    another call's refusal of the same format is pending or confirmed (``sent`` False)."""
+
+    def __init__(self, sent: bool = True) -> None:
+        super().__init__()
+        self.sent = sent
 
 
 @dataclass
@@ -157,6 +163,10 @@ class _ItemCalls:
         if self.limit > 0 and self.used >= self.limit:
             raise _ItemBudgetSpent
         self.used += 1
+
+    def give_back(self) -> None:
+        """A call taken but not sent (its format was refused meanwhile) does not count."""
+        self.used -= 1
 
 
 @dataclass(frozen=True)
@@ -211,9 +221,11 @@ class Judge:
         self._cache = VerdictCache(s.cache_size)
         self._rng = rng or random.Random()
         self._answer_format: str = s.answer_format
-        #: response_format types the endpoint has refused: a call queued with one is not sent (it would be
-        #: refused too), it falls back at once
-        self._refused_formats: set[str] = set()
+        #: formats the endpoint refused in a fallback that has not ended yet: a call queued with one is not
+        #: sent (it would most likely be refused too). The fallback that saw the refusal settles it: its
+        #: simpler format answered -> the answer format moves on; the item was refused in every format ->
+        #: the item was the problem, and the format is tried again.
+        self._pending_refusals: set[str] = set()
         self._descriptions: dict[str, str] = {}
         if s.descriptions_file:
             self.reload_descriptions()
@@ -516,25 +528,57 @@ class Judge:
         """One JSON question under the current answer format, falling back to plainer formats if refused;
         the answer's ``value`` is what ``parse_content`` made of the reply (``max_tokens`` defaults to
         ``max_generation_tokens``)."""
-        fmt = self._answer_format
 
         def parse(resp: Any) -> _Answer:
             content = resp.choices[0].message.content if resp.choices else None
             return _Answer(parse_content(content), _total_tokens(resp))
 
-        while True:
-            try:
-                return await self._call(
-                    messages,
-                    parse,
-                    response_format=json_response_format(name, schema, fmt),
-                    max_tokens=self.settings.max_generation_tokens if max_tokens is None else max_tokens,
-                    logprobs=False,
-                    calls=calls,
-                    what=what,
+        async def ask(fmt: str) -> _Answer:
+            return await self._call(
+                messages,
+                parse,
+                response_format=json_response_format(name, schema, fmt),
+                max_tokens=self.settings.max_generation_tokens if max_tokens is None else max_tokens,
+                logprobs=False,
+                calls=calls,
+                what=what,
+            )
+
+        return await self._falling_back(ask)
+
+    def _superseded(self, fmt: str) -> bool:
+        """Is ``fmt`` refused (pending) or stricter than the answer format the endpoint was found to take?"""
+        return fmt in self._pending_refusals or _FORMAT_ORDER.index(fmt) < _FORMAT_ORDER.index(
+            self._answer_format
+        )
+
+    async def _falling_back(self, ask: Callable[[str], Awaitable[_Answer]]) -> _Answer:
+        """``ask(fmt)`` from the current answer format down (json_schema -> json_object -> text; text sends no
+        response_format, so it cannot be refused this way) until one is answered, and settle the refusals
+        this question saw: answered in a simpler format, that format is used from now on; refused in
+        every format (``MalformedAnswerError``), the item was the problem and the format is kept."""
+        fmt = self._answer_format
+        refused: list[str] = []
+        try:
+            while True:
+                try:
+                    answer = await ask(fmt)
+                    break
+                except _FormatRefused as exc:
+                    if exc.sent:
+                        refused.append(fmt)
+                    fmt = _FORMAT_FALLBACK[fmt]
+            if refused and _FORMAT_ORDER.index(fmt) > _FORMAT_ORDER.index(self._answer_format):
+                log.warning(
+                    "judge endpoint %s refused response_format=%s; using answer_format=%s from now on",
+                    self.settings.endpoint,
+                    refused[0],
+                    fmt,
                 )
-            except _FormatRefused:
-                fmt = _FORMAT_FALLBACK[fmt]
+                self._answer_format = fmt
+            return answer
+        finally:
+            self._pending_refusals.difference_update(refused)
 
     def _outcome(
         self,
@@ -788,24 +832,7 @@ class Judge:
                 what=f"item {item_id} label {cand.label!r}",
             )
 
-        fmt = self._answer_format
-        while True:
-            try:
-                answer = await ask(fmt)
-                break
-            except _FormatRefused:
-                # Ask again with the next simpler format (json_schema -> json_object -> text; text sends no
-                # response_format so it cannot be refused this way). A plain request refused too means the
-                # item itself is the problem (MalformedAnswerError), and the format is kept.
-                fmt = _FORMAT_FALLBACK[fmt]
-        if fmt != self._answer_format:
-            log.warning(
-                "judge endpoint %s refused response_format=%s; using answer_format=%s from now on",
-                s.endpoint,
-                self._answer_format,
-                fmt,
-            )
-            self._answer_format = fmt
+        answer = await self._falling_back(ask)
         self._cache.put(key, CachedAnswer(bool(answer.value), answer.confidence))
         return self._record(
             Verdict(
@@ -978,11 +1005,11 @@ class Judge:
                 finally:
                     self._waiting -= 1
                 try:
-                    if response_format is not None and response_format.get("type") in self._refused_formats:
+                    if response_format is not None and self._superseded(str(response_format.get("type"))):
                         # refused while this call waited for its turn: fall back without sending it
                         if calls is not None:
-                            calls.used -= 1
-                        raise _FormatRefused
+                            calls.give_back()
+                        raise _FormatRefused(sent=False)
                     self._budget.take()
                     self._in_flight += 1
                     self._c.calls += 1
@@ -1016,7 +1043,7 @@ class Judge:
                     # (llama-cpp-python answers an unsupported response_format with HTTP 500)
                     self._breaker.record_success()  # the endpoint is up; it refuses this request
                     self._c.failures[f"http_{code}"] += 1
-                    self._refused_formats.add(str(response_format.get("type")))
+                    self._pending_refusals.add(str(response_format.get("type")))
                     raise _FormatRefused from exc
                 if code >= 500 or code in (408, 409):  # the same set the openai client retries
                     last_problem = f"HTTP {code}"

@@ -35,6 +35,7 @@ def test_formats_on_your_own_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 0
     report = (tmp_path / "f.md").read_text(encoding="utf-8")
     assert (tmp_path / "f.png").is_file() and "`mine.csv`" in report
+    assert "least-margin of 60 `mine.csv` texts" in report  # 120 texts, 10 seeds for each of 6 labels
     lines = [ln for ln in report.splitlines() if ln.startswith(("| validate", "| choose"))]
     assert [ln.split("|")[1].strip() for ln in lines] == ["validate:1", "validate:4", "choose:4"]
     for ln in lines:

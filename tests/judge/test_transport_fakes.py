@@ -111,6 +111,29 @@ def test_calls_queued_behind_a_refusal_fall_back_without_being_sent(settings_for
     assert seen == ["json_schema"] + ["json_object"] * 8
 
 
+def test_a_json_question_other_than_a_verdict_settles_the_format_too(settings_for: SettingsFor) -> None:
+    """generate_examples falls back through the same path as a verdict: once json_object answered, it is
+    the format from then on (before, every generate call sent json_schema again and was refused again)."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        kind = json.loads(request.content).get("response_format", {}).get("type")
+        seen.append(kind)
+        if kind == "json_schema":
+            return httpx.Response(400, json={"error": {"message": "response_format not supported"}})
+        return completion('{"examples": ["will it rain tomorrow", "is a storm coming"]}')
+
+    async def scenario() -> None:
+        judge = make_judge(settings_for("http://fake/v1"), handler)
+        assert len(await judge.generate_examples("weather", "Questions about the weather.", 2)) == 2
+        assert len(await judge.generate_examples("forecast", "Questions about forecasts.", 2)) == 2
+        assert judge.stats.answer_format == "json_object"
+        await judge.aclose()
+
+    asyncio.run(scenario())
+    assert seen == ["json_schema", "json_object", "json_object"]
+
+
 def test_auth_error_is_unavailable_with_a_hint_and_no_key_leak(settings_for: SettingsFor) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.headers["authorization"] == "Bearer sk-test"
@@ -185,10 +208,12 @@ def test_item_rejected_by_endpoint_goes_to_review_without_opening_the_circuit(
         assert out.status == "unresolved" and "context length exceeded" in (out.reason or "")
         assert judge.breaker_state == "closed"
         assert judge.stats.answer_format == "json_schema"  # the format was not the problem: kept
+        await judge.judge(JudgeRequest("i2", "is it sunny", [Candidate("weather")]))  # ... and used again
         await judge.aclose()
 
     asyncio.run(scenario())
-    assert [b.get("response_format", {}).get("type") for b in seen] == ["json_schema", "json_object", None]
+    kinds = [b.get("response_format", {}).get("type") for b in seen]
+    assert kinds == ["json_schema", "json_object", None] * 2
 
 
 def test_descriptions_file_fills_missing_descriptions(settings_for: SettingsFor, tmp_path: Path) -> None:
