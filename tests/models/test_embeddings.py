@@ -245,3 +245,28 @@ def test_load_embedder_shares_one_instance_per_settings() -> None:
     a = load_embedder(EmbedderSettings(kind="onnx"))
     assert load_embedder(EmbedderSettings(kind="onnx")) is a
     assert load_embedder(EmbedderSettings(kind="onnx"), shared=False) is not a
+
+
+def test_onnx_runs_cut_by_padded_tokens() -> None:
+    from driftlabel.models.onnx import _runs
+
+    lengths = np.array([3, 4, 4, 5, 9, 30])
+    order = np.array([5, 0, 4, 1, 2, 3])
+    runs = _runs(lengths, 16, 64, order)
+    # each run: at least one text, size x longest <= 16 where it holds more than one
+    assert [r.tolist() for r in runs] == [[5, 0, 4], [1], [2], [3]]
+    assert sum(len(r) for r in runs) == len(order)
+    assert [r.tolist() for r in _runs(lengths, 10_000, 2, order)] == [[5, 0], [4, 1], [2, 3]]
+
+
+def test_onnx_vectors_do_not_depend_on_how_texts_are_grouped(onnx_embedder: Embedder) -> None:
+    """Sorting and cutting into runs changes the work, never a text's vector or the row order."""
+    from driftlabel.models.onnx import OnnxEmbedder
+
+    texts = [*TEXTS, "a much longer text that pads every short one " * 12, "ok"]
+    one_per_run = OnnxEmbedder(tokens_per_run=1, cache_size=0)
+    a, b = onnx_embedder.encode(texts), one_per_run.encode(texts)
+    assert a.shape == (len(texts), onnx_embedder.dim)
+    np.testing.assert_allclose((a * b).sum(axis=1), 1.0, atol=1e-4)
+    with pytest.raises(ValueError, match="tokens_per_run"):
+        OnnxEmbedder(tokens_per_run=0)
