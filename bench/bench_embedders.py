@@ -5,6 +5,9 @@ int8 on onnxruntime, ``static`` = its model2vec-style distillation):
 
 - load time (cold, in this process) and throughput: unique CLINC150 test texts, cache off, micro-batches
   of ``--batch`` (64), best of ``--repeats`` runs; plus single-text latency (batch of 1, median);
+- padding (``--padding``, onnx): throughput on shuffled CLINC150 and BANKING77 train texts in
+  micro-batches of 16, 64 and 256, texts cut into runs of ``tokens_per_run`` padded tokens (the default,
+  256) against one run per micro-batch (every text padded to the micro-batch's longest: before 7 December);
 - accuracy: scikit-learn LogisticRegression (C=10) on each embedder's embeddings, CLINC150 10-shot
   (mean of ``--seeds``) and full, BANKING77 10-shot; and the R.E.D. RedClassifier on the same arrays.
 
@@ -87,6 +90,62 @@ def measure_speed(
     }
 
 
+PADDING_MICRO = (16, 64, 256)
+#: tokens_per_run that never cuts a micro-batch of <= 64 texts: one run each, as before 7 December.
+ONE_RUN = 1_000_000
+
+
+def measure_padding(texts: list[str], repeats: int, threads: int | None) -> dict[str, dict[str, float]]:
+    """Onnx texts/s per micro-batch size: runs of 256 padded tokens vs one run per micro-batch."""
+    out: dict[str, dict[str, float]] = {}
+    for label, tpr in (("one run per micro-batch", ONE_RUN), ("runs of 256 tokens", 256)):
+        emb = load_embedder(
+            EmbedderSettings(kind="onnx", cache_size=0, threads=threads, tokens_per_run=tpr),
+            shared=False,
+        )
+        emb.warmup()
+        for micro in PADDING_MICRO:
+
+            def run(emb: Embedder = emb, micro: int = micro) -> None:
+                for i in range(0, len(texts), micro):
+                    emb.encode(texts[i : i + micro])
+
+            best, _ = best_of(run, repeats)
+            out.setdefault(label, {})[str(micro)] = len(texts) / best
+    return out
+
+
+def padding_report(n_texts: int, repeats: int, threads: int | None, argv: Sequence[str] | None) -> int:
+    """``--padding``: the micro-batch comparison on CLINC150 and BANKING77, its own report."""
+    rows = []
+    for name in ("clinc150", "banking77"):
+        pool = list(dict.fromkeys(load_dataset(name).train.texts))
+        np.random.default_rng(0).shuffle(pool)
+        _say(f"[onnx] padding: {name}, {n_texts} shuffled train texts, best of {repeats}")
+        for label, rates in measure_padding(pool[:n_texts], repeats, threads).items():
+            rows.append([name, label, *(f"{rates[str(m)]:,.0f}" for m in PADDING_MICRO)])
+            _say(f"  {label}: {rows[-1][2:]}")
+    command = "python -m bench.bench_embedders " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = "\n".join(
+        [
+            f"Command: `{command.strip()}`; at the end: {machine_info()}.",
+            "",
+            f"The int8 ONNX embedder (1 thread by default), texts/s by micro-batch size: {n_texts} "
+            f"shuffled train texts per dataset, cache off, best of {repeats}. A model run costs its "
+            "texts times its longest text's tokens, so one run per micro-batch (as before 7 December) "
+            "pads every text to the micro-batch's longest; the default now sorts a micro-batch by "
+            "token count and cuts it into runs of at most 256 padded tokens "
+            "(`embedder.tokens_per_run`).",
+            "",
+            markdown_table(["dataset", "runs", *(f"micro-batch {m}" for m in PADDING_MICRO)], rows),
+        ]
+    )
+    path = write_report("embedders_padding", "Embedders: padding in micro-batches", body)
+    _say(f"wrote {path}")
+    print(body)
+    return 0
+
+
 def red_accuracy(
     Xtr: np.ndarray, texts: list[str], ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray
 ) -> float | None:
@@ -154,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-red", action="store_true", help="skip the RedClassifier accuracy")
     ap.add_argument("--no-accuracy", action="store_true", help="speed only")
+    ap.add_argument("--padding", action="store_true", help="also the onnx micro-batch padding comparison")
     ap.add_argument(
         "--batches",
         type=int,
@@ -163,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
+    if args.padding:
+        return padding_report(args.speed_texts, args.repeats, args.threads, argv)
     texts = list(dict.fromkeys(load_clinc150().test.texts))[: args.speed_texts]
     command = "python -m bench.bench_embedders " + " ".join(argv if argv is not None else sys.argv[1:])
     stamp = time.strftime("%H:%M UTC", time.gmtime())
