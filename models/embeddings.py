@@ -74,6 +74,7 @@ class EmbedderSettings(DriftlabelSettings):
     #: from) or ``.onnx`` file / folder holding ``model.onnx`` + ``tokenizer.json`` (kind ``onnx``).
     #: None = the packaged all-MiniLM-L6-v2.
     model_path: str | None = None
+    #: Texts per model call at most (onnx: calls are also cut at ``tokens_per_run``).
     batch_size: int = Field(default=64, ge=1, le=4096)
     #: ONNX: padded tokens per model call. Texts are sorted by token count and cut into calls of at most
     #: this many tokens, so one long text no longer pads a whole micro-batch (docs/embedders.md).

@@ -270,3 +270,9 @@ def test_onnx_vectors_do_not_depend_on_how_texts_are_grouped(onnx_embedder: Embe
     np.testing.assert_allclose((a * b).sum(axis=1), 1.0, atol=1e-4)
     with pytest.raises(ValueError, match="tokens_per_run"):
         OnnxEmbedder(tokens_per_run=0)
+
+
+def test_tokens_per_run_comes_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLABEL_EMBEDDER_TOKENS_PER_RUN", "96")
+    emb = load_embedder(load_settings(EmbedderSettings), shared=False)
+    assert getattr(emb, "tokens_per_run", None) == 96
