@@ -8,6 +8,7 @@ int8 on onnxruntime, ``static`` = its model2vec-style distillation):
 - padding (``--padding``, onnx): throughput on shuffled CLINC150 and BANKING77 train texts in
   micro-batches of 16, 64 and 256, texts cut into runs of ``tokens_per_run`` padded tokens (the default,
   256) against one run per micro-batch (every text padded to the micro-batch's longest: before 7 December);
+  it runs alone and writes ``bench/results/embedders_padding.md``;
 - accuracy: scikit-learn LogisticRegression (C=10) on each embedder's embeddings, CLINC150 10-shot
   (mean of ``--seeds``) and full, BANKING77 10-shot; and the R.E.D. RedClassifier on the same arrays.
 
@@ -213,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-red", action="store_true", help="skip the RedClassifier accuracy")
     ap.add_argument("--no-accuracy", action="store_true", help="speed only")
-    ap.add_argument("--padding", action="store_true", help="also the onnx micro-batch padding comparison")
+    ap.add_argument(
+        "--padding", action="store_true", help="only the onnx padding comparison (embedders_padding.md)"
+    )
     ap.add_argument(
         "--batches",
         type=int,

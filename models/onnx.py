@@ -68,6 +68,8 @@ class OnnxEmbedder(CachedEmbedder):
         tokens_per_run: int = 256,
     ) -> None:
         super().__init__(batch_size=batch_size, cache_size=cache_size)
+        if tokens_per_run < 1:
+            raise ValueError(f"tokens_per_run must be >= 1, got {tokens_per_run}")
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -112,8 +114,6 @@ class OnnxEmbedder(CachedEmbedder):
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.no_padding()  # each run is padded to its own longest text in _embed
         self.max_length = max_length
-        if tokens_per_run < 1:
-            raise ValueError(f"tokens_per_run must be >= 1, got {tokens_per_run}")
         #: Padded tokens per onnxruntime call; 256 measured best on MiniLM int8 (docs/embedders.md).
         self.tokens_per_run = tokens_per_run
         self.dim = int(out.shape[2])
