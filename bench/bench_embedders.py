@@ -92,14 +92,16 @@ def measure_speed(
 
 
 PADDING_MICRO = (16, 64, 256)
+#: the default cut (EmbedderSettings.tokens_per_run)
+RUN_TOKENS: int = EmbedderSettings.model_fields["tokens_per_run"].default
 #: tokens_per_run that never cuts a micro-batch of <= 64 texts: one run each, as before 7 December.
 ONE_RUN = 1_000_000
 
 
 def measure_padding(texts: list[str], repeats: int, threads: int | None) -> dict[str, dict[str, float]]:
-    """Onnx texts/s per micro-batch size: runs of 256 padded tokens vs one run per micro-batch."""
+    """Onnx texts/s per micro-batch size: runs of the default padded tokens vs one run per micro-batch."""
     out: dict[str, dict[str, float]] = {}
-    for label, tpr in (("one run per micro-batch", ONE_RUN), ("runs of 256 tokens", 256)):
+    for label, tpr in (("one run per micro-batch", ONE_RUN), (f"runs of {RUN_TOKENS} tokens", RUN_TOKENS)):
         emb = load_embedder(
             EmbedderSettings(kind="onnx", cache_size=0, threads=threads, tokens_per_run=tpr),
             shared=False,
@@ -135,7 +137,7 @@ def padding_report(n_texts: int, repeats: int, threads: int | None, argv: Sequen
             f"shuffled train texts per dataset, cache off, best of {repeats}. A model run costs its "
             "texts times its longest text's tokens, so one run per micro-batch (as before 7 December) "
             "pads every text to the micro-batch's longest; the default now sorts a micro-batch by "
-            "token count and cuts it into runs of at most 256 padded tokens "
+            f"token count and cuts it into runs of at most {RUN_TOKENS} padded tokens "
             "(`embedder.tokens_per_run`).",
             "",
             markdown_table(["dataset", "runs", *(f"micro-batch {m}" for m in PADDING_MICRO)], rows),

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import openai
@@ -137,8 +138,8 @@ class _Counters:
     latency_ms_max: float = 0.0
 
 
-_FORMAT_FALLBACK = {"json_schema": "json_object", "json_object": "text"}
 _FORMAT_ORDER = ("json_schema", "json_object", "text")  # strictest first
+_FORMAT_FALLBACK = dict(pairwise(_FORMAT_ORDER))  # each to the next simpler
 
 
 class _ItemBudgetSpent(Exception):

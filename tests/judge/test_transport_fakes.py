@@ -58,6 +58,20 @@ def make_judge(settings: JudgeSettings, handler: Handler) -> Judge:
 REQ = JudgeRequest("i1", "will it rain", [Candidate("weather")])
 
 
+def refusing_json_schema(seen: list[str | None], answer: str) -> Handler:
+    """An endpoint that refuses ``json_schema`` (HTTP 400) and answers ``answer`` in any other format;
+    each request's ``response_format`` type goes to ``seen``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        kind = json.loads(request.content).get("response_format", {}).get("type")
+        seen.append(kind)
+        if kind == "json_schema":
+            return httpx.Response(400, json={"error": {"message": "response_format not supported"}})
+        return completion(answer)
+
+    return handler
+
+
 def test_refused_response_format_falls_back_to_strict_text(settings_for: SettingsFor) -> None:
     seen: list[dict[str, Any]] = []
 
@@ -91,13 +105,7 @@ def test_calls_queued_behind_a_refusal_fall_back_without_being_sent(settings_for
     """Eight questions wait for one connection; once json_schema is refused, the seven queued behind it
     are not sent with it (each would be refused too, costing a call)."""
     seen: list[str | None] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        kind = json.loads(request.content).get("response_format", {}).get("type")
-        seen.append(kind)
-        if kind == "json_schema":
-            return httpx.Response(400, json={"error": {"message": "response_format not supported"}})
-        return completion('{"valid": true}')
+    handler = refusing_json_schema(seen, '{"valid": true}')
 
     async def scenario() -> None:
         judge = make_judge(settings_for("http://fake/v1", concurrency=1), handler)
@@ -115,13 +123,7 @@ def test_a_json_question_other_than_a_verdict_settles_the_format_too(settings_fo
     """generate_examples falls back through the same path as a verdict: once json_object answered, it is
     the format from then on (before, every generate call sent json_schema again and was refused again)."""
     seen: list[str | None] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        kind = json.loads(request.content).get("response_format", {}).get("type")
-        seen.append(kind)
-        if kind == "json_schema":
-            return httpx.Response(400, json={"error": {"message": "response_format not supported"}})
-        return completion('{"examples": ["will it rain tomorrow", "is a storm coming"]}')
+    handler = refusing_json_schema(seen, '{"examples": ["will it rain tomorrow", "is a storm coming"]}')
 
     async def scenario() -> None:
         judge = make_judge(settings_for("http://fake/v1"), handler)
