@@ -568,10 +568,12 @@ def run_service(
             final_labels = _labels(Path(last_scored[0]))
             run.added_described = sorted(final_labels & set(plan.described))
             run.added_discovered = sorted(final_labels & (plan.late - set(plan.described)))
-        if cluster.judge is not None:
+        if cluster.judge is not None:  # the simulated expert's count: 0 when it was never asked to name
             run.sim_counts = {k: int(v) for k, v in cluster.judge.counts.items()}
             run.endpoint_calls = run.sim_counts.get("requests", 0)
-        run.naming_calls = run.sim_counts.get("propose", run.proposals)
+            run.naming_calls = run.sim_counts.get("propose", 0)
+        else:
+            run.naming_calls = run.proposals
     finally:
         if proposals is not None:
             proposals.stop()

@@ -7,8 +7,9 @@ agent with the unjudged texts of a micro-batch whose nearest stored example is l
 ``stream.proposal_far_quantile`` quantile of the store's own leave-one-out similarities
 (``stream.proposal_far_texts``). That line is looser than the out-of-scope one, so texts of known classes
 gather too; a group of them the endpoint names after its known class is counted, not published. Each
-naming call is paid from the judge budget (``charge``); with the judge off (``judge_target_share`` 0) none
-is made, and proposals go out unnamed for a human. The pool and its group search are
+naming call is paid from the judge budget (``charge``). With the judge off (``judge_target_share`` 0)
+nothing is pooled: no endpoint would tell a group of known texts from a new class, and every such group
+would reach the topic (129 on a no-judge BANKING77 stream, measured). The pool and its group search are
 ``models.emerging``'s; this module only wires them to the host, the judge endpoint and the topics. The
 pool lives in memory: a restart empties it, and the texts still unplaced gather again.
 """
@@ -74,7 +75,10 @@ class NewClassProposals:
         self, ids: Sequence[str], texts: Sequence[str], X: np.ndarray, unjudged: np.ndarray
     ) -> None:
         """Pool the unjudged texts of a batch that no stored example is near; a dense group of them is
-        proposed in the background (naming it is a judge call: labelling goes on meanwhile)."""
+        proposed in the background (naming it is a judge call: labelling goes on meanwhile). Nothing with the
+        judge off: the naming call is what keeps groups of known texts off the topic."""
+        if self.stream.judge_target_share <= 0:
+            return
         rows = np.flatnonzero(unjudged)
         if not len(rows):
             return
@@ -122,12 +126,7 @@ class NewClassProposals:
         description: str | None = None
         known = await self.host.labels()
         try:
-            # judge off (no share routed): no endpoint call at all; the group still goes out for a human
-            propose = (
-                getattr(self.judge.judge, "propose_class", None)
-                if self.stream.judge_target_share > 0
-                else None
-            )
+            propose = getattr(self.judge.judge, "propose_class", None)
             if propose is not None:
                 if self.charge is not None:
                     self.charge(1.0)

@@ -63,7 +63,7 @@ def _group(n_own: int, n_edge: int) -> tuple[Proposal, np.ndarray]:
 
 
 def _propose(
-    group: Proposal, store: np.ndarray, known: str | None = None, judge_share: float = 0.10
+    group: Proposal, store: np.ndarray, known: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
     published: list[dict[str, Any]] = []
     control: list[dict[str, Any]] = []
@@ -78,7 +78,7 @@ def _propose(
     metrics = ServiceMetrics()
     charged: list[float] = []
     proposals = NewClassProposals(
-        StreamSettings(auto_add_proposals=True, judge_target_share=judge_share),
+        StreamSettings(auto_add_proposals=True),
         FakeHost(store),  # type: ignore[arg-type]
         caller,  # type: ignore[arg-type]
         metrics,
@@ -88,7 +88,7 @@ def _propose(
         charged.append,
     )
     asyncio.run(proposals.propose(group))
-    assert charged == ([1.0] if judge_share > 0 else [])  # the naming call is paid from the judge budget
+    assert charged == [1.0]  # the naming call is paid from the judge budget
     return published, control, (caller.judge, metrics)
 
 
@@ -133,11 +133,27 @@ def test_a_group_the_endpoint_names_after_a_known_class_is_counted_not_published
     assert _proposals(metrics, "known") == 1 and not _proposals(metrics, "unnamed")
 
 
-def test_with_the_judge_off_a_group_is_published_unnamed_and_nothing_is_asked_or_charged() -> None:
-    """``judge_target_share = 0`` means no endpoint calls (the no-judge baseline made 0.001-0.014 naming
-    calls per text before): the group still reaches a human on ``proposals``, and is not added."""
-    group, store = _group(n_own=9, n_edge=0)
-    published, control, (endpoint, metrics) = _propose(group, store, judge_share=0.0)
-    assert len(published) == 1 and published[0]["name"] is None and published[0]["examples"]
-    assert endpoint.shown == [] and control == []
-    assert _proposals(metrics, "unnamed") == 1
+def test_with_the_judge_off_no_far_text_is_pooled() -> None:
+    """``judge_target_share = 0``: no endpoint names groups, so none could be told from a group of known
+    texts; nothing is pooled, published or charged (the no-judge baseline published 129 unnamed groups of
+    known BANKING77 texts when it pooled)."""
+    group, _store = _group(n_own=12, n_edge=0)
+    published: list[bytes] = []
+
+    async def pub(_key: bytes, value: bytes) -> None:
+        published.append(value)
+
+    charged: list[float] = []
+    proposals = NewClassProposals(
+        StreamSettings(judge_target_share=0.0, proposal_min_size=5),
+        FakeHost(np.zeros(0, dtype=np.float32)),  # type: ignore[arg-type]  # never asked
+        FakeCaller(),  # type: ignore[arg-type]
+        ServiceMetrics(),
+        "w0",
+        pub,
+        pub,
+        charged.append,
+    )
+    n = len(group.texts)
+    asyncio.run(proposals.gather_far(group.ids, group.texts, group.embeddings, np.ones(n, dtype=bool)))
+    assert len(proposals.pool) == 0 and published == [] and charged == []
