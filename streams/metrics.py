@@ -188,7 +188,7 @@ class ServiceMetrics:
         self.model_swaps = Counter("driftlabel_model_swaps", "Models swapped in by the learner", registry=r)
         self.duplicates = Counter(
             "driftlabel_duplicates",
-            "Outputs not written because the topic already had them (a final label, a dead letter)",
+            "Outputs not written because the topic already had them (final label, dead letter, judge pair)",
             ["what"],
             registry=r,
         )

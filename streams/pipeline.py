@@ -8,7 +8,7 @@ what is routed, what the judge is asked, what is learned) without a broker. The 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from driftlabel.streams.messages import (
     TrainingMessage,
     VerdictMessage,
     encode_vector,
+    log_digest,
     parse_text,
 )
 from driftlabel.streams.routing import id_unit
@@ -39,6 +40,7 @@ __all__ = [
     "judgeable",
     "label_messages",
     "label_values",
+    "new_pairs",
     "parse_text_batch",
     "sampled",
     "unlabelled_values",
@@ -288,6 +290,15 @@ class JudgeResult:
     verdicts: list[VerdictMessage] = field(default_factory=list)
     training: list[TrainingMessage] = field(default_factory=list)
     review: ReviewMessage | None = None
+
+
+def new_pairs(training: Sequence[TrainingMessage], seen: Container[int]) -> list[TrainingMessage]:
+    """The judge pairs the learning log does not hold yet (their digest not in ``seen``, the learner's).
+
+    Why: a worker killed between writing an item's pairs and its final label judges the item again after
+    the restart (or on the worker that takes its partition); the learner learns a repeated pair once, but
+    the ``training`` topic, the replayable record of everything learned, would hold it twice."""
+    return [t for t in training if log_digest(t) not in seen]
 
 
 def judge_result_messages(

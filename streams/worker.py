@@ -69,6 +69,7 @@ from driftlabel.streams.pipeline import (
     judge_result_messages,
     judgeable,
     label_values,
+    new_pairs,
     parse_text_batch,
     unlabelled_values,
 )
@@ -205,6 +206,7 @@ class WorkerService:
                 await self.on_texts([ev.message for ev in events])
 
         async def judge(stream: faust.StreamT) -> None:
+            await self.ready.wait()  # the log replayed: the pairs a crashed judging wrote are known (new_pairs)
             async for event in stream.events():
                 await self.on_judge_request(event.message)
 
@@ -570,8 +572,8 @@ class WorkerService:
 
     async def judge_item(self, req: JudgeRequestMessage, home: int) -> None:
         """Judge one item, waiting out an unavailable judge; then publish everything it produced, the
-        learning first and the final label last (a crash in between judges again; the learner skips the
-        repeated pairs)."""
+        learning first and the final label last (a crash in between judges again, and writes only the
+        pairs the log does not hold yet)."""
         outcome = await self.judge(req)
         top1 = req.candidates[0].get("label") if req.candidates else None
         for event in self.rate.observe_judged([outcome.n_calls], [outcome.label != top1]):
@@ -587,7 +589,10 @@ class WorkerService:
             self.metrics.judge_requests.labels(verdict="valid" if accepted else "invalid").inc()
             self.metrics.judge_latency.observe(latency_ms / 1000.0)
             self.metrics.judge_tokens.inc(tokens)
-        for t in result.training:
+        training = new_pairs(result.training, self.learner.seen)
+        if len(training) < len(result.training):  # judged again after a crash: the pairs are in the log
+            self.metrics.duplicates.labels(what="training_pair").inc(len(result.training) - len(training))
+        for t in training:
             sent.append(await self.t_training.send(key=key, value=t, partition=0))
         if result.review is not None:
             sent.append(await self.t_review.send(key=key, value=result.review))

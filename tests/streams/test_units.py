@@ -15,9 +15,9 @@ from driftlabel.judge import JudgeOutcome, Verdict
 from driftlabel.streams.checkpoint import list_checkpoints, read_checkpoint, write_checkpoint
 from driftlabel.streams.client import control_record, iter_input_records
 from driftlabel.streams.errors import CheckpointError, InvalidMessageError
-from driftlabel.streams.messages import JudgeRequestMessage
+from driftlabel.streams.messages import JudgeRequestMessage, log_digest
 from driftlabel.streams.metrics import METRIC_NAMES, ServiceMetrics
-from driftlabel.streams.pipeline import judge_result_messages, label_messages
+from driftlabel.streams.pipeline import judge_result_messages, label_messages, new_pairs
 from driftlabel.streams.settings import KafkaSettings, MetricsSettings
 from driftlabel.streams.topics import TopicNames
 
@@ -89,6 +89,19 @@ def test_corrected_outcome_gives_final_label_and_training_pairs() -> None:
     assert (r.label.label, r.label.status, r.label.final, r.label.score) == ("a", "corrected", True, 0.4)
     assert [(t.label, t.valid, t.source) for t in r.training] == [("b", False, "judge"), ("a", True, "judge")]
     assert [v.depth for v in r.verdicts] == [1, 2] and r.review is None
+
+
+def test_an_item_judged_again_after_a_crash_writes_only_the_pairs_the_log_lacks() -> None:
+    """The first judging wrote its rejected pair before the kill; the second judging (same id) accepts
+    a lower candidate: only that pair is new, whatever the verdict on the repeated one."""
+    first = judge_result_messages(
+        _request(), FakeOutcome("i3", "unresolved", None, [FakeVerdict("b", False, 1)]), 7, 1.0
+    )
+    seen = {log_digest(t) for t in first.training}
+    again = FakeOutcome("i3", "corrected", "a", [FakeVerdict("b", False, 1), FakeVerdict("a", True, 2)])
+    r = judge_result_messages(_request(), again, 8, 2.0)
+    assert [(t.label, t.valid) for t in new_pairs(r.training, seen)] == [("a", True)]
+    assert new_pairs(r.training, set()) == r.training
 
 
 def test_unresolved_outcome_goes_to_review_and_keeps_top_candidate() -> None:
