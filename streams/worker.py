@@ -206,7 +206,7 @@ class WorkerService:
                 await self.on_texts([ev.message for ev in events])
 
         async def judge(stream: faust.StreamT) -> None:
-            await self.ready.wait()  # the log replayed: the pairs a crashed judging wrote are known (new_pairs)
+            await self.ready.wait()  # the log replayed: pairs a crashed judging wrote are known (new_pairs)
             async for event in stream.events():
                 await self.on_judge_request(event.message)
 
