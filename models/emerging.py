@@ -4,12 +4,18 @@ The stream feeds this pool with the texts the model cannot place: those whose ne
 farther than the calibrated out-of-scope similarity (``RedClassifier.nearest_similarity`` below
 ``oos_similarity_threshold``), and those the judge left ``unresolved``. Scattered misfits never form a group;
 a new intent does, because its texts are similar to each other. :meth:`NoveltyPool.find_group` looks for the
-pooled text with the most neighbours above ``similarity`` (one matmul over the pool, at most ``capacity``
-rows) and, when that neighbourhood holds ``min_size`` texts, takes it out of the pool as a
+pooled text with the most neighbours above ``similarity`` and, when that neighbourhood holds ``min_size``
+texts, takes it out of the pool as a
 :class:`Proposal` (its texts, centroid and density) for the judge to name and the service to publish on the
 ``proposals`` topic. The pool is bounded (oldest first out) and deterministic for a given input order. A
 text already in the pool is not added again: a text that recurs (retries, a repeated query, a replayed
 stream) would otherwise make a "dense group" of one distinct text.
+
+The pool keeps its neighbour matrix (which pooled pairs are above ``similarity``; at most ``capacity``
+squared booleans, 4 MB) and each text's neighbour count, and updates both as texts come and go: adding k
+texts costs a k x n product, not the n x n one a search from scratch needs. Why: the worker searches after
+every unresolved text, and from scratch a full pool cost ~70 ms per text (2,000 rows, MiniLM's 384
+dimensions), more than a core when most judged texts end unresolved (O*NET with the judge on every text).
 """
 
 from __future__ import annotations
@@ -76,13 +82,22 @@ class NoveltyPool:
         self.min_size = min_size
         self.similarity = similarity
         self.capacity = capacity
-        self._X: np.ndarray | None = None
+        # the pooled rows are [lo, hi) of preallocated buffers: texts join at hi and the oldest leave at lo
+        # without a copy; only a group's removal (or a full buffer) compacts them to the front
+        self._bX: np.ndarray | None = None
+        self._bnear = np.zeros((0, 0), dtype=bool)  # pooled pairs above ``similarity`` (symmetric)
+        self._bcounts = np.zeros(0, dtype=np.int64)  # each row's neighbours, itself included
+        self._lo = self._hi = 0
         self._texts: list[str] = []
         self._ids: list[str] = []
         self._present: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._texts)
+
+    @property
+    def _X(self) -> np.ndarray | None:
+        return None if self._bX is None else self._bX[self._lo : self._hi]
 
     def add(self, X: np.ndarray, texts: Sequence[str], ids: Sequence[str] | None = None) -> None:
         """Add unplaced texts (unit-norm embeddings); the oldest leave when the pool is full."""
@@ -103,15 +118,58 @@ class NoveltyPool:
             X = X[new]
             texts = [texts[i] for i in new]
             ids = [ids[i] for i in new]
-        self._X = X.copy() if self._X is None else np.concatenate([self._X, X])
+        self._grow(X)
         self._texts.extend(texts)
         self._ids.extend(ids)
         cut = len(self._texts) - self.capacity
-        if cut > 0:
-            self._X = self._X[cut:]
+        if cut > 0:  # the oldest leave: their pairs leave the counts of the rows that stay
+            lo, hi = self._lo, self._hi
+            self._bcounts[lo + cut : hi] -= self._bnear[lo : lo + cut, lo + cut : hi].sum(axis=0)
+            self._lo += cut
             self._present.difference_update(self._texts[:cut])
             del self._texts[:cut]
             del self._ids[:cut]
+
+    def _grow(self, X: np.ndarray) -> None:
+        """Append rows: their neighbours among the pooled rows are one k x n product."""
+        n, k = self._hi - self._lo, len(X)
+        if self._bX is None or self._hi + k > len(self._bX):
+            self._compact(
+                np.arange(n), room=max(n + k, self.capacity) + max(self.capacity // 4, k), dim=X.shape[1]
+            )
+        assert self._bX is not None
+        lo, hi = self._lo, self._hi
+        inner = X @ X.T
+        inner = np.maximum(inner, inner.T) >= self.similarity  # symmetric whatever the BLAS rounding
+        np.fill_diagonal(inner, True)  # a text is its own neighbour
+        cross = (X @ self._bX[lo:hi].T) >= self.similarity  # noqa: SIM300  # k x n
+        self._bnear[hi : hi + k, lo:hi] = cross
+        self._bnear[lo:hi, hi : hi + k] = cross.T
+        self._bnear[hi : hi + k, hi : hi + k] = inner
+        self._bcounts[lo:hi] += cross.sum(axis=0)
+        self._bcounts[hi : hi + k] = cross.sum(axis=1) + inner.sum(axis=1)
+        self._bX[hi : hi + k] = X
+        self._hi += k
+
+    def _compact(self, idx: np.ndarray, room: int | None = None, dim: int = 0) -> None:
+        """Keep the pooled rows ``idx`` (positions in the pool), moved to the front of buffers of ``room``
+        rows (the same buffers when ``room`` is None); the counts lose the pairs of the rows not kept."""
+        lo, hi = self._lo, self._hi
+        near = self._bnear[lo:hi, lo:hi]
+        gone = np.setdiff1d(np.arange(hi - lo), idx, assume_unique=True)
+        counts = self._bcounts[lo:hi][idx] - near[gone][:, idx].sum(axis=0)
+        kept_near = near.take(idx, axis=0).take(idx, axis=1)
+        kept_X = self._bX[lo:hi][idx] if self._bX is not None else np.zeros((0, dim), dtype=np.float32)
+        if room is not None:
+            self._bX = np.empty((room, kept_X.shape[1]), dtype=np.float32)
+            self._bnear = np.zeros((room, room), dtype=bool)
+            self._bcounts = np.zeros(room, dtype=np.int64)
+        assert self._bX is not None
+        m = len(idx)
+        self._bX[:m] = kept_X
+        self._bnear[:m, :m] = kept_near
+        self._bcounts[:m] = counts
+        self._lo, self._hi = 0, m
 
     def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
         """Each embedding's cosine similarity to its nearest pooled text (-1 where the pool is empty)."""
@@ -129,21 +187,21 @@ class NoveltyPool:
 
     def find_group(self) -> Proposal | None:
         """Take the densest neighbourhood out of the pool if it has ``min_size`` texts, else None."""
-        if self._X is None or len(self._texts) < self.min_size:
+        X = self._X
+        if X is None or len(self._texts) < self.min_size:
             return None
-        near = (self._X @ self._X.T) >= self.similarity  # noqa: SIM300
-        counts = near.sum(axis=1)
-        best = int(np.argmax(counts))  # first of the densest: deterministic
-        if counts[best] < self.min_size:
+        lo, hi = self._lo, self._hi
+        best = int(np.argmax(self._bcounts[lo:hi]))  # first of the densest: deterministic
+        if self._bcounts[lo + best] < self.min_size:
             return None
-        rows = np.flatnonzero(near[best])
-        centroid = self._X[rows].mean(axis=0)
+        rows = np.flatnonzero(self._bnear[lo + best, lo:hi])
+        centroid = X[rows].mean(axis=0)
         centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
         # keep the rows that are near the group's centroid too (drops bridges to another group)
-        rows = rows[self._X[rows] @ centroid >= self.similarity]
+        rows = rows[X[rows] @ centroid >= self.similarity]
         if len(rows) < self.min_size:
             return None
-        E = self._X[rows]
+        E = X[rows]
         proposal = Proposal(
             texts=[self._texts[i] for i in rows.tolist()],
             embeddings=E.copy(),
@@ -154,7 +212,8 @@ class NoveltyPool:
         keep = np.ones(len(self._texts), dtype=bool)
         keep[rows] = False
         self._present.difference_update(proposal.texts)
-        self._X = self._X[keep]
-        self._texts = [t for t, k in zip(self._texts, keep.tolist(), strict=True) if k]
-        self._ids = [t for t, k in zip(self._ids, keep.tolist(), strict=True) if k]
+        self._compact(np.flatnonzero(keep))
+        flags = keep.tolist()
+        self._texts = [t for t, k in zip(self._texts, flags, strict=True) if k]
+        self._ids = [t for t, k in zip(self._ids, flags, strict=True) if k]
         return proposal

@@ -92,8 +92,9 @@ class NewClassProposals:
             task.add_done_callback(self._naming.discard)
 
     async def pool_texts(self, X: np.ndarray, texts: list[str], ids: list[str]) -> list[Proposal]:
-        """Add texts to the pool and take out every dense group it then holds (the search, a matmul over
-        up to 2,000 pooled rows, runs off the event loop)."""
+        """Add texts to the pool and take out every dense group it then holds (adding k texts is a k x n
+        product against the pooled rows; the search, which compacts the pool when it takes a group out,
+        runs off the event loop)."""
         async with self._lock:
             self.pool.add(X, texts, ids)
             return await asyncio.get_running_loop().run_in_executor(None, self.pool.find_groups)

@@ -191,6 +191,68 @@ def test_a_recurring_text_is_not_a_dense_group() -> None:
     assert len(pool) == 1
 
 
+def _groups_from_scratch(X: np.ndarray, texts: list[str], min_size: int, sim: float) -> list[list[str]]:
+    """The search without kept state: every pair's similarity from one product, groups taken out in turn."""
+    X, texts, out = X.copy(), list(texts), []
+    while len(texts) >= min_size:
+        near = (X @ X.T) >= sim  # noqa: SIM300
+        np.fill_diagonal(near, True)
+        counts = near.sum(axis=1)
+        best = int(np.argmax(counts))
+        if counts[best] < min_size:
+            break
+        rows = np.flatnonzero(near[best])
+        c = X[rows].mean(axis=0)
+        c /= np.linalg.norm(c)
+        rows = rows[X[rows] @ c >= sim]
+        if len(rows) < min_size:
+            break
+        out.append([texts[i] for i in rows])
+        keep = np.ones(len(texts), dtype=bool)
+        keep[rows] = False
+        X, texts = X[keep], [t for t, k in zip(texts, keep, strict=True) if k]
+    return out
+
+
+def test_the_kept_neighbour_counts_find_what_a_search_from_scratch_finds() -> None:
+    """The pool updates its neighbour matrix as texts join, age out and leave in groups; after every step it
+    proposes exactly the groups a search over its current texts from scratch would."""
+    rng = np.random.default_rng(11)
+    dim, n_groups = 24, 12
+    centers = rng.normal(size=(n_groups, dim))
+    rows, texts = [], []
+    for i in range(900):  # 1 in 3 texts of a group, the rest scattered; one to five texts per add
+        g = int(rng.integers(n_groups)) if rng.random() < 0.35 else -1
+        x = (
+            centers[g] + 0.35 * rng.normal(size=dim) * np.linalg.norm(centers[g]) / np.sqrt(dim)
+            if g >= 0
+            else rng.normal(size=dim)
+        )
+        rows.append(x / np.linalg.norm(x))
+        texts.append(f"g{g} {i}")
+    X = np.asarray(rows, dtype=np.float32)
+    pool = NoveltyPool(min_size=6, similarity=0.6, capacity=150)
+    i, found = 0, 0
+    while i < len(X):
+        k = int(rng.integers(1, 6))
+        pool.add(X[i : i + k], texts[i : i + k])
+        i += k
+        pooled_X, pooled = pool._X, list(pool._texts)
+        assert pooled_X is not None and len(pooled) == len(pooled_X) <= 150
+        S = pooled_X @ pooled_X.T  # each kept count, against this product (pairs at the line either way)
+        tie = np.abs(S - 0.6) < 1e-5
+        np.fill_diagonal(S, 1.0)
+        counts = pool._bcounts[pool._lo : pool._hi]
+        assert np.all(((S >= 0.6) & ~tie).sum(axis=1) <= counts) and np.all(
+            counts <= ((S >= 0.6) | tie).sum(axis=1)
+        )
+        expected = _groups_from_scratch(pooled_X, pooled, 6, 0.6)
+        got = [g.texts for g in pool.find_groups()]
+        assert got == expected, f"after {i} texts"
+        found += len(got)
+    assert found >= 10  # the stream did exercise group removal, not only ageing out
+
+
 def test_pool_is_bounded() -> None:
     pool = NoveltyPool(min_size=3, capacity=10)
     X = np.eye(20, dtype=np.float32)
