@@ -27,17 +27,18 @@ prequential accuracy, for the recovery after the shift), the classes added, and 
 latency (send to first ``labels`` record, p50 / p99 / max; also over the 1,000 items from the change,
 where an incremental run's ``add_class`` ops hold the worker's model thread).
 
-Scenarios (as bench_loop): ``stationary``; ``incremental`` (a third of the classes absent from the seeds
-and the first half; at half-way half of them are added through ``control`` with a description only, the
-worker asks the judge endpoint for examples; the other half must be discovered: the worker runs with
+Scenarios (as bench_loop): ``stationary``; ``incremental`` (a third of the classes absent from the seeds and
+the first half; at half-way half of them are added through ``control`` with a description only, the worker
+asks the judge endpoint for examples; the other half must be discovered: the worker runs with
 ``auto_add_proposals``); ``shift`` (the class mix flips half-way). Methods: ``red`` (the service as
 configured: ``judge_target_share`` ``--judge-share``, rate control on) and ``seeds`` (no judge:
-``judge_target_share`` 0, the seed model labels everything), ``selftrain`` (``stream.unlabelled_share`` 1),
-``choose`` (``judge.question = "choose"``: one call per judged item; calls are then counted as the items'
-depth-1 verdicts) and ``chooseself`` (both); the baselines ``random`` (the same budget, texts routed by a
-hash of their id: ``stream.uncertainty = random``), ``subsets`` (PRODUCT.md's experts of 8 labels:
-``experts.subset_size = 8``) and ``every`` (the judge asked about every text, no budget: an LLM per item,
-its cost in calls and tokens); the full-data LogisticRegression ceiling is fitted in this process.
+``judge_target_share`` 0 and ``stream.proposals`` off, so no endpoint call; the seed model labels everything),
+``selftrain`` (``stream.unlabelled_share`` 1), ``choose`` (``judge.question = "choose"``: one call per judged
+item; calls are then counted as the items' depth-1 verdicts) and ``chooseself`` (both); the baselines
+``random`` (the same budget, texts routed by a hash of their id: ``stream.uncertainty = random``), ``subsets``
+(PRODUCT.md's experts of 8 labels: ``experts.subset_size = 8``) and ``every`` (the judge asked about every
+text, no budget: an LLM per item, its cost in calls and tokens); the full-data LogisticRegression ceiling is
+fitted in this process.
 
     driftlabel bench stream --quick  # = python bench/bench_service.py --quick
     driftlabel bench stream          # the full matrix (bench/cli.py's STREAM_FULL): ~2 h on 2 cores
@@ -359,6 +360,8 @@ def worker_env(spec: Spec, judge_share: float, judge_calls: float) -> dict[str, 
         "judge_target_share": str(0.0 if spec.method == "seeds" else judge_share),
         "judge_calls_per_text": str(0.0 if spec.method == "seeds" else judge_calls),
         "auto_add_proposals": "true" if spec.scenario == "incremental" else "false",
+        # seeds: no judge means no endpoint call at all, naming proposals included
+        "proposals": "false" if spec.method == "seeds" else "true",
         # selftrain: every text labelled without the judge goes to `training` as a `stream` record
         "unlabelled_share": "1.0" if spec.method in ("selftrain", "chooseself") else "0.0",
     }

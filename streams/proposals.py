@@ -7,9 +7,9 @@ agent with the unjudged texts of a micro-batch whose nearest stored example is l
 ``stream.proposal_far_quantile`` quantile of the store's own leave-one-out similarities
 (``stream.proposal_far_texts``). That line is looser than the out-of-scope one, so texts of known classes
 gather too; a group of them the endpoint names after its known class is counted, not published. Each
-naming call is paid from the judge budget (``charge``). With the judge off (``judge_target_share`` 0)
-nothing is pooled: no endpoint would tell a group of known texts from a new class, and every such group
-would reach the topic (129 on a no-judge BANKING77 stream, measured). The pool and its group search are
+naming call is paid from the judge budget (``charge``). With no text routed (``judge_target_share`` 0) the
+endpoint is still asked to name each group; ``stream.proposals = false`` makes no call at all. The pool
+and its group search are
 ``models.emerging``'s; this module only wires them to the host, the judge endpoint and the topics. The
 pool lives in memory: a restart empties it, and the texts still unplaced gather again.
 """
@@ -75,10 +75,7 @@ class NewClassProposals:
         self, ids: Sequence[str], texts: Sequence[str], X: np.ndarray, unjudged: np.ndarray
     ) -> None:
         """Pool the unjudged texts of a batch that no stored example is near; a dense group of them is
-        proposed in the background (naming it is a judge call: labelling goes on meanwhile). Nothing with the
-        judge off: the naming call is what keeps groups of known texts off the topic."""
-        if self.stream.judge_target_share <= 0:
-            return
+        proposed in the background (naming it is a judge call: labelling goes on meanwhile)."""
         rows = np.flatnonzero(unjudged)
         if not len(rows):
             return

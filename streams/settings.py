@@ -149,8 +149,7 @@ class StreamSettings(DriftlabelSettings):
         description="texts labelled without the judge join the pool too when their nearest stored example "
         "is below the proposal_far_quantile line (class-incremental CLINC150 / BANKING77, default judge, "
         "seed 0, at the out-of-scope line: 81.4 / 79.4 % without, 83.2 / 85.7 % with; bench_loop.py, "
-        "docs/models.md); not with the judge off (judge_target_share 0): its naming call keeps groups of "
-        "known texts off the topic",
+        "docs/models.md)",
     )
     proposal_far_quantile: float = Field(
         0.15,

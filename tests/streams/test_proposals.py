@@ -131,29 +131,3 @@ def test_a_group_the_endpoint_names_after_a_known_class_is_counted_not_published
     published, control, (_endpoint, metrics) = _propose(group, store, known="balance")
     assert published == [] and control == []
     assert _proposals(metrics, "known") == 1 and not _proposals(metrics, "unnamed")
-
-
-def test_with_the_judge_off_no_far_text_is_pooled() -> None:
-    """``judge_target_share = 0``: no endpoint names groups, so none could be told from a group of known
-    texts; nothing is pooled, published or charged (the no-judge baseline published 129 unnamed groups of
-    known BANKING77 texts when it pooled)."""
-    group, _store = _group(n_own=12, n_edge=0)
-    published: list[bytes] = []
-
-    async def pub(_key: bytes, value: bytes) -> None:
-        published.append(value)
-
-    charged: list[float] = []
-    proposals = NewClassProposals(
-        StreamSettings(judge_target_share=0.0, proposal_min_size=5),
-        FakeHost(np.zeros(0, dtype=np.float32)),  # type: ignore[arg-type]  # never asked
-        FakeCaller(),  # type: ignore[arg-type]
-        ServiceMetrics(),
-        "w0",
-        pub,
-        pub,
-        charged.append,
-    )
-    n = len(group.texts)
-    asyncio.run(proposals.gather_far(group.ids, group.texts, group.embeddings, np.ones(n, dtype=bool)))
-    assert len(proposals.pool) == 0 and published == [] and charged == []
