@@ -130,7 +130,8 @@ def test_batch_applies_to_every_judging_method_and_verify_to_choose_only() -> No
 def test_each_baseline_changes_only_its_own_setting() -> None:
     """The report's baselines are the same worker with one setting changed: ``random`` routes the same
     budget by id, ``subsets`` uses PRODUCT.md's experts of 8, ``every`` asks the judge about every text
-    with no budget, ``seeds`` never asks; and each name is a real setting of its concern."""
+    with no budget, ``seeds`` never asks (no routed text, no proposal to name); and each name is a real
+    setting of its concern."""
     from driftlabel.judge import JudgeSettings
     from driftlabel.models.experts import ExpertSettings
     from driftlabel.streams.settings import StreamSettings
@@ -141,7 +142,7 @@ def test_each_baseline_changes_only_its_own_setting() -> None:
     changed = {
         "random": {"uncertainty": "random"},
         "every": {"judge_target_share": "1.0", "judge_calls_per_text": "0", "judge_rate_control": "false"},
-        "seeds": {"judge_target_share": "0.0", "judge_calls_per_text": "0.0"},
+        "seeds": {"judge_target_share": "0.0", "judge_calls_per_text": "0.0", "proposals": "false"},
     }
     for method, diff in changed.items():
         env = bs.worker_env(bs.Spec("clinc150", "stationary", 0.05, method), 0.5, 0.10)
