@@ -36,6 +36,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,22 @@ def ceiling(
     return out
 
 
+@dataclass(frozen=True)
+class IncrementalBound:
+    """What the oracle reached on one class-incremental stream (accuracies as fractions)."""
+
+    before: float  # the 500 items before the change
+    after_1000: float  # the 1,000 items after it
+    window_at_1000: float  # items 500-1,000 after it
+    recovery: int | None  # items until back within 2 points (None: not in the stream)
+    after_items: int
+    final: float  # test accuracy at the end
+    curve: list[tuple[float, float]]  # (items since the change, rolling 500-item accuracy %)
+
+
 def incremental_ceiling(
     data: dict[str, Any], budget: float, new_examples: int, seed: int, say: Any = print
-) -> dict[str, float | int | None]:
+) -> IncrementalBound:
     """The oracle on the class-incremental stream (module docstring): accuracy before and after the new
     classes, and the items until the rolling accuracy is back within 2 points."""
     X, y = data["train"].X, np.asarray(data["train"].labels, dtype=object).astype(str)
@@ -158,15 +172,16 @@ def incremental_ceiling(
         if lo >= phase2 and (lo - phase2) % 1000 == 0:
             say(f"  {hi}/{len(order)} items (change at {phase2}), {len(bought) - len(seeds)} labels")
     final = _fit(X[bought], y[bought])
-    return {
-        "phase2": phase2,
-        "before": float(preq[phase2 - 500 : phase2].mean()),
-        "after_1000": float(preq[phase2 : phase2 + 1000].mean()),
-        "window_at_1000": float(preq[phase2 + 500 : phase2 + 1000].mean()),
-        "recovery": recovery_items(preq.tolist(), phase2),
-        "after_items": len(order) - phase2,
-        "final": _score(final, Xt, yt),
-    }
+    ends = range(phase2, len(order) + 1, 100)  # the rolling 500-item accuracy, for the plot
+    return IncrementalBound(
+        before=float(preq[phase2 - 500 : phase2].mean()),
+        after_1000=float(preq[phase2 : phase2 + 1000].mean()),
+        window_at_1000=float(preq[phase2 + 500 : phase2 + 1000].mean()),
+        recovery=recovery_items(preq.tolist(), phase2),
+        after_items=len(order) - phase2,
+        final=_score(final, Xt, yt),
+        curve=[(float(e - phase2), 100 * float(preq[e - 500 : e].mean())) for e in ends],
+    )
 
 
 def main_incremental(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -175,9 +190,11 @@ def main_incremental(args: argparse.Namespace, argv: Sequence[str] | None) -> in
     budgets = args.budgets or [0.05, 0.10]
     name = args.name if args.name != "ceiling" else "ceiling_incr"
     t0 = time.perf_counter()
-    rows = []
+    rows: list[list[Any]] = []
+    curves: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]] = {}
     for ds in datasets:
         data = dataset_embeddings(EMBEDDER, ds, ["train", "test"], progress=False)
+        curves[ds] = {}
         for budget in budgets:
             for n_new in args.new_examples:
                 at = f"[{time.perf_counter() - t0:5.0f}s] {ds} at {budget:.2f} labels/item"
@@ -185,13 +202,16 @@ def main_incremental(args: argparse.Namespace, argv: Sequence[str] | None) -> in
                 r = incremental_ceiling(
                     data, budget, n_new, args.seed, say=lambda m: print(m, file=sys.stderr)
                 )
-                rec = r["recovery"]
+                curves[ds][f"{budget:.2f} labels/item, {n_new} examples"] = (
+                    [x for x, _ in r.curve],
+                    [a for _, a in r.curve],
+                )
                 rows.append(
                     [ds, f"{budget:.2f}", n_new]
-                    + [f"{100 * float(r[k] or 0):.1f}" for k in ("before", "after_1000", "window_at_1000")]
+                    + [f"{100 * a:.1f}" for a in (r.before, r.after_1000, r.window_at_1000)]
                     + [
-                        str(rec) if rec is not None else f"> {r['after_items']}",
-                        f"{100 * float(r['final'] or 0):.2f}",
+                        str(r.recovery) if r.recovery is not None else f"> {r.after_items}",
+                        f"{100 * r.final:.2f}",
                     ]
                 )
                 print(f"  {' | '.join(str(c) for c in rows[-1])}", file=sys.stderr, flush=True)
@@ -222,6 +242,15 @@ def main_incremental(args: argparse.Namespace, argv: Sequence[str] | None) -> in
         "the issue's recovery goal after new classes is out of reach at that budget, whatever the learner.",
         "",
     ]
+    for ds, series in curves.items():
+        png = line_plot(
+            f"{name}_{ds}",
+            series,
+            xlabel="streamed items since the new classes arrived",
+            ylabel="rolling 500-item accuracy %",
+            title=f"{ds}: the oracle after new classes",
+        )
+        body.append(f"![{ds}]({png.name})")
     title = "Recovery after new classes: an oracle bound (bench/bench_ceiling.py --incremental)"
     print(f"report: {write_report(name, title, chr(10).join(body))}", flush=True)
     return 0
@@ -309,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for ds in datasets:
         xs = list(budgets)
-        series = {
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {
             label: (xs, [100 * float(results[(ds, b)][key]) for b in budgets])
             for label, key in (
                 ("stream", "stream"),
