@@ -174,13 +174,13 @@ def incremental_ceiling(
     final = _fit(X[bought], y[bought])
     ends = range(phase2, len(order) + 1, 100)  # the rolling 500-item accuracy, for the plot
     return IncrementalBound(
-        before=float(preq[phase2 - 500 : phase2].mean()),
+        before=float(preq[max(phase2 - 500, 0) : phase2].mean()),
         after_1000=float(preq[phase2 : phase2 + 1000].mean()),
         window_at_1000=float(preq[phase2 + 500 : phase2 + 1000].mean()),
         recovery=recovery_items(preq.tolist(), phase2),
         after_items=len(order) - phase2,
         final=_score(final, Xt, yt),
-        curve=[(float(e - phase2), 100 * float(preq[e - 500 : e].mean())) for e in ends],
+        curve=[(float(e - phase2), 100 * float(preq[max(e - 500, 0) : e].mean())) for e in ends],
     )
 
 
