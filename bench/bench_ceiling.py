@@ -121,6 +121,14 @@ def ceiling(
     return out
 
 
+def _plot(
+    name: str, series: dict[str, tuple[Sequence[float], Sequence[float]]], x: str, y: str, title: str
+) -> str:
+    """Write ``<name>.png`` and return the markdown line that shows it."""
+    png = line_plot(name, series, xlabel=x, ylabel=y, title=title)
+    return f"![{title}]({png.name})"
+
+
 @dataclass(frozen=True)
 class IncrementalBound:
     """What the oracle reached on one class-incremental stream (accuracies as fractions)."""
@@ -243,14 +251,8 @@ def main_incremental(args: argparse.Namespace, argv: Sequence[str] | None) -> in
         "",
     ]
     for ds, series in curves.items():
-        png = line_plot(
-            f"{name}_{ds}",
-            series,
-            xlabel="streamed items since the new classes arrived",
-            ylabel="rolling 500-item accuracy %",
-            title=f"{ds}: the oracle after new classes",
-        )
-        body.append(f"![{ds}]({png.name})")
+        xl, yl = "streamed items since the new classes arrived", "rolling 500-item accuracy %"
+        body.append(_plot(f"{name}_{ds}", series, xl, yl, f"{ds}: the oracle after new classes"))
     title = "Recovery after new classes: an oracle bound (bench/bench_ceiling.py --incremental)"
     print(f"report: {write_report(name, title, chr(10).join(body))}", flush=True)
     return 0
@@ -348,14 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         }
         if len(budgets) > 1:
-            png = line_plot(
-                f"{name}_{ds}",
-                series,
-                xlabel="true labels bought per streamed item",
-                ylabel="test accuracy %",
-                title=f"{ds}: what selection can reach",
-            )
-            body.append(f"![{ds}]({png.name})")
+            xl, yl = "true labels bought per streamed item", "test accuracy %"
+            body.append(_plot(f"{name}_{ds}", series, xl, yl, f"{ds}: what selection can reach"))
     path = write_report(name, "Oracle ceiling of the loop: true labels, margin selection", "\n".join(body))
     say(f"wrote {path} ({time.perf_counter() - t0:.0f}s)")
     return 0
