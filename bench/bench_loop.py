@@ -21,8 +21,10 @@ counted. The held-out test split is scored every ``--eval-every`` items. Scenari
   naming or generate-examples call is paid from the budget, ``JudgeRateController.charge``); until 6
   December the bench searched only every 320 items, took one group at a time and needed 10 texts, and
   the worker pooled no far texts; from 6 to 7 December it taught a known-named group's texts to that
-  class, which the worker never did; "far" is below the ``--far-quantile`` (0.15,
-  ``stream.proposal_far_quantile``) quantile of the store's leave-one-out similarities, 0.05 before);
+  class, which the worker never did; "far" is below the ``--far-quantile`` (0.25,
+  ``stream.proposal_far_quantile``; 0.05 before 7 December, then 0.15) quantile of the store's
+  leave-one-out similarities; a group whose centroid is as near a label's centroid as the
+  ``--known-quantile`` (0.75) of the stored rows are to their own label's is not named, as in the worker);
 - ``shift``: the class mix flips half-way (75 % / 25 % of each class's items before / after, for half the
   classes, and the reverse for the other half).
 
@@ -106,7 +108,8 @@ class Run:
     preq: list[int] = field(default_factory=list)  # 1 per item whose emitted top-1 was right
     final_right: int = 0
     added: list[str] = field(default_factory=list)
-    proposals: int = 0
+    proposals: int = 0  # groups named (one judge call each)
+    near_known: int = 0  # groups taken for a known class's edge, not named (stream.proposal_known_quantile)
     far: int = 0
     evicted: int = 0  # learned rows dropped when a class was added (--evict-on-add)
     pooled_first: int = 0  # routed texts pooled instead of judged (--pool-first)
@@ -189,6 +192,7 @@ def run_loop(
     min_ratio: float = 0.0,
     pool_far: bool = True,
     far_quantile: float = StreamSettings.model_fields["proposal_far_quantile"].default,
+    known_quantile: float = StreamSettings.model_fields["proposal_known_quantile"].default,
     pool_first: bool = False,
     proposal_own: bool = True,
     evict_on_add: bool = False,
@@ -386,6 +390,11 @@ def run_loop(
                 pool.add(Xb[far], [texts[j] for j in rows[far].tolist()], [str(j) for j in rows[far]])
                 found += pool.find_groups()
         for proposal in found:
+            if known_quantile > 0:  # the worker's check before naming (stream.proposal_known_quantile)
+                sim = float(clf.label_centroid_similarity(proposal.centroid[None, :])[0])
+                if sim >= clf.own_centroid_similarity(known_quantile):
+                    run.near_known += 1
+                    continue
             run.proposals += 1
             run.calls += 1  # one propose_class call, paid from the budget (as the worker does)
             ctrl.charge(1.0)
@@ -672,14 +681,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="ablation: only unresolved texts join the new-class pool, not the unjudged ones whose nearest "
         "stored example is below the --far-quantile line (stream.proposal_far_texts = false)",
     )
-    parser.add_argument(
-        "--far-quantile",
-        type=float,
-        default=StreamSettings.model_fields["proposal_far_quantile"].default,
-        help="an unjudged text joins the new-class pool when its nearest stored example is "
-        "below this quantile of the store's leave-one-out similarities (stream.proposal_far_quantile; "
-        "0.05, the out-of-scope line, before 7 December)",
-    )
+    for flag, setting, text in (
+        (
+            "--far-quantile",
+            "proposal_far_quantile",
+            "an unjudged text joins the new-class pool when its nearest stored example is below this "
+            "quantile of the store's leave-one-out similarities (0.05, the out-of-scope line, before 7 "
+            "December, then 0.15 until that night)",
+        ),
+        (
+            "--known-quantile",
+            "proposal_known_quantile",
+            "a group whose centroid is at least as similar to a known label's centroid as this quantile of "
+            "the stored examples are to their own label's centroid is not named (0: every group named, as "
+            "before 7 December, night)",
+        ),
+    ):  # the worker's own defaults (stream.<field>)
+        default = StreamSettings.model_fields[setting].default
+        parser.add_argument(flag, type=float, default=default, help=f"{text}; stream.{setting}")
     parser.add_argument("--limit", type=int, default=None, help="at most this many streamed items")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
@@ -728,6 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_ratio=args.min_ratio,
             pool_far=args.pool_far,
             far_quantile=args.far_quantile,
+            known_quantile=args.known_quantile,
             pool_first=args.pool_first,
             proposal_own=args.proposal_own,
             evict_on_add=args.evict_on_add,
@@ -738,7 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"[{n}/{len(plan)} {elapsed:6.0f}s] {ds} {sc:<11} {m:<6} err {e:.2f}: final test acc "
             f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
             f"accepted {run.accepted} (wrong {run.wrong_accepted}) verified {run.verified} "
-            f"refuted {run.refuted} added {len(run.added)} proposals {run.proposals} far {run.far} "
+            f"refuted {run.refuted} added {len(run.added)} proposals {run.proposals} "
+            f"(near known {run.near_known}) far {run.far} "
             f"pooled-first {run.pooled_first} "
             f"evicted {run.evicted} "
             f"({run.seconds:.0f}s)",
@@ -792,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run.accepted} ({run.wrong_accepted})",
                 f"{run.verified} ({run.refuted})" if run.verified else "-",
                 len(run.added),
+                f"{run.proposals} ({run.near_known})",
                 recovery_text(run.scenario, run.preq, run.phase2),
                 len(run.drift_events),
                 f"{run.worst_learn_s:.2f}",
@@ -816,6 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "labels learned (wrong)",
                 "cross-checked (refuted)",
                 "classes added",
+                "groups named (not: near known)",
                 "recovery items",
                 "drift events",
                 "worst learn call s",
@@ -899,7 +922,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Columns: *final test acc* is the held-out test split after the stream (every class, also the late "
         "ones); *final labels right* is the share of streamed items whose final label (the judge's where "
         "asked) was right; *labels learned (wrong)* counts the judge's accepted labels and, in brackets, "
-        "those that are not the text's true label; *cross-checked* the picks asked again as yes/no "
+        "those that are not the text's true label; *groups named* the new-class pool's dense groups the "
+        "judge was asked to name (one call each) and, in brackets, those taken for a known class's edge "
+        "and not named (stream.proposal_known_quantile); *cross-checked* the picks asked again as yes/no "
         "(`--verify`, judge.verify_below) and how many of those the check refuted; *recovery items* "
         "counts items after the change (shift: the flip; class-incremental: the first texts of the new "
         "classes) until the rolling 500-item prequential accuracy of the experts' top-1 is back within 2 "

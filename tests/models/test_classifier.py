@@ -132,6 +132,27 @@ def test_scope_similarity_centroid_is_the_mean_of_nearest_example_and_nearest_ce
     np.testing.assert_allclose(fitted.scope_similarity(X), fitted.nearest_similarity(X))
 
 
+def test_label_centroids_tell_a_known_class_edge_from_elsewhere(fitted: RedClassifier) -> None:
+    """``label_centroid_similarity``: the cosine to the nearest label mean; ``own_centroid_similarity(q)``:
+    the q-quantile of the stored rows' cosine to their own label's mean (stream.proposal_known_quantile)."""
+    Xs, y, _ = fitted.store.arrays()
+    labs = sorted(set(y.tolist()))
+    C = np.stack([Xs[y == lab].mean(axis=0) for lab in labs])
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    X = np.random.default_rng(2).normal(size=(5, Xs.shape[1])).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    np.testing.assert_allclose(fitted.label_centroid_similarity(X), (X @ C.T).max(axis=1), atol=1e-5)
+    own = np.array([Xs[i] @ C[labs.index(y[i])] for i in range(len(Xs))])
+    assert fitted.own_centroid_similarity(0.75) == pytest.approx(float(np.quantile(own, 0.75)), abs=1e-5)
+    assert fitted.own_centroid_similarity(0.25) <= fitted.own_centroid_similarity(0.75)
+    edge = Xs[y == labs[0]][:8].mean(axis=0, keepdims=True)  # a group of one label's own texts
+    edge /= np.linalg.norm(edge)
+    assert fitted.label_centroid_similarity(edge)[0] >= fitted.own_centroid_similarity(0.75)
+    assert fitted.label_centroid_similarity(X).max() < fitted.own_centroid_similarity(0.75)  # elsewhere
+    with pytest.raises(InvalidDataError):
+        fitted.own_centroid_similarity(1.0)
+
+
 def test_scope_threshold_is_the_quantile_of_leave_one_out_scores(fitted: RedClassifier) -> None:
     """Each stored row scored against the store without it (its own label's mean without it too)."""
     fitted.settings = fitted.settings.model_copy(update={"oos": "centroid", "oos_quantile": 0.2})

@@ -17,10 +17,17 @@ from driftlabel.streams.settings import StreamSettings
 
 
 class FakeHost:
-    """The two host calls a proposal makes: the store similarities and the known labels."""
+    """The host calls a proposal makes: how near a known class's centroid it sits, the store similarities
+    and the known labels."""
 
-    def __init__(self, store_similarity: np.ndarray) -> None:
+    def __init__(self, store_similarity: np.ndarray, known_centroid: float = 0.3) -> None:
         self.store_similarity = store_similarity
+        self.known_centroid = known_centroid  # the group centroid's cosine to the nearest label centroid
+        self.asked: list[float] = []
+
+    async def near_known_class(self, centroid: np.ndarray, quantile: float) -> tuple[float, float]:
+        self.asked.append(quantile)
+        return self.known_centroid, 0.8  # 0.8: the stored rows' own-centroid similarity at that quantile
 
     async def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
         assert len(X) == len(self.store_similarity)
@@ -63,7 +70,11 @@ def _group(n_own: int, n_edge: int) -> tuple[Proposal, np.ndarray]:
 
 
 def _propose(
-    group: Proposal, store: np.ndarray, known: str | None = None
+    group: Proposal,
+    store: np.ndarray,
+    known: str | None = None,
+    known_centroid: float = 0.3,
+    settings: StreamSettings | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
     published: list[dict[str, Any]] = []
     control: list[dict[str, Any]] = []
@@ -77,9 +88,10 @@ def _propose(
     caller = FakeCaller(known)
     metrics = ServiceMetrics()
     charged: list[float] = []
+    host = FakeHost(store, known_centroid)
     proposals = NewClassProposals(
-        StreamSettings(auto_add_proposals=True),
-        FakeHost(store),  # type: ignore[arg-type]
+        settings or StreamSettings(auto_add_proposals=True),
+        host,  # type: ignore[arg-type]
         caller,  # type: ignore[arg-type]
         metrics,
         "w0",
@@ -88,7 +100,8 @@ def _propose(
         charged.append,
     )
     asyncio.run(proposals.propose(group))
-    assert charged == [1.0]  # the naming call is paid from the judge budget
+    named = host.known_centroid < 0.8 or not proposals.stream.proposal_known_quantile
+    assert charged == ([1.0] if named else [])  # a naming call is paid from the judge budget
     return published, control, (caller.judge, metrics)
 
 
@@ -131,3 +144,17 @@ def test_a_group_the_endpoint_names_after_a_known_class_is_counted_not_published
     published, control, (_endpoint, metrics) = _propose(group, store, known="balance")
     assert published == [] and control == []
     assert _proposals(metrics, "known") == 1 and not _proposals(metrics, "unnamed")
+
+
+def test_a_group_at_a_known_class_edge_is_not_named() -> None:
+    """The far line pools the edges of known classes; a group whose centroid sits as near a label's centroid
+    as that label's own examples do (stream.proposal_known_quantile) costs no call: nothing named, published
+    or added, one ``near_known`` on the metrics page. With the check off it is named as before."""
+    group, store = _group(n_own=9, n_edge=0)
+    published, control, (endpoint, metrics) = _propose(group, store, known_centroid=0.85)
+    assert published == [] and control == [] and endpoint.shown == []
+    assert _proposals(metrics, "near_known") == 1 and not _proposals(metrics, "added")
+    off = StreamSettings(auto_add_proposals=True, proposal_known_quantile=0.0)
+    published, control, (_endpoint, metrics) = _propose(group, store, known_centroid=0.85, settings=off)
+    assert len(published) == 1 and len(control) == 1 and _proposals(metrics, "added") == 1
+    assert not _proposals(metrics, "near_known")
