@@ -1425,16 +1425,16 @@ class RedClassifier:
 
     def own_centroid_similarity(self, quantile: float) -> float:
         """The ``quantile`` quantile of the stored examples' cosine similarity to their own label's centroid:
-        how near its centroid a label's own texts sit (computed each time: a matrix-vector product over
-        the store, ~5 ms at O*NET's 14,000 rows, asked once per dense group).
+        how near its centroid a label's own texts sit (computed each time: one dot product per stored row,
+        ~5 ms at O*NET's 14,000 rows, asked once per dense group).
 
-        What a group of new texts is measured against: one whose centroid is nearer a label's centroid than
-        most of that label's own examples are is the edge of that label, not a new class
+        What a group of new texts is measured against: one whose centroid is as near a label's centroid as
+        most stored examples are to their own label's is the edge of that label, not a new class
         (``StreamSettings.proposal_known_quantile``). A store-relative line rather than a cosine, since
-        embedders differ in scale (the static embedder's label centroids sit ~0.15 nearer one another)."""
+        embedders differ in scale (CLINC150, 10 examples per label: a label centroid's nearest other one
+        sits at a median cosine of 0.63 with MiniLM, 0.79 with the static embedder)."""
         if not 0.0 < quantile < 1.0:
             raise InvalidDataError(f"quantile must be within (0, 1), got {quantile}")
-
         Xs = self.store.arrays()[0]
         if not len(Xs):
             return 1.0

@@ -126,7 +126,7 @@ class ServiceMetrics:
             "driftlabel_proposals",
             "Dense groups of unresolved or far texts, by outcome: added, named and unnamed (published), "
             "known (named after a known class: not published), near_known (its centroid as near a known "
-            "class's as that class's own examples: not named, no judge call)",
+            "class's as most stored examples are to their own: not named, no judge call)",
             ["outcome"],
             registry=r,
         )

@@ -6,14 +6,14 @@ Two agents feed the pool: the judge agent with the texts the judge left ``unreso
 agent with the unjudged texts of a micro-batch whose nearest stored example is less similar than the
 ``stream.proposal_far_quantile`` quantile of the store's own leave-one-out similarities
 (``stream.proposal_far_texts``). That line is looser than the out-of-scope one, so texts of known classes
-gather too: a group whose centroid sits as near a known label's centroid as most of that label's own
-examples do is taken for that label's edge and not named at all (``stream.proposal_known_quantile``), and
-a group the endpoint names after a known class is counted, not published. Each naming call is paid from
-the judge budget (``charge``). With no text routed (``judge_target_share`` 0) the
-endpoint is still asked to name each group; ``stream.proposals = false`` makes no call at all. The pool
-and its group search are
-``models.emerging``'s; this module only wires them to the host, the judge endpoint and the topics. The
-pool lives in memory: a restart empties it, and the texts still unplaced gather again.
+gather too: a group whose centroid sits as near a known label's centroid as most stored examples sit to
+their own label's is taken for that label's edge and not named at all
+(``stream.proposal_known_quantile``), and a group the endpoint names after a known class is counted, not
+published. Each naming call is paid from the judge budget (``charge``). With no text routed
+(``judge_target_share`` 0) the endpoint is still asked to name each group; ``stream.proposals = false``
+makes no call at all. The pool and its group search are ``models.emerging``'s; this module only wires
+them to the host, the judge endpoint and the topics. The pool lives in memory: a restart empties it, and
+the texts still unplaced gather again.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class NewClassProposals:
         counted (``outcome="known"``) and logged, not published. Why: the far line pools texts of known
         classes too, and on a stationary BANKING77 stream such groups would be most of the topic. Most of
         them are told apart before any call (``outcome="near_known"``): their centroid sits as near a
-        known label's centroid as that label's own examples do."""
+        known label's centroid as most stored examples sit to their own label's."""
         q = self.stream.proposal_known_quantile
         if q > 0:
             sim, line = await self.host.near_known_class(group.centroid, q)

@@ -148,8 +148,8 @@ def test_a_group_the_endpoint_names_after_a_known_class_is_counted_not_published
 
 def test_a_group_at_a_known_class_edge_is_not_named() -> None:
     """The far line pools the edges of known classes; a group whose centroid sits as near a label's centroid
-    as that label's own examples do (stream.proposal_known_quantile) costs no call: nothing named, published
-    or added, one ``near_known`` on the metrics page. With the check off it is named as before."""
+    as most stored examples sit to their own label's (stream.proposal_known_quantile) costs no call: nothing
+    named, published or added, one ``near_known`` on the metrics page. With the check off it is named."""
     group, store = _group(n_own=9, n_edge=0)
     published, control, (endpoint, metrics) = _propose(group, store, known_centroid=0.85)
     assert published == [] and control == [] and endpoint.shown == []
