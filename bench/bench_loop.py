@@ -391,8 +391,8 @@ def run_loop(
                 found += pool.find_groups()
         for proposal in found:
             if known_quantile > 0:  # the worker's check before naming (stream.proposal_known_quantile)
-                sim = float(clf.label_centroid_similarity(proposal.centroid[None, :])[0])
-                if sim >= clf.own_centroid_similarity(known_quantile):
+                sim, line = clf.known_class_edge(proposal.centroid, known_quantile)
+                if sim >= line:
                     run.near_known += 1
                     continue
             run.proposals += 1

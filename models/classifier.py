@@ -1423,6 +1423,13 @@ class RedClassifier:
             return np.full(len(X), -1.0, dtype=np.float32)
         return np.asarray((X @ C.T).max(axis=1), dtype=np.float32)
 
+    def known_class_edge(self, centroid: np.ndarray, quantile: float) -> tuple[float, float]:
+        """(``centroid``'s cosine similarity to the nearest label centroid, :meth:`own_centroid_similarity`
+        at ``quantile``): a group whose first is at least the second is the edge of a known class
+        (``StreamSettings.proposal_known_quantile``; the worker and ``bench_loop`` both ask this)."""
+        sim = self.label_centroid_similarity(np.asarray(centroid, dtype=np.float32).reshape(1, -1))
+        return float(sim[0]), self.own_centroid_similarity(quantile)
+
     def own_centroid_similarity(self, quantile: float) -> float:
         """The ``quantile`` quantile of the stored examples' cosine similarity to their own label's centroid:
         how near its centroid a label's own texts sit (computed each time: one dot product per stored row,

@@ -713,15 +713,8 @@ class ModelHost(Reforming):
         return await self.run(job)
 
     async def near_known_class(self, centroid: np.ndarray, quantile: float) -> tuple[float, float]:
-        """(``centroid``'s cosine similarity to the nearest label centroid, the ``quantile`` quantile of the
-        stored examples' similarity to their own label's centroid): is a group the edge of a known class?"""
-
-        def job() -> tuple[float, float]:
-            m = self.live
-            sim = m.label_centroid_similarity(np.asarray(centroid, dtype=np.float32)[None, :])
-            return float(sim[0]), m.own_centroid_similarity(quantile)
-
-        return await self.run(job)
+        """The live model's :meth:`RedClassifier.known_class_edge`: is a group the edge of a known class?"""
+        return await self.run(lambda: self.live.known_class_edge(centroid, quantile))
 
     async def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
         """Each embedding's cosine similarity to its nearest stored example (the live model's store)."""

@@ -149,6 +149,8 @@ def test_label_centroids_tell_a_known_class_edge_from_elsewhere(fitted: RedClass
     edge /= np.linalg.norm(edge)
     assert fitted.label_centroid_similarity(edge)[0] >= fitted.own_centroid_similarity(0.75)
     assert fitted.label_centroid_similarity(X).max() < fitted.own_centroid_similarity(0.75)  # elsewhere
+    sim, line = fitted.known_class_edge(edge[0], 0.75)  # the pair the worker's check compares
+    assert sim == pytest.approx(float(fitted.label_centroid_similarity(edge)[0])) and sim >= line
     with pytest.raises(InvalidDataError):
         fitted.own_centroid_similarity(1.0)
 
