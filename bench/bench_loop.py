@@ -110,6 +110,8 @@ class Run:
     added: list[str] = field(default_factory=list)
     proposals: int = 0  # groups named (one judge call each)
     near_known: int = 0  # groups taken for a known class's edge, not named (stream.proposal_known_quantile)
+    taught: int = 0  # texts of groups named after a known class, learned as it (stream.proposal_learn_known)
+    taught_wrong: int = 0  # ... of them of another class
     far: int = 0
     evicted: int = 0  # learned rows dropped when a class was added (--evict-on-add)
     pooled_first: int = 0  # routed texts pooled instead of judged (--pool-first)
@@ -195,6 +197,7 @@ def run_loop(
     known_quantile: float = StreamSettings.model_fields["proposal_known_quantile"].default,
     pool_first: bool = False,
     proposal_own: bool = True,
+    learn_known: bool = StreamSettings.model_fields["proposal_learn_known"].default,
     evict_on_add: bool = False,
 ) -> Run:
     """One stream through the loop; see the module docstring."""
@@ -253,6 +256,7 @@ def run_loop(
     )
     router = AdaptiveRouter(target=ctrl.target_share)
     stream_defaults = StreamSettings.model_fields
+    unresolved: set[str] = set()  # pooled texts the judge rejected every asked candidate of
     pool = NoveltyPool(  # the worker's pool and defaults (streams/proposals.py)
         min_size=stream_defaults["proposal_min_size"].default,
         similarity=stream_defaults["proposal_similarity"].default,
@@ -368,6 +372,7 @@ def run_loop(
                 run.wrong_unknown += int(accepted != truth and truth not in clf.labels)
             else:  # the worker pools each unresolved text and looks for a group (in every scenario)
                 pool.add(Xb[i : i + 1], [t], [str(rows[i])])
+                unresolved.add(str(rows[i]))
                 found += pool.find_groups()
         if checked:  # the chunk's checks share calls of up to `batch` questions (judge.batch_size)
             per = 1 if single_checks else batch
@@ -410,6 +415,17 @@ def run_loop(
             # learned from it (until 7 December the bench taught the texts to the known class here, which
             # the worker never did)
             name = min(set(truths), key=lambda lab: (-truths.count(lab), lab))
+            if name in clf.labels and learn_known:  # the worker's rule (NewClassProposals.teach_known)
+                unjudged = [j for j, i in enumerate(proposal.ids) if i not in unresolved]
+                firsts = clf.predict_embeddings(proposal.embeddings[unjudged]) if unjudged else []
+                for j, lab in zip(unjudged, firsts, strict=True):
+                    if lab == name:
+                        learn_X.append(proposal.embeddings[j])
+                        learn_t.append(proposal.texts[j])
+                        learn_y.append(name)
+                        learn_v.append(True)
+                        run.taught += 1
+                        run.taught_wrong += int(truths[j] != name)
             if name not in clf.labels:
                 t_add = time.perf_counter()
                 clf.add_class_embeddings(name, proposal.embeddings[:50], proposal.texts[:50])
@@ -663,6 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "a stored example than the group's centroid (the worker before 7 December)",
     )
     parser.add_argument(
+        "--no-learn-known",
+        dest="learn_known",
+        action="store_false",
+        help="ablation: a group the judge names after a known class teaches it nothing (stream."
+        "proposal_learn_known = false; before 7 December, night, the worker only counted it)",
+    )
+    parser.add_argument(
         "--evict-on-add",
         action="store_true",
         help="prototype, incremental: when a class is added, drop other labels' learned rows nearer its "
@@ -751,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool_first=args.pool_first,
             proposal_own=args.proposal_own,
             evict_on_add=args.evict_on_add,
+            learn_known=args.learn_known,
         )
         results.append(run)
         elapsed = time.perf_counter() - t0
@@ -759,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{100 * run.final_acc:.2f} % calls/item {run.calls_per_item:.3f} judged {run.judged} "
             f"accepted {run.accepted} (wrong {run.wrong_accepted}) verified {run.verified} "
             f"refuted {run.refuted} added {len(run.added)} proposals {run.proposals} "
-            f"(near known {run.near_known}) far {run.far} "
+            f"(near known {run.near_known}) taught {run.taught} (wrong {run.taught_wrong}) far {run.far} "
             f"pooled-first {run.pooled_first} "
             f"evicted {run.evicted} "
             f"({run.seconds:.0f}s)",
@@ -814,6 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run.verified} ({run.refuted})" if run.verified else "-",
                 len(run.added),
                 f"{run.proposals} ({run.near_known})",
+                f"{run.taught} ({run.taught_wrong})",
                 recovery_text(run.scenario, run.preq, run.phase2),
                 len(run.drift_events),
                 f"{run.worst_learn_s:.2f}",
@@ -839,6 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cross-checked (refuted)",
                 "classes added",
                 "groups named (not: near known)",
+                "texts taught by a known name (wrong)",
                 "recovery items",
                 "drift events",
                 "worst learn call s",
@@ -924,7 +950,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "asked) was right; *labels learned (wrong)* counts the judge's accepted labels and, in brackets, "
         "those that are not the text's true label; *groups named* the new-class pool's dense groups the "
         "judge was asked to name (one call each) and, in brackets, those taken for a known class's edge "
-        "and not named (stream.proposal_known_quantile); *cross-checked* the picks asked again as yes/no "
+        "and not named (stream.proposal_known_quantile); *texts taught by a known name* the unjudged "
+        "texts of groups the judge named after a known class that the experts rank first under that class "
+        "too, learned as it (stream.proposal_learn_known), and in brackets those of another class; "
+        "*cross-checked* the picks asked again as yes/no "
         "(`--verify`, judge.verify_below) and how many of those the check refuted; *recovery items* "
         "counts items after the change (shift: the flip; class-incremental: the first texts of the new "
         "classes) until the rolling 500-item prequential accuracy of the experts' top-1 is back within 2 "

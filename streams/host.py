@@ -716,6 +716,10 @@ class ModelHost(Reforming):
         """The live model's :meth:`RedClassifier.known_class_edge`: is a group the edge of a known class?"""
         return await self.run(lambda: self.live.known_class_edge(centroid, quantile))
 
+    async def top_labels(self, X: np.ndarray) -> list[str]:
+        """The live model's first label for each embedding."""
+        return await self.run(lambda: list(self.live.predict_embeddings(X)))
+
     async def nearest_similarity(self, X: np.ndarray) -> np.ndarray:
         """Each embedding's cosine similarity to its nearest stored example (the live model's store)."""
         return await self.run(lambda: np.asarray(self.live.nearest_similarity(X), dtype=np.float32))

@@ -56,6 +56,7 @@ from driftlabel.streams.ledger import TopicLedger, dead_letter_key, final_label_
 from driftlabel.streams.messages import (
     JudgeRequestMessage,
     TextMessage,
+    TrainingMessage,
     dead_letter_for,
     parse_control,
     parse_verdict,
@@ -164,6 +165,7 @@ class WorkerService:
             self._publisher(self.t_proposals),
             self._publisher(self.t_control),
             self.charge_judge_call,
+            self.publish_training,
         )
 
     # -- wiring ------------------------------------------------------------------------------------------
@@ -321,6 +323,15 @@ class WorkerService:
         if self.kafka.transactions:
             return await channel.send(key=key, value=value, partition=partition, value_serializer="raw")
         return await self.app.producer.send(topic, key, value, partition, None, None)
+
+    async def publish_training(self, records: list[TrainingMessage]) -> None:
+        """Write judge pairs found outside a judge request (a proposal named after a known class) to the
+        learning log, those it does not hold yet, and wait until they are written."""
+        sent = [
+            await self.t_training.send(key=t.id.encode(), value=t, partition=0)
+            for t in new_pairs(records, self.learner.seen)
+        ]
+        await asyncio.gather(*sent)
 
     # -- dead letters ------------------------------------------------------------------------------------
     async def dead_letter(

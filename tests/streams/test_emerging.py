@@ -47,3 +47,45 @@ def test_far_unjudged_texts_of_an_unknown_intent_are_proposed_as_a_class(
         assert re.search(r'^driftlabel_proposals_total\{outcome="named"\} [1-9]', page, re.M), page
     finally:
         w.stop()
+
+
+def test_a_group_named_after_a_known_class_teaches_it_its_texts(
+    broker: Any, judge_server: Any, clinc: Any, h: Any, tmp_path: Path
+) -> None:
+    """Texts of a known class far from its stored examples pool too; the endpoint names their group after
+    that class, so nothing is proposed, and the texts the experts also rank first under it go to
+    ``training`` as judge pairs (``stream.proposal_learn_known``). The far line is set so that nearly
+    every text is far and the known-class check is off, so the group is named."""
+    prefix = f"ek{int(time.time() * 1000) % 10**8}."
+    w = h.make_worker(
+        broker, prefix, tmp_path, judge_server.base_url,
+        judge_target_share="0", checkpoint_every_s="3600",
+        proposal_far_quantile="0.95", proposal_known_quantile="0",
+    )  # fmt: skip
+    names = w.names
+    seeds = h.seed_records(clinc)
+    h.send(w.kafka, names.training, seeds)
+    w.start()
+    try:
+        seen = {r["text"] for r in seeds}
+        texts = [t for t, lab in clinc["train"] if lab == "balance" and t not in seen][:30]
+        h.send(w.kafka, names.texts, [{"id": f"kn-{i}", "text": t} for i, t in enumerate(texts)])
+
+        def taught(records: list[tuple[str, Any]]) -> bool:
+            return any(isinstance(v, dict) and v.get("source") == "judge" for _, v in records)
+
+        recs = h.read_until(w.kafka, [names.training], taught, timeout=120)
+        pairs = [v for _, v in recs if isinstance(v, dict) and v.get("source") == "judge"]
+        assert pairs and all(v["label"] == "balance" and v["valid"] for v in pairs)
+        by_id = {f"kn-{i}": t for i, t in enumerate(texts)}
+        assert all(by_id[v["id"]] == v["text"] for v in pairs)
+        page = w.metrics()
+        assert re.search(r'^driftlabel_proposals_total\{outcome="known"\} [1-9]', page, re.M), page
+        assert not re.search(r'^driftlabel_proposals_total\{outcome="named"\} [1-9]', page, re.M), page
+        trained = r'^driftlabel_training_examples_total\{source="judge",valid="true"\} ([0-9.]+)'
+        deadline = time.time() + 60
+        while not (m := re.search(trained, w.metrics(), re.M)) or float(m.group(1)) < len(pairs):
+            assert time.time() < deadline, "the worker did not learn the taught pairs"
+            time.sleep(1)
+    finally:
+        w.stop()

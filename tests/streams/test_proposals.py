@@ -1,5 +1,6 @@
 """``NewClassProposals.propose`` with small fakes for the host, the judge endpoint and the topics: what a
-proposal publishes and which of its texts an ``add_class`` op carries (``Proposal.own``)."""
+proposal publishes, which of its texts an ``add_class`` op carries (``Proposal.own``), and which a group
+named after a known class teaches it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 
 from driftlabel.judge.errors import KnownClassProposedError
 from driftlabel.models.emerging import Proposal
+from driftlabel.streams.messages import TrainingMessage
 from driftlabel.streams.metrics import ServiceMetrics
 from driftlabel.streams.proposals import NewClassProposals
 from driftlabel.streams.settings import StreamSettings
@@ -20,10 +22,21 @@ class FakeHost:
     """The host calls a proposal makes: how near a known class's centroid it sits, the store similarities
     and the known labels."""
 
-    def __init__(self, store_similarity: np.ndarray, known_centroid: float = 0.3) -> None:
+    def __init__(
+        self, store_similarity: np.ndarray, known_centroid: float = 0.3, firsts: list[str] | None = None
+    ) -> None:
         self.store_similarity = store_similarity
         self.known_centroid = known_centroid  # the group centroid's cosine to the nearest label centroid
+        self.firsts = firsts or []  # the experts' first label of the group's texts, in group order
+        self.group_embeddings = np.zeros((0, 16), dtype=np.float32)
         self.asked: list[float] = []
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return np.tile(np.eye(16, dtype=np.float32)[1], (len(texts), 1))
+
+    async def top_labels(self, X: np.ndarray) -> list[str]:
+        rows = np.argmax(X @ self.group_embeddings.T, axis=1)  # each asked text is one of the group's rows
+        return [self.firsts[i] for i in rows.tolist()]
 
     async def near_known_class(self, centroid: np.ndarray, quantile: float) -> tuple[float, float]:
         self.asked.append(quantile)
@@ -75,6 +88,9 @@ def _propose(
     known: str | None = None,
     known_centroid: float = 0.3,
     settings: StreamSettings | None = None,
+    firsts: list[str] | None = None,
+    unresolved: tuple[str, ...] = (),
+    taught: list[TrainingMessage] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
     published: list[dict[str, Any]] = []
     control: list[dict[str, Any]] = []
@@ -85,10 +101,15 @@ def _propose(
     async def ctl(_key: bytes, value: bytes) -> None:
         control.append(orjson.loads(value))
 
+    async def teach(records: list[TrainingMessage]) -> None:
+        assert taught is not None
+        taught.extend(records)
+
     caller = FakeCaller(known)
     metrics = ServiceMetrics()
     charged: list[float] = []
-    host = FakeHost(store, known_centroid)
+    host = FakeHost(store, known_centroid, firsts)
+    host.group_embeddings = group.embeddings
     proposals = NewClassProposals(
         settings or StreamSettings(auto_add_proposals=True),
         host,  # type: ignore[arg-type]
@@ -98,8 +119,15 @@ def _propose(
         pub,
         ctl,
         charged.append,
+        teach,
     )
-    asyncio.run(proposals.propose(group))
+
+    async def run() -> None:
+        for item_id in unresolved:  # the judge rejected these texts' candidates
+            await proposals.gather_unresolved(item_id, f"unresolved {item_id}")
+        await proposals.propose(group)
+
+    asyncio.run(run())
     named = host.known_centroid < 0.8 or not proposals.stream.proposal_known_quantile
     assert charged == ([1.0] if named else [])  # a naming call is paid from the judge budget
     return published, control, (caller.judge, metrics)
@@ -137,13 +165,27 @@ def test_a_group_of_texts_known_classes_cover_is_published_not_added() -> None:
     assert _proposals(metrics, "named") == 1 and not _proposals(metrics, "added")
 
 
-def test_a_group_the_endpoint_names_after_a_known_class_is_counted_not_published() -> None:
+def test_a_group_the_endpoint_names_after_a_known_class_teaches_it_not_a_new_class() -> None:
     """The far line pools texts of known classes too; a group of them named after its class is no new class:
-    nothing published, added or learned, one ``known`` on the metrics page (the naming call still paid)."""
+    nothing published or added, one ``known`` on the metrics page (the naming call still paid). It teaches
+    that class the group's texts the experts rank first under it too, as judge pairs, except a text whose
+    candidates the judge rejected (pooled as unresolved); ``proposal_learn_known = false`` teaches none."""
     group, store = _group(n_own=9, n_edge=0)
-    published, control, (_endpoint, metrics) = _propose(group, store, known="balance")
+    firsts = ["balance"] * 6 + ["card_arrival"] * 3
+    taught: list[TrainingMessage] = []
+    published, control, (_endpoint, metrics) = _propose(
+        group, store, known="balance", firsts=firsts, unresolved=("id-2",), taught=taught
+    )
     assert published == [] and control == []
     assert _proposals(metrics, "known") == 1 and not _proposals(metrics, "unnamed")
+    assert sorted(t.id for t in taught) == ["id-0", "id-1", "id-3", "id-4", "id-5"]
+    by_id = dict(zip(group.ids, group.texts, strict=True))
+    assert all(t.label == "balance" and t.source == "judge" and t.valid for t in taught)
+    assert all(t.text == by_id[t.id] for t in taught)
+    off = StreamSettings(auto_add_proposals=True, proposal_learn_known=False)
+    taught = []
+    _propose(group, store, known="balance", firsts=firsts, settings=off, taught=taught)
+    assert taught == []
 
 
 def test_a_group_at_a_known_class_edge_is_not_named() -> None:
