@@ -411,9 +411,10 @@ def run_loop(
             truths = [y[int(i)] for i in proposal.ids]
             # the judge names it by its majority (the simulated expert's propose-class rule) and the worker
             # adds it through `control` with up to 50 of its texts; a known name is refused
-            # (Judge.propose_class: KnownClassProposedError) and the group only counted, so nothing is
-            # learned from it (until 7 December the bench taught the texts to the known class here, which
-            # the worker never did)
+            # (Judge.propose_class: KnownClassProposedError): nothing is added, and the group's unjudged
+            # texts the experts rank first under that class are learned as it, as the worker does since 7
+            # December, night (until 7 December the bench taught every text of the group here, which the
+            # worker never did)
             name = min(set(truths), key=lambda lab: (-truths.count(lab), lab))
             if name in clf.labels and learn_known:  # the worker's rule (NewClassProposals.teach_known)
                 unjudged = [j for j, i in enumerate(proposal.ids) if i not in unresolved]

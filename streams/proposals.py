@@ -182,7 +182,7 @@ class NewClassProposals:
                 name, description = await propose(examples, known_labels=known)
         except KnownClassProposedError as exc:  # more likely the edge of that class, or its new wording
             self.metrics.proposals.labels(outcome="known").inc()
-            taught = await self.teach_known(own if own.texts else group, exc.label)
+            taught = await self.teach_known(own, exc.label)  # not the texts a stored example is nearer
             log.info(
                 "group %d of %d texts: named after the known class %r; %d of them taught to it",
                 self.n_proposals,
