@@ -125,7 +125,8 @@ class ServiceMetrics:
         self.proposals = Counter(
             "driftlabel_proposals",
             "Dense groups of unresolved or far texts, by outcome: added, named and unnamed (published), "
-            "known (named after a known class: not published), near_known (its centroid as near a known "
+            "known (named after a known class: not published; its texts the experts rank first under that "
+            "class are taught to it), near_known (its centroid as near a known "
             "class's as most stored examples are to their own: not named, no judge call)",
             ["outcome"],
             registry=r,

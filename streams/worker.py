@@ -324,14 +324,18 @@ class WorkerService:
             return await channel.send(key=key, value=value, partition=partition, value_serializer="raw")
         return await self.app.producer.send(topic, key, value, partition, None, None)
 
+    async def _send_pairs(self, records: Sequence[TrainingMessage]) -> list[Awaitable[Any]]:
+        """Queue the judge pairs the learning log does not hold yet (an item judged again after a crash
+        wrote its pairs before: counted as duplicates, not written); returns their acknowledgements."""
+        pairs = new_pairs(records, self.learner.seen)
+        if len(pairs) < len(records):
+            self.metrics.duplicates.labels(what="training_pair").inc(len(records) - len(pairs))
+        return [await self.t_training.send(key=t.id.encode(), value=t, partition=0) for t in pairs]
+
     async def publish_training(self, records: list[TrainingMessage]) -> None:
         """Write judge pairs found outside a judge request (a proposal named after a known class) to the
-        learning log, those it does not hold yet, and wait until they are written."""
-        sent = [
-            await self.t_training.send(key=t.id.encode(), value=t, partition=0)
-            for t in new_pairs(records, self.learner.seen)
-        ]
-        await asyncio.gather(*sent)
+        learning log, as the judge agent writes its pairs, and wait until they are written."""
+        await asyncio.gather(*await self._send_pairs(records))
 
     # -- dead letters ------------------------------------------------------------------------------------
     async def dead_letter(
@@ -600,11 +604,7 @@ class WorkerService:
             self.metrics.judge_requests.labels(verdict="valid" if accepted else "invalid").inc()
             self.metrics.judge_latency.observe(latency_ms / 1000.0)
             self.metrics.judge_tokens.inc(tokens)
-        training = new_pairs(result.training, self.learner.seen)
-        if len(training) < len(result.training):  # judged again after a crash: the pairs are in the log
-            self.metrics.duplicates.labels(what="training_pair").inc(len(result.training) - len(training))
-        for t in training:
-            sent.append(await self.t_training.send(key=key, value=t, partition=0))
+        sent += await self._send_pairs(result.training)
         if result.review is not None:
             sent.append(await self.t_review.send(key=key, value=result.review))
         await asyncio.gather(*sent)
