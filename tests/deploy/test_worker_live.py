@@ -16,17 +16,21 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from driftlabel.judge import JudgeSettings, SimulatedExpert
 from driftlabel.streams.broker import free_port
@@ -312,3 +316,116 @@ def test_the_compose_judge_service_starts_and_is_healthy(data_dir: Path, tmp_pat
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=15)
+
+
+def _prometheus_query(base: str, expr: str) -> dict[str, Any]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            answer: dict[str, Any] = json.loads(r.read())
+    except urllib.error.HTTPError as exc:  # a query Prometheus refuses comes back as 400 with its reason
+        answer = json.loads(exc.read())
+    return answer
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every dashboard target, Grafana's variables as Grafana fills them here."""
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "driftlabel.json").read_text())
+    out = []
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            # $instance is the "All" choice (its allValue), $__rate_interval four scrape intervals
+            expr = target["expr"].replace("$__rate_interval", "4s").replace("$instance", ".*")
+            assert "$" not in expr, expr
+            out.append((panel["title"], expr))
+    return out
+
+
+def test_a_real_prometheus_scrapes_the_worker_and_answers_every_dashboard_query(
+    live: LiveWorker, data_dir: Path, tmp_path: Path
+) -> None:
+    """deploy/prometheus.yml and alerts.yml loaded by a real Prometheus that scrapes the live worker.
+
+    Skipped without the ``prometheus`` binary (Debian package ``prometheus``). Grafana is not on this
+    machine, so its part is played by the HTTP API: every panel's query must run, the panels that show
+    the worker's state must show it, and every alert rule must evaluate without error.
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("no prometheus binary (Debian package prometheus): not started")
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    port = free_port()
+    config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+    config["rule_files"] = [str(DEPLOY / "alerts.yml")]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["driftlabel"]["static_configs"][0]["targets"] = [f"127.0.0.1:{live.port}"]
+    jobs["prometheus"]["static_configs"][0]["targets"] = [f"127.0.0.1:{port}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    base = f"http://127.0.0.1:{port}"
+    with (tmp_path / "prometheus.log").open("wb") as out:
+        prom = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--web.listen-address=127.0.0.1:{port}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+
+        def value(expr: str) -> float | None:
+            answer = _prometheus_query(base, expr)
+            data: dict[str, Any] = answer.get("data") or {} if answer.get("status") == "success" else {}
+            result = data.get("result") or []
+            return float(result[0]["value"][1]) if result else None
+
+        deadline = time.monotonic() + 60
+        while True:  # ready: the config and the rules loaded
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Prometheus never became ready"
+            time.sleep(0.3)
+        while value('up{job="driftlabel"}') != 1.0:
+            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Prometheus never scraped the worker"
+            time.sleep(0.5)
+        # texts while Prometheus watches, so the rates have something to show
+        names = TopicNames.from_settings(live.kafka)
+        texts = [{"id": f"prom-{i}", "text": t} for i, (t, _) in enumerate(_clinc(data_dir)["test"][40:100])]
+        time.sleep(2)
+        asyncio.run(produce(live.kafka, names.texts, texts))
+        deadline = time.monotonic() + 60
+        while not (value('sum(rate(driftlabel_items_total{final="true"}[4s]))') or 0) > 0:
+            assert time.monotonic() < deadline, "no final labels seen by Prometheus"
+            time.sleep(0.5)
+        refused = []
+        for title, expr in _dashboard_exprs():
+            answer = _prometheus_query(base, expr)
+            if answer.get("status") != "success":
+                refused.append(f"{title}: {expr}: {answer.get('error')}")
+        assert not refused, "\n".join(refused)
+        # the panels showing the worker's state show it
+        assert value('max(driftlabel_classes{instance=~".*"})') == len(CLASSES)
+        assert value('sum(up{job="driftlabel"})') == 1.0
+        assert (value('max by (instance) (driftlabel_model_version{instance=~".*"})') or 0) >= 1
+        with urllib.request.urlopen(f"{base}/api/v1/label/instance/values?match[]=driftlabel_classes") as r:
+            assert json.loads(r.read())["data"] == [f"127.0.0.1:{live.port}"]  # the dashboard's $instance
+        # every alert rule loaded and evaluates; the worker is not reported down
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as r:
+                groups = json.loads(r.read())["data"]["groups"]
+            rules = [rule for g in groups for rule in g["rules"]]
+            if rules and all(rule.get("lastEvaluation", "").startswith("20") for rule in rules):
+                break
+            assert time.monotonic() < deadline, "alert rules never evaluated"
+            time.sleep(0.5)
+        alerts = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+        assert len(rules) == sum(len(g["rules"]) for g in alerts["groups"])
+        assert [r["name"] for r in rules if r["health"] != "ok"] == []
+        assert next(r for r in rules if r["name"] == "DriftlabelWorkerDown")["state"] == "inactive"
+    finally:
+        prom.terminate()
+        prom.wait(30)
