@@ -21,6 +21,7 @@ take that role before the owner wrote them. Which record does what is decided by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -162,6 +163,10 @@ class Learner:
         self.seed: SeedSet | None = None  # the seed run, while the model is a fit on it (host.seed_run)
         self.pending: deque[tuple[ConsumerRecord, InvalidMessageError]] = deque(maxlen=pending_limit)
         self._last_checkpoint = time.monotonic()
+        # held while records are applied (marked read, then learned) and while a checkpoint is taken, so
+        # a checkpoint never saves offsets past records its model lacks (shutdown checkpoints from
+        # another task while the learner may be mid-step)
+        self._step = asyncio.Lock()
 
     # -- start-up ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -367,6 +372,10 @@ class Learner:
 
     async def _apply_records(self, records: Sequence[ConsumerRecord]) -> None:
         """Apply log records in order: seed-run records refit, the first judge/human record ends the run."""
+        async with self._step:
+            await self._apply_records_unlocked(records)
+
+    async def _apply_records_unlocked(self, records: Sequence[ConsumerRecord]) -> None:
         if self.host.seed_run:
             cut = seed_run_length(records, **self._limits())
             if cut:
@@ -445,6 +454,10 @@ class Learner:
 
     async def checkpoint(self) -> Checkpoint:
         """Write a checkpoint now (model, the offsets and counters of everything it includes, digests)."""
+        async with self._step:  # between two steps: the offsets and the model agree
+            return await self._checkpoint_unlocked()
+
+    async def _checkpoint_unlocked(self) -> Checkpoint:
         assert self.follower is not None
         await self.host.wait_for_resolves()  # save keeps a running re-solve's result: wait here, not there
         offsets = self.follower.snapshot()
@@ -472,13 +485,26 @@ class Learner:
         log.info("checkpoint %s", ckpt.path)
         return ckpt
 
-    async def final_checkpoint(self) -> None:
-        """On shutdown: a last checkpoint if anything changed since the previous one."""
-        if self.host.reforming:
-            log.info("no final checkpoint: a re-forming is in flight (a restart replays from the last one)")
+    async def final_checkpoint(self, wait_s: float = 60.0) -> None:
+        """On shutdown: a last checkpoint if anything changed since the previous one.
+
+        It waits up to ``wait_s`` for a step the learner is applying to finish; past that it writes none
+        (a restart replays the log from the last checkpoint, which is always consistent)."""
+        try:
+            await asyncio.wait_for(self._step.acquire(), wait_s)
+        except asyncio.TimeoutError:
+            log.warning("no final checkpoint: the learner's step did not finish in %.0fs", wait_s)
             return
-        if self.host.ready and self.follower is not None and self.host.changes_since_checkpoint:
-            await self.checkpoint()
+        try:
+            if self.host.reforming:
+                log.info(
+                    "no final checkpoint: a re-forming is in flight (a restart replays from the last one)"
+                )
+                return
+            if self.host.ready and self.follower is not None and self.host.changes_since_checkpoint:
+                await self._checkpoint_unlocked()
+        finally:
+            self._step.release()
 
     def refresh_lag(self) -> None:
         if self.follower is not None and self.follower._consumer is not None:

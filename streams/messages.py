@@ -19,6 +19,7 @@ from typing import Any
 import faust
 import numpy as np
 
+from driftlabel.models import OUT_OF_SCOPE, is_noise
 from driftlabel.streams.errors import InvalidMessageError
 
 __all__ = [
@@ -198,6 +199,21 @@ def _string(obj: dict[str, Any], key: str, *, required: bool = True, allow_empty
     return value
 
 
+def _label(obj: dict[str, Any]) -> str:
+    """The record's ``label``: a non-empty string that is not a name driftlabel reserves.
+
+    The model refuses ``out_of_scope`` and the noise classes' names; refused here, such a record is
+    dead-lettered with its reason instead of stopping the learner on every worker that reads it.
+    """
+    label = _string(obj, "label")
+    assert label is not None
+    if label == OUT_OF_SCOPE or is_noise(label):
+        raise InvalidMessageError(
+            "invalid_value", f"label {label!r} is reserved by driftlabel (a status or a noise class); rename it"
+        )
+    return label
+
+
 def _check_len(text: str, max_chars: int) -> str:
     if len(text) > max_chars:
         raise InvalidMessageError("too_large", f"text has {len(text)} characters > limit {max_chars}")
@@ -268,8 +284,7 @@ def parse_training(raw: bytes | None, *, max_bytes: int = 65536, max_chars: int 
     assert text is not None
     if source == "stream":  # unlabelled: no label; maybe its embedding
         return _parse_stream_record(obj, _check_len(text, max_chars))
-    label = _string(obj, "label")
-    assert label is not None
+    label = _label(obj)
     valid = obj.get("valid", True)
     if not isinstance(valid, bool):
         raise InvalidMessageError(
@@ -326,8 +341,7 @@ def parse_control(raw: bytes | None, *, max_bytes: int = 1 << 20, max_chars: int
     op = _string(obj, "op")
     if op not in CONTROL_OPS:
         raise InvalidMessageError("unknown_op", f"op {op!r} is not one of {CONTROL_OPS}")
-    label = _string(obj, "label")
-    assert label is not None
+    label = _label(obj)
     description = _string(obj, "description", required=op == "describe_class")
     examples = obj.get("examples")
     if examples is not None:

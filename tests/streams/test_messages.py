@@ -77,6 +77,10 @@ def test_training_record_defaults_and_errors() -> None:
         (b'{"text": "hi", "label": "g", "source": "robot"}', "invalid_value"),
         (b'{"text": "hi", "label": "g", "valid": "yes"}', "wrong_type"),
         (b'{"text": "hi", "label": ""}', "invalid_value"),
+        # names the model reserves: refused here, they would stop the learner on every worker
+        (b'{"text": "hi", "label": "out_of_scope", "source": "human"}', "invalid_value"),
+        (b'{"text": "hi", "label": "__noise__", "valid": false}', "invalid_value"),
+        (b'{"text": "hi", "label": "__noise__3"}', "invalid_value"),
     ]:
         with pytest.raises(InvalidMessageError) as exc:
             parse_training(raw)
@@ -93,6 +97,8 @@ def test_control_ops() -> None:
         (b'{"op": "add_class", "label": "x", "examples": "one"}', "wrong_type"),
         (b'{"op": "add_class"}', "missing_field"),
         (b"nope", "invalid_json"),
+        (b'{"op": "add_class", "label": "out_of_scope", "description": "d"}', "invalid_value"),
+        (b'{"op": "add_class", "label": "__noise__", "examples": ["x"]}', "invalid_value"),
     ]:
         with pytest.raises(InvalidMessageError) as exc:
             parse_control(raw)
