@@ -160,6 +160,21 @@ def _member(y: np.ndarray, labels: set[str] | frozenset[str]) -> np.ndarray:
     return np.array([u in labels for u in uniq.tolist()], dtype=bool)[inv.reshape(-1)]
 
 
+def _check_description_embedding(label: str, e: object, dim: int) -> np.ndarray:
+    """One description embedding as a finite ``(dim,)`` row, checked before anything changes: a NaN
+    spread to every weight of the model, a wrong shape failed half-way through a change (leaving a
+    model that saved but would not load)."""
+    try:
+        v = np.asarray(e, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDataError(f"description embedding of {label!r} must be numbers: {exc}") from exc
+    if v.shape != (dim,):
+        raise InvalidDataError(f"description embedding of {label!r} must have shape ({dim},), got {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise InvalidDataError(f"description embedding of {label!r} contains NaN or infinite values")
+    return v
+
+
 MIN_REPRESENTATIVE = 50
 """Out-of-scope calibration samples the store's representative rows when at least this many remain."""
 
@@ -303,7 +318,10 @@ class RedClassifier:
         return X
 
     def _check_X(self, X: np.ndarray, n: int | None = None) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
+        try:  # strings or ragged rows: the documented error, not numpy's ValueError
+            X = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidDataError(f"embeddings must be numbers of shape (n, {self._dim}): {exc}") from exc
         if X.ndim != 2 or (self._dim is not None and X.shape[1] != self._dim):
             raise InvalidDataError(f"embeddings must have shape (n, {self._dim}), got {X.shape}")
         if n is not None and len(X) != n:
@@ -339,13 +357,17 @@ class RedClassifier:
         description_embeddings: Mapping[str, np.ndarray] | None = None,
     ) -> Self:
         """:meth:`fit` with the embeddings already computed (descriptions need their embeddings too)."""
-        texts = list(texts)
+        texts = _check_texts(texts)
         y = _check_labels(labels, len(texts))
-        if self._dim is None:
-            self._dim = int(np.asarray(X).shape[1]) if np.asarray(X).ndim == 2 else None
-        X = self._check_X(X, len(texts))
+        X = self._check_X(X, len(texts))  # checked against the model's dim when it has one
         descriptions = dict(descriptions or {})
-        desc = dict(description_embeddings or {})
+        desc = {
+            k: _check_description_embedding(k, e, X.shape[1])
+            for k, e in (description_embeddings or {}).items()
+            if k in descriptions  # the others are not used
+        }
+        if self._dim is None:
+            self._dim = X.shape[1]
         if set(descriptions) - set(desc):
             desc.update(self._encode_descriptions({k: v for k, v in descriptions.items() if k not in desc}))
         return self._fit(X, texts, y, descriptions, desc)
@@ -495,7 +517,8 @@ class RedClassifier:
         ``self_training`` for pseudo-labelled ones."""
         Xs, ys, _ = self.store.arrays()
         if self._desc_emb:
-            keys = [k for k in self._desc_emb if k in self._label_subset_index()]
+            # sorted, as a save lists them: a loaded model trains on the same rows in the same order
+            keys = sorted(k for k in self._desc_emb if k in self._label_subset_index())
             if keys:
                 Xs = np.concatenate([Xs, np.stack([self._desc_emb[k] for k in keys])])
                 ys = np.concatenate([ys, np.array(keys, dtype=object)])
@@ -795,13 +818,6 @@ class RedClassifier:
         if len(X) == 0:
             return
         known = set(self._labels)
-        unknown_neg = ~v & ~_member(y, known)
-        if unknown_neg.any():  # "not label L" says nothing when L is not known: keep nothing of it
-            keep = ~unknown_neg
-            X, y, v = X[keep], y[keep], v[keep]
-            texts = [t for t, k in zip(texts, keep.tolist(), strict=True) if k]
-        if not len(X):
-            return
         new = v & ~_member(y, known)
         if new.any():  # a new label starts a chunk of its own: flush, place it, go on
             i0 = int(np.argmax(new))
@@ -811,6 +827,15 @@ class RedClassifier:
             self._learn_chunk(X[i0 : i0 + 1], texts[i0 : i0 + 1], y[i0 : i0 + 1], v[i0 : i0 + 1])
             if i0 + 1 < len(X):
                 self._learn(X[i0 + 1 :], texts[i0 + 1 :], y[i0 + 1 :], v[i0 + 1 :])
+            return
+        # after the split at new labels: a negative of a label placed earlier in this call is kept, as it
+        # is when the rows come in two calls
+        unknown_neg = ~v & ~_member(y, known)
+        if unknown_neg.any():  # "not label L" says nothing when L is not known: keep nothing of it
+            keep = ~unknown_neg
+            X, y, v = X[keep], y[keep], v[keep]
+            texts = [t for t, k in zip(texts, keep.tolist(), strict=True) if k]
+        if not len(X):
             return
         chunk = self.settings.learn_chunk
         self._buffer.append((X, list(texts), y, v))
@@ -1271,24 +1296,27 @@ class RedClassifier:
         they are dropped once ``synthetic_replace_after`` real examples of the label have been learned.
         """
         self._require_fitted()
-        self.flush()  # the partial chunk is learned before the structure changes; a pending re-solve is
-        # dropped, not waited for (_place_new_label)
         _check_labels([label], 1)
         texts = _check_texts(texts, "examples")
         X = self._check_X(X, len(texts))
+        desc_e = None  # a new label's description embedding: checked (or encoded) before anything changes
+        if description is not None and label not in self._labels:
+            if description_embedding is None:
+                desc_e = self._encode([description], "description")[0]
+            else:
+                assert self._dim is not None
+                desc_e = _check_description_embedding(label, description_embedding, self._dim)
+        if len(X) == 0 and desc_e is None and label not in self._labels:
+            raise InvalidDataError(f"new label {label!r} needs examples or a description to learn from")
+        self.flush()  # the partial chunk is learned before the structure changes; a pending re-solve is
+        # dropped, not waited for (_place_new_label)
         if label in self._labels:
             if len(X):
                 self.learn_embeddings(X, texts, [label] * len(texts))
             return
-        if description is not None:
+        if description is not None and desc_e is not None:
             self._descriptions[label] = description
-            self._desc_emb[label] = (
-                np.asarray(description_embedding, dtype=np.float32)
-                if description_embedding is not None
-                else self._encode([description], "description")[0]
-            )
-        if len(X) == 0 and label not in self._desc_emb:
-            raise InvalidDataError(f"new label {label!r} needs examples or a description to learn from")
+            self._desc_emb[label] = desc_e
         self._place_new_label(label, X, texts)
         if synthetic and texts:
             self._synthetic[label] = list(texts)

@@ -39,11 +39,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory to write the model to")
     p.add_argument("--text-column", default="text", help="column/key holding the text (default: text)")
     p.add_argument("--label-column", default="label", help="column/key holding the label (default: label)")
-    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace the driftlabel model already in --out (no other folder)"
+    )
     p.add_argument("--config", type=Path, help="config file (TOML/YAML) with [embedder]/[experts] sections")
     _embedder_args(p)
     p.add_argument(
-        "--subset-size", type=int, help="labels per expert (default: DRIFTLABEL_EXPERTS_SUBSET_SIZE or 8)"
+        "--subset-size", type=int, help="labels per expert (default: DRIFTLABEL_EXPERTS_SUBSET_SIZE or 1000)"
     )
     p.add_argument("--seed", type=int, help="random seed for subsets and experts")
     p.set_defaults(func=cmd_train)
@@ -68,7 +70,7 @@ def _embedder_args(p: argparse.ArgumentParser) -> None:
         "--embedder",
         choices=_KINDS,
         help="embedder kind (train default: DRIFTLABEL_EMBEDDER_KIND or "
-        "sentence-transformers; classify default: the one the model was trained with)",
+        "onnx; classify default: the one the model was trained with)",
     )
     p.add_argument(
         "--model-path", help="sentence-transformers folder or .onnx file (default: packaged MiniLM)"
@@ -96,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from driftlabel.models.datasets import read_descriptions, read_examples
     from driftlabel.models.embeddings import encode_in_chunks, load_embedder
     from driftlabel.models.experts import ExpertSettings
+    from driftlabel.models.persistence import MANIFEST
 
     t0 = time.perf_counter()
     texts, labels = read_examples(args.data, text_column=args.text_column, label_column=args.label_column)
@@ -113,6 +116,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise InvalidDataError(
             f"--out {out} is not empty; pass --force to overwrite it or choose another directory"
+        )
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        # save() would refuse it too, but only after the embedding and the fit: say so before them
+        raise InvalidDataError(
+            f"--out {out} is not empty and holds no driftlabel model; --force only replaces a driftlabel "
+            "model directory: choose another directory or empty this one"
         )
     expert_overrides: dict[str, Any] = {}
     if args.subset_size is not None:

@@ -187,8 +187,11 @@ class ExampleStore:
         return np.concatenate([self._pos[lab].representative for lab in labs])
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` valid examples drawn uniformly without concatenating the store (replay for learning)."""
-        labs = list(self._pos)
+        """``n`` valid examples drawn uniformly without concatenating the store (replay for learning).
+
+        Labels in sorted order, as :meth:`from_state` rebuilds them, not in arrival order: a model loaded
+        from a save then draws the same rows as the one that never stopped."""
+        labs = sorted(self._pos)
         if n <= 0 or not labs:
             return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=object)
         sizes = np.array([len(self._pos[lab].texts) for lab in labs])
@@ -291,9 +294,13 @@ class UnlabelledPool:
         if self.cap == 0 or not len(X):
             return
         X = X[-self.cap :]
-        if len(self._X) < self.cap:  # grow up to the cap, then stay there
+        if len(self._X) < self.cap and self._n + len(X) > len(self._X):  # grow up to the cap, then stay
             grown = min(self.cap, max(len(self._X) * 2, self._n + len(X), 1024))
-            self._X = np.concatenate([self._X, np.zeros((grown - len(self._X), self.dim), np.float32)])
+            # oldest first before growing: a full ring may start mid-buffer, and the rows then written
+            # from ``_next`` on would overwrite the oldest ones while the new room stayed zeros
+            old = self.arrays()
+            self._X = np.concatenate([old, np.zeros((grown - len(old), self.dim), np.float32)])
+            self._next = self._n
         room = len(self._X)
         idx = (self._next + np.arange(len(X))) % room if self._n + len(X) > room else None
         if idx is None:

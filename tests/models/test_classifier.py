@@ -287,6 +287,37 @@ def test_add_class_needs_examples_or_description(fitted: RedClassifier) -> None:
     assert fitted.model_version == v and "empty" not in fitted.labels
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [(np.full(32, np.nan, np.float32), "NaN"), (np.zeros(5, np.float32), "shape"), ("words", "numbers")],
+)
+def test_a_bad_description_embedding_is_refused_before_anything_changes(
+    fitted: RedClassifier, blobs: Blobs, tmp_path: Path, bad: object, match: str
+) -> None:
+    """A NaN description row spread to every weight; a wrong shape failed half-way, and the model then
+    saved but would not load."""
+    X, texts, y = blobs.sample(3)
+    v, labels, described = fitted.model_version, fitted.labels, dict(fitted._desc_emb)
+    with pytest.raises(InvalidDataError, match=match):
+        fitted.add_class_embeddings("newcomer", X[:0], [], "about it", bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidDataError, match=match):
+        fitted.add_class_embeddings("newcomer", X[:2], texts[:2], "about it", bad)  # type: ignore[arg-type]
+    assert (fitted.model_version, fitted.labels, fitted._desc_emb.keys()) == (v, labels, described.keys())
+    assert "newcomer" not in fitted.descriptions
+    fitted.save(tmp_path / "m")
+    assert RedClassifier.load(tmp_path / "m").labels == labels
+    with pytest.raises(InvalidDataError, match=match):
+        fitted.fit_embeddings(X, texts, y, {"label_00": "about it"}, {"label_00": bad})  # type: ignore[dict-item]
+    assert fitted.model_version == v and fitted.labels == labels
+
+
+@pytest.mark.parametrize("texts", [[None, "a", "b"], ["", "a", "b"], ["  ", "a", "b"]])
+def test_fit_embeddings_refuses_empty_texts_like_fit(blobs: Blobs, texts: list[str]) -> None:
+    X, _, y = blobs.sample(1)
+    with pytest.raises(InvalidDataError, match="empty or non-string"):
+        RedClassifier().fit_embeddings(X[:3], texts, y[:3])
+
+
 def test_text_api_with_descriptions(hash_embedder: HashEmbedder) -> None:
     texts = [
         "my card has not arrived yet",
@@ -359,6 +390,8 @@ def test_store_cap_bounds_memory(blobs: Blobs) -> None:
         (lambda c, X: c.learn_embeddings(X[:1], ["t"], ["label_00"], valid=["yes"]), "bool"),
         (lambda c, X: c.rank_embeddings(X[:, :5]), "shape"),
         (lambda c, X: c.learn_embeddings(X[:1] * np.nan, ["t"], ["label_00"]), "NaN"),
+        (lambda c, X: c.rank_embeddings([["a"] * X.shape[1]]), "numbers"),
+        (lambda c, X: c.learn_embeddings([["a"] * X.shape[1]], ["t"], ["label_00"]), "numbers"),
     ],
 )
 def test_bad_input_is_refused_and_changes_nothing(fitted: RedClassifier, blobs: Blobs, call, match) -> None:

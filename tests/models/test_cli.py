@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from driftlabel.models import ExpertSettings, embeddings
+from driftlabel.models.embeddings import EmbedderSettings
 from driftlabel.streams.cli import main
 
 SEEDS = [
@@ -70,6 +72,43 @@ def test_train_refuses_non_empty_out(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["train", "--data", str(_seeds(tmp_path)), "--out", str(out)]) == 2
     assert "--force" in _err(capsys)
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_train_force_refuses_a_folder_that_is_not_a_model_before_embedding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force replaces a driftlabel model only; any other folder is refused before the embedder loads."""
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+
+    def no_embedding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded before refusing --out")
+
+    monkeypatch.setattr(embeddings, "load_embedder", no_embedding)
+    assert main(["train", "--data", str(_seeds(tmp_path)), "--out", str(out), "--force"]) == 2
+    assert "--force only replaces a driftlabel model directory" in _err(capsys)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_train_help_states_the_real_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"DRIFTLABEL_EXPERTS_SUBSET_SIZE or {ExpertSettings.model_fields['subset_size'].default})" in out
+    assert f"DRIFTLABEL_EMBEDDER_KIND or {EmbedderSettings.model_fields['kind'].default};" in out
+
+
+def test_the_interfaces_page_states_the_real_defaults() -> None:
+    page = Path(__file__).parents[2] / "docs" / "interfaces.md"
+    text = " ".join(page.read_text(encoding="utf-8").split())
+    fields = ExpertSettings.model_fields
+    for name in ("subset_size", "noise_ratio", "seed"):
+        assert f"`{name}={fields[name].default}`" in text, name
+    assert f'`kind` (`"{EmbedderSettings.model_fields["kind"].default}"` default' in text
 
 
 def test_classify_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

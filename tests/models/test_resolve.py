@@ -427,3 +427,60 @@ def test_the_re_solve_thread_yields_the_cpu_on_linux() -> None:
     t.join()
     assert seen == [5] or os.getpriority(os.PRIO_PROCESS, 0) >= 15  # (already niced near the top)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # this thread untouched
+
+
+def _learn_in_fives(clf: RedClassifier, X: np.ndarray, texts: list[str], y: np.ndarray) -> None:
+    for lo in range(0, len(X), 5):
+        clf.learn_embeddings(X[lo : lo + 5], texts[lo : lo + 5], y[lo : lo + 5])
+
+
+def test_a_loaded_model_learns_like_one_that_never_stopped_after_a_new_label(tmp_path: Path) -> None:
+    """Replay draws stored rows by label order: a label added after fit that does not sort last must be
+    drawn in the same place by the live model and by one loaded from its save (which stores labels sorted)."""
+    seeds, (X, texts, y), _ = _problem()
+    live = RedClassifier(settings=_settings(resolve_every=0)).fit_embeddings(*seeds)
+    live.learn_embeddings(X[:3], ["first 0", "first 1", "first 2"], ["AAA"] * 3)  # sorts before label_*
+    live.save(tmp_path / "m")
+    loaded = RedClassifier.load(tmp_path / "m")
+    _learn_in_fives(live, X[3:60], texts[3:60], y[3:60])
+    _learn_in_fives(loaded, X[3:60], texts[3:60], y[3:60])
+    for wa, wb in zip(_weights(live), _weights(loaded), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_a_loaded_model_trains_on_descriptions_in_the_live_order(tmp_path: Path) -> None:
+    """Description embeddings are training rows of every re-solve: given in an unsorted order, they must
+    train the live model and one loaded from its save (which lists them sorted) in the same order."""
+    seeds, (X, texts, y), _ = _problem()
+    blobs = make_blobs(n_labels=16, dim=24, noise=0.28, seed=7)
+    picked = {lab: blobs.labels.index(lab) for lab in ("label_03", "label_01", "label_02")}
+    descriptions = {lab: f"about {lab}" for lab in picked}
+    desc_emb = {lab: blobs.centers[i].astype(np.float32) for lab, i in picked.items()}
+    settings = _settings(resolve_every=16, resolve_lag=0.0, resolve_background=False)
+    live = RedClassifier(settings=settings).fit_embeddings(*seeds, descriptions, desc_emb)
+    live.save(tmp_path / "m")
+    loaded = RedClassifier.load(tmp_path / "m")
+    _learn_in_fives(live, X[:80], texts[:80], y[:80])
+    _learn_in_fives(loaded, X[:80], texts[:80], y[:80])
+    assert live.resolves == loaded.resolves >= 1
+    for wa, wb in zip(_weights(live), _weights(loaded), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_a_hard_negative_of_a_label_new_in_the_same_call_is_learned_however_batched() -> None:
+    """A hard negative of an unknown label L is dropped, but L is known from its first valid row on: a
+    negative after that row is kept whether the two rows came in one call or in two."""
+    seeds, (X, _, _), _ = _problem()
+    rows = (X[:4], ["n1", "n2", "n3", "n4"], ["NEW", "NEW", "NEW", "label_01"], [True, False, True, True])
+
+    def learned(cuts: list[tuple[int, int]]) -> RedClassifier:
+        clf = RedClassifier(settings=_settings()).fit_embeddings(*seeds)
+        for lo, hi in cuts:
+            clf.learn_embeddings(rows[0][lo:hi], rows[1][lo:hi], rows[2][lo:hi], rows[3][lo:hi])
+        clf.settle()
+        return clf
+
+    whole, split = learned([(0, 4)]), learned([(0, 1), (1, 4)])
+    assert whole.position == split.position == 4 and whole.store.n_negatives == split.store.n_negatives == 1
+    for wa, wb in zip(_weights(whole), _weights(split), strict=True):
+        np.testing.assert_array_equal(wa, wb)

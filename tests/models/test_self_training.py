@@ -59,6 +59,29 @@ def test_the_pool_is_a_capped_fifo() -> None:
     UnlabelledPool(dim=2, cap=0).add(rows)  # cap 0 keeps nothing, and says nothing
 
 
+def test_the_pool_keeps_the_newest_rows_when_one_add_grows_and_wraps_it() -> None:
+    """Growing the buffer and wrapping past the cap in one add kept zeros and lost real rows."""
+    pool = UnlabelledPool(dim=1, cap=2000)
+    pool.add(np.arange(1, 1025, dtype=np.float32)[:, None])  # the buffer is exactly full (1,024 rows)
+    pool.add(np.arange(1025, 2025, dtype=np.float32)[:, None])  # grows to the cap and wraps past it
+    np.testing.assert_array_equal(pool.arrays()[:, 0], np.arange(25, 2025, dtype=np.float32))
+
+
+def test_the_pool_is_the_newest_rows_oldest_first_whatever_the_adds() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        cap = int(rng.integers(1, 3000))
+        pool, seen, n = UnlabelledPool(dim=1, cap=cap), np.zeros((0, 1), np.float32), 0
+        for _ in range(int(rng.integers(1, 6))):
+            k = int(rng.integers(0, 2 * cap + 2))
+            rows = np.arange(n, n + k, dtype=np.float32)[:, None]
+            n += k
+            pool.add(rows)
+            seen = np.concatenate([seen, rows])[-cap:]
+            np.testing.assert_array_equal(pool.arrays(), seen)
+            assert len(pool) == len(seen)
+
+
 def test_the_pool_survives_save_and_load(tmp_path: Path) -> None:
     blobs = make_blobs(n_labels=6, dim=12, noise=0.3, seed=5)
     clf = RedClassifier(settings=ExpertSettings(unlabelled_max=50)).fit_embeddings(*blobs.sample(3, seed=1))

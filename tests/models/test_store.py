@@ -84,3 +84,22 @@ def test_representative_flags_must_match_the_rows() -> None:
     store = ExampleStore(dim=4)
     with pytest.raises(InvalidDataError, match="representative flags"):
         store.add(_rows(3, 0), ["a", "b", "c"], ["x"] * 3, representative=[True, False])
+
+
+def test_replay_draws_the_same_rows_from_a_store_rebuilt_from_its_state() -> None:
+    """``from_state`` adds labels sorted; a live store got them in arrival order. Replay must not care."""
+    store = ExampleStore(dim=4)
+    store.add(_rows(3, 0), ["b0", "b1", "b2"], ["b"] * 3)
+    store.add(_rows(3, 1), ["a0", "a1", "a2"], ["a"] * 3)  # arrives last, sorts first
+    st = store.state()
+    rebuilt = ExampleStore.from_state(
+        4,
+        store.max_per_label,
+        store.max_negatives_per_label,
+        (st["pos_X"], st["pos_y"], st["pos_texts"]),  # type: ignore[arg-type]
+        (st["neg_X"], st["neg_y"], st["neg_texts"]),  # type: ignore[arg-type]
+    )
+    Xa, ya = store.sample(4, np.random.default_rng(3))
+    Xb, yb = rebuilt.sample(4, np.random.default_rng(3))
+    np.testing.assert_array_equal(Xa, Xb)
+    assert ya.tolist() == yb.tolist()
