@@ -631,12 +631,16 @@ def kill_run(
     kill_at: Sequence[float],
     *,
     restart: bool = True,
+    graceful: bool = False,
     victim: Callable[[int], Worker] | None = None,
     settle_s: float = 3.0,
     timeout_s: float = 300.0,
     progress: Callable[[str], None] | None = None,
 ) -> KillRun:
     """Stream ``values`` at ``rate``/s; at each ``kill_at`` second SIGKILL a worker (and restart it).
+
+    ``graceful``: SIGTERM instead, waiting for the worker's orderly stop (final checkpoint, offsets
+    committed, the group left), as a rolling deploy or a scale-in stops it.
 
     ``victim(k)`` picks the worker of the k-th kill (default: the first worker). Afterwards waits until
     every id has a final label (or ``timeout_s``), lets ``settle_s`` pass for late duplicates, and reads
@@ -669,10 +673,14 @@ def kill_run(
         while pending and elapsed >= pending[0]:
             pending.pop(0)
             w = pick(len(kills))
-            w.kill()
+            if graceful:
+                w.stop()
+            else:
+                w.kill()
             kills.append(time.monotonic())
             if progress:
-                progress(f"kill -9 {w.name} at {elapsed:.0f}s (kill {len(kills)})")
+                how = "SIGTERM" if graceful else "kill -9"
+                progress(f"{how} {w.name} at {elapsed:.0f}s (stop {len(kills)})")
             if restart:
                 w.spawn()
                 restart_in_background(w)

@@ -31,10 +31,16 @@ def parse_judge_request(raw: bytes | None) -> JudgeRequestMessage:
         req = JudgeRequestMessage.from_data(json.loads(raw if raw is not None else b"null"))
     except InvalidMessageError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InvalidMessageError("invalid_value", repr(exc)) from exc
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise InvalidMessageError("invalid_value", repr(exc)[:500]) from exc
     if not req.candidates or not req.text:
         raise InvalidMessageError("missing_field", "a judge request needs a text and candidates")
+    # faust's from_data does not check types: a forged record must be refused here, not fail later
+    candidates_ok = isinstance(req.candidates, list) and all(
+        isinstance(c, dict) and isinstance(c.get("label"), str) for c in req.candidates
+    )
+    if not (isinstance(req.id, str) and isinstance(req.text, str) and candidates_ok):
+        raise InvalidMessageError("wrong_type", "id and text must be strings; candidates, labelled objects")
     return req
 
 

@@ -209,7 +209,8 @@ def _label(obj: dict[str, Any]) -> str:
     assert label is not None
     if label == OUT_OF_SCOPE or is_noise(label):
         raise InvalidMessageError(
-            "invalid_value", f"label {label!r} is reserved by driftlabel (a status or a noise class); rename it"
+            "invalid_value",
+            f"label {label!r} is reserved by driftlabel (a status or a noise class); rename it",
         )
     return label
 

@@ -32,12 +32,11 @@ import gc
 import logging
 import os
 import socket
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import faust
 import numpy as np
@@ -46,6 +45,8 @@ import orjson
 from driftlabel.judge import JudgeSettings
 from driftlabel.models import ExpertSettings, load_embedder
 from driftlabel.models.drift import JudgeRateController
+from driftlabel.streams.delivery import PERMANENT_ERRORS, fail_stop, retry_until
+from driftlabel.streams.diagnostics import memory_probe
 from driftlabel.streams.errors import InvalidMessageError, TopicError
 from driftlabel.streams.faust_app import DriftlabelApp, faust_broker_options
 from driftlabel.streams.health import Heartbeat
@@ -84,10 +85,16 @@ __all__ = ["WorkerService", "faust_broker_options"]
 
 log = logging.getLogger(__name__)
 
-#: glibc's ``struct mallinfo2``, for the memory probe
-MALLINFO2_FIELDS = (
-    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
-)  # fmt: skip
+T = TypeVar("T")
+
+
+class _NotLabelled(Exception):
+    """The model or the judge failed before any output of the record was published (the cause)."""
+
+
+def _at(m: Any) -> tuple[str, int, int]:
+    """Where a consumed record sits: (topic, partition, offset)."""
+    return m.topic, m.partition, m.offset
 
 
 class WorkerService:
@@ -153,6 +160,8 @@ class WorkerService:
         self._topology_lock = asyncio.Lock()
         self._positions: dict[tuple[str, int], int] = {}
         self._stopping = False
+        #: what a failure after outputs began does (streams/delivery.py); a test may raise instead
+        self.on_fatal: Callable[[str, BaseException], NoReturn] = fail_stop
         self.heartbeat = Heartbeat(self.metrics.settings.liveness_timeout_s)
         self.joined = False  # the consumer got its first assignment
         self.app = self._build_app()
@@ -243,9 +252,8 @@ class WorkerService:
         if probe_path:  # a diagnostic, off unless asked for: tracemalloc slows the worker down
 
             async def probe() -> None:
-                await self.memory_probe(
-                    Path(probe_path), float(os.environ.get("DRIFTLABEL_DEBUG_MEMORY_EVERY_S", "60"))
-                )
+                every_s = float(os.environ.get("DRIFTLABEL_DEBUG_MEMORY_EVERY_S", "60"))
+                await memory_probe(Path(probe_path), every_s, self.ready, self.memory_sizes)
 
             app.task(probe)
         app.timer(2.0)(refresh)
@@ -342,7 +350,16 @@ class WorkerService:
         self, raw: bytes | None, error: InvalidMessageError | str, topic: str, partition: int, offset: int
     ) -> None:
         """One dead letter per bad input record: skipped if the topic already holds it (a retry after a
-        crash, or the previous owner of the input's partition wrote it). Waits until it is written."""
+        crash, or the previous owner of the input's partition wrote it). Waits until it is written,
+        retrying while the broker fails (the ledger keeps a repeat from writing it twice)."""
+        await self.retrying(
+            f"the dead letter of {topic}:{partition}:{offset}",
+            lambda: self._dead_letter_once(raw, error, topic, partition, offset),
+        )
+
+    async def _dead_letter_once(
+        self, raw: bytes | None, error: InvalidMessageError | str, topic: str, partition: int, offset: int
+    ) -> None:
         key = f"{topic}:{partition}:{offset}"
         home = partition % (await self.topology())[self.names.dead_letter]
         await self.dead_letters.ensure([home])
@@ -356,6 +373,17 @@ class WorkerService:
         self.metrics.dead_letters.labels(reason=msg.reason, topic=topic).inc()
         log.info("dead-letter %s %s", key, msg.error)
 
+    def owns(self, topic: str, partition: int) -> bool:
+        """Is ``topic``'s ``partition`` still assigned to this worker? (True until the consumer first
+        joined its group: tests drive the agents without one.)"""
+        if not self.joined:
+            return True
+        return any(tp.topic == topic and tp.partition == partition for tp in self.app.consumer.assignment())
+
+    async def retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """``step()`` until it works (:func:`~driftlabel.streams.delivery.retry_until`)."""
+        return await retry_until(what, step, stopping=lambda: self._stopping, on_fatal=self.on_fatal)
+
     # -- control -> the learning log ---------------------------------------------------------------------
     async def on_control(self, m: Any) -> None:
         """Validate one ``control`` record and append it to the learning log (or dead-letter it)."""
@@ -367,10 +395,18 @@ class WorkerService:
         source = position_id(m.topic, m.partition, m.offset)
         if msg.op == "add_class" and not msg.examples and msg.description and self.stream.generate_examples:
             msg = await self.with_generated_examples(msg)
-        fut = await self.t_training.send(
-            key=msg.label.encode(), value=sequenced_control(msg, source), partition=0
-        )
-        await fut  # acknowledged before this offset can be committed
+
+        async def forward() -> None:  # a repeat is harmless: the learner applies one record per source
+            fut = await self.t_training.send(
+                key=msg.label.encode(), value=sequenced_control(msg, source), partition=0
+            )
+            await fut  # acknowledged before this offset can be committed
+
+        try:
+            await self.retrying(f"forwarding control {source}", forward)
+        except PERMANENT_ERRORS as exc:
+            await self.dead_letter(m.value, InvalidMessageError("too_large", repr(exc)), *_at(m))
+            return
         self.metrics.forwarded.labels(what="control").inc()
 
     # -- judge-verdicts -> the audit ---------------------------------------------------------------------
@@ -424,27 +460,31 @@ class WorkerService:
         batch = parse_text_batch(
             records, max_bytes=self.stream.max_message_bytes, max_chars=self.stream.max_text_chars
         )
-        try:
-            for m, exc in batch.bad:
-                await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
-            items, homes = await self.own_items(batch.items, batch.sources)
-        except Exception:  # the broker is unreachable: let faust retry the batch rather than drop it
-            log.exception("could not check a batch of %d texts against the labels topic", len(records))
-            raise
+        for m, exc in batch.bad:
+            await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
+        # nothing is published yet, so a failure (the broker unreachable) is retried, not raised: faust
+        # would acknowledge and commit the batch's records unlabelled (streams/delivery.py)
+        items, homes, sources = await self.retrying(
+            f"checking {len(records)} texts against the labels topic",
+            lambda: self.own_items(batch.items, batch.sources),
+        )
         if not items:
             return
         try:
             await self.label_texts(items, homes, received)
-        except Exception as exc:  # a model failure must not kill the agent: the items go to dead-letter
+        except _NotLabelled as exc:  # the model failed before any output: the items go to dead-letter
             log.exception("could not label a batch of %d texts", len(items))
-            for m in batch.sources:
-                await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
+            for m in sources:
+                await self.dead_letter(m.value, f"processing_error: {exc.__cause__!r}", *_at(m))
+        except Exception as exc:  # outputs are out: repeating could double them, dropping loses the rest
+            self.on_fatal(f"publishing the labels of {len(items)} texts", exc)
 
     async def own_items(
         self, items: Sequence[TextMessage], sources: Sequence[Any]
-    ) -> tuple[list[TextMessage], list[int]]:
-        """The items this worker labels now, with their home partitions: an item read away from its home
-        is moved there (the home's owner labels it); an id that already has its final label is dropped."""
+    ) -> tuple[list[TextMessage], list[int], list[Any]]:
+        """The items this worker labels now, with their home partitions and source records: an item read
+        away from its home is moved there (the home's owner labels it); an id that already has its final
+        label is dropped."""
         n = (await self.topology())[self.names.texts]
         homes = [
             home_partition(it.id, m.partition, n, it.id == position_id(m.topic, m.partition, m.offset))
@@ -460,6 +500,7 @@ class WorkerService:
         await self.finals.ensure({h for h, m in zip(homes, sources, strict=True) if h == m.partition})
         keep: list[TextMessage] = []
         keep_homes: list[int] = []
+        keep_sources: list[Any] = []
         batch_ids: set[str] = set()
         for it, m, home in zip(items, sources, homes, strict=True):
             if home != m.partition:
@@ -470,13 +511,17 @@ class WorkerService:
             batch_ids.add(it.id)
             keep.append(it)
             keep_homes.append(home)
-        return keep, keep_homes
+            keep_sources.append(m)
+        return keep, keep_homes, keep_sources
 
     async def label_texts(self, items: Sequence[TextMessage], homes: Sequence[int], received: float) -> None:
         """Embed + rank a batch, publish labels at once, route the uncertain ones to the judge."""
         texts = [it.text for it in items]
         before = self.host.embed_seconds
-        X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
+        try:
+            X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
+        except Exception as exc:
+            raise _NotLabelled from exc
         self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
         kind = self.stream.uncertainty
         ids = [it.id for it in items] if kind == "random" else None  # the control routes by id
@@ -494,6 +539,9 @@ class WorkerService:
         if done.any():
             self.metrics.duplicates.labels(what="final_label").inc(int(done.sum()))
             routed = routed & ~done
+        # a rebalance while the batch was embedded: the new owner of a moved partition labels its texts
+        done |= np.array([not self.owns(self.names.texts, h) for h in homes], dtype=bool)
+        routed = routed & ~done
         now = time.time()
         batch = label_values([it.id for it in items], ranking, routed, version, now)
         # every claim before the first await below, so the judge agent cannot slip in between
@@ -539,22 +587,41 @@ class WorkerService:
             )
         rows = np.flatnonzero(routed).tolist()
         if rows:
-            cands = await self.host.judge_candidates(
-                X,
-                rows,
-                [ranking.candidates[i] for i in rows],
-                self.stream.judge_depth_candidates,
-                self.judge.n_examples,
-            )
-            for i, req in judge_request_messages(items, ranking, rows, cands, version, received, now):
+            try:
+                cands = await self.host.judge_candidates(
+                    X,
+                    rows,
+                    [ranking.candidates[i] for i in rows],
+                    self.stream.judge_depth_candidates,
+                    self.judge.n_examples,
+                )
+            except Exception:  # their first labels are out: the judge is skipped, not the final label
+                log.exception("could not build the judge requests of %d texts; their labels stay", len(rows))
+                cands = [[] for _ in rows]
+            requests = judge_request_messages(items, ranking, rows, cands, version, received, now)
+            for i, req in requests:
                 sent.append(
                     await self.t_judge_requests.send(
                         key=req.id.encode(), value=req.dumps(), partition=homes[i]
                     )
                 )
+            unjudged = sorted(set(rows) - {i for i, _ in requests})
+            if unjudged:  # a routed text left with no candidate (its classes removed meanwhile): final as is
+                final = label_values(
+                    [it.id for it in items], ranking, np.zeros(len(items), bool), version, now
+                )
+                for i in unjudged:
+                    if self.finals.claim(homes[i], final[i]["id"]):
+                        raw = orjson.dumps(final[i])
+                        key = final[i]["id"].encode()
+                        sent.append(await self.send_raw(self.t_labels, topic, key, raw, homes[i]))
+                        self.metrics.count_labels([final[i]["status"]], [True])
         await asyncio.gather(*sent)  # acknowledged before the batch's offsets can be committed
         if st.proposals and st.proposal_far_texts:
-            await self.proposals.gather_far([it.id for it in items], texts, X, ~routed & ~done)
+            try:  # the labels are out; pooling far texts for proposals is best effort
+                await self.proposals.gather_far([it.id for it in items], texts, X, ~routed & ~done)
+            except Exception:
+                log.exception("could not pool the far texts of a batch for proposals")
 
     # -- judge -------------------------------------------------------------------------------------------
     @property
@@ -572,16 +639,20 @@ class WorkerService:
         except InvalidMessageError as exc:
             await self.dead_letter(m.value, exc, m.topic, m.partition, m.offset)
             return
-        await self.finals.ensure([m.partition])
+        await self.retrying(
+            f"reading the labels of partition {m.partition}", lambda: self.finals.ensure([m.partition])
+        )
         if req.id in self._judging or self.finals.has(m.partition, req.id):
             self.metrics.duplicates.labels(what="final_label").inc()
             return
         self._judging.add(req.id)
         try:
             await self.judge_item(req, m.partition)
-        except Exception as exc:  # a bug or a broken broker must not kill the agent; keep the item
-            log.exception("could not finish judging %s", req.id)
-            await self.dead_letter(m.value, f"processing_error: {exc!r}", m.topic, m.partition, m.offset)
+        except _NotLabelled as exc:  # the judge path failed before any output: keep the item, with why
+            log.exception("could not judge %s", req.id)
+            await self.dead_letter(m.value, f"processing_error: {exc.__cause__!r}", *_at(m))
+        except Exception as exc:  # outputs are out: repeating could double them, dropping loses the rest
+            self.on_fatal(f"publishing the judgement of {req.id}", exc)
         finally:
             self._judging.discard(req.id)
 
@@ -589,7 +660,10 @@ class WorkerService:
         """Judge one item, waiting out an unavailable judge; then publish everything it produced, the
         learning first and the final label last (a crash in between judges again, and writes only the
         pairs the log does not hold yet)."""
-        outcome = await self.judge(req)
+        try:
+            outcome = await self.judge(req)
+        except Exception as exc:
+            raise _NotLabelled from exc
         top1 = req.candidates[0].get("label") if req.candidates else None
         for event in self.rate.observe_judged([outcome.n_calls], [outcome.label != top1]):
             self.metrics.drift_events.labels(signal=event.signal).inc()
@@ -608,6 +682,10 @@ class WorkerService:
         if result.review is not None:
             sent.append(await self.t_review.send(key=key, value=result.review))
         await asyncio.gather(*sent)
+        if not self.owns(self.names.judge_requests, home):  # a rebalance moved it while it was judged
+            log.info("%s: its partition moved while it was judged; the new owner finishes it", req.id)
+            return
+        await self.retrying(f"reading the labels of partition {home}", lambda: self.finals.ensure([home]))
         if not self.finals.claim(home, req.id):  # the texts agent finalised it while the judge was asked
             self.metrics.duplicates.labels(what="final_label").inc()
             return
@@ -615,7 +693,10 @@ class WorkerService:
         await fut
         self.metrics.judge_outcomes.labels(status=outcome.status).inc()
         if outcome.status == "unresolved" and self.stream.proposals:
-            await self.proposals.gather_unresolved(req.id, req.text)
+            try:  # the item is done; pooling it for proposals is best effort
+                await self.proposals.gather_unresolved(req.id, req.text)
+            except Exception:
+                log.exception("could not pool the unresolved item %s for proposals", req.id)
         self.metrics.count_labels([result.label.status], [True])
         self.metrics.e2e_latency.labels(path="judge").observe(now - req.received_ts)
 
@@ -662,85 +743,6 @@ class WorkerService:
             "drift_events": len(self.rate.events),
             "judging": len(self._judging),
         }
-
-    async def memory_probe(self, path: Path, every_s: float) -> None:
-        """Debug hook (``DRIFTLABEL_DEBUG_MEMORY=FILE``): every ``every_s`` append one JSON line to FILE
-        with RSS, glibc's heap figures, object counts by type and the sizes of :meth:`memory_sizes`, so a
-        slope in a soak can be attributed. ``DRIFTLABEL_DEBUG_MEMORY_FRAMES=N`` (> 0) adds tracemalloc's
-        growth since the worker became ready (top sites by line and by traceback; slows the worker a
-        lot); ``DRIFTLABEL_DEBUG_MEMORY_TRIM=1`` calls ``malloc_trim(0)`` before each sample (freed heap
-        memory that RSS still counts then goes back to the OS: what is left is in use)."""
-        import ctypes
-        import tracemalloc
-        from collections import Counter
-
-        frames = int(os.environ.get("DRIFTLABEL_DEBUG_MEMORY_FRAMES", "0"))
-        trim = os.environ.get("DRIFTLABEL_DEBUG_MEMORY_TRIM") == "1"
-        try:
-            libc: Any = ctypes.CDLL("libc.so.6")
-        except OSError:
-            libc = None
-        if libc is not None and hasattr(libc, "mallinfo2"):
-
-            class MallInfo2(ctypes.Structure):
-                _fields_ = [(n, ctypes.c_size_t) for n in MALLINFO2_FIELDS]
-
-            libc.mallinfo2.restype = MallInfo2
-        if frames > 0:
-            tracemalloc.start(frames)
-        await self.ready.wait()
-        await asyncio.sleep(every_s)
-        skip = (tracemalloc.Filter(False, tracemalloc.__file__),)
-        base = tracemalloc.take_snapshot().filter_traces(skip) if frames > 0 else None
-        base_types = Counter(type(o).__name__ for o in gc.get_objects())
-        t0 = time.monotonic()
-        while True:
-            trim_ms = None
-            if trim and libc is not None:
-                t_trim = time.perf_counter()
-                libc.malloc_trim(0)
-                trim_ms = round(1000 * (time.perf_counter() - t_trim), 2)
-            rss = 0
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        rss = int(line.split()[1]) // 1024
-            types = Counter(type(o).__name__ for o in gc.get_objects())
-            rec: dict[str, Any] = {
-                "t": round(time.monotonic() - t0, 1),
-                "rss_mb": rss,
-                "py_blocks": sys.getallocatedblocks(),
-                "trim_ms": trim_ms,
-                "sizes": self.memory_sizes(),
-                "types": {
-                    k: types[k] - base_types.get(k, 0) for k, _ in (types - base_types).most_common(15)
-                },
-            }
-            if libc is not None and hasattr(libc, "mallinfo2"):
-                mi = libc.mallinfo2()
-                rec["heap_mb"] = {  # arena: heap from brk/arenas; in use; free inside it; mmapped blocks
-                    k: round(getattr(mi, f) / 2**20, 1)
-                    for k, f in (
-                        ("arena", "arena"),
-                        ("in_use", "uordblks"),
-                        ("free", "fordblks"),
-                        ("mmap", "hblkhd"),
-                    )
-                }
-            if base is not None:
-                snap = tracemalloc.take_snapshot().filter_traces(skip)
-                rec["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 2)
-                rec["by_line"] = [
-                    (str(d.traceback), d.size_diff, d.count_diff)
-                    for d in snap.compare_to(base, "lineno")[:25]
-                ]
-                rec["by_traceback"] = [
-                    (d.traceback.format()[-12:], d.size_diff, d.count_diff)
-                    for d in snap.compare_to(base, "traceback")[:8]
-                ]
-            with path.open("a") as f:
-                f.write(orjson.dumps(rec).decode() + "\n")
-            await asyncio.sleep(every_s)
 
     def refresh_lag(self) -> None:
         """Consumer lag from the fetch high-water marks (group topics and the learner's follower)."""

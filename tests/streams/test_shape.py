@@ -114,7 +114,17 @@ def test_judge_requests_carry_candidates_without_out_of_scope() -> None:
 
 
 def test_bad_judge_requests_are_invalid_messages() -> None:
-    for raw in (None, b"{nope", b'{"id": "x"}', b"[]"):
+    good = {"id": "x", "text": "t", "candidates": [{"label": "a"}], "label": "a", "score": 0.5,
+            "entropy": 0.1, "model_version": 1, "received_ts": 1.0, "ts": 1.0}  # fmt: skip
+    forged = [
+        b"[" * 100_000,  # nesting past the JSON decoder's recursion limit
+        json.dumps({**good, "id": ["a", "list"]}).encode(),
+        json.dumps({**good, "text": 7}).encode(),
+        json.dumps({**good, "candidates": ["a"]}).encode(),
+        json.dumps({**good, "candidates": [{"probability": 0.3}]}).encode(),
+    ]
+    assert parse_judge_request(json.dumps(good).encode()).id == "x"
+    for raw in (None, b"{nope", b'{"id": "x"}', b"[]", *forged):
         with pytest.raises(InvalidMessageError):
             parse_judge_request(raw)
 
