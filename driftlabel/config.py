@@ -10,6 +10,7 @@ path given to :func:`load_settings` or in ``DRIFTLABEL_CONFIG``), then the defau
 from __future__ import annotations
 
 import contextvars
+import difflib
 import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -91,16 +92,41 @@ class DriftlabelSettings(BaseSettings):
         return (init_settings, env_settings, dotenv_settings, file_section, file_secret_settings)
 
 
+def _refuse_unknown_env(cls: type[DriftlabelSettings]) -> None:
+    """A ``DRIFTLABEL_<CONCERN>_*`` variable that names no setting is a typo: pydantic-settings would
+    ignore it silently (a mistyped key in the config file is refused already), so refuse it here."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    if prefix == "DRIFTLABEL_":
+        return
+    known = {prefix + name.upper() for name in cls.model_fields}
+    unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise ConfigError(
+            f"unknown {cls.section or cls.__name__} setting(s) in the environment: {', '.join(hints)}; "
+            f"unset them or fix the name (`driftlabel worker --print-config` lists every setting)"
+        )
+
+
 def load_settings(cls: type[S], config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> S:
     """Build one concern's settings from overrides, environment and config file, with readable errors."""
+    _refuse_unknown_env(cls)
     token = _config_file.set(Path(config_file) if config_file else None)
     try:
         return cls(**overrides)
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
-        problems = "; ".join(
-            f"{prefix}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
+
+        def where(e: Any) -> str:
+            name = "_".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":  # the environment's unknown names are refused above
+                return f"key {name!r} of section [{cls.section}] in the config file (not a setting)"
+            return f"{prefix}{name.upper()} (or [{cls.section}] {name} in the config file)"
+
+        problems = "; ".join(f"{where(e)}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid {cls.section or cls.__name__} settings: {problems}") from exc
     finally:
         _config_file.reset(token)

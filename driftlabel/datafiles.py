@@ -116,8 +116,8 @@ def _csv_rows(p: Path, delimiter: str, text_column: str, cols: tuple[str, ...]) 
         if missing:
             raise DataFileError(
                 f"{p}:1: missing column(s) {', '.join(missing)}; the header is {fields}. The file needs a "
-                f"{text_column!r} column and a {cols[0]!r} column: rename the columns or pass "
-                "--text-column/--label-column"
+                f"{text_column!r} column and a {cols[0]!r} column: rename the columns (`driftlabel "
+                "train` can also be told them: --text-column/--label-column)"
             )
         assert label_col is not None
         try:

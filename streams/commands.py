@@ -190,9 +190,12 @@ def _cmd_control(op: str) -> Any:
         kafka = kafka_from_args(args)
         examples = list(getattr(args, "example", None) or [])
         if getattr(args, "examples_file", None):
-            examples += [
-                ln.strip() for ln in Path(args.examples_file).read_text("utf-8").splitlines() if ln.strip()
-            ]
+            try:
+                lines = Path(args.examples_file).read_text("utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                print(f"driftlabel: cannot read --examples-file {args.examples_file}: {exc}", file=sys.stderr)
+                return 2
+            examples += [ln.strip() for ln in lines if ln.strip()]
         rec = control_record(op, args.label, getattr(args, "description", None), examples)
         topic = TopicNames.from_settings(kafka).control
         asyncio.run(produce(kafka, topic, [rec]))

@@ -304,8 +304,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"demo: out-of-scope detection {'on' if args.oos else 'off (the stream is in-scope only; --oos)'}"
         )
         log_path = workdir / "worker.log"
+        embedder = args.embedder or os.environ.get("DRIFTLABEL_EMBEDDER_KIND", "onnx")
         print(
-            f"demo: starting a worker (log {log_path}); loading the embedder ({args.embedder or 'minilm'}) "
+            f"demo: starting a worker (log {log_path}); loading the embedder ({embedder}) "
             "and fitting the experts...",
             flush=True,
         )
@@ -371,6 +372,27 @@ def _summary(stats: DemoStats, elapsed: float, done: bool, n_classes: int, n_see
     print(f"  reference                        {REFERENCE}")
 
 
+def _number(kind: type, low: float, high: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` within [low, high], or a usage error that says so."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return parse
+
+
+_count = _number(int, 0, float("inf"), "a count >= 0")
+_positive = _number(int, 1, float("inf"), "an integer >= 1")
+_share = _number(float, 0.0, 1.0, "a share in [0, 1]")
+_nonneg_float = _number(float, 0.0, float("inf"), "a number >= 0")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the whole service on CLINC150 with live progress (broker, judge, worker)"
@@ -380,15 +402,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-url", default=os.environ.get("DRIFTLABEL_CLINC150_URL", CLINC150_URL))
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="where a download is kept")
-    p.add_argument("--limit", type=int, default=3000, help="texts to stream (0 = all 21,000 in-scope)")
-    p.add_argument("--seed-per-class", type=int, default=10, help="seed examples per class")
-    p.add_argument("--classes", type=int, default=0, help="use only this many classes (0 = all 150)")
+    p.add_argument("--limit", type=_count, default=3000, help="texts to stream (0 = all 21,000 in-scope)")
+    p.add_argument("--seed-per-class", type=_positive, default=10, help="seed examples per class")
+    p.add_argument("--classes", type=_count, default=0, help="use only this many classes (0 = all 150)")
     p.add_argument("--oos", action="store_true", help="keep the model's out-of-scope detection on")
-    p.add_argument("--judge-share", type=float, default=0.1, help="target share of texts sent to the judge")
-    p.add_argument("--judge-latency-ms", type=float, default=20.0, help="simulated judge latency")
-    p.add_argument("--judge-error-rate", type=float, default=0.0, help="share of wrong simulated verdicts")
-    p.add_argument("--rate", type=float, default=0.0, help="texts per second (0 = as fast as possible)")
-    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--judge-share", type=_share, default=0.1, help="target share of texts sent to the judge")
+    p.add_argument("--judge-latency-ms", type=_nonneg_float, default=20.0, help="simulated judge latency")
+    p.add_argument("--judge-error-rate", type=_share, default=0.0, help="share of wrong simulated verdicts")
+    p.add_argument("--rate", type=_nonneg_float, default=0.0, help="texts per second (0 = at once)")
+    p.add_argument("--partitions", type=_positive, default=4)
     p.add_argument(
         "--embedder",
         choices=["minilm", "onnx", "static"],

@@ -55,7 +55,7 @@ def test_errors_name_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("DRIFTLABEL_DEMO_WORKERS")
     bad = tmp_path / "bad.toml"
     bad.write_text("[demo]\nunknown_key = 1\n")
-    with pytest.raises(ConfigError, match="UNKNOWN_KEY"):
+    with pytest.raises(ConfigError, match=r"key 'unknown_key' of section \[demo\] in the config file"):
         load_settings(DemoSettings, bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(DemoSettings, tmp_path / "missing.toml")
@@ -63,3 +63,17 @@ def test_errors_name_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     broken.write_text("[demo\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(DemoSettings, broken)
+
+
+def test_a_mistyped_environment_variable_is_refused_with_the_likely_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pydantic-settings ignores unknown variables: a typo would leave the default in force unnoticed
+    monkeypatch.setenv("DRIFTLABEL_DEMO_WORKRES", "4")
+    with pytest.raises(
+        ConfigError, match="DRIFTLABEL_DEMO_WORKRES \\(did you mean DRIFTLABEL_DEMO_WORKERS\\?\\)"
+    ):
+        load_settings(DemoSettings)
+    monkeypatch.delenv("DRIFTLABEL_DEMO_WORKRES")
+    monkeypatch.setenv("DRIFTLABEL_DATA_DIR", "/data")  # not a concern's prefix: not this class's business
+    assert load_settings(DemoSettings).workers == 1
