@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from driftlabel.judge.judge import Judge
 
 __all__ = ["DescriptionsResult", "generate_descriptions", "load_descriptions", "save_descriptions"]
+
+log = logging.getLogger(__name__)
 
 _HEADER = (
     "# driftlabel label descriptions: label -> one-sentence definition shown to the LLM judge.\n"
@@ -97,8 +100,9 @@ async def generate_descriptions(
 ) -> DescriptionsResult:
     """Ask the LLM for a description of every label in ``examples`` that lacks one (all if ``overwrite``).
 
-    Calls run concurrently (bounded by the judge's ``concurrency``); a label whose call fails keeps its old
-    description (if any) and is listed in ``failed`` so the user can retry or write it by hand.
+    Calls run concurrently (bounded by the judge's ``concurrency``); a label whose call fails, whatever the
+    error, keeps its old description (if any) and is listed in ``failed`` so the user can retry or write it
+    by hand; the other labels' descriptions are kept.
     """
     result = dict(existing or {})
     todo = [label for label in examples if overwrite or label not in result]
@@ -108,6 +112,9 @@ async def generate_descriptions(
             return label, await judge.describe_label(label, list(examples[label])[:per_label]), None
         except JudgeError as exc:
             return label, None, str(exc)
+        except Exception as exc:  # anything else must not lose the other labels' descriptions either
+            log.exception("describing %r failed", label)
+            return label, None, f"unexpected {type(exc).__name__}: {exc}"
 
     done = await asyncio.gather(*(one(label) for label in todo))
     generated: list[str] = []

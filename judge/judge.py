@@ -157,8 +157,14 @@ class _FormatRefused(Exception):
 
 @dataclass
 class _ItemCalls:
+    """One item's calls: ``used`` counts its attempts against ``limit`` (``max_calls_per_item``);
+    ``charged`` is what its outcome costs (``JudgeOutcome.calls``): every request sent for it, retries and
+    malformed answers included, a batch call as its share, so a misbehaving endpoint does not look free to
+    the rate controller."""
+
     limit: int
     used: int = 0
+    charged: float = 0.0
 
     def take(self) -> None:
         if self.limit > 0 and self.used >= self.limit:
@@ -172,12 +178,14 @@ class _ItemCalls:
 
 @dataclass(frozen=True)
 class _Check:
-    """A cross-check waiting for its batch call: is ``cand`` right for ``text``?"""
+    """A yes/no question waiting for its batch call: is ``cand`` right for ``text``? What it costs is
+    charged to ``tab``, its item's calls."""
 
     text: str
     cand: Candidate
     item_id: str
     depth: int
+    tab: _ItemCalls = field(compare=False)
 
 
 @dataclass
@@ -217,7 +225,11 @@ class Judge:
             self._client = client.with_options(max_retries=0, timeout=s.timeout_s)
             self._owns_client = False
         self._sem = asyncio.Semaphore(s.concurrency)
-        self._breaker = CircuitBreaker(s.breaker_failures, s.breaker_reset_s)
+        # a probe that somehow never ends must not keep the circuit half-open for good: it may wait a
+        # timeout for a concurrency slot and another for its answer
+        self._breaker = CircuitBreaker(
+            s.breaker_failures, s.breaker_reset_s, probe_timeout_s=2 * s.timeout_s + 1
+        )
         self._budget = RateBudget(s.max_calls_per_minute)
         self._cache = VerdictCache(s.cache_size)
         self._rng = rng or random.Random()
@@ -237,7 +249,7 @@ class Judge:
         self._choices: Batcher[tuple[JudgeRequest, list[Candidate]], JudgeOutcome] = Batcher(
             s.batch_size, s.batch_wait_ms, self._choose_many, closed=_closed
         )
-        self._checks: Batcher[_Check, tuple[Verdict, float]] = Batcher(
+        self._checks: Batcher[_Check, Verdict] = Batcher(
             s.batch_size, s.batch_wait_ms, self._validate_many, closed=_closed
         )
 
@@ -326,30 +338,27 @@ class Judge:
         """PRODUCT.md's recursion: one yes/no question per candidate, best first, until a yes. With
         ``batch_size > 1`` each question shares a call with up to ``batch_size - 1`` questions about other
         items (a rejected item's next question joins a later call) and is charged its share of it (a
-        cached answer: nothing, and no wait); the outcome's ``calls`` then holds the sum. A call that
-        cannot be made raises, as :meth:`judge` documents; the answers already had are cached, so the
-        retry pays only for the rest."""
+        cached answer: nothing, and no wait). The outcome's ``calls`` holds every request sent for the
+        item (retries and malformed answers included). A call that cannot be made raises, as
+        :meth:`judge` documents; the answers already had are cached, so the retry pays only for the rest."""
         s = self.settings
         per_item = _ItemCalls(s.max_calls_per_item)
         batched = s.batch_size > 1
         verdicts: list[Verdict] = []
-        spent = 0.0
-
-        def charged(extra: float = 0.0) -> float | None:
-            return spent + extra if batched else None
 
         for depth, cand in enumerate(asked, start=1):
             try:
                 hit = self._cached(request.text, cand, request.id, depth) if batched else None
                 if hit is not None:  # answered before: no call, and no wait for a batch
-                    verdict, cost = hit, 0.0
+                    verdict = hit
                 elif batched:
-                    verdict, cost = await self._checks.submit(_Check(request.text, cand, request.id, depth))
+                    verdict = await self._checks.submit(
+                        _Check(request.text, cand, request.id, depth, per_item)
+                    )
                 else:
                     verdict = await self._validate(
                         request.text, cand, item_id=request.id, depth=depth, calls=per_item
                     )
-                    cost = 0.0  # unbatched: the outcome counts a call per verdict (calls None)
             except MalformedAnswerError as exc:
                 return self._outcome(
                     request.id,
@@ -357,7 +366,7 @@ class Judge:
                     None,
                     verdicts,
                     f"no usable answer about {cand.label!r} at depth {depth} ({exc}); send to human review",
-                    charged(1.0),
+                    per_item.charged,
                 )
             except _ItemBudgetSpent:
                 return self._outcome(
@@ -367,20 +376,19 @@ class Judge:
                     verdicts,
                     f"per-item budget of {s.max_calls_per_item} calls spent before a yes (depth {depth}); "
                     "send to human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
-                    charged(1.0),
+                    per_item.charged,
                 )
             verdicts.append(verdict)
-            spent += cost
             if verdict.valid:
                 status = "validated" if depth == 1 else "corrected"
-                return self._outcome(request.id, status, cand.label, verdicts, None, charged())
+                return self._outcome(request.id, status, cand.label, verdicts, None, per_item.charged)
         return self._outcome(
             request.id,
             "unresolved",
             None,
             verdicts,
             f"the judge rejected all {len(asked)} candidate(s) asked (max_depth={s.max_depth})",
-            charged(),
+            per_item.charged,
         )
 
     async def validate(self, text: str, candidate: Candidate, *, item_id: str, depth: int = 1) -> Verdict:
@@ -408,8 +416,7 @@ class Judge:
         messages = build_describe_messages(label, exs)
 
         def parse(resp: Any) -> _Answer:
-            content = resp.choices[0].message.content if resp.choices else None
-            return _Answer(clean_description(content), _total_tokens(resp))
+            return _Answer(clean_description(_content(resp)), _total_tokens(resp))
 
         answer = await self._call(
             messages,
@@ -531,8 +538,7 @@ class Judge:
         ``max_generation_tokens``)."""
 
         def parse(resp: Any) -> _Answer:
-            content = resp.choices[0].message.content if resp.choices else None
-            return _Answer(parse_content(content), _total_tokens(resp))
+            return _Answer(parse_content(_content(resp)), _total_tokens(resp))
 
         async def ask(fmt: str) -> _Answer:
             return await self._call(
@@ -602,14 +608,18 @@ class Judge:
             chosen=chosen,
         )
 
-    async def _choose(self, request: JudgeRequest, asked: list[Candidate]) -> JudgeOutcome:
+    async def _choose(
+        self, request: JudgeRequest, asked: list[Candidate], *, shared_tokens: int = 0
+    ) -> JudgeOutcome:
         """One question for all ``asked`` candidates (``question = "choose"``): the endpoint picks one or
         none. The pick is a valid verdict at its rank, every other candidate an invalid one (a hard
         negative), so the verdict log and the training records keep the validate mode's shape. Not
-        cached: the answer depends on the whole candidate list."""
+        cached: the answer depends on the whole candidate list. ``shared_tokens`` (an item asked again
+        after a batch call left it out: its share of that call's tokens) is added to the pick's tokens."""
         s = self.settings
         shown = [(c.label, self._described(c), list(c.examples)[: s.n_examples]) for c in asked]
         messages = build_choose_messages(request.text, shown, max_text_chars=s.max_text_chars)
+        per_item = _ItemCalls(s.max_calls_per_item)
         try:
             answer = await self._ask_json(
                 messages,
@@ -618,11 +628,17 @@ class Judge:
                 lambda content: parse_choice(content, len(asked)),
                 what=f"item {request.id}: a choice among {len(asked)} candidates",
                 max_tokens=s.max_answer_tokens,
-                calls=_ItemCalls(s.max_calls_per_item),
+                calls=per_item,
             )
         except MalformedAnswerError as exc:
             return self._outcome(
-                request.id, "unresolved", None, [], f"no usable choice ({exc}); send to human review", 1, True
+                request.id,
+                "unresolved",
+                None,
+                [],
+                f"no usable choice ({exc}); send to human review",
+                per_item.charged,
+                True,
             )
         except _ItemBudgetSpent:
             return self._outcome(
@@ -632,10 +648,17 @@ class Judge:
                 [],
                 f"per-item budget of {s.max_calls_per_item} calls spent before a usable choice; send to "
                 "human review or raise DRIFTLABEL_JUDGE_MAX_CALLS_PER_ITEM",
-                s.max_calls_per_item,
+                per_item.charged,
                 True,
             )
-        return await self._chosen(request, asked, int(answer.value), answer.latency_ms, answer.tokens, 1)
+        return await self._chosen(
+            request,
+            asked,
+            int(answer.value),
+            answer.latency_ms,
+            answer.tokens + shared_tokens,
+            per_item.charged,
+        )
 
     async def _cross_check(
         self, request: JudgeRequest, asked: list[Candidate], outcome: JudgeOutcome
@@ -658,24 +681,21 @@ class Judge:
         favourite = max(c.probability for c in asked)
         if not cand.probability < s.verify_below * favourite:
             return outcome
+        tab = _ItemCalls(s.max_calls_per_item)  # what the check costs (a cached answer: nothing)
         try:
             hit = self._cached(request.text, cand, request.id, depth)
             if hit is not None:  # answered before: no call, and no wait for a batch
-                check, cost = hit, 0.0
+                check = hit
             elif s.batch_size > 1:  # asked with other items' checks, in one call
-                check, cost = await self._checks.submit(_Check(request.text, cand, request.id, depth))
+                check = await self._checks.submit(_Check(request.text, cand, request.id, depth, tab))
             else:
-                per_item = _ItemCalls(s.max_calls_per_item)
-                check = await self._validate(
-                    request.text, cand, item_id=request.id, depth=depth, calls=per_item
-                )
-                cost = 1.0
+                check = await self._validate(request.text, cand, item_id=request.id, depth=depth, calls=tab)
         except (MalformedAnswerError, _ItemBudgetSpent) as exc:
             self._c.checks["no_answer"] += 1
             log.warning("judge: no usable cross-check of item %s's pick %r (%s); the choice stands",
                         request.id, cand.label, exc)  # fmt: skip
-            return replace(outcome, calls=(outcome.calls or 0.0) + 1)
-        calls = (outcome.calls or 0.0) + cost
+            return replace(outcome, calls=(outcome.calls or 0.0) + tab.charged)
+        calls = (outcome.calls or 0.0) + tab.charged
         verdicts = [*outcome.verdicts, check]
         if check.valid:
             self._c.checks["confirmed"] += 1
@@ -741,8 +761,9 @@ class Judge:
     async def _choose_many(
         self, items: list[tuple[JudgeRequest, list[Candidate]]]
     ) -> list[JudgeOutcome | BaseException]:
-        """One call for all ``items``; each outcome is charged ``1/len(items)`` calls and its share of the
-        tokens. An item the answer leaves out (or answers twice, differently) is asked again alone."""
+        """One call for all ``items``; each outcome is charged ``1/len(items)`` of the requests that call
+        took (retries included) and its share of the tokens. An item the answer leaves out (or answers
+        twice, differently) is asked again alone, and charged that call besides its share."""
         s = self.settings
         if len(items) == 1:
             return [await self._choose(*items[0])]
@@ -753,7 +774,7 @@ class Judge:
             max_text_chars=s.max_text_chars,
         )
         k = len(items)
-        share = 1.0 / k
+        batch = _ItemCalls(s.max_calls_per_item)
         picks: dict[int, int] = {}
         latency_ms, tokens, why = 0.0, 0, ""
         try:
@@ -764,13 +785,14 @@ class Judge:
                 lambda content: parse_choices(content, [len(asked) for _r, asked in items]),
                 what=f"a batch of {k} items (a choice each)",
                 max_tokens=s.max_answer_tokens * k + 16,
-                calls=_ItemCalls(s.max_calls_per_item),
+                calls=batch,
             )
             picks, latency_ms, tokens = answer.value, answer.latency_ms, answer.tokens
         except MalformedAnswerError as exc:
             why = str(exc)
         except _ItemBudgetSpent:
             why = f"per-item budget of {s.max_calls_per_item} calls spent"
+        share = batch.charged / k
         alone = [i for i in range(k) if i + 1 not in picks]
         if alone:
             log.warning(
@@ -781,9 +803,9 @@ class Judge:
             )
 
         def settle(i: int) -> Awaitable[JudgeOutcome]:
-            if i in alone:
-                return self._choose(*items[i])
             tok = tokens // k + (1 if i < tokens % k else 0)  # the call's tokens, shared out
+            if i in alone:
+                return self._choose(*items[i], shared_tokens=tok)
             return self._chosen(*items[i], picks[i + 1], latency_ms, tok, share)
 
         outs = await asyncio.gather(*(settle(i) for i in range(k)), return_exceptions=True)
@@ -806,9 +828,8 @@ class Judge:
         examples = list(cand.examples)[: s.n_examples]
 
         def parse(resp: Any) -> _Answer:
-            choice = resp.choices[0] if resp.choices else None
-            content = choice.message.content if choice is not None else None
-            valid = parse_verdict(content)
+            choice = _first_choice(resp)
+            valid = parse_verdict(getattr(getattr(choice, "message", None), "content", None))
             conf = None
             if s.logprobs and choice is not None and choice.logprobs is not None:
                 conf = confidence_from_logprobs(choice.logprobs.content, valid)
@@ -880,26 +901,27 @@ class Judge:
                     examples.append(ex)
         return labels
 
-    async def _validate_many(self, checks: list[_Check]) -> list[tuple[Verdict, float] | BaseException]:
+    async def _validate_many(self, checks: list[_Check]) -> list[Verdict | BaseException]:
         """Several yes/no questions in one call (items' questions with ``question = "validate"``, or the
-        cross-checks of choices): per question its verdict and
-        the calls it cost (its share of the batch call; 0 for a cached answer). A check the answer leaves
-        out is asked again alone (its share plus that call); one that then gets no usable answer comes back
-        as its exception. A call that cannot be made raises, for every check of the batch."""
+        cross-checks of choices): per question its verdict. Each is charged (``_Check.tab``) its share of
+        the requests the batch call took (retries included; a cached answer: nothing). A check the answer
+        leaves out is asked again alone (its share plus that call's requests); one that then gets no usable
+        answer comes back as its exception. A call that cannot be made raises, for every check of the
+        batch."""
         s = self.settings
-        out: dict[int, tuple[Verdict, float] | BaseException] = {}
+        out: dict[int, Verdict | BaseException] = {}
         for i, c in enumerate(checks):
             hit = self._cached(c.text, c.cand, c.item_id, c.depth)
             if hit is not None:
-                out[i] = (hit, 0.0)
+                out[i] = hit
         todo = [i for i in range(len(checks)) if i not in out]
         answers: dict[int, bool] = {}
-        share, latency_ms, tokens = 0.0, 0.0, 0
+        latency_ms, tokens = 0.0, 0
         if len(todo) > 1:
             labels = self._shown_labels(checks[i].cand for i in todo)
             asked = [(checks[i].text, checks[i].cand.label) for i in todo]
             messages = build_validate_batch_messages(asked, labels, max_text_chars=s.max_text_chars)
-            share = 1.0 / len(todo)
+            batch = _ItemCalls(s.max_calls_per_item)
             try:
                 answer = await self._ask_json(
                     messages,
@@ -908,33 +930,34 @@ class Judge:
                     lambda content: parse_verdicts(content, len(todo)),
                     what=f"a batch of {len(todo)} yes/no questions",
                     max_tokens=s.max_answer_tokens * len(todo) + 16,
-                    calls=_ItemCalls(s.max_calls_per_item),
+                    calls=batch,
                 )
                 answers, latency_ms, tokens = answer.value, answer.latency_ms, answer.tokens
             except (MalformedAnswerError, _ItemBudgetSpent) as exc:
                 log.warning("judge: no usable answer to a batch of %d yes/no questions (%s); asking each "
                             "alone", len(todo), exc)  # fmt: skip
+            finally:
+                for i in todo:
+                    checks[i].tab.charged += batch.charged / len(todo)
         for n, i in enumerate(todo, start=1):
             if n not in answers:
                 continue
             c, valid = checks[i], answers[n]
             self._cache.put(self._key(c.text, c.cand), CachedAnswer(valid, None))
             tok = tokens // len(answers) + (1 if n - 1 < tokens % len(answers) else 0)
-            out[i] = (
-                self._record(Verdict(c.item_id, c.cand.label, valid, c.depth, s.model, latency_ms, tok)),
-                share,
-            )
+            out[i] = self._record(Verdict(c.item_id, c.cand.label, valid, c.depth, s.model, latency_ms, tok))
         alone = [i for i in todo if i not in out]
 
-        async def ask_alone(c: _Check) -> tuple[Verdict, float]:
-            v = await self._validate(
-                c.text, c.cand, item_id=c.item_id, depth=c.depth, calls=_ItemCalls(s.max_calls_per_item)
-            )
-            return v, share + (0.0 if v.cached else 1.0)
+        async def ask_alone(c: _Check) -> Verdict:
+            calls = _ItemCalls(s.max_calls_per_item)
+            try:
+                return await self._validate(c.text, c.cand, item_id=c.item_id, depth=c.depth, calls=calls)
+            finally:
+                c.tab.charged += calls.charged
 
         got = await asyncio.gather(*(ask_alone(checks[i]) for i in alone), return_exceptions=True)
         for i, r in zip(alone, got, strict=True):
-            out[i] = r if isinstance(r, tuple | Exception) else JudgeUnavailableError(repr(r))
+            out[i] = r if isinstance(r, Verdict | Exception) else JudgeUnavailableError(repr(r))
         return [out[i] for i in range(len(checks))]
 
     def _record(self, v: Verdict) -> Verdict:
@@ -989,13 +1012,21 @@ class Judge:
         for attempt in range(attempts):
             if attempt:
                 self._c.retries += 1
+            half_open = self._breaker.state == "half_open"
             if not self._breaker.allow():
                 wait = self._breaker.retry_after()
+                why = (
+                    f"judge circuit is half-open: a probe call to {s.endpoint} is testing whether it is back"
+                    if half_open
+                    else f"judge circuit is open after {self._breaker.threshold} consecutive failed calls to "
+                    f"{s.endpoint}"
+                )
                 raise JudgeUnavailableError(
-                    f"judge circuit is open after {self._breaker.threshold} consecutive failed calls to "
-                    f"{s.endpoint} (last: {last_problem}); keep the item and retry in {wait:.1f}s",
+                    f"{why} (last: {last_problem}); keep the item and retry in {wait:.1f}s",
                     retry_after_s=wait,
                 )
+            # let through half-open, this call is the probe: however its attempt ends, the next may probe
+            probe = self._breaker.probe_id if half_open else None
             hint: float | None = None
             try:
                 if calls is not None:
@@ -1014,6 +1045,8 @@ class Judge:
                     self._budget.take()
                     self._in_flight += 1
                     self._c.calls += 1
+                    if calls is not None:
+                        calls.charged += 1
                     if first_sent is None:
                         first_sent = time.perf_counter()
                     try:
@@ -1022,9 +1055,8 @@ class Judge:
                         self._in_flight -= 1
                 finally:
                     self._sem.release()
-            except (BudgetExceededError, _ItemBudgetSpent, _FormatRefused, asyncio.CancelledError):
-                self._breaker.release_probe()
-                raise
+            except (BudgetExceededError, _ItemBudgetSpent, _FormatRefused):
+                raise  # not the endpoint's doing (nor is a cancellation): nothing to record
             except openai.APITimeoutError:
                 last_problem = f"timeout after {s.timeout_s}s"
                 self._failed("timeout")
@@ -1033,8 +1065,7 @@ class Judge:
                 self._failed("connection")
             except openai.RateLimitError as exc:
                 last_problem = "HTTP 429 rate limited"
-                self._c.failures["429"] += 1
-                self._breaker.release_probe()  # a 429 says the endpoint is alive, just busy
+                self._c.failures["429"] += 1  # the endpoint is alive, just busy: not a failure
                 hint = _retry_after(exc.response)
             except openai.APIStatusError as exc:
                 code = exc.status_code
@@ -1068,12 +1099,17 @@ class Judge:
                         f"{hint_msg}; the item is kept",
                         retry_after_s=s.breaker_reset_s,
                     ) from exc
+            except Exception as exc:
+                # anything else the client raised (e.g. json.JSONDecodeError for a 200 whose JSON body
+                # is broken) says nothing good about the endpoint: a failed attempt, retried like a 5xx
+                last_problem = f"unreadable response ({type(exc).__name__}: {_short(str(exc))})"
+                self._failed("unexpected")
             else:
                 self._breaker.record_success()
                 self._account_usage(resp)
                 spent_tokens += _total_tokens(resp)
                 try:
-                    answer = parse(resp)
+                    answer = _read(parse, resp)
                     answer.tokens = spent_tokens
                     answer.latency_ms = (time.perf_counter() - (first_sent or time.perf_counter())) * 1000
                     return answer
@@ -1085,6 +1121,9 @@ class Judge:
                         raise
                     malformed_left -= 1
                     continue  # ask again at once: the endpoint is up, no need to back off
+            finally:
+                if probe is not None:  # the probe ended, whichever way: the next call may probe
+                    self._breaker.release_probe(probe)
             if attempt + 1 < attempts:
                 delay = self._backoff(attempt, hint)
                 log.warning(
@@ -1107,21 +1146,65 @@ class Judge:
         self._breaker.record_failure()
 
     def _account_usage(self, resp: Any) -> None:
-        usage = getattr(resp, "usage", None)
-        if usage is None:
-            return
-        self._c.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
-        self._c.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-        self._c.tokens += int(getattr(usage, "total_tokens", 0) or 0)
+        self._c.prompt_tokens += _usage(resp, "prompt_tokens")
+        self._c.completion_tokens += _usage(resp, "completion_tokens")
+        self._c.tokens += _usage(resp, "total_tokens")
 
 
 def _closed() -> Exception:
     return JudgeUnavailableError("the judge was closed; retry the item")
 
 
+def _usage(resp: Any, name: str) -> int:
+    """A token count from the reply's ``usage``: 0 when missing or not a number (an odd endpoint's bill must
+    not cost an answer that is fine)."""
+    value = getattr(getattr(resp, "usage", None), name, None)
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def _total_tokens(resp: Any) -> int:
-    usage = getattr(resp, "usage", None)
-    return int(getattr(usage, "total_tokens", 0) or 0) if usage is not None else 0
+    return _usage(resp, "total_tokens")
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_choice(resp: Any) -> Any:
+    """The first choice of a chat completion (None when it has none). A reply that is not a chat completion
+    at all (for a 200 with an HTML page the openai client hands back the page as a ``str``) is malformed."""
+    if not hasattr(resp, "choices"):
+        raise MalformedAnswerError(
+            f"the endpoint's reply is not a chat completion ({type(resp).__name__}: "
+            f"{_short(repr(resp), 80)}); is DRIFTLABEL_JUDGE_BASE_URL an OpenAI-compatible API "
+            "(ending in /v1)?",
+            raw=resp if isinstance(resp, str) else None,
+        )
+    choices = resp.choices
+    return choices[0] if isinstance(choices, list) and choices else None
+
+
+def _content(resp: Any) -> Any:
+    """The first choice's message content as sent: None when there is none, whatever else for the parsers
+    to accept or refuse (they take only a string)."""
+    return getattr(getattr(_first_choice(resp), "message", None), "content", None)
+
+
+def _read(parse: Callable[[Any], _Answer], resp: Any) -> _Answer:
+    """``parse(resp)``, where anything a reply's odd shape makes a parser raise (a list for content, JSON
+    nested too deep...) is a :class:`MalformedAnswerError` like any other unusable answer: retried, counted
+    in ``stats.malformed``, never a crash."""
+    try:
+        return parse(resp)
+    except MalformedAnswerError:
+        raise
+    except Exception as exc:
+        raise MalformedAnswerError(
+            f"the answer cannot be read ({type(exc).__name__}: {_short(str(exc))})"
+        ) from exc
 
 
 def _mentions_response_format(exc: openai.APIStatusError) -> bool:

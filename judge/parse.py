@@ -29,13 +29,34 @@ __all__ = [
 ]
 
 _WORD = re.compile(r"^[\s\"'`*_]*(yes|no|true|false)[\s\"'`*_]*[.!]?[\s\"'`*_]*$", re.IGNORECASE)
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)  # ```JSON too
 _TRUE = {"yes", "true"}
 _ANSWER_WORDS = {"yes": True, "true": True, "no": False, "false": False}
 
 
+def _checked(content: Any) -> str | None:
+    """``content`` if it is a string or None; a reply whose content is anything else (a list, a number) is
+    malformed, not a crash."""
+    if content is not None and not isinstance(content, str):
+        raise MalformedAnswerError(f"message content is not text ({type(content).__name__})", raw=None)
+    return content
+
+
+def _loads(text: str, what: str, raw: str) -> Any:
+    """``json.loads``, where JSON too deep or with a number too long to read is malformed, like broken
+    JSON (both raise other errors than :class:`json.JSONDecodeError`)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise MalformedAnswerError(f"{what} is not valid JSON ({exc.msg}): {shown!r}", raw=raw) from exc
+    except (ValueError, RecursionError) as exc:
+        raise MalformedAnswerError(f"{what} is JSON that cannot be read ({exc})", raw=raw) from exc
+
+
 def parse_verdict(content: str | None) -> bool:
     """``True``/``False`` from a model reply, or :class:`MalformedAnswerError`."""
+    content = _checked(content)
     if content is None:
         raise MalformedAnswerError("the endpoint returned no message content", raw=None)
     raw = content
@@ -44,10 +65,7 @@ def parse_verdict(content: str | None) -> bool:
     if fenced:
         text = fenced.group(1).strip()
     if text.startswith("{"):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MalformedAnswerError(f"answer is not valid JSON ({exc.msg})", raw=raw) from exc
+        obj = _loads(text, "answer", raw)
         if not isinstance(obj, dict) or not isinstance(obj.get("valid"), bool):
             raise MalformedAnswerError('JSON answer lacks a boolean "valid" field', raw=raw)
         return bool(obj["valid"])
@@ -82,6 +100,7 @@ def confidence_from_logprobs(tokens: Sequence[Any] | None, valid: bool) -> float
 
 def clean_description(content: str | None, *, max_chars: int = 600) -> str:
     """A generated label description, trimmed to one clean paragraph; empty replies are malformed."""
+    content = _checked(content)
     if content is None or not content.strip():
         raise MalformedAnswerError("the endpoint returned an empty description", raw=content)
     text = " ".join(content.strip().strip("\"'`").split())
@@ -98,17 +117,14 @@ _NAME_JUNK = re.compile(r"[^a-z0-9]+")
 
 def _json_object(content: str | None, what: str) -> dict[str, Any]:
     """The JSON object of a reply (a ```json fence allowed); anything else is malformed."""
+    content = _checked(content)
     if content is None or not content.strip():
         raise MalformedAnswerError(f"the endpoint returned an empty {what}", raw=content)
     text = content.strip()
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1).strip()
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        raise MalformedAnswerError(f"{what} is not valid JSON ({exc.msg}): {shown!r}", raw=content) from exc
+    obj = _loads(text, what, content)
     if not isinstance(obj, dict):
         raise MalformedAnswerError(f"{what} must be a JSON object, got {type(obj).__name__}", raw=content)
     return obj
@@ -154,8 +170,12 @@ def parse_examples(
 
 def parse_choice(content: str | None, n: int) -> int:
     """The candidate picked in ``{"choice": N}`` (1..n), or 0 for none; a bare number is accepted too."""
-    text = (content or "").strip()
+    text = (_checked(content) or "").strip()
     if text.isascii() and text.isdigit():  # str.isdigit alone also admits "²", which int() refuses
+        if (
+            len(text.lstrip("0")) > 9
+        ):  # no candidate list is that long (and int() refuses 4,300 digits and more)
+            raise MalformedAnswerError(f"choice {text[:12]}... is not a candidate (0 to {n})", raw=content)
         value: Any = int(text)
     else:
         value = _json_object(content, "choice answer").get("choice")

@@ -102,9 +102,10 @@ class JudgeOutcome:
     label: str | None
     verdicts: list[Verdict] = field(default_factory=list)
     reason: str | None = None
-    #: endpoint calls charged to the item; None: one per verdict (``question = "validate"``, one question a
-    #: call), while a ``choose`` question answers every candidate's verdict in one call, and a batch of k
-    #: items or questions (``judge.batch_size``) charges each 1/k of its call
+    #: endpoint requests charged to the item: every one sent for it, retries and malformed answers included
+    #: (a cached verdict costs none; a ``choose`` question answers every candidate's verdict in one call;
+    #: a batch of k items or questions, ``judge.batch_size``, charges each 1/k of the requests it took).
+    #: The judge always sets it; None (an outcome built elsewhere) counts one per verdict
     calls: float | None = None
     #: the verdicts (but a cross-check) came from one answer to a ``choose`` question
     chosen: bool = False
@@ -122,7 +123,7 @@ class JudgeOutcome:
 
     @property
     def n_calls(self) -> float:
-        """Judge calls this item cost, as the budget counts them (cached verdicts included)."""
+        """Judge calls this item cost, as the rate controller budgets them (:attr:`calls`)."""
         return len(self.verdicts) if self.calls is None else self.calls
 
     @property

@@ -30,7 +30,7 @@ from driftlabel.judge import (
 )
 from driftlabel.judge.budget import RateBudget
 from driftlabel.judge.cache import CachedAnswer
-from driftlabel.judge.parse import clean_description, confidence_from_logprobs
+from driftlabel.judge.parse import clean_description, confidence_from_logprobs, parse_choice, parse_examples
 from driftlabel.judge.prompts import escape_data, extract_block, extract_blocks, response_format_for
 
 INJECTIONS = [
@@ -133,6 +133,39 @@ def test_parse_verdict_accepts_clear_answers(raw: str, expected: bool) -> None:
 def test_parse_verdict_never_reads_garbage_as_yes(raw: str | None) -> None:
     with pytest.raises(MalformedAnswerError):
         parse_verdict(raw)
+
+
+def test_a_capitalised_json_fence_is_read() -> None:
+    """```JSON (as some models write it) was rejected as malformed; only ```json was read."""
+    assert parse_verdict('```JSON\n{"valid": true}\n```') is True
+    assert parse_choice('```Json\n{"choice": 2}\n```', 3) == 2
+    assert parse_examples('```JSON\n{"examples": ["will it rain"]}\n```', label="weather") == ["will it rain"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ["yes"],
+        1,
+        '{"valid": true, "x": ' + "1" * 5000 + "}",
+        '{"valid": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    ],
+    ids=["list", "int", "huge int", "deep nesting"],
+)
+def test_unreadable_content_is_malformed_not_a_crash(raw: object) -> None:
+    """Content that is not text, a number too long for int(), JSON nested too deep: each raised its own
+    error (AttributeError, ValueError, RecursionError) instead of MalformedAnswerError."""
+    with pytest.raises(MalformedAnswerError):
+        parse_verdict(raw)
+    with pytest.raises(MalformedAnswerError):
+        parse_choice(raw, 3)
+    with pytest.raises(MalformedAnswerError):
+        if isinstance(raw, str):
+            parse_examples(raw)
+        else:
+            clean_description(raw)
+    with pytest.raises(MalformedAnswerError):
+        parse_choice("9" * 5000, 3)
 
 
 def test_confidence_from_logprobs() -> None:
