@@ -190,21 +190,38 @@ class NoveltyPool:
             groups.append(group)
         return groups
 
-    def find_group(self) -> Proposal | None:
-        """Take the densest neighbourhood out of the pool if it has ``min_size`` texts, else None."""
+    def find_group(self, max_tries: int = 16) -> Proposal | None:
+        """Take the densest neighbourhood out of the pool if it has ``min_size`` texts, else None.
+
+        Centres are tried densest first: a neighbourhood that loses too many texts to the centroid filter
+        (a text bridging two groups has the most neighbours) must not hide a real group elsewhere. A
+        centre inside a neighbourhood that already failed is skipped, and at most ``max_tries`` are tried,
+        so a pool with no group costs a few mat-vecs, not one per text."""
         X = self._X
         if X is None or len(self._texts) < self.min_size:
             return None
         lo, hi = self._lo, self._hi
-        best = int(np.argmax(self._bcounts[lo:hi]))  # first of the densest: deterministic
-        if self._bcounts[lo + best] < self.min_size:
-            return None
-        rows = np.flatnonzero(self._bnear[lo + best, lo:hi])
-        centroid = X[rows].mean(axis=0)
-        centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
-        # keep the rows that are near the group's centroid too (drops bridges to another group)
-        rows = rows[X[rows] @ centroid >= self.similarity]
-        if len(rows) < self.min_size:
+        counts = self._bcounts[lo:hi]
+        # densest first; among equals the first pooled (stable sort): deterministic
+        order = np.argsort(-counts, kind="stable")
+        tried = np.zeros(hi - lo, dtype=bool)
+        rows = np.zeros(0, dtype=np.int64)
+        centroid = np.zeros(X.shape[1], dtype=np.float32)
+        for best in order[: max(1, int((counts >= self.min_size).sum()))].tolist():
+            if counts[best] < self.min_size or max_tries <= 0:
+                return None
+            if tried[best]:
+                continue
+            max_tries -= 1
+            near = np.flatnonzero(self._bnear[lo + best, lo:hi])
+            centroid = X[near].mean(axis=0)
+            centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+            # keep the rows that are near the group's centroid too (drops bridges to another group)
+            rows = near[X[near] @ centroid >= self.similarity]
+            if len(rows) >= self.min_size:
+                break
+            tried[near] = True
+        else:
             return None
         E = X[rows]
         proposal = Proposal(

@@ -165,6 +165,30 @@ def test_find_groups_takes_every_dense_group_out_densest_first() -> None:
     assert pool.find_groups() == [] and len(pool) == len(X) - sum(len(g.texts) for g in groups)
 
 
+def test_a_bridge_that_fails_the_centroid_filter_does_not_hide_a_group_elsewhere() -> None:
+    """The text with the most neighbours bridges two loose bunches; its neighbourhood loses too many
+    texts to the centroid filter. A real group elsewhere is still found (found in review, 7 December)."""
+    rng = np.random.default_rng(0)
+    d = 64
+    e = np.eye(d)
+
+    def around(v: np.ndarray, n: int, s: float) -> np.ndarray:
+        X = v + s * rng.normal(size=(n, d))
+        return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+    hub = (e[0] + e[1]) / np.sqrt(2)
+    a = around(e[0] + 0.3 * e[1] + 0.8 * e[2], 10, 0.01)
+    b = around(e[1] + 0.3 * e[0] + 0.8 * e[3], 3, 0.01)
+    g = around(e[5], 12, 0.05)
+    X = np.vstack([hub[None], a, b, g]).astype(np.float32)
+    pool = NoveltyPool(min_size=12, similarity=0.6)
+    pool.add(X, [f"t{i}" for i in range(len(X))])
+    assert int(np.argmax(pool._bcounts[: len(X)])) == 0  # the bridge is the densest
+    groups = pool.find_groups()
+    assert [sorted(p.texts) for p in groups] == [sorted(f"t{i}" for i in range(14, 26))]
+    assert len(pool) == 14  # the bridge and its bunches stay pooled
+
+
 def test_nearest_similarity_is_to_the_nearest_pooled_text() -> None:
     pool = NoveltyPool(min_size=3)
     eye = np.eye(4, dtype=np.float32)
