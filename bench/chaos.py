@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -781,6 +781,40 @@ def settled_version(w: Worker, quiet_s: float = 4.0, timeout_s: float = 60.0) ->
         elif time.monotonic() - since >= quiet_s:
             return v
     return last
+
+
+@contextlib.contextmanager
+def one_worker_with_stops(
+    work: Path,
+    clinc_file: Path,
+    broker: LocalBroker,
+    *,
+    n_texts: int,
+    rate: float,
+    stops: int,
+    seed: int,
+    id_prefix: str,
+    graceful: bool = False,
+) -> Iterator[tuple[Cluster, Worker, KillRun, dict[str, list[tuple[str, str]]]]]:
+    """The quick chaos case: one worker (30 CLINC150 classes, 10 seeds each, 30 % judged) streams
+    ``n_texts`` at ``rate``/s and is stopped ``stops`` times at seeded random moments in the middle 60 %
+    of the stream (SIGKILL, or SIGTERM when ``graceful``), restarted each time; yields the cluster, the
+    worker, the run and the rows, and stops the cluster afterwards."""
+    rows = clinc_rows(clinc_file, classes=30)
+    cluster = Cluster(work, clinc_file, broker=broker, stream_env={"judge_target_share": "0.3"})
+    cluster.start()
+    try:
+        cluster.send(cluster.names.training, seed_training(rows["train"]))
+        worker = cluster.worker("w0")
+        worker.start()
+        values, _ = text_values(rows["train"][300:] + rows["test"], n_texts, id_prefix)
+        duration = n_texts / rate
+        rng = random.Random(seed)
+        at = sorted(rng.uniform(0.2 * duration, 0.8 * duration) for _ in range(stops))
+        run = kill_run(cluster, [worker], values, rate, at, graceful=graceful, timeout_s=240)
+        yield cluster, worker, run, rows
+    finally:
+        cluster.stop()
 
 
 def replay_check(

@@ -514,15 +514,10 @@ class WorkerService:
             keep_sources.append(m)
         return keep, keep_homes, keep_sources
 
-    async def label_texts(self, items: Sequence[TextMessage], homes: Sequence[int], received: float) -> None:
-        """Embed + rank a batch, publish labels at once, route the uncertain ones to the judge."""
-        texts = [it.text for it in items]
-        before = self.host.embed_seconds
-        try:
-            X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
-        except Exception as exc:
-            raise _NotLabelled from exc
-        self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
+    def _route(
+        self, items: Sequence[TextMessage], homes: Sequence[int], ranking: Any, n_classes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which texts of a ranked batch go to the judge, and which need no label from this worker."""
         kind = self.stream.uncertainty
         ids = [it.id for it in items] if kind == "random" else None  # the control routes by id
         u = uncertainty(ranking.entropy, ranking.margin, kind, n_classes, ids=ids)
@@ -538,12 +533,23 @@ class WorkerService:
         done = np.array([self.finals.has(h, it.id) for it, h in zip(items, homes, strict=True)], dtype=bool)
         if done.any():
             self.metrics.duplicates.labels(what="final_label").inc(int(done.sum()))
-            routed = routed & ~done
         # a rebalance while the batch was embedded: the new owner of a moved partition labels its texts
         done |= np.array([not self.owns(self.names.texts, h) for h in homes], dtype=bool)
-        routed = routed & ~done
-        now = time.time()
-        batch = label_values([it.id for it in items], ranking, routed, version, now)
+        return routed & ~done, done
+
+    async def label_texts(self, items: Sequence[TextMessage], homes: Sequence[int], received: float) -> None:
+        """Embed + rank a batch, publish labels at once, route the uncertain ones to the judge."""
+        texts = [it.text for it in items]
+        before = self.host.embed_seconds
+        try:  # nothing is published until the claims below: a failure here dead-letters the batch
+            X, ranking, version, n_classes = await self.host.predict(texts, self.stream.top_k)
+            self.metrics.embed_seconds.inc(self.host.embed_seconds - before)
+            routed, done = self._route(items, homes, ranking, n_classes)
+            now = time.time()
+            batch = label_values([it.id for it in items], ranking, routed, version, now)
+        except Exception as exc:
+            raise _NotLabelled from exc
+        st = self.stream
         # every claim before the first await below, so the judge agent cannot slip in between
         out = [
             (v, h)

@@ -9,7 +9,6 @@ model the restarts built equals a from-scratch replay of the same log.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,21 +26,18 @@ RATE = 40.0
 @pytest.fixture(scope="module")
 def stopped(chaos_broker: Any, clinc_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     work = tmp_path_factory.mktemp("term")
-    rows = chaos.clinc_rows(clinc_file, classes=30)
-    cluster = chaos.Cluster(work, clinc_file, broker=chaos_broker, stream_env={"judge_target_share": "0.3"})
-    cluster.start()
-    try:
-        cluster.send(cluster.names.training, chaos.seed_training(rows["train"]))
-        worker = cluster.worker("w0")
-        worker.start()
-        values, _ = chaos.text_values(rows["train"][300:] + rows["test"], N_TEXTS, "g")
-        duration = N_TEXTS / RATE
-        rng = random.Random(11)
-        stop_at = sorted(rng.uniform(0.2 * duration, 0.8 * duration) for _ in range(2))
-        run = chaos.kill_run(cluster, [worker], values, RATE, stop_at, graceful=True, timeout_s=240)
-        yield cluster, worker, run, rows
-    finally:
-        cluster.stop()
+    with chaos.one_worker_with_stops(
+        work,
+        clinc_file,
+        chaos_broker,
+        n_texts=N_TEXTS,
+        rate=RATE,
+        stops=2,
+        seed=11,
+        id_prefix="g",
+        graceful=True,
+    ) as out:
+        yield out
 
 
 def test_every_id_gets_exactly_one_final_label(stopped: Any) -> None:

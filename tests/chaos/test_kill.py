@@ -10,7 +10,6 @@ The full size (20,000 texts, a kill every ~30 s) is ``driftlabel bench reliabili
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,21 +28,10 @@ RATE = 40.0
 @pytest.fixture(scope="module")
 def killed(chaos_broker: Any, clinc_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     work = tmp_path_factory.mktemp("kill")
-    rows = chaos.clinc_rows(clinc_file, classes=30)
-    cluster = chaos.Cluster(work, clinc_file, broker=chaos_broker, stream_env={"judge_target_share": "0.3"})
-    cluster.start()
-    try:
-        cluster.send(cluster.names.training, chaos.seed_training(rows["train"]))
-        worker = cluster.worker("w0")
-        worker.start()
-        values, _ = chaos.text_values(rows["train"][300:] + rows["test"], N_TEXTS, "k")
-        duration = N_TEXTS / RATE
-        rng = random.Random(7)
-        kill_at = sorted(rng.uniform(0.2 * duration, 0.8 * duration) for _ in range(2))
-        run = chaos.kill_run(cluster, [worker], values, RATE, kill_at, timeout_s=240)
-        yield cluster, worker, run, rows
-    finally:
-        cluster.stop()
+    with chaos.one_worker_with_stops(
+        work, clinc_file, chaos_broker, n_texts=N_TEXTS, rate=RATE, stops=2, seed=7, id_prefix="k"
+    ) as out:
+        yield out
 
 
 def test_every_id_gets_a_final_label(killed: Any) -> None:

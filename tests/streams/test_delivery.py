@@ -142,3 +142,19 @@ def test_a_failure_after_outputs_stops_the_worker_instead_of_dropping_the_rest(s
     with pytest.raises(Fatal, match="publishing the labels of 2 texts"):
         asyncio.run(service.on_texts(records))
     assert service.dead == []  # not dead-lettered: a restart labels them (their offsets stay uncommitted)
+
+
+def test_the_real_label_texts_turns_a_model_failure_into_dead_letters(service: Any) -> None:
+    """Through the worker's own ``label_texts``: the model raises before anything is published."""
+    records = _records(2)
+
+    async def own_items(items: Any, sources: Any) -> tuple[list[Any], list[int], list[Any]]:
+        return list(items), [0] * len(items), list(sources)
+
+    async def predict(texts: Any, top_k: int) -> Any:
+        raise RuntimeError("the model broke")
+
+    service.own_items = own_items
+    service.host.predict = predict
+    asyncio.run(service.on_texts(records))
+    assert service.dead == [("p.texts", 0), ("p.texts", 1)]
