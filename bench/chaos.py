@@ -633,6 +633,7 @@ def kill_run(
     restart: bool = True,
     graceful: bool = False,
     victim: Callable[[int], Worker] | None = None,
+    events: Sequence[tuple[float, Callable[[], None]]] = (),
     settle_s: float = 3.0,
     timeout_s: float = 300.0,
     progress: Callable[[str], None] | None = None,
@@ -640,7 +641,8 @@ def kill_run(
     """Stream ``values`` at ``rate``/s; at each ``kill_at`` second SIGKILL a worker (and restart it).
 
     ``graceful``: SIGTERM instead, waiting for the worker's orderly stop (final checkpoint, offsets
-    committed, the group left), as a rolling deploy or a scale-in stops it.
+    committed, the group left), as a rolling deploy or a scale-in stops it. ``events``: (second, action)
+    pairs run at their second besides the kills (a worker joining or leaving the group, say).
 
     ``victim(k)`` picks the worker of the k-th kill (default: the first worker). Afterwards waits until
     every id has a final label (or ``timeout_s``), lets ``settle_s`` pass for late duplicates, and reads
@@ -649,6 +651,7 @@ def kill_run(
     assert cluster.follower is not None
     names = cluster.names
     pending = sorted(kill_at)
+    actions = sorted(events, key=lambda e: e[0])
     kills: list[float] = []
     ready: list[float] = []
     threads: list[threading.Thread] = []
@@ -666,6 +669,8 @@ def kill_run(
         threads.append(th)
 
     def on_tick(elapsed: float) -> None:
+        while actions and elapsed >= actions[0][0]:
+            actions.pop(0)[1]()
         for w in workers:
             m = w.rss_mb()
             if m is not None:

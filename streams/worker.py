@@ -373,13 +373,6 @@ class WorkerService:
         self.metrics.dead_letters.labels(reason=msg.reason, topic=topic).inc()
         log.info("dead-letter %s %s", key, msg.error)
 
-    def owns(self, topic: str, partition: int) -> bool:
-        """Is ``topic``'s ``partition`` still assigned to this worker? (True until the consumer first
-        joined its group: tests drive the agents without one.)"""
-        if not self.joined:
-            return True
-        return any(tp.topic == topic and tp.partition == partition for tp in self.app.consumer.assignment())
-
     async def retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """``step()`` until it works (:func:`~driftlabel.streams.delivery.retry_until`)."""
         return await retry_until(what, step, stopping=lambda: self._stopping, on_fatal=self.on_fatal)
@@ -533,8 +526,6 @@ class WorkerService:
         done = np.array([self.finals.has(h, it.id) for it, h in zip(items, homes, strict=True)], dtype=bool)
         if done.any():
             self.metrics.duplicates.labels(what="final_label").inc(int(done.sum()))
-        # a rebalance while the batch was embedded: the new owner of a moved partition labels its texts
-        done |= np.array([not self.owns(self.names.texts, h) for h in homes], dtype=bool)
         return routed & ~done, done
 
     async def label_texts(self, items: Sequence[TextMessage], homes: Sequence[int], received: float) -> None:
@@ -688,9 +679,10 @@ class WorkerService:
         if result.review is not None:
             sent.append(await self.t_review.send(key=key, value=result.review))
         await asyncio.gather(*sent)
-        if not self.owns(self.names.judge_requests, home):  # a rebalance moved it while it was judged
-            log.info("%s: its partition moved while it was judged; the new owner finishes it", req.id)
-            return
+        # a rebalance while it was judged may have given its partition to a worker that finalised it
+        # meanwhile: read the labels again (a no-op unless a rebalance invalidated the ledger). Skipping
+        # it instead, because the partition moved, is not safe: faust would still acknowledge the record
+        # and may commit it past the new owner's position (a chaos run lost texts that way)
         await self.retrying(f"reading the labels of partition {home}", lambda: self.finals.ensure([home]))
         if not self.finals.claim(home, req.id):  # the texts agent finalised it while the judge was asked
             self.metrics.duplicates.labels(what="final_label").inc()
