@@ -657,16 +657,16 @@ class WorkerService:
         """Judge one item, waiting out an unavailable judge; then publish everything it produced, the
         learning first and the final label last (a crash in between judges again, and writes only the
         pairs the log does not hold yet)."""
-        try:
+        try:  # nothing is published until the sends below: a failure here dead-letters the request
             outcome = await self.judge(req)
+            top1 = req.candidates[0].get("label") if req.candidates else None
+            for event in self.rate.observe_judged([outcome.n_calls], [outcome.label != top1]):
+                self.metrics.drift_events.labels(signal=event.signal).inc()
+                log.warning("drift on %s: the judge rejects more top-1 labels; full judge rate", event.signal)
+            now = time.time()
+            result = judge_result_messages(req, outcome, req.model_version, now)
         except Exception as exc:
             raise _NotLabelled from exc
-        top1 = req.candidates[0].get("label") if req.candidates else None
-        for event in self.rate.observe_judged([outcome.n_calls], [outcome.label != top1]):
-            self.metrics.drift_events.labels(signal=event.signal).inc()
-            log.warning("drift on %s: the judge rejects more top-1 labels; full judge rate", event.signal)
-        now = time.time()
-        result = judge_result_messages(req, outcome, req.model_version, now)
         key = req.id.encode()
         sent = []
         for v in result.verdicts:
