@@ -210,24 +210,35 @@ class WorkerService:
         self.t_dead = app.topic(n.dead_letter, key_serializer="raw")
         self.t_proposals = app.topic(n.proposals, **raw)
 
+        # Acknowledged by hand, after the handler returned: faust acknowledges an event also when its agent
+        # is cancelled mid-way (a SIGTERM, a scale-in) and commits it on stop, which lost the item being
+        # judged or labelled then (tests/chaos/test_rebalance.py). A handler never raises (delivery.py).
         async def texts(stream: faust.StreamT) -> None:
             await self.ready.wait()
             size, within = self.stream.batch_size, self.stream.batch_within_s
-            async for events in stream.take_events(size, within=within):  # type: ignore[attr-defined]
+            async for events in stream.noack_take(size, within=within):  # type: ignore[attr-defined]
                 await self.on_texts([ev.message for ev in events])
+                for ev in events:
+                    await stream.ack(ev)
 
         async def judge(stream: faust.StreamT) -> None:
             await self.ready.wait()  # the log replayed: pairs a crashed judging wrote are known (new_pairs)
-            async for event in stream.events():
+            manual = stream.noack()  # type: ignore[attr-defined]
+            async for event in manual.events():
                 await self.on_judge_request(event.message)
+                await manual.ack(event)
 
         async def sequence(stream: faust.StreamT) -> None:
-            async for event in stream.events():
+            manual = stream.noack()  # type: ignore[attr-defined]
+            async for event in manual.events():
                 await self.on_control(event.message)
+                await manual.ack(event)
 
         async def audit(stream: faust.StreamT) -> None:
-            async for event in stream.events():
+            manual = stream.noack()  # type: ignore[attr-defined]
+            async for event in manual.events():
                 await self.on_verdict(event.message)
+                await manual.ack(event)
 
         app.agent(self.t_texts, name="driftlabel.texts")(texts)
         app.agent(self.t_verdicts_in, name="driftlabel.verdicts")(audit)
