@@ -692,8 +692,8 @@ class WorkerService:
         await asyncio.gather(*sent)
         # a rebalance while it was judged may have given its partition to a worker that finalised it
         # meanwhile: read the labels again (a no-op unless a rebalance invalidated the ledger). Skipping
-        # it instead, because the partition moved, is not safe: faust would still acknowledge the record
-        # and may commit it past the new owner's position (a chaos run lost texts that way)
+        # it instead, because the partition moved, is not known to be safe: faust may commit a record
+        # acknowledged after its partition moved past the new owner's position (docs/streaming.md)
         await self.retrying(f"reading the labels of partition {home}", lambda: self.finals.ensure([home]))
         if not self.finals.claim(home, req.id):  # the texts agent finalised it while the judge was asked
             self.metrics.duplicates.labels(what="final_label").inc()
