@@ -11,7 +11,7 @@ Public surface (the contract in ``docs/interfaces.md``)::
 Heavy dependencies (torch, UMAP, river) are imported only when first used.
 """
 
-from driftlabel.models.classifier import RESERVED_LABELS, RedClassifier
+from driftlabel.models.classifier import RESERVED_LABELS, RedClassifier, is_reserved_label
 from driftlabel.models.combine import OUT_OF_SCOPE, CombinedExperts, Ranking, make_ranking
 from driftlabel.models.drift import DriftEvent, DriftMonitor
 from driftlabel.models.embeddings import Embedder, EmbedderSettings, load_embedder
@@ -63,6 +63,7 @@ __all__ = [
     "entropy",
     "greedy_subsets",
     "is_noise",
+    "is_reserved_label",
     "label_embeddings",
     "load_embedder",
     "load_model",

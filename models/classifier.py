@@ -53,9 +53,15 @@ if TYPE_CHECKING:
 
     from driftlabel.models.embeddings import Embedder
 
-__all__ = ["RESERVED_LABELS", "RedClassifier"]
+__all__ = ["RESERVED_LABELS", "RedClassifier", "is_reserved_label"]
 
 RESERVED_LABELS = frozenset({NOISE, OUT_OF_SCOPE})
+
+
+def is_reserved_label(label: str) -> bool:
+    """A name driftlabel keeps for itself (the out-of-scope status, a noise class): no class may have it."""
+    return label in RESERVED_LABELS or is_noise(label)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 _pinned: tuple[int, Any] | None = None  # (threads, the threadpoolctl limiter that holds them)
@@ -146,7 +152,7 @@ def _check_labels(labels: Sequence[str] | np.ndarray, n: int) -> np.ndarray:
             raise InvalidDataError(
                 f"labels: {int((~ok).sum())} empty or non-string (first at index {int(np.argmin(ok))})"
             )
-        reserved = sorted(lab for lab in set(y.tolist()) if lab in RESERVED_LABELS or is_noise(lab))
+        reserved = sorted(lab for lab in set(y.tolist()) if is_reserved_label(lab))
         if reserved:
             raise InvalidDataError(f"labels {reserved} are reserved by driftlabel; rename them")
     return y.astype(str).astype(object)

@@ -202,16 +202,14 @@ class NoveltyPool:
             return None
         lo, hi = self._lo, self._hi
         counts = self._bcounts[lo:hi]
-        # densest first; among equals the first pooled (stable sort): deterministic
+        # the centres with enough neighbours, densest first; among equals the first pooled: deterministic
         order = np.argsort(-counts, kind="stable")
         tried = np.zeros(hi - lo, dtype=bool)
-        rows = np.zeros(0, dtype=np.int64)
-        centroid = np.zeros(X.shape[1], dtype=np.float32)
-        for best in order[: max(1, int((counts >= self.min_size).sum()))].tolist():
-            if counts[best] < self.min_size or max_tries <= 0:
-                return None
+        for best in order[: int((counts >= self.min_size).sum())].tolist():
             if tried[best]:
                 continue
+            if max_tries == 0:
+                return None
             max_tries -= 1
             near = np.flatnonzero(self._bnear[lo + best, lo:hi])
             centroid = X[near].mean(axis=0)

@@ -19,7 +19,7 @@ from typing import Any
 import faust
 import numpy as np
 
-from driftlabel.models import OUT_OF_SCOPE, is_noise
+from driftlabel.models import is_reserved_label
 from driftlabel.streams.errors import InvalidMessageError
 
 __all__ = [
@@ -207,7 +207,7 @@ def _label(obj: dict[str, Any]) -> str:
     """
     label = _string(obj, "label")
     assert label is not None
-    if label == OUT_OF_SCOPE or is_noise(label):
+    if is_reserved_label(label):  # the model would refuse it
         raise InvalidMessageError(
             "invalid_value",
             f"label {label!r} is reserved by driftlabel (a status or a noise class); rename it",
