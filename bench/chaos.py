@@ -372,6 +372,19 @@ class Cluster:
         assert self.kafka is not None, "start the cluster first"
         return TopicNames.from_settings(self.kafka)
 
+    def hang_broker(self, seconds: float) -> None:
+        """Freeze the broker process (SIGSTOP) for ``seconds``, then let it go on (SIGCONT): it keeps its
+        sockets and data but answers nothing, as a broker stalled by a long pause, a full disk or a
+        network partition would. Blocks for the whole hang."""
+        pid = self.broker.pid
+        if pid is None:
+            raise RuntimeError("the broker is not running")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     # ---- the judge endpoint
     def judge_up(self) -> None:
         """(Re)start the simulated expert on the cluster's fixed port."""
@@ -621,6 +634,8 @@ class KillRun:
     #: per kill: the worst publish -> first label latency of the texts sent in the 20 s after it (how long
     #: texts on the dead worker's partitions waited for a restart or a takeover)
     worst_latency_after_kill_s: list[float] = field(default_factory=list)
+    #: with ``supervise``: (worker, exit status) of each worker that stopped by itself and was restarted
+    exits: list[tuple[str, int]] = field(default_factory=list)
 
 
 def kill_run(
@@ -636,6 +651,7 @@ def kill_run(
     events: Sequence[tuple[float, Callable[[], None]]] = (),
     settle_s: float = 3.0,
     timeout_s: float = 300.0,
+    supervise: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> KillRun:
     """Stream ``values`` at ``rate``/s; at each ``kill_at`` second SIGKILL a worker (and restart it).
@@ -644,7 +660,9 @@ def kill_run(
     committed, the group left), as a rolling deploy or a scale-in stops it. ``events``: (second, action)
     pairs run at their second besides the kills (a worker joining or leaving the group, say).
 
-    ``victim(k)`` picks the worker of the k-th kill (default: the first worker). Afterwards waits until
+    ``supervise``: restart a worker that exits by itself (a fail-stop, status 70), as an orchestrator
+    restarts a container; the exits are recorded. ``victim(k)`` picks the worker of the k-th kill
+    (default: the first worker). Afterwards waits until
     every id has a final label (or ``timeout_s``), lets ``settle_s`` pass for late duplicates, and reads
     the raw topics.
     """
@@ -657,6 +675,9 @@ def kill_run(
     threads: list[threading.Thread] = []
     pick = victim or (lambda k: workers[0])
     rss: list[tuple[float, float]] = []
+    exits: list[tuple[str, int]] = []
+    spawning = threading.Lock()  # a kill's restart and the supervisor's never both spawn a worker
+    watching = threading.Event()
     t0 = time.monotonic()
 
     def restart_in_background(w: Worker) -> None:
@@ -668,6 +689,20 @@ def kill_run(
         th.start()
         threads.append(th)
 
+    def supervisor() -> None:
+        while not watching.wait(0.5):
+            with spawning:
+                for w in workers:
+                    if w.proc is not None and w.proc.poll() is not None:
+                        exits.append((w.name, w.proc.returncode))
+                        if progress:
+                            progress(f"{w.name} exited with {w.proc.returncode}: restarted")
+                        w.spawn()
+                        restart_in_background(w)
+
+    if supervise:
+        threading.Thread(target=supervisor, daemon=True).start()
+
     def on_tick(elapsed: float) -> None:
         while actions and elapsed >= actions[0][0]:
             actions.pop(0)[1]()
@@ -678,17 +713,18 @@ def kill_run(
         while pending and elapsed >= pending[0]:
             pending.pop(0)
             w = pick(len(kills))
-            if graceful:
-                w.stop()
-            else:
-                w.kill()
-            kills.append(time.monotonic())
-            if progress:
-                how = "SIGTERM" if graceful else "kill -9"
-                progress(f"{how} {w.name} at {elapsed:.0f}s (stop {len(kills)})")
-            if restart:
-                w.spawn()
-                restart_in_background(w)
+            with spawning:
+                if graceful:
+                    w.stop()
+                else:
+                    w.kill()
+                kills.append(time.monotonic())
+                if progress:
+                    how = "SIGTERM" if graceful else "kill -9"
+                    progress(f"{how} {w.name} at {elapsed:.0f}s (stop {len(kills)})")
+                if restart:
+                    w.spawn()
+                    restart_in_background(w)
 
     sent_at: dict[str, float] = {}
     paced_send(cluster, values, rate, on_tick, sent_at=sent_at)
@@ -698,6 +734,7 @@ def kill_run(
         cluster.follower.wait(all_final(ids, names.labels), timeout_s, "a final label for every id")
     drain = time.monotonic() - t_sent
     time.sleep(settle_s)
+    watching.set()
     for th in threads:
         th.join(1)
     labels = cluster.follower.snapshot(names.labels)
@@ -725,6 +762,7 @@ def kill_run(
         rss_mb=rss,
         kill_moments=kills,
         worst_latency_after_kill_s=worst,
+        exits=exits,
     )
 
 
