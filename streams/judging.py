@@ -90,6 +90,14 @@ class JudgeCaller:
             self._judge = Judge(self.settings or JudgeSettings())
         return self._judge
 
+    def tokens_spent(self) -> int | None:
+        """Every token the judge's endpoint reported so far (verdicts, answers it could not use, naming
+        and example-generating calls), or None for a judge that keeps no tally (a test's fake)."""
+        if self._judge is None:
+            return 0
+        tokens = getattr(getattr(self._judge, "stats", None), "tokens", None)  # Judge.stats: a property
+        return int(tokens) if tokens is not None else None
+
     @property
     def n_examples(self) -> int:
         """Known-good examples per candidate the judge wants to see."""

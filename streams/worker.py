@@ -156,6 +156,7 @@ class WorkerService:
         self.finals = TopicLedger(kafka, self.names.labels, final_label_key)
         self.dead_letters = TopicLedger(kafka, self.names.dead_letter, dead_letter_key)
         self._judging: set[str] = set()  # ids being judged on this worker now
+        self._tokens_counted = 0  # the judge's tally already in driftlabel_judge_tokens_total
         self._partitions: dict[str, int] = {}
         self._topology_lock = asyncio.Lock()
         self._positions: dict[tuple[str, int], int] = {}
@@ -251,6 +252,7 @@ class WorkerService:
 
         async def refresh() -> None:
             self.refresh_lag()
+            self.count_judge_tokens()  # calls for no text (naming, generating) between judged items
 
         async def beat() -> None:
             while True:
@@ -449,6 +451,16 @@ class WorkerService:
         return type(msg)(
             op=msg.op, label=msg.label, description=msg.description, examples=list(examples), synthetic=True
         )
+
+    def count_judge_tokens(self, fallback: int = 0) -> None:
+        """``driftlabel_judge_tokens_total`` follows the judge's tally of every reply (unusable ones, naming
+        and generating calls too); a judge without one (a fake) adds ``fallback``."""
+        spent = self.judge.tokens_spent()
+        if spent is None:
+            self.metrics.judge_tokens.inc(fallback)
+        elif spent > self._tokens_counted:
+            self.metrics.judge_tokens.inc(spent - self._tokens_counted)
+            self._tokens_counted = spent
 
     def charge_judge_call(self, calls: float = 1.0) -> None:
         """A judge call for no streamed text (naming a proposal, generating examples) is paid from the
@@ -682,10 +694,10 @@ class WorkerService:
         sent = []
         for v in result.verdicts:
             sent.append(await self.t_verdicts.send(key=key, value=v, partition=home))
-        for accepted, latency_ms, tokens in outcome.answers:
+        for accepted, latency_ms, _tokens in outcome.answers:
             self.metrics.judge_requests.labels(verdict="valid" if accepted else "invalid").inc()
             self.metrics.judge_latency.observe(latency_ms / 1000.0)
-            self.metrics.judge_tokens.inc(tokens)
+        self.count_judge_tokens(outcome.tokens)
         sent += await self._send_pairs(result.training)
         if result.review is not None:
             sent.append(await self.t_review.send(key=key, value=result.review))
