@@ -424,11 +424,10 @@ class Learner:
         log.info("applied control %s %r", msg.op, msg.label)
 
     async def flush_dead_letters(self) -> int:
-        """Dead-letter the bad records seen so far, if this worker has the role; returns how many."""
-        if not self.pending or not self.has_role():
-            return 0
+        """Dead-letter the bad records seen so far, while this worker has the role (asked again before each
+        one: a rebalance during a slow write may hand it to another worker); returns how many."""
         n = 0
-        while self.pending:
+        while self.pending and self.has_role():
             rec, exc = self.pending[0]
             await self.dead_letter(rec.value, exc, rec.topic, rec.partition, rec.offset)
             self.pending.popleft()

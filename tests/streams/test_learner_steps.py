@@ -99,3 +99,27 @@ def test_a_shutdown_checkpoint_waits_for_the_step_in_flight(tmp_path: Path) -> N
         assert saved.n_examples == before + 5 == host.live.n_examples
     finally:
         host.close()
+
+
+def test_dead_letters_stop_when_the_role_moves_to_another_worker(tmp_path: Path) -> None:
+    """The role is asked for before each dead letter: a rebalance during a slow write hands it on."""
+    learner = _learner(tmp_path)
+    role = [True, True, False]  # the role moves away after the second write
+    written: list[int] = []
+
+    async def dead_letter(raw: object, exc: object, topic: str, partition: int, offset: int) -> None:
+        written.append(offset)
+
+    learner.dead_letter = dead_letter  # type: ignore[assignment]
+    learner.has_role = lambda: role.pop(0) if role else False  # type: ignore[method-assign]
+    bad = [
+        _record(i, TrainingMessage(id=f"r{i}", text="x", label="out_of_scope", source="human"))
+        for i in range(3)
+    ]
+    try:
+        asyncio.run(learner._apply_records(bad))
+        assert len(learner.pending) == 3
+        assert asyncio.run(learner.flush_dead_letters()) == 2
+        assert written == [0, 1] and len(learner.pending) == 1  # the third waits for whoever holds the role
+    finally:
+        learner.host.close()
