@@ -692,6 +692,8 @@ def kill_run(
     def supervisor() -> None:
         while not watching.wait(0.5):
             with spawning:
+                if watching.is_set():
+                    return
                 for w in workers:
                     if w.proc is not None and w.proc.poll() is not None:
                         exits.append((w.name, w.proc.returncode))
@@ -727,14 +729,16 @@ def kill_run(
                     restart_in_background(w)
 
     sent_at: dict[str, float] = {}
-    paced_send(cluster, values, rate, on_tick, sent_at=sent_at)
-    t_sent = time.monotonic()
-    ids = [str(v["id"]) for v in values]
-    with contextlib.suppress(TimeoutError):  # what is missing then is measured below as lost
-        cluster.follower.wait(all_final(ids, names.labels), timeout_s, "a final label for every id")
-    drain = time.monotonic() - t_sent
-    time.sleep(settle_s)
-    watching.set()
+    try:  # the supervisor stops with the run, also when it fails (it would restart stopped workers)
+        paced_send(cluster, values, rate, on_tick, sent_at=sent_at)
+        t_sent = time.monotonic()
+        ids = [str(v["id"]) for v in values]
+        with contextlib.suppress(TimeoutError):  # what is missing then is measured below as lost
+            cluster.follower.wait(all_final(ids, names.labels), timeout_s, "a final label for every id")
+        drain = time.monotonic() - t_sent
+        time.sleep(settle_s)
+    finally:
+        watching.set()
     for th in threads:
         th.join(1)
     labels = cluster.follower.snapshot(names.labels)
