@@ -52,7 +52,6 @@ fitted in this process.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -176,6 +175,10 @@ class ServiceRun:
     worker_alive: bool = True
     endpoint_calls: int = 0  # HTTP requests the judge endpoint answered (every kind, retries included)
     verdict_tokens: int = 0  # tokens the verdicts report (the endpoint's usage: prompt + answer)
+    #: the usage the endpoint reported for every request (naming, generating, unusable answers too)
+    endpoint_tokens: int | None = None
+    #: the final model covers every training record and every id got its final label (no timeout hit)
+    complete: bool = True
     #: CLINC150: (test flagged, streamed-not-learned flagged, out-of-scope caught) with oos = "centroid" on
     #: the last checkpoint's store, and (representative rows, stored rows) of that store
     oos: tuple[float, float, float] | None = None
@@ -202,8 +205,10 @@ class ServiceRun:
 
     @property
     def tokens_per_item(self) -> float:
-        """Judge tokens per streamed item: what an LLM bill scales with, batched or not."""
-        return self.verdict_tokens / max(self.items, 1)
+        """Judge tokens per streamed item: what an LLM bill scales with, batched or not (every request the
+        endpoint answered: the verdicts' tokens undercount, naming and example generation carry none)."""
+        spent = self.endpoint_tokens if self.endpoint_tokens is not None else self.verdict_tokens
+        return spent / max(self.items, 1)
 
     @property
     def uncertain_share(self) -> float:
@@ -351,6 +356,15 @@ def slow_jobs(log_text: str) -> list[tuple[str, float]]:
     return [(m[1], float(m[2])) for m in _SLOW_JOB.finditer(log_text)]
 
 
+def _base_settings() -> str:
+    """What every run's worker gets besides its own settings: the chaos harness's base stream and judge
+    settings, and any ``DRIFTLABEL_*`` variable of this shell (the worker inherits the environment)."""
+    base = [f"stream.{k} = {v}" for k, v in chaos.BASE_STREAM_ENV.items()]
+    base += [f"judge.{k} = {v}" for k, v in chaos.BASE_JUDGE_ENV.items()]
+    shell = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("DRIFTLABEL_"))
+    return ", ".join(base) + (f"; from the shell: {', '.join(shell)}" if shell else "; none from the shell")
+
+
 def worker_env(spec: Spec, judge_share: float, judge_calls: float) -> dict[str, dict[str, str]]:
     """The worker's settings for one run, by concern (``stream``, ``judge``, ``experts``; names without
     their ``DRIFTLABEL_<CONCERN>_`` prefix): what each method changes from the worker's defaults."""
@@ -409,7 +423,7 @@ def run_service(
     texts, y = ds.train.texts, np.asarray(ds.train.labels, dtype=object)
     yt = np.asarray(ds.test.labels, dtype=object)
     run = ServiceRun(spec, late=len(plan.late))
-    holdout = ds.test.texts if spec.dataset != "clinc150" else ()
+    holdout = ds.test.texts  # never handed out as a generated example (CLINC150 repeats one across splits)
     env = worker_env(spec, judge_share, judge_calls)
     choose = spec.method in ("choose", "chooseself")  # calls are then the items' depth-1 verdicts
     cluster = chaos.Cluster(
@@ -514,6 +528,8 @@ def run_service(
                 evaluate(len(values))
                 next_drain_eval = n_final + eval_every
             time.sleep(0.5)
+        else:
+            run.complete = False  # the drain timed out (or the worker died): flagged in the report
 
         def learned_all(f: chaos.Follower) -> bool:
             """The newest checkpoint includes every training record written so far (control ops too)."""
@@ -531,9 +547,11 @@ def run_service(
             end = 1 + max((r.offset for r in recs if r.partition == 0), default=-1)
             return int(offsets.get(names.training, {}).get("0", 0)) >= end
 
-        with contextlib.suppress(TimeoutError):
+        try:
             time.sleep(1.0)  # late training records of the last verdicts
             follower.wait(learned_all, 120, "a checkpoint with every training record learned")
+        except TimeoutError:
+            run.complete = False  # scored anyway, on the newest checkpoint: flagged in the report
         run.drain_s = time.monotonic() - t1
         evaluate(len(values), final=True)
         run.items = len(values)
@@ -564,7 +582,7 @@ def run_service(
             for r in follower.snapshot(names.judge_verdicts)
             if isinstance(v := r.json(), dict) and v.get("id")
         )
-        run.generate_calls = len(plan.described) if control_sent[0] else 0
+        run.generate_calls = len(plan.described) if control_sent[0] else 0  # the expert's count below
         run.proposals = len(proposals.snapshot(names.proposals))
         run.phase2 = plan.phase2
         if plan.late and last_scored:
@@ -575,6 +593,9 @@ def run_service(
             run.sim_counts = {k: int(v) for k, v in cluster.judge.counts.items()}
             run.endpoint_calls = run.sim_counts.get("requests", 0)
             run.naming_calls = run.sim_counts.get("propose", 0)
+            run.endpoint_tokens = run.sim_counts.get("tokens", 0)
+            if control_sent[0]:  # a class short of examples is asked again (Judge.generate_examples)
+                run.generate_calls = run.sim_counts.get("generate", 0)
         else:
             run.naming_calls = run.proposals
     finally:
@@ -668,7 +689,9 @@ def write_service_report(
                 f"{run.tokens_per_item:.0f}",
                 f"{100 * run.uncertain_share:.1f}",
                 f"{100 * run.final_labels_acc:.1f}",
-                f"{run.finals}/{run.items}" + ("" if run.worker_alive else " (worker died)"),
+                f"{run.finals}/{run.items}"
+                + ("" if run.worker_alive else " (worker died)")
+                + ("" if run.complete or not run.worker_alive else " (incomplete: a wait timed out)"),
                 late,
                 run.recovery_text(),
                 run.latency_text(),
@@ -943,7 +966,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "test split held out "
             f"({len(cache[runs[0].spec.dataset][0].test)} texts"
             f"{', first ' + str(args.classes) + ' classes' if args.classes else ''}); scored every "
-            f"{eval_every} sent items from the newest checkpoint (every 2 s)."
+            f"{eval_every} sent items from the newest checkpoint (every 2 s). "
+            f"The chaos harness's base settings under the run's own: {_base_settings()}."
         )
         command = "python bench/bench_service.py " + " ".join(sys.argv[1:] if argv is None else argv)
         path = write_service_report(

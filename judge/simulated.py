@@ -422,6 +422,7 @@ class SimulatedExpert:
         self.counts[kind] += 1
         prompt_tokens = sum(_count_tokens(str(m.get("content", ""))) for m in messages)
         completion_tokens = max(1, _count_tokens(content))
+        self.counts["tokens"] += prompt_tokens + completion_tokens  # the usage reported, every kind of call
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": content},
