@@ -636,6 +636,10 @@ class KillRun:
     worst_latency_after_kill_s: list[float] = field(default_factory=list)
     #: with ``supervise``: (worker, exit status) of each worker that stopped by itself and was restarted
     exits: list[tuple[str, int]] = field(default_factory=list)
+    #: with ``graceful``: each stop's (exit status, whether the worker was ready then); a ready worker must
+    #: exit 0 (in order, not SIGKILLed after 30 s); one still starting dies by the signal (-15), having
+    #: written nothing yet
+    stop_codes: list[tuple[int | None, bool]] = field(default_factory=list)
 
 
 def kill_run(
@@ -676,6 +680,7 @@ def kill_run(
     pick = victim or (lambda k: workers[0])
     rss: list[tuple[float, float]] = []
     exits: list[tuple[str, int]] = []
+    stop_codes: list[tuple[int | None, bool]] = []
     spawning = threading.Lock()  # a kill's restart and the supervisor's never both spawn a worker
     watching = threading.Event()
     t0 = time.monotonic()
@@ -717,7 +722,8 @@ def kill_run(
             w = pick(len(kills))
             with spawning:
                 if graceful:
-                    w.stop()
+                    was_ready = ": ready (" in w.log()
+                    stop_codes.append((w.stop(), was_ready))
                 else:
                     w.kill()
                 kills.append(time.monotonic())
@@ -767,6 +773,7 @@ def kill_run(
         kill_moments=kills,
         worst_latency_after_kill_s=worst,
         exits=exits,
+        stop_codes=stop_codes,
     )
 
 
@@ -884,8 +891,9 @@ def replay_check(
     cluster.fault("down")
     try:
         live = settled_version(worker, timeout_s=settle_timeout_s)
-        if worker.stop() is None:
-            raise RuntimeError(f"worker {worker.name} did not stop; see {worker.log_path}")
+        code = worker.stop()
+        if code != 0:  # SIGKILLed after hanging, or a failed shutdown: its last checkpoint may be stale
+            raise RuntimeError(f"worker {worker.name} stopped with {code}, not 0; see {worker.log_path}")
         ref = cluster.worker("ref")
         ref.env["DRIFTLABEL_KAFKA_GROUP_ID"] = f"{cluster.prefix}ref"
         t0 = time.monotonic()

@@ -58,6 +58,8 @@ def test_nothing_accepted_without_a_verdict(killed: Any) -> None:
 def test_service_recovers_after_each_kill(killed: Any) -> None:
     _, _, run, _ = killed
     assert len(run.recovery_s) == 2 and all(np.isfinite(run.recovery_s)), run.recovery_s
+    assert len(run.ready_s) == run.kills == 2, f"restarts that got ready: {run.ready_s}"  # no crash loop
+    assert max(run.recovery_s) < 60, run.recovery_s
 
 
 def test_final_model_equals_a_replay_without_kills(killed: Any) -> None:

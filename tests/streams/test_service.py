@@ -29,12 +29,40 @@ def _labels(records: list[tuple[str, Any]], topic: str) -> list[dict[str, Any]]:
     return [v for t, v in records if t == topic and isinstance(v, dict)]
 
 
-def _finals_for(ids: set[str]) -> Any:
+def _finals_for(ids: set[str], settle_s: float = 0.0) -> Any:
+    """Done once every id has a final label; with ``settle_s``, only after reading on that long, so a
+    second final label written a little later is read too (for "exactly one" checks)."""
+    since: list[float] = []
+
     def done(records: list[tuple[str, Any]]) -> bool:
         got = {v["id"] for _, v in records if isinstance(v, dict) and v.get("final") and v.get("id") in ids}
-        return got >= ids
+        if not got >= ids:
+            return False
+        if not since:
+            since.append(time.monotonic())
+        return time.monotonic() - since[0] >= settle_s
 
     return done
+
+
+def _version(page: str) -> float:
+    m = re.search(r"^driftlabel_model_version ([0-9.e+]+)$", page, re.M)
+    assert m, "no driftlabel_model_version on the metrics page"
+    return float(m.group(1))
+
+
+def _settled_version(worker: Any, quiet_s: float = 3.0, timeout_s: float = 60.0) -> float:
+    """The worker's model version once it has not changed for ``quiet_s``."""
+    deadline = time.monotonic() + timeout_s
+    last, since = _version(worker.metrics()), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        v = _version(worker.metrics())
+        if v != last:
+            last, since = v, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return v
+    return last
 
 
 def test_every_text_gets_exactly_one_final_label(service: Any, h: Any, clinc: Any) -> None:
@@ -43,9 +71,7 @@ def test_every_text_gets_exactly_one_final_label(service: Any, h: Any, clinc: An
     values.append("a bare string text about the weather tomorrow")  # id = topic:partition:offset
     h.send(service.kafka, service.names.texts, values)
     ids = {v["id"] for v in values[:-1]}
-    records = h.read_until(service.kafka, [service.names.labels], _finals_for(ids), timeout=120)
-    time.sleep(1.0)  # a late duplicate would arrive now
-    records = h.read_until(service.kafka, [service.names.labels], _finals_for(ids), timeout=60)
+    records = h.read_until(service.kafka, [service.names.labels], _finals_for(ids, settle_s=2.0), timeout=120)
     labels = _labels(records, service.names.labels)
     finals = Counter(v["id"] for v in labels if v["final"])
     assert all(finals[i] == 1 for i in ids), {i: finals[i] for i in ids if finals[i] != 1}
@@ -296,7 +322,7 @@ def test_judge_outage_items_wait_and_nothing_is_lost(
         assert re.search(r"^driftlabel_judge_unavailable_total\{reason=\"circuit_open\"\} [1-9]", page, re.M)
     finally:
         judge_server.fail_always(None)
-    recs = h.read_until(service.kafka, [names.labels], _finals_for(ids), timeout=60)
+    recs = h.read_until(service.kafka, [names.labels], _finals_for(ids, settle_s=2.0), timeout=60)
     finals = Counter(v["id"] for _, v in recs if v.get("id") in ids and v.get("final"))
     assert finals == Counter(dict.fromkeys(ids, 1))
     assert all(
@@ -341,13 +367,22 @@ def test_two_workers_share_texts_and_both_learn_every_record(
             values = [{"id": f"pair{n}-{i}", "text": t} for i, (t, _) in enumerate(clinc["test"][:40])]
             ids = {v["id"] for v in values}
             h.send(service.kafka, service.names.texts, values)
-            recs = h.read_until(service.kafka, [service.names.labels], _finals_for(ids), timeout=120)
+            recs = h.read_until(
+                service.kafka, [service.names.labels], _finals_for(ids, settle_s=2.0), timeout=120
+            )
             finals = Counter(v["id"] for _, v in recs if v.get("id") in ids and v.get("final"))
             assert set(finals.values()) == {1}
             direct = [_items(w.metrics()) - s0 for w, s0 in zip((service, second), start, strict=True)]
             if all(d > 0 for d in direct):
                 break
             assert time.monotonic() < deadline, f"texts not shared: labels per worker {direct}"
+        # both learned every training record the two of them wrote: the same model version
+        versions: list[float] = []
+        for _ in range(20):
+            versions = [_settled_version(w) for w in (service, second)]
+            if versions[0] == versions[1]:
+                break
+        assert versions[0] == versions[1], f"the workers' models differ: versions {versions}"
     finally:
         second.stop()
 
@@ -378,7 +413,9 @@ def test_restart_from_checkpoint_and_replay_predicts_like_before(service: Any, h
     ask("warm")  # the probes' own judged pairs are learned now...
     time.sleep(3)
     before = ask("before")  # ...so this is the settled model's answer
-    time.sleep(3)  # let the last training records be learned, then crash (no final checkpoint)
+    v_before = _settled_version(
+        service
+    )  # the last training records learned; then crash (no final checkpoint)
     n_before = _classes(service.metrics())
     assert n_before >= 14  # 12 seeded + pizza_party + garden_party at least
     service.kill()
@@ -388,6 +425,7 @@ def test_restart_from_checkpoint_and_replay_predicts_like_before(service: Any, h
     assert "loaded checkpoint" in log and "replayed" in log, log[-2000:]
     # the seeded classes + those added at run time (pizza_party, garden_party, ...), as before the crash
     assert _classes(service.metrics()) == n_before
+    assert _settled_version(service) == v_before  # the replay rebuilt the same model, not most of it
     after = ask("after")
     agree = sum(before[k] == after[k] for k in before) / len(before)
     assert agree >= 0.9, (before, after)
