@@ -1,4 +1,5 @@
-"""Reliability benchmark, the chaos suite at size: kill -9, worker loss, judge faults, fuzzed input, soak.
+"""Reliability benchmark, the chaos suite at size: kill -9, worker loss, judge faults, fuzzed input, soak,
+broker stalls.
 
     driftlabel bench reliability              # full: 20,000 texts with a kill every ~30 s, 60 s faults,
                                               # 10,000 fuzzed records, a 10-minute soak at half the max rate
@@ -40,7 +41,7 @@ from driftlabel.streams.broker import LocalBroker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "reliability"  # "reliability_quick" with --quick, so a quick run never overwrites full figures
-SECTIONS = ("kill", "loss", "faults", "fuzz", "soak")
+SECTIONS = ("kill", "loss", "faults", "fuzz", "soak", "stall")
 FAULTS = ("down", "503", "500", "timeout", "garbage")
 
 
@@ -422,12 +423,70 @@ def _max(xs: Sequence[float]) -> float:
     return max(good) if good else math.nan
 
 
+def run_stall(
+    path: Path, broker: LocalBroker, work: Path, rows: Any, a: argparse.Namespace
+) -> dict[str, Any]:
+    """The broker freezes (SIGSTOP) for each of ``a.stall_s`` seconds mid-stream and goes on (SIGCONT):
+    two workers, a slow judge so judgements are in flight, a worker that exits restarted. Each stall runs
+    on a broker of its own (freezing the shared one would stall nothing else here, but keeps runs apart)."""
+    del broker  # each stall gets its own broker: it is the part that fails
+    out: dict[str, Any] = {"runs": []}
+    n, rate = (300 if a.quick else 600), 40.0
+    for k, stall in enumerate(a.stall_s):
+        b = LocalBroker(log_path=work / f"stall{k}-broker.log").start()
+        c = _cluster(
+            work / f"stall{k}", path, b, "0.3",
+            judge_kwargs={"latency_ms": 800, "latency_jitter_ms": 600}, judge_env={"timeout_s": "10"},
+        )  # fmt: skip
+        try:
+            _seeded(c, rows)
+            workers = [c.worker("a"), c.worker("b")]
+            for w in workers:
+                w.start()
+            resumed: list[float] = []
+
+            def freeze(c: chaos.Cluster = c, stall: float = stall, resumed: list[float] = resumed) -> None:
+                c.hang_broker(stall)
+                resumed.append(time.monotonic())
+
+            values, _ = chaos.text_values(rows["train"][300:] + rows["test"], n, f"stall{k}")
+            _say(f"stall: {n} texts at {rate:.0f}/s over 2 workers, the broker frozen for {stall:.0f}s")
+            run = chaos.kill_run(
+                c, workers, values, rate, [], events=[(0.4 * n / rate, freeze)], supervise=True,
+                timeout_s=a.drain_timeout_s,
+            )  # fmt: skip
+            assert c.follower is not None
+            labels = c.follower.snapshot(c.names.labels)
+            r = {
+                "stall_s": stall,
+                "texts": n,
+                "lost": len(run.delivery.lost),
+                "duplicated": len(run.delivery.duplicated),
+                "dup_training": len(run.duplicated_training),
+                "accepted_without_verdict": len(run.accepted_without_verdict),
+                "dead_letters": len(c.follower.snapshot(c.names.dead_letter)),
+                "exits": [code for _, code in run.exits],
+                "next_final_after_resume_s": _max(chaos.recovery_gaps(labels, resumed)),
+                "drain_s": run.drain_s,
+            }
+            out["runs"].append(r)
+            _say(f"stall {stall:.0f}s: lost {r['lost']}, duplicated {r['duplicated']}, exits {r['exits']}")
+        finally:
+            c.stop()
+            b.stop()
+    out["lost"] = sum(r["lost"] for r in out["runs"])
+    out["duplicated"] = sum(r["duplicated"] for r in out["runs"])
+    out["texts"] = sum(r["texts"] for r in out["runs"])
+    return out
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "kill": run_kill,
     "loss": run_loss,
     "faults": run_faults,
     "fuzz": run_fuzz,
     "soak": run_soak,
+    "stall": run_stall,
 }
 
 
@@ -517,15 +576,15 @@ def render(state: dict[str, Any]) -> str:
         "",
     ]
     rows = []
-    k, lo, fa, fz, so = (state.get(x) for x in SECTIONS)
-    streamed = sum(x.get("texts", 0) for x in (k or {}, lo or {}, so or {}))
+    k, lo, fa, fz, so, st = (state.get(x) for x in SECTIONS)
+    streamed = sum(x.get("texts", 0) for x in (k or {}, lo or {}, so or {}, st or {}))
     if fa:
         streamed += sum(v["texts"] for v in fa["kinds"].values())
     kills = (k or {}).get("kills", 0) + (1 if lo else 0)
-    lost = sum((x or {}).get("lost", 0) for x in (k, lo, so)) + sum(
+    lost = sum((x or {}).get("lost", 0) for x in (k, lo, so, st)) + sum(
         v["lost"] for v in (fa or {}).get("kinds", {}).values()
     )
-    dup = sum((x or {}).get("duplicated", 0) for x in (k, lo, so)) + sum(
+    dup = sum((x or {}).get("duplicated", 0) for x in (k, lo, so, st)) + sum(
         v["duplicated"] for v in (fa or {}).get("kinds", {}).values()
     )
     rec = [_max(k.get("worst_latency_after_kill_s", k["recovery_s"]))] if k else []
@@ -733,6 +792,50 @@ def render(state: dict[str, Any]) -> str:
             "mix is stationary; ids are all new, texts repeat every ~4,200.",
             "",
         ]
+    if st:
+        lines += [
+            f"## The broker stalls ({meta.get('stall', '')})",
+            "",
+            "The Tansu process frozen with SIGSTOP mid-stream, then let go on (SIGCONT): past the clients' "
+            "request timeout (30 s) and the group's session timeout (6 s) fetches, commits and heartbeats "
+            "time out and the members are expelled and rejoin. Two workers, a simulated expert answering in "
+            "0.8 ± 0.6 s (judgements in flight at the freeze), 30 % of texts judged, 40 texts/s; a worker "
+            "that exits by itself would be restarted (the exit statuses column).",
+            "",
+            markdown_table(
+                [
+                    "stall s",
+                    "texts",
+                    "lost",
+                    "duplicated",
+                    "training twice",
+                    "accepted w/o verdict",
+                    "dead letters",
+                    "worker exits",
+                    "resume -> next final label s",
+                    "drain s",
+                ],
+                [
+                    [
+                        f"{r['stall_s']:.0f}",
+                        r["texts"],
+                        r["lost"],
+                        r["duplicated"],
+                        r["dup_training"],
+                        r["accepted_without_verdict"],
+                        r["dead_letters"],
+                        ", ".join(str(x) for x in r["exits"]) or "none",
+                        _f(r["next_final_after_resume_s"]),
+                        _f(r["drain_s"]),
+                    ]
+                    for r in st["runs"]
+                ],
+            ),
+            "",
+            "Reading it: the drain after the last send is the slow judge's backlog (texts sent during the "
+            "stall arrive at once when it ends), not the stall's own cost; `resume -> next final label` is.",
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -757,6 +860,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the soak worker's stored examples per label (full and quick 60; 0: the model's default, 1000, "
         "which a 10-minute soak is far from filling, so memory grows with the store)",
     )
+    ap.add_argument(
+        "--stall-s",
+        type=float,
+        nargs="+",
+        help="broker stalls, one run each (full 20 45 90 with 600 texts, quick 10 with 300)",
+    )
     ap.add_argument("--drain-timeout-s", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument(
@@ -774,6 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fuzz": 10000,
         "soak_s": 600.0,
         "soak_store_cap": 60,
+        "stall_s": [20.0, 45.0, 90.0],
     }
     quick = {
         "texts": 800,
@@ -783,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fuzz": 400,
         "soak_s": 30.0,
         "soak_store_cap": 60,
+        "stall_s": [10.0],
     }
     for key, val in (quick if a.quick else full).items():
         if getattr(a, key) is None:

@@ -82,3 +82,18 @@ def test_all_leaves_out_a_benchmark_that_needs_what_only_the_user_has(
     assert cli.main(["all", "--quick", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.count("RAN") == 1 and "skipping llm (it needs a real LLM endpoint)" in out
+
+
+def test_the_reliability_report_renders_the_broker_stall_section() -> None:
+    """The stall section's figures (from a run's saved state) land in the report and its summary."""
+    from driftlabel.bench import bench_reliability as br
+
+    run = {"stall_s": 45.0, "texts": 600, "lost": 0, "duplicated": 0, "dup_training": 0,
+           "accepted_without_verdict": 0, "dead_letters": 0, "exits": [70], "next_final_after_resume_s": 1.5,
+           "drain_s": 60.0}  # fmt: skip
+    text = br.render(
+        {"stall": {"runs": [run], "lost": 0, "duplicated": 0, "texts": 600}, "meta": {"stall": "x"}}
+    )
+    assert "## The broker stalls (x)" in text
+    assert "| 45 | 600 | 0 | 0 | 0 | 0 | 0 | 70 | 1.5 | 60.0 |" in text
+    assert "| texts streamed (all sections) | 600 |" in text
