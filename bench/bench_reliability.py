@@ -433,47 +433,50 @@ def run_stall(
     out: dict[str, Any] = {"runs": []}
     n, rate = (300 if a.quick else 600), 40.0
     for k, stall in enumerate(a.stall_s):
-        b = LocalBroker(log_path=work / f"stall{k}-broker.log").start()
-        c = _cluster(
-            work / f"stall{k}", path, b, "0.3",
-            judge_kwargs={"latency_ms": 800, "latency_jitter_ms": 600}, judge_env={"timeout_s": "10"},
-        )  # fmt: skip
-        try:
-            _seeded(c, rows)
-            workers = [c.worker("a"), c.worker("b")]
-            for w in workers:
-                w.start()
-            resumed: list[float] = []
-
-            def freeze(c: chaos.Cluster = c, stall: float = stall, resumed: list[float] = resumed) -> None:
-                c.hang_broker(stall)
-                resumed.append(time.monotonic())
-
-            values, _ = chaos.text_values(rows["train"][300:] + rows["test"], n, f"stall{k}")
-            _say(f"stall: {n} texts at {rate:.0f}/s over 2 workers, the broker frozen for {stall:.0f}s")
-            run = chaos.kill_run(
-                c, workers, values, rate, [], events=[(0.4 * n / rate, freeze)], supervise=True,
-                timeout_s=a.drain_timeout_s,
+        with LocalBroker(log_path=work / f"stall{k}-broker.log") as b:  # stopped however the run ends
+            c = _cluster(
+                work / f"stall{k}", path, b, "0.3",
+                judge_kwargs={"latency_ms": 800, "latency_jitter_ms": 600}, judge_env={"timeout_s": "10"},
             )  # fmt: skip
-            assert c.follower is not None
-            labels = c.follower.snapshot(c.names.labels)
-            r = {
-                "stall_s": stall,
-                "texts": n,
-                "lost": len(run.delivery.lost),
-                "duplicated": len(run.delivery.duplicated),
-                "dup_training": len(run.duplicated_training),
-                "accepted_without_verdict": len(run.accepted_without_verdict),
-                "dead_letters": len(c.follower.snapshot(c.names.dead_letter)),
-                "exits": [code for _, code in run.exits],
-                "next_final_after_resume_s": _max(chaos.recovery_gaps(labels, resumed)),
-                "drain_s": run.drain_s,
-            }
-            out["runs"].append(r)
-            _say(f"stall {stall:.0f}s: lost {r['lost']}, duplicated {r['duplicated']}, exits {r['exits']}")
-        finally:
-            c.stop()
-            b.stop()
+            try:
+                _seeded(c, rows)
+                workers = [c.worker("a"), c.worker("b")]
+                for w in workers:
+                    w.start()
+                resumed: list[float] = []
+
+                def freeze(
+                    c: chaos.Cluster = c, stall: float = stall, resumed: list[float] = resumed
+                ) -> None:
+                    c.hang_broker(stall)
+                    resumed.append(time.monotonic())
+
+                values, _ = chaos.text_values(rows["train"][300:] + rows["test"], n, f"stall{k}")
+                _say(f"stall: {n} texts at {rate:.0f}/s over 2 workers, the broker frozen for {stall:.0f}s")
+                run = chaos.kill_run(
+                    c, workers, values, rate, [], events=[(0.4 * n / rate, freeze)], supervise=True,
+                    timeout_s=a.drain_timeout_s,
+                )  # fmt: skip
+                assert c.follower is not None
+                labels = c.follower.snapshot(c.names.labels)
+                r = {
+                    "stall_s": stall,
+                    "texts": n,
+                    "lost": len(run.delivery.lost),
+                    "duplicated": len(run.delivery.duplicated),
+                    "dup_training": len(run.duplicated_training),
+                    "accepted_without_verdict": len(run.accepted_without_verdict),
+                    "dead_letters": len(c.follower.snapshot(c.names.dead_letter)),
+                    "exits": [code for _, code in run.exits],
+                    "next_final_after_resume_s": _max(chaos.recovery_gaps(labels, resumed)),
+                    "drain_s": run.drain_s,
+                }
+                out["runs"].append(r)
+                _say(
+                    f"stall {stall:.0f}s: lost {r['lost']}, duplicated {r['duplicated']}, exits {r['exits']}"
+                )
+            finally:
+                c.stop()
     out["lost"] = sum(r["lost"] for r in out["runs"])
     out["duplicated"] = sum(r["duplicated"] for r in out["runs"])
     out["texts"] = sum(r["texts"] for r in out["runs"])
