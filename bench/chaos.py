@@ -292,11 +292,16 @@ class Worker:
 
     def metric(self, name: str, labels: str = "") -> float:
         """Sum of the samples of ``name`` whose label set contains ``labels`` (e.g. 'source="human"')."""
-        total = 0.0
-        for m in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([-+0-9.eEinfa]+)$", self.metrics(), re.M):
-            if labels in (m.group(1) or ""):
-                total += float(m.group(2))
-        return total
+        return metric_value(self.metrics(), name, labels)
+
+
+def metric_value(page: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of ``name`` on a Prometheus text page whose label set contains ``labels``."""
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([-+0-9.eEinfa]+)$", page, re.M):
+        if labels in (m.group(1) or ""):
+            total += float(m.group(2))
+    return total
 
 
 class Cluster:
@@ -823,13 +828,14 @@ class ReplayCheck:
         )
 
 
-def settled_version(w: Worker, quiet_s: float = 4.0, timeout_s: float = 60.0) -> float:
-    """The worker's ``driftlabel_model_version`` once it has not changed for ``quiet_s`` seconds."""
+def settled_version(w: Any, quiet_s: float = 4.0, timeout_s: float = 60.0) -> float:
+    """The worker's ``driftlabel_model_version`` once it has not changed for ``quiet_s`` seconds (``w``:
+    anything whose ``metrics()`` returns its metrics page, a :class:`Worker` or a test's process)."""
     deadline = time.monotonic() + timeout_s
-    last, since = w.metric("driftlabel_model_version"), time.monotonic()
+    last, since = metric_value(w.metrics(), "driftlabel_model_version"), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        v = w.metric("driftlabel_model_version")
+        v = metric_value(w.metrics(), "driftlabel_model_version")
         if v != last:
             last, since = v, time.monotonic()
         elif time.monotonic() - since >= quiet_s:

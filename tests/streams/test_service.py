@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from driftlabel.bench import chaos
 from driftlabel.streams.metrics import METRIC_NAMES
 
 pytestmark = pytest.mark.slow
@@ -43,26 +44,6 @@ def _finals_for(ids: set[str], settle_s: float = 0.0) -> Any:
         return time.monotonic() - since[0] >= settle_s
 
     return done
-
-
-def _version(page: str) -> float:
-    m = re.search(r"^driftlabel_model_version ([0-9.e+]+)$", page, re.M)
-    assert m, "no driftlabel_model_version on the metrics page"
-    return float(m.group(1))
-
-
-def _settled_version(worker: Any, quiet_s: float = 3.0, timeout_s: float = 60.0) -> float:
-    """The worker's model version once it has not changed for ``quiet_s``."""
-    deadline = time.monotonic() + timeout_s
-    last, since = _version(worker.metrics()), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        v = _version(worker.metrics())
-        if v != last:
-            last, since = v, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return v
-    return last
 
 
 def test_every_text_gets_exactly_one_final_label(service: Any, h: Any, clinc: Any) -> None:
@@ -379,7 +360,7 @@ def test_two_workers_share_texts_and_both_learn_every_record(
         # both learned every training record the two of them wrote: the same model version
         versions: list[float] = []
         for _ in range(20):
-            versions = [_settled_version(w) for w in (service, second)]
+            versions = [chaos.settled_version(w) for w in (service, second)]
             if versions[0] == versions[1]:
                 break
         assert versions[0] == versions[1], f"the workers' models differ: versions {versions}"
@@ -413,9 +394,7 @@ def test_restart_from_checkpoint_and_replay_predicts_like_before(service: Any, h
     ask("warm")  # the probes' own judged pairs are learned now...
     time.sleep(3)
     before = ask("before")  # ...so this is the settled model's answer
-    v_before = _settled_version(
-        service
-    )  # the last training records learned; then crash (no final checkpoint)
+    v_before = chaos.settled_version(service)  # the last records learned; then crash (no final checkpoint)
     n_before = _classes(service.metrics())
     assert n_before >= 14  # 12 seeded + pizza_party + garden_party at least
     service.kill()
@@ -425,7 +404,7 @@ def test_restart_from_checkpoint_and_replay_predicts_like_before(service: Any, h
     assert "loaded checkpoint" in log and "replayed" in log, log[-2000:]
     # the seeded classes + those added at run time (pizza_party, garden_party, ...), as before the crash
     assert _classes(service.metrics()) == n_before
-    assert _settled_version(service) == v_before  # the replay rebuilt the same model, not most of it
+    assert chaos.settled_version(service) == v_before  # the replay rebuilt the same model, not most of it
     after = ask("after")
     agree = sum(before[k] == after[k] for k in before) / len(before)
     assert agree >= 0.9, (before, after)
